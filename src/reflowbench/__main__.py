@@ -1,0 +1,3 @@
+from reflowbench.cli import main
+
+raise SystemExit(main())

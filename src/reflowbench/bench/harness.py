@@ -1,0 +1,190 @@
+"""One run: load dense -> prune -> verify -> evaluate -> REFLOW -> evaluate, with per-phase cost.
+
+:class:`SuiteState` holds what every run of a suite shares (data, the dense weights and their
+accuracy, dense BN variances per seed, a gradient cache); :func:`run_one` produces one record.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from reflowbench.bench.evaluate import evaluate
+from reflowbench.bench.results import SCHEMA_VERSION
+from reflowbench.config import SuiteSpec
+from reflowbench.datasets import DataBundle, SubsetSizes, disjoint_subsets, load_dataset
+from reflowbench.errors import CheckpointError, ConfigError
+from reflowbench.models import BUILTIN_MODELS, build_model, default_dataset_for
+from reflowbench.pruners import PruneContext, Pruner, apply_masks, make_pruner, select_targets, validate_sparsity, verify_masks
+from reflowbench.reflow import RecalibrationHandle, bn_output_variances, recalibrate_bn, require_batchnorm, summarize_ratios, variance_ratios
+from reflowbench.utils.cost import CostLedger
+from reflowbench.utils.env import environment, resolve_device
+from reflowbench.utils.io import cache_dir, file_sha256, stable_hash
+
+Log = Callable[[str], None]
+
+
+def default_checkpoint(spec: SuiteSpec, data: DataBundle, device: torch.device, log: Log) -> Path:
+    """The embedded default has no shipped weights: train the small CNN on digits once and cache it."""
+    from reflowbench.bench.train import TrainSpec, train_dense
+
+    recipe = TrainSpec(epochs=40, batch_size=64, lr=0.1, seed=0, augment=False)
+    path = cache_dir() / f"dense-{spec.model.model}-{data.name}-{stable_hash(asdict(recipe), 8)}.pt"
+    if not path.exists():
+        log(f"training the dense {spec.model.model} on {data.name} once ({recipe.epochs} epochs); cached at {path}")
+        torch.manual_seed(recipe.seed)
+        model = build_model(spec.model.model, num_classes=data.num_classes)
+        train_dense(model, data.train, recipe, torch.device("cpu"))
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)
+    return path
+
+
+class SuiteState:
+    """Everything the runs of one suite share. Build it once; call :func:`run_one` per run."""
+
+    def __init__(self, spec: SuiteSpec, pruners: List[Pruner], log: Log = print) -> None:
+        self.spec = spec
+        self.log = log
+        if spec.sweep.threads:
+            torch.set_num_threads(spec.sweep.threads)
+        self.device = resolve_device(spec.sweep.device)
+        dataset = spec.data.dataset or default_dataset_for(spec.model.model)
+        self.data = load_dataset(dataset, spec.data.data, spec.data.norm, spec.data.download, spec.data.workers)
+        checkpoint = spec.model.checkpoint
+        if checkpoint is None and spec.model.weights is None:
+            if spec.model.model == "smallcnn" and dataset == "digits":
+                checkpoint = str(default_checkpoint(spec, self.data, self.device, log))
+            elif spec.model.model in BUILTIN_MODELS:
+                raise CheckpointError(
+                    f"{spec.model.model} needs dense weights: pass --checkpoint PATH (train one with `reflowbench train --model {spec.model.model} ...`)"
+                )
+        self.checkpoint = checkpoint
+        self.checkpoint_sha = file_sha256(Path(checkpoint))[:16] if checkpoint else None
+        num_classes = spec.model.num_classes or self.data.num_classes
+        self.dense = build_model(spec.model.model, num_classes, Path(checkpoint) if checkpoint else None, spec.model.shortcut, spec.model.weights)
+        self.dense.to(self.device).eval()
+        require_batchnorm(self.dense, "reflowbench run (REFLOW is applied to every run)")
+        self.policy = spec.targets.policy()
+        self.targets_record = select_targets(self.dense, self.policy).record()
+        fisher_need = max([p.fisher_images() for p in pruners] + [0])
+        self.sizes = SubsetSizes(spec.reflow.calib_batches * spec.reflow.calib_batch_size, fisher_need, spec.reflow.diag_images)
+        disjoint_subsets(len(self.data.train), self.sizes, 0)  # fail now, not after the first run, if the split is too small
+        self.cache: Dict[Any, Any] = {}
+        self._dense_metrics: Optional[Dict[str, float]] = None
+        self._dense_variances: Dict[int, Dict[str, float]] = {}
+        self.environment = environment(self.device)
+
+    def settings(self) -> Dict[str, Any]:
+        """Everything shared by the suite's runs that changes a result (hashed into each run key)."""
+        spec = self.spec
+        return {
+            "model": {**asdict(spec.model), "checkpoint_sha256": self.checkpoint_sha, "checkpoint": Path(self.checkpoint).name if self.checkpoint else None},
+            "data": {"dataset": self.data.name, "data": Path(spec.data.data).name if spec.data.data else None, "norm": spec.data.norm},
+            "reflow": asdict(spec.reflow),
+            "targets": asdict(self.policy),
+        }
+
+    def run_key(self, pruner: Pruner, sparsity: float, seed: int) -> str:
+        return stable_hash({**self.settings(), "method": pruner.name, "options": asdict(pruner.options), "sparsity": sparsity, "seed": seed})
+
+    def fresh_model(self) -> nn.Module:
+        return copy.deepcopy(self.dense).eval()
+
+    def test_batches(self):
+        return self.data.test.batches(None, self.spec.data.eval_batch_size)
+
+    def dense_metrics(self) -> Dict[str, float]:
+        if self._dense_metrics is None:
+            self._dense_metrics = evaluate(self.dense, self.test_batches(), self.device)
+            self.log(f"dense {self.spec.model.model}: top-1 {self._dense_metrics['top1']:.2f}% on {int(self._dense_metrics['images'])} test images")
+        return self._dense_metrics
+
+    def subsets(self, seed: int) -> Dict[str, np.ndarray]:
+        return disjoint_subsets(len(self.data.train), self.sizes, seed)
+
+    def diagnostic_batches(self, seed: int):
+        return self.data.train.batches(self.subsets(seed)["heldout"], self.spec.data.eval_batch_size)
+
+    def dense_variances(self, seed: int) -> Dict[str, float]:
+        if seed not in self._dense_variances:
+            self._dense_variances[seed] = bn_output_variances(self.dense, self.diagnostic_batches(seed), self.device)
+        return self._dense_variances[seed]
+
+
+def run_one(state: SuiteState, pruner: Pruner, sparsity: float, seed: int) -> Dict[str, Any]:
+    """Prune a fresh copy of the dense model and return the run record (see ``results.py``)."""
+    return prune_and_measure(state, pruner, sparsity, seed)[0]
+
+
+def prune_and_measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: int) -> Tuple[Dict[str, Any], nn.Module, RecalibrationHandle]:
+    """The run itself: returns (record, the pruned + recalibrated model, the REFLOW undo handle)."""
+    sparsity = validate_sparsity(sparsity)
+    spec = state.spec
+    torch.manual_seed(seed)
+    model = state.fresh_model()
+    targets = select_targets(model, state.policy)
+    subsets = state.subsets(seed)
+    ledger = CostLedger()
+    ctx = PruneContext(
+        device=state.device, seed=seed, ledger=ledger, train=state.data.train,
+        fisher_indices=subsets["fisher"], heldout_indices=subsets["heldout"],
+        memory_budget_gb=spec.sweep.memory_budget_gb, cache=state.cache, progress=spec.sweep.progress,
+    )
+    dense = state.dense_metrics()
+    dense_var = state.dense_variances(seed)
+    with ledger.phase("prune", state.device):
+        masks = pruner.prune(model, targets, sparsity, ctx)
+        apply_masks(targets, masks)
+    actual = verify_masks(targets, masks, sparsity, pruner.mask_scope())
+    with ledger.phase("eval_pruned", state.device):
+        pruned_metrics = evaluate(model, state.test_batches(), state.device)
+    with ledger.phase("diagnostics", state.device):
+        pruned_ratios = variance_ratios(bn_output_variances(model, state.diagnostic_batches(seed), state.device), dense_var)
+    calibration = state.data.train.batches(subsets["calibration"], spec.reflow.calib_batch_size, shuffle=True, augment=spec.reflow.calib_augment, seed=seed)
+    with ledger.phase("recalibrate", state.device):
+        handle = recalibrate_bn(model, calibration, spec.reflow.calib_batches, spec.reflow.reflow_mode, spec.reflow.reflow_momentum, reset=spec.reflow.reflow_mode == "cumulative", device=state.device)
+    with ledger.phase("eval_reflow", state.device):
+        reflow_metrics = evaluate(model, state.test_batches(), state.device)
+    with ledger.phase("diagnostics", state.device):
+        reflow_ratios = variance_ratios(bn_output_variances(model, state.diagnostic_batches(seed), state.device), dense_var)
+    record = {
+        "schema": SCHEMA_VERSION,
+        "status": "complete",
+        "key": state.run_key(pruner, sparsity, seed),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": spec.model.model,
+        "dataset": state.data.name,
+        "method": pruner.name,
+        "method_description": pruner.description,
+        "options": asdict(pruner.options),
+        "sparsity": sparsity,
+        "seed": seed,
+        "sparsity_actual": actual,
+        "settings": state.settings(),
+        "targets": state.targets_record,
+        "subsets": {"calibration_images": int(len(subsets["calibration"])), "fisher_images": int(pruner.fisher_images()), "diagnostic_images": int(len(subsets["heldout"]))},
+        "dense": dense,
+        "pruned": pruned_metrics,
+        "reflow": {**reflow_metrics, "batches": handle.batches_seen, "images": handle.images_seen},
+        "variance": {
+            "layers": list(dense_var),
+            "dense": [dense_var[k] for k in dense_var],
+            "pruned_ratio": [pruned_ratios[k] for k in dense_var],
+            "reflow_ratio": [reflow_ratios[k] for k in dense_var],
+            "pruned": summarize_ratios(pruned_ratios),
+            "reflow": summarize_ratios(reflow_ratios),
+        },
+        "cost": ledger.as_dict(),
+        "notes": ctx.notes,
+        "environment": state.environment,
+    }
+    return record, model, handle

@@ -1,0 +1,202 @@
+"""The ``reflowbench`` command: run, prune, report, train, list.
+
+Every flag of ``run``/``prune``/``train`` is generated from the dataclasses in ``config.py`` (and
+from each registered pruner's Options, as ``--<pruner>-<option>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from reflowbench.cli_args import add_dataclass_arguments, build_dataclass, given
+from reflowbench.config import SECTIONS, SuiteSpec, merge_into, preset
+from reflowbench.errors import ConfigError, ReflowbenchError
+
+def _section_types() -> Dict[str, type]:
+    import typing
+
+    hints = typing.get_type_hints(SuiteSpec)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def _add_suite_arguments(parser: argparse.ArgumentParser, sections=SECTIONS) -> None:
+    from reflowbench.pruners import PRUNERS
+
+    types = _section_types()
+    for section in sections:
+        add_dataclass_arguments(parser.add_argument_group(f"{section} settings"), types[section], f"{section}__")
+    for name, cls in sorted(PRUNERS.items()):
+        if fields(cls.Options):
+            group = parser.add_argument_group(f"pruner {name} options ({cls.description})")
+            add_dataclass_arguments(group, cls.Options, f"opt__{name}__", flag_prefix=f"{name}_")
+
+
+def _spec_from_args(args: argparse.Namespace) -> SuiteSpec:
+    spec = preset(args.preset)
+    if args.config:
+        path = Path(args.config)
+        try:
+            overrides = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--config {path}: cannot read JSON ({exc})") from exc
+        merge_into(spec, overrides, f"--config {path}")
+    for section in SECTIONS:
+        for key, value in given(args, f"{section}__").items():
+            setattr(getattr(spec, section), key, value)
+    for dest, value in vars(args).items():
+        if dest.startswith("opt__"):
+            _, method, option = dest.split("__", 2)
+            spec.method_options.setdefault(method, {})[option] = value
+    return spec
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from reflowbench.bench.sweep import run_suite
+
+    spec = _spec_from_args(args)
+    counts = run_suite(spec, log=_log, report=not args.no_report)
+    _log(f"done: {counts['done']} runs now, {counts['skipped']} skipped as already complete, {counts['total']} in the suite")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    import torch
+
+    from reflowbench.bench.harness import SuiteState, prune_and_measure
+    from reflowbench.pruners import make_pruner
+
+    spec = _spec_from_args(args)
+    spec.sweep.methods = [args.method]
+    pruner = make_pruner(args.method, spec.method_options.get(args.method))
+    state = SuiteState(spec, [pruner], _log)
+    record, model, reflow_handle = prune_and_measure(state, pruner, args.sparsity, args.seed)
+    stage = "pruned" if args.no_reflow else "reflow"
+    if args.no_reflow:
+        reflow_handle.undo()  # back to the BN statistics right after pruning
+    _log(f"{args.method} at sparsity {args.sparsity:g}: top-1 {record['pruned']['top1']:.2f}% after pruning, {record['reflow']['top1']:.2f}% after REFLOW")
+    if args.save:
+        torch.save(model.state_dict(), args.save)
+        _log(f"saved the {'REFLOW-recalibrated ' if stage == 'reflow' else ''}pruned weights to {args.save}")
+    if args.record:
+        Path(args.record).write_text(json.dumps(record, indent=2, default=str))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reflowbench.bench.results import write_csv
+    from reflowbench.reports import write_report
+
+    out = Path(args.out)
+    if not out.is_dir():
+        raise ConfigError(f"results folder {out} does not exist: pass the --out folder of a `reflowbench run`")
+    write_csv(out)
+    paths = write_report(out, signal_sparsity=args.signal_sparsity)
+    _log(f"report: {paths['markdown']} and {paths['html']}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from reflowbench.bench.evaluate import evaluate
+    from reflowbench.bench.train import TrainSpec, train_dense
+    from reflowbench.datasets import load_dataset
+    from reflowbench.models import build_model, default_dataset_for
+    from reflowbench.utils.env import resolve_device
+
+    spec = _spec_from_args(args)
+    recipe = build_dataclass(TrainSpec, given(args, "train__"), "train settings")
+    device = resolve_device(spec.sweep.device)
+    dataset = spec.data.dataset or default_dataset_for(spec.model.model)
+    data = load_dataset(dataset, spec.data.data, spec.data.norm, spec.data.download, spec.data.workers)
+    model = build_model(spec.model.model, spec.model.num_classes or data.num_classes, Path(spec.model.checkpoint) if spec.model.checkpoint else None, spec.model.shortcut if spec.model.shortcut != "auto" else "A")
+    train_dense(model, data.train, recipe, device, log=_log)
+    metrics = evaluate(model, data.test.batches(None, spec.data.eval_batch_size), device)
+    Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, args.save)
+    _log(f"dense {spec.model.model} on {dataset}: top-1 {metrics['top1']:.2f}%; saved to {args.save}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from reflowbench.config import PRESETS
+    from reflowbench.datasets import DATASETS
+    from reflowbench.models import BUILTIN_MODELS, torchvision_names
+    from reflowbench.pruners import PRUNERS
+
+    _log("pruners:")
+    for name, cls in sorted(PRUNERS.items()):
+        options = ", ".join(f"{f.name}={getattr(cls.Options(), f.name)!r}" for f in fields(cls.Options))
+        _log(f"  {name:<14} {cls.description}" + (f"  [{options}]" if options else ""))
+    _log("models (built-in):")
+    for name, entry in BUILTIN_MODELS.items():
+        _log(f"  {name:<14} {entry.description} (data: {entry.dataset})")
+    _log(f"models (torchvision, ImageNet): {', '.join(torchvision_names())}")
+    _log("datasets:")
+    for name, text in DATASETS.items():
+        _log(f"  {name:<14} {text}")
+    _log(f"presets: {', '.join(sorted(PRESETS))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from reflowbench.bench.train import TrainSpec
+
+    parser = argparse.ArgumentParser(prog="reflowbench", description="Benchmark one-shot pruners with and without BN recalibration (REFLOW).")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def suite_command(name: str, help_text: str, sections=SECTIONS) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--preset", default="default", help="starting settings: default (embedded digits) or cifar10 (default: default)")
+        sub.add_argument("--config", help="JSON file of settings ({section: {field: value}} or flat), applied after the preset")
+        _add_suite_arguments(sub, sections)
+        return sub
+
+    run = suite_command("run", "run a suite (methods x sparsities x seeds), skipping finished runs, then write results.csv and the report")
+    run.add_argument("--no-report", action="store_true", help="skip the report (results.csv is still written)")
+    run.set_defaults(handler=cmd_run)
+
+    prune = suite_command("prune", "prune one model once, optionally REFLOW, and save the weights")
+    prune.add_argument("--method", default="mp", help="pruner name (see `reflowbench list`)")
+    prune.add_argument("--sparsity", type=float, required=True, help="fraction of target weights to remove, in [0, 1)")
+    prune.add_argument("--seed", type=int, default=0)
+    prune.add_argument("--no-reflow", action="store_true", help="save the weights right after pruning, without BN recalibration")
+    prune.add_argument("--save", help="write the pruned state_dict here")
+    prune.add_argument("--record", help="write the run record (JSON) here")
+    prune.set_defaults(handler=cmd_prune)
+
+    report = commands.add_parser("report", help="(re)write results.csv, report.md, report.html and figures of a results folder")
+    report.add_argument("out", help="the --out folder of a run")
+    report.add_argument("--signal-sparsity", type=float, default=None, help="sparsity of the signal-collapse figure (default: the highest)")
+    report.set_defaults(handler=cmd_report)
+
+    train = suite_command("train", "train a dense model (SGD Nesterov, one-cycle) and save its state_dict", sections=("model", "data", "sweep"))
+    add_dataclass_arguments(train.add_argument_group("training recipe"), TrainSpec, "train__")
+    train.add_argument("--save", required=True, help="where to write the state_dict (.pt)")
+    train.set_defaults(handler=cmd_train)
+
+    listing = commands.add_parser("list", help="list pruners, models, datasets and presets")
+    listing.set_defaults(handler=cmd_list)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ReflowbenchError as exc:
+        print(f"reflowbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reflowbench: interrupted; finished runs are saved, run the same command again to resume", file=sys.stderr)
+        return 130

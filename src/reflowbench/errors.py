@@ -1,0 +1,37 @@
+"""Errors with messages that name the problem and the fix.
+
+Every error raised on bad user input derives from ``ReflowbenchError``; the CLI
+prints its message without a traceback.
+"""
+
+
+class ReflowbenchError(Exception):
+    """Base class: a problem the user can fix; the message says how."""
+
+
+class ConfigError(ReflowbenchError, ValueError):
+    """A setting is out of range or inconsistent."""
+
+
+class CheckpointError(ReflowbenchError):
+    """A checkpoint cannot be read or does not match the model."""
+
+
+class DatasetError(ReflowbenchError):
+    """A dataset is missing, corrupt or too small for the requested subsets."""
+
+
+class NoBatchNormError(ReflowbenchError, ValueError):
+    """REFLOW or the diagnostics were given a model without BatchNorm layers."""
+
+
+class FisherError(ReflowbenchError):
+    """Gradients or the Fisher are non-finite or cannot be factorised."""
+
+
+class MemoryBudgetError(ReflowbenchError, MemoryError):
+    """An allocation estimate exceeds the configured memory budget."""
+
+
+class MaskError(ReflowbenchError):
+    """A pruning mask does not hold after pruning (weights not zero, wrong sparsity)."""

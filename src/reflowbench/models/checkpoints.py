@@ -1,0 +1,96 @@
+"""Reading checkpoints (plain state_dicts, Distiller-style dicts, safetensors) and loading them strictly."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Mapping
+
+import torch
+from torch import nn
+
+from reflowbench.errors import CheckpointError
+
+StateDict = Dict[str, torch.Tensor]
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+_BENIGN_MISSING_SUFFIXES = (".num_batches_tracked",)
+
+
+def read_state_dict(path: Path) -> StateDict:
+    """Tensors of a checkpoint file, unwrapped and with any ``module.`` prefix removed.
+
+    Accepts ``.safetensors`` files, plain ``torch.save``-d state_dicts, and dicts that hold one under
+    ``state_dict`` / ``model_state_dict`` / ``model`` (Distiller, Lightning-like). Always ``weights_only``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: pass --checkpoint PATH to an existing file")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:  # pragma: no cover - safetensors is a dependency
+            raise CheckpointError("reading .safetensors needs the 'safetensors' package: pip install safetensors") from exc
+        try:
+            raw: object = load_file(str(path))
+        except Exception as exc:
+            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({exc}); re-export it") from exc
+    else:
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+            raise CheckpointError(
+                f"checkpoint {path} cannot be loaded with weights_only=True ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                "re-save it as a plain state_dict (torch.save(model.state_dict(), path)) or as .safetensors"
+            ) from exc
+    return _strip_module_prefix(_unwrap(raw, path))
+
+
+def _unwrap(raw: object, path: Path) -> StateDict:
+    if isinstance(raw, Mapping):
+        if raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+            return dict(raw)
+        for key in _WRAPPER_KEYS:
+            inner = raw.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return dict(inner)
+    raise CheckpointError(
+        f"checkpoint {path} holds no state_dict (looked for a dict of tensors, or one under {list(_WRAPPER_KEYS)})"
+    )
+
+
+def _strip_module_prefix(state: StateDict) -> StateDict:
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_into(model: nn.Module, state: StateDict, source: str = "checkpoint") -> None:
+    """Copy ``state`` into ``model``; raise :class:`CheckpointError` listing missing, unexpected and mis-shaped keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith(_BENIGN_MISSING_SUFFIXES)]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        raise CheckpointError(_mismatch_message(model, source, missing, unexpected, wrong_shape))
+    model.load_state_dict({k: v for k, v in state.items()}, strict=False)
+
+
+def _mismatch_message(model: nn.Module, source: str, missing: List[str], unexpected: List[str], wrong_shape: List[str]) -> str:
+    def listing(title: str, items: List[str]) -> str:
+        shown = ", ".join(items[:25]) + (f", ... (+{len(items) - 25} more)" if len(items) > 25 else "")
+        return f"\n  {title} ({len(items)}): {shown}"
+
+    text = f"{source} does not match model {type(model).__name__}:"
+    if missing:
+        text += listing("missing keys", missing)
+    if unexpected:
+        text += listing("unexpected keys", unexpected)
+    if wrong_shape:
+        text += listing("shape mismatches", wrong_shape)
+    text += "\n  fix: choose the --model (and --shortcut A/B, --num-classes) the checkpoint was trained with"
+    return text

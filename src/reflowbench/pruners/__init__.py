@@ -1,0 +1,15 @@
+"""Pruners: base class and registry, target layers, masks, and the pruners themselves.
+
+Importing this package registers every built-in pruner.
+"""
+
+from reflowbench.pruners.base import PRUNERS, NoOptions, PruneContext, Pruner, get_pruner_class, make_pruner, pruner_names, register_pruner
+from reflowbench.pruners.masks import Masks, apply_masks, current_masks, mask_sparsity, masks_from_scores, validate_sparsity, verify_masks
+from reflowbench.pruners.targets import Target, TargetPolicy, TargetSet, select_targets
+from reflowbench.pruners import magnitude  # noqa: F401  (registers mp, mp-layer)
+
+__all__ = [
+    "PRUNERS", "NoOptions", "PruneContext", "Pruner", "get_pruner_class", "make_pruner", "pruner_names", "register_pruner",
+    "Masks", "apply_masks", "current_masks", "mask_sparsity", "masks_from_scores", "validate_sparsity", "verify_masks",
+    "Target", "TargetPolicy", "TargetSet", "select_targets",
+]

@@ -1,0 +1,126 @@
+"""The Pruner base class, its per-run context, and the one registry every entry point reads.
+
+A pruner registered with ``@register_pruner("name")`` appears in the CLI (with its options as
+``--name-option`` flags), in the harness and sweep, in the report, and in the contract tests.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple, Type
+
+import numpy as np
+import torch
+from torch import nn
+
+from reflowbench.errors import ConfigError
+from reflowbench.pruners.masks import Masks
+from reflowbench.pruners.targets import TargetSet
+from reflowbench.utils.cost import CostLedger
+
+
+@dataclass
+class NoOptions:
+    """A pruner without options."""
+
+
+@dataclass
+class PruneContext:
+    """What a pruner may use besides the model: device, seed, the Fisher subset of the training
+    split (never the test split), the cost ledger, a memory budget and a per-suite cache.
+
+    ``fisher_indices`` are indices into ``train`` reserved for gradients (disjoint from the REFLOW
+    calibration images); ``heldout_indices`` are training images for loss-based scoring.
+    """
+
+    device: torch.device
+    seed: int
+    ledger: CostLedger = field(default_factory=CostLedger)
+    train: Any = None
+    fisher_indices: Optional[np.ndarray] = None
+    heldout_indices: Optional[np.ndarray] = None
+    memory_budget_gb: float = 8.0
+    cache: Dict[Any, Any] = field(default_factory=dict)
+    progress: bool = False
+    notes: Dict[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        with self.ledger.phase(name, self.device):
+            yield
+
+    def fisher_batches(self, batch_size: int, count: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of the first ``count`` Fisher images (fixed order, no augmentation)."""
+        if self.train is None or self.fisher_indices is None:
+            raise ConfigError("this pruner needs training images for gradients, but the context has no Fisher subset")
+        indices = self.fisher_indices if count is None else self.fisher_indices[:count]
+        if count is not None and len(indices) < count:
+            raise ConfigError(f"the pruner asked for {count} Fisher images but only {len(self.fisher_indices)} were reserved")
+        return self.train.batches(indices, batch_size, shuffle=False, augment=False, seed=self.seed)
+
+
+class Pruner(ABC):
+    """Base class. Subclasses set ``Options`` (a dataclass) and implement :meth:`prune`.
+
+    ``prune`` may update kept weights in place and must return keep-masks for every target; the
+    harness applies and verifies them (pruned weights exactly zero, exact requested sparsity).
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    needs_gradients: ClassVar[bool] = False
+    Options: ClassVar[Type[Any]] = NoOptions
+
+    def __init__(self, options: Optional[Any] = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    def fisher_images(self) -> int:
+        """Training images this pruner draws gradients from (0 when it needs none)."""
+        return 0
+
+    def mask_scope(self) -> str:
+        """'global' when the sparsity is exact over all targets, 'layer' when exact per layer."""
+        return getattr(self.options, "scope", "global")
+
+    @abstractmethod
+    def prune(self, model: nn.Module, targets: TargetSet, sparsity: float, ctx: PruneContext) -> Masks:
+        """Return keep-masks (param name -> bool tensor) with the requested sparsity."""
+
+
+PRUNERS: Dict[str, Type[Pruner]] = {}
+
+
+def register_pruner(name: str, description: str = ""):
+    """Class decorator: register a :class:`Pruner` subclass under ``name``."""
+
+    def decorate(cls: Type[Pruner]) -> Type[Pruner]:
+        if name in PRUNERS and PRUNERS[name] is not cls:
+            raise ValueError(f"a pruner named {name!r} is already registered ({PRUNERS[name].__name__})")
+        cls.name = name
+        cls.description = description or (cls.__doc__ or "").strip().splitlines()[0]
+        PRUNERS[name] = cls
+        return cls
+
+    return decorate
+
+
+def pruner_names() -> List[str]:
+    return sorted(PRUNERS)
+
+
+def get_pruner_class(name: str) -> Type[Pruner]:
+    if name not in PRUNERS:
+        raise ConfigError(f"unknown pruner {name!r}: choose from {', '.join(pruner_names())} (see `reflowbench list`)")
+    return PRUNERS[name]
+
+
+def make_pruner(name: str, overrides: Optional[Dict[str, Any]] = None) -> Pruner:
+    """Instantiate pruner ``name`` with option overrides (unknown option names are an error)."""
+    cls = get_pruner_class(name)
+    known = {f.name for f in fields(cls.Options)}
+    unknown = sorted(set(overrides or {}) - known)
+    if unknown:
+        raise ConfigError(f"pruner {name} has no option(s) {unknown}; its options are {sorted(known) or 'none'}")
+    return cls(cls.Options(**(overrides or {})))

@@ -1,0 +1,40 @@
+"""Magnitude pruning (MP): keep the largest |w|, globally or uniformly per layer; no weight update."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from reflowbench.pruners.base import PruneContext, Pruner, register_pruner
+from reflowbench.pruners.masks import Masks, masks_from_scores
+from reflowbench.pruners.targets import TargetSet
+
+
+@dataclass
+class MagnitudeOptions:
+    scope: str = "global"  # 'global': one threshold across all targets; 'layer': the same sparsity in every layer
+
+
+@register_pruner("mp", "magnitude, one global threshold over all targets")
+class MagnitudePruner(Pruner):
+    """Magnitude pruning: prune the smallest |w|."""
+
+    Options = MagnitudeOptions
+
+    def prune(self, model: nn.Module, targets: TargetSet, sparsity: float, ctx: PruneContext) -> Masks:
+        with ctx.phase("selection"):
+            scores = {t.param_name: t.weight.detach().abs() for t in targets}
+            return masks_from_scores(targets, scores, sparsity, self.options.scope)
+
+
+@dataclass
+class LayerMagnitudeOptions:
+    scope: str = "layer"
+
+
+@register_pruner("mp-layer", "magnitude, the same sparsity in every target layer")
+class LayerMagnitudePruner(MagnitudePruner):
+    """Uniform per-layer magnitude pruning."""
+
+    Options = LayerMagnitudeOptions

@@ -1,0 +1,101 @@
+"""Masks keyed by parameter name (bool, True = keep), exact-k selection, application and verification."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict
+
+import torch
+
+from reflowbench.errors import ConfigError, MaskError
+from reflowbench.pruners.targets import TargetSet
+
+Masks = Dict[str, torch.Tensor]
+SCOPES = ("global", "layer")
+
+
+def validate_sparsity(sparsity: float) -> float:
+    """Sparsity must be a finite number in [0, 1)."""
+    try:
+        value = float(sparsity)
+    except (TypeError, ValueError):
+        raise ConfigError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"sparsity must be in [0, 1) (the fraction of target weights set to zero), got {sparsity!r}; e.g. 0.9 for 90%")
+    return value
+
+
+def num_to_prune(total: int, sparsity: float) -> int:
+    """How many of ``total`` weights make sparsity ``sparsity`` (rounded to nearest)."""
+    return int(round(validate_sparsity(sparsity) * total))
+
+
+def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep-mask (same shape as scores) that prunes the ``k`` lowest scores; ties go to the lower flat index."""
+    flat = scores.detach().reshape(-1)
+    keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+    if k > 0:
+        order = torch.argsort(flat, stable=True)
+        keep[order[:k]] = False
+    return keep.view_as(scores)
+
+
+def masks_from_scores(targets: TargetSet, scores: Dict[str, torch.Tensor], sparsity: float, scope: str = "global") -> Masks:
+    """Prune the lowest-scoring weights: one threshold across all targets (global) or per layer.
+
+    scores: param name -> tensor shaped like the weight (higher = more important). Exactly
+    round(sparsity * n) weights are pruned (over all targets for global, per layer for layer).
+    """
+    if scope not in SCOPES:
+        raise ConfigError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if scope == "layer":
+        return {t.param_name: lowest_k_mask(scores[t.param_name], num_to_prune(t.numel, sparsity)) for t in targets}
+    flat = torch.cat([scores[t.param_name].detach().reshape(-1).to(torch.float64).cpu() for t in targets])
+    keep_flat = lowest_k_mask(flat, num_to_prune(flat.numel(), sparsity))
+    masks: Masks = {}
+    offset = 0
+    for t in targets:
+        masks[t.param_name] = keep_flat[offset:offset + t.numel].view(t.weight.shape).to(t.weight.device)
+        offset += t.numel
+    return masks
+
+
+def apply_masks(targets: TargetSet, masks: Masks) -> None:
+    """Zero every pruned weight in place."""
+    with torch.no_grad():
+        for t in targets:
+            t.weight.mul_(masks[t.param_name].to(t.weight.dtype))
+
+
+def current_masks(targets: TargetSet) -> Masks:
+    """Keep-masks of the weights that are non-zero now."""
+    return {t.param_name: t.weight.detach() != 0 for t in targets}
+
+
+def mask_sparsity(masks: Masks) -> float:
+    total = sum(m.numel() for m in masks.values())
+    return sum(int((~m).sum()) for m in masks.values()) / total
+
+
+def verify_masks(targets: TargetSet, masks: Masks, sparsity: float, scope: str = "global") -> float:
+    """Check that every pruned weight is exactly zero and the pruned count is what was asked; return the sparsity."""
+    missing = [t.param_name for t in targets if t.param_name not in masks]
+    if missing:
+        raise MaskError(f"the pruner returned no mask for {missing}: every target needs one")
+    for t in targets:
+        mask = masks[t.param_name]
+        if mask.shape != t.weight.shape or mask.dtype != torch.bool:
+            raise MaskError(f"mask for {t.param_name} must be bool {tuple(t.weight.shape)}, got {mask.dtype} {tuple(mask.shape)}")
+        nonzero_pruned = int((t.weight.detach()[~mask.to(t.weight.device)] != 0).sum())
+        if nonzero_pruned:
+            raise MaskError(f"{nonzero_pruned} pruned weights of {t.param_name} are not zero after pruning")
+        if not torch.isfinite(t.weight.detach()).all():
+            raise MaskError(f"{t.param_name} has non-finite weights after pruning")
+    pruned = sum(int((~masks[t.param_name]).sum()) for t in targets)
+    if scope == "layer":
+        expected = sum(num_to_prune(t.numel, sparsity) for t in targets)
+    else:
+        expected = num_to_prune(targets.num_weights, sparsity)
+    if pruned != expected:
+        raise MaskError(f"pruned {pruned} weights but sparsity {sparsity} over {targets.num_weights} target weights needs {expected}")
+    return pruned / targets.num_weights

@@ -1,0 +1,81 @@
+"""Group run records into tables: mean ± std over seeds, per (model, method, sparsity)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+COST_PHASES = ("gradients", "curvature", "selection", "update", "prune", "recalibrate", "eval_pruned")
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    clean = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not clean:
+        return float("nan"), float("nan")
+    return float(np.mean(clean)), float(np.std(clean, ddof=1)) if len(clean) > 1 else 0.0
+
+
+def fmt(mean: float, std: float, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std >= 0.5 * 10 ** -digits else f"{mean:.{digits}f}"
+
+
+def group(records: List[Dict[str, Any]]) -> Dict[Tuple[str, str, float], List[Dict[str, Any]]]:
+    """(model, method, sparsity) -> records (one per seed)."""
+    grouped: Dict[Tuple[str, str, float], List[Dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        grouped[(record["model"], record["method"], record["sparsity"])].append(record)
+    return dict(sorted(grouped.items()))
+
+
+def accuracy_table(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]]]:
+    """Header and rows: model, method, sparsity, seeds, top-1 after pruning, top-1 after REFLOW, gain, last-BN ratios."""
+    header = ["model", "method", "sparsity", "seeds", "top-1 pruned (%)", "top-1 + REFLOW (%)", "REFLOW gain", "last-BN var ratio pruned → REFLOW"]
+    rows = []
+    for (model, method, sparsity), runs in group(records).items():
+        pruned = mean_std([r["pruned"]["top1"] for r in runs])
+        reflow = mean_std([r["reflow"]["top1"] for r in runs])
+        ratio_before = mean_std([r["variance"]["pruned"]["last"] for r in runs])
+        ratio_after = mean_std([r["variance"]["reflow"]["last"] for r in runs])
+        rows.append([
+            model, method, f"{sparsity:g}", str(len(runs)), fmt(*pruned), fmt(*reflow), f"{reflow[0] - pruned[0]:+.2f}",
+            f"{ratio_before[0]:.3g} → {ratio_after[0]:.3g}",
+        ])
+    return header, rows
+
+
+def cost_table(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]]]:
+    """Mean seconds per phase and peak RSS of pruning, per (model, method), over all sparsities and seeds."""
+    header = ["model", "method", "runs"] + [f"{p} (s)" for p in COST_PHASES] + ["peak RSS prune (MB)", "peak CUDA prune (MB)"]
+    by_method: Dict[Tuple[str, str], List[Dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_method[(record["model"], record["method"])].append(record)
+    rows = []
+    for (model, method), runs in sorted(by_method.items()):
+        cells = [model, method, str(len(runs))]
+        for phase in COST_PHASES:
+            values = [r["cost"][phase]["seconds"] for r in runs if phase in r["cost"]]
+            cells.append(f"{np.mean(values):.2f}" if values else "–")
+        cells.append(f"{max(r['cost']['prune']['peak_rss_mb'] for r in runs):.0f}")
+        cuda = max(r["cost"]["prune"].get("peak_cuda_mb", 0.0) for r in runs)
+        cells.append(f"{cuda:.0f}" if cuda else "–")
+        rows.append(cells)
+    return header, rows
+
+
+def markdown_table(header: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def html_table(header: List[str], rows: List[List[str]]) -> str:
+    from html import escape
+
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

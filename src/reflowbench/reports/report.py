@@ -1,0 +1,74 @@
+"""Markdown report and a self-contained HTML page (figures embedded) from a results folder."""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from reflowbench.bench.results import load_runs
+from reflowbench.errors import ReflowbenchError
+from reflowbench.reports.aggregate import accuracy_table, cost_table, html_table, markdown_table
+from reflowbench.reports.figures import accuracy_vs_sparsity, cost_vs_sparsity, pick_sparsity, signal_collapse
+from reflowbench.utils.io import atomic_write_text
+
+
+def _context_lines(records: List[Dict[str, Any]]) -> List[str]:
+    first = records[0]
+    env = first["environment"]
+    targets = sorted({(r["model"], r["targets"]["description"], r["targets"]["num_weights"], r["targets"]["num_layers"]) for r in records})
+    lines = [f"- runs: {len(records)} ({len({r['method'] for r in records})} methods, sparsities {sorted({r['sparsity'] for r in records})}, seeds {sorted({r['seed'] for r in records})})"]
+    for model, description, weights, layers in targets:
+        lines.append(f"- targets ({model}): {description}: {layers} tensors, {weights:,} weights; sparsity is counted over these")
+    dense = sorted({(r["model"], r["dense"]["top1"]) for r in records})
+    lines += [f"- dense top-1 ({model}): {top1:.2f}%" for model, top1 in dense]
+    calib = first["reflow"]
+    lines.append(f"- REFLOW: {calib['batches']} batches, {calib['images']} training images, mode {first['settings']['reflow']['reflow_mode']}")
+    lines.append(f"- environment: reflowbench {env['reflowbench']} (git {env.get('git_revision') or 'n/a'}), torch {env['torch']}, device {env['device']}, {env['torch_threads']} threads, {env['platform']}")
+    return lines
+
+
+def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out``; returns their paths."""
+    out = Path(out)
+    records = load_runs(out)
+    if not records:
+        raise ReflowbenchError(f"no complete runs under {out}/runs: run `reflowbench run --out {out}` first")
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    sparsity = pick_sparsity(records, signal_sparsity)
+    images = {
+        "accuracy": accuracy_vs_sparsity(records, figures / "accuracy_vs_sparsity.png"),
+        "collapse": signal_collapse(records, sparsity, figures / "signal_collapse.png"),
+        "cost": cost_vs_sparsity(records, figures / "cost_vs_sparsity.png"),
+    }
+    acc_header, acc_rows = accuracy_table(records)
+    cost_header, cost_rows = cost_table(records)
+    context = _context_lines(records)
+    sections = [
+        ("Accuracy vs sparsity", "Dashed: right after pruning. Solid: after REFLOW (BN statistics re-estimated on training images). Bands: ±1 std over seeds.", "accuracy"),
+        (f"Signal collapse at sparsity {sparsity:g}", "Variance of each BN layer's output relative to the dense model, on the same held-out training images, by depth. Dashed: after pruning; solid: after REFLOW.", "collapse"),
+        ("Compute cost", "Wall seconds of the pruning step per method (mean over seeds); the dotted line is the mean REFLOW time.", "cost"),
+    ]
+    md = ["# reflowbench report", "", *context, ""]
+    for title, caption, key in sections:
+        md += [f"## {title}", "", caption, "", f"![{title}](figures/{images[key].name})", ""]
+    md += ["## Accuracy table", "", markdown_table(acc_header, acc_rows), "", "## Cost per phase", "",
+           "Mean wall seconds per phase over all runs of a method; peak RSS is the largest resident set size of the process during pruning (it includes the data held in memory).", "",
+           markdown_table(cost_header, cost_rows), ""]
+    markdown_path = out / "report.md"
+    atomic_write_text(markdown_path, "\n".join(md))
+
+    def embedded(path: Path) -> str:
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+    body = ["<h1>reflowbench report</h1>", "<ul>" + "".join(f"<li>{escape(line[2:])}</li>" for line in context) + "</ul>"]
+    for title, caption, key in sections:
+        body += [f"<h2>{escape(title)}</h2>", f"<p>{escape(caption)}</p>", f'<img alt="{escape(title)}" src="{embedded(images[key])}">']
+    body += ["<h2>Accuracy table</h2>", html_table(acc_header, acc_rows), "<h2>Cost per phase</h2>", html_table(cost_header, cost_rows)]
+    style = "body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+    html = f"<!doctype html><html><head><meta charset='utf-8'><title>reflowbench report</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    html_path = out / "report.html"
+    atomic_write_text(html_path, html)
+    return {"markdown": markdown_path, "html": html_path, **{f"figure_{k}": v for k, v in images.items()}}

@@ -1,0 +1,115 @@
+"""Per-phase wall time and peak memory (RSS on the host, max allocated on CUDA)."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional
+
+import torch
+
+
+def current_rss_mb() -> float:
+    """Resident set size of this process now, in MiB."""
+    try:
+        with open("/proc/self/statm") as handle:
+            pages = int(handle.read().split()[1])
+        return pages * resource.getpagesize() / 2**20
+    except OSError:
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS since the last :func:`reset_peak_rss` (Linux) or since start, in MiB."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux ``clear_refs``); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class PhaseCost:
+    """Cost of one phase: wall seconds, peak RSS (MiB) and peak CUDA memory (MiB, 0 on CPU)."""
+
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    peak_cuda_mb: float = 0.0
+
+    def merge(self, other: "PhaseCost") -> None:
+        self.seconds += other.seconds
+        self.peak_rss_mb = max(self.peak_rss_mb, other.peak_rss_mb)
+        self.peak_cuda_mb = max(self.peak_cuda_mb, other.peak_cuda_mb)
+
+
+@dataclass
+class CostLedger:
+    """Phase name -> accumulated :class:`PhaseCost`; phases may repeat (costs add up) and nest.
+
+    Nesting: an inner phase resets the kernel's peak-RSS counter, so before it does, the peak so far
+    is credited to every enclosing phase, and the inner phase's peak is credited to them when it ends.
+    """
+
+    phases: Dict[str, PhaseCost] = field(default_factory=dict)
+    _open: List[PhaseCost] = field(default_factory=list, repr=False)
+
+    @contextmanager
+    def phase(self, name: str, device: Optional[torch.device] = None) -> Iterator[None]:
+        on_cuda = device is not None and torch.device(device).type == "cuda"
+        peak_before = peak_rss_mb()
+        for outer in self._open:
+            outer.peak_rss_mb = max(outer.peak_rss_mb, peak_before)
+        reset_peak_rss()
+        if on_cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        running = PhaseCost(peak_rss_mb=current_rss_mb())
+        self._open.append(running)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if on_cuda:
+                torch.cuda.synchronize(device)
+            self._open.pop()
+            running.seconds = time.perf_counter() - start
+            running.peak_rss_mb = max(running.peak_rss_mb, peak_rss_mb())
+            if on_cuda:
+                running.peak_cuda_mb = max(running.peak_cuda_mb, torch.cuda.max_memory_allocated(device) / 2**20)
+            for outer in self._open:
+                outer.peak_rss_mb = max(outer.peak_rss_mb, running.peak_rss_mb)
+                outer.peak_cuda_mb = max(outer.peak_cuda_mb, running.peak_cuda_mb)
+            self.phases.setdefault(name, PhaseCost()).merge(running)
+
+    def add(self, name: str, cost: PhaseCost) -> None:
+        """Credit a cost measured elsewhere (e.g. gradients reused from a cache) to phase ``name``."""
+        self.phases.setdefault(name, PhaseCost()).merge(cost)
+        for outer in self._open:
+            outer.peak_rss_mb = max(outer.peak_rss_mb, cost.peak_rss_mb)
+            outer.peak_cuda_mb = max(outer.peak_cuda_mb, cost.peak_cuda_mb)
+
+    def get(self, name: str) -> PhaseCost:
+        return self.phases.get(name, PhaseCost())
+
+    def as_dict(self) -> Dict[str, Dict[str, float]]:
+        return {
+            name: {"seconds": round(c.seconds, 4), "peak_rss_mb": round(c.peak_rss_mb, 1), "peak_cuda_mb": round(c.peak_cuda_mb, 1)}
+            for name, c in self.phases.items()
+        }
