@@ -1,0 +1,13 @@
+"""The curvature backend every Hessian-based pruner shares.
+
+- :mod:`gradients`: the gradient matrix G (N x d per layer) with torch.func, mask-aware, chunked;
+- :mod:`block_fisher`: the damped block-diagonal empirical Fisher lam I + G^T G / N, dual (N x N
+  Woodbury) or primal (B x B) per layer, with diag(F^-1), F^-1 v, restricted solves and the quadratic model;
+- :mod:`memory`: estimates checked against a budget before large allocations.
+"""
+
+from reflowbench.hessian.block_fisher import BlockFisher, FisherSpec, LayerFisher, curvature_bytes
+from reflowbench.hessian.gradients import GradientMatrix, GradientSpec, collect_gradients, gradient_bytes
+from reflowbench.hessian.memory import check_budget, resolve_dtype
+
+__all__ = ["BlockFisher", "FisherSpec", "GradientMatrix", "GradientSpec", "LayerFisher", "check_budget", "collect_gradients", "curvature_bytes", "gradient_bytes", "resolve_dtype"]

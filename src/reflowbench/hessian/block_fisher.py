@@ -1,0 +1,220 @@
+"""Low-rank block-diagonal empirical Fisher, never formed as a d x d (or, when N < B, a B x B) matrix.
+
+Per block b of a layer (a contiguous chunk of B flattened weights, or the whole layer):
+
+    F_b = lam * I + G_b^T G_b / N,                       G_b: (N, B)
+
+Two equivalent forms, chosen per layer by cost:
+- dual (N < B), Woodbury with K_b = N lam I + G_b G_b^T (N x N):
+      F_b^-1 = (1/lam) [ I - G_b^T K_b^-1 G_b ]
+      diag(F_b^-1) = (1 - colsum((L^-1 G_b)^2)) / lam,       K_b = L L^T
+- primal (B <= N): Cholesky of the B x B matrix F_b itself.
+
+Blocks of one layer are batched: the layer's (N, d) rows are zero-padded to nb * B columns and viewed as
+(nb, N, B). Padded columns are exact zeros, which decouple (F = lam there) and are cut off on return.
+Factorisations run in ``factor_dtype`` (float64 by default: the dual diagonal is a difference 1 - |z|^2).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional
+
+import torch
+
+from reflowbench.errors import ConfigError, FisherError
+from reflowbench.hessian.gradients import GradientMatrix
+from reflowbench.hessian.memory import check_budget, resolve_dtype
+
+DAMP_MODES = ("absolute", "relative")
+FORMS = ("auto", "dual", "primal")
+MAX_DAMP_ESCALATIONS = 6
+
+
+@dataclass
+class FisherSpec:
+    """Block structure and damping of F."""
+
+    block_size: int = 0  # B: weights per block within a layer (0 = whole layer)
+    damp: float = 1e-5  # lam (absolute), or the multiple of mean(diag(G^T G / N)) per block (relative)
+    damp_mode: str = "absolute"  # absolute or relative
+    form: str = "auto"  # auto (dual when N < B), dual, primal
+    compute_dtype: str = "float32"  # dtype of the large products with G
+    factor_dtype: str = "float64"  # dtype of the N x N / B x B factorisations
+
+    def validate(self) -> None:
+        if self.damp_mode not in DAMP_MODES:
+            raise ConfigError(f"damp_mode must be one of {DAMP_MODES}, got {self.damp_mode!r}")
+        if self.form not in FORMS:
+            raise ConfigError(f"form must be one of {FORMS}, got {self.form!r}")
+        if not (self.damp > 0 and math.isfinite(self.damp)):
+            raise ConfigError(f"damping must be a positive finite number, got {self.damp}: the damped Fisher lam*I + G^T G/N needs lam > 0")
+        if self.block_size < 0:
+            raise ConfigError(f"block_size must be >= 0 (0 = whole layer), got {self.block_size}")
+
+
+def _cholesky_with_escalation(matrix: torch.Tensor, name: str, add_identity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], damp: torch.Tensor) -> tuple:
+    """Batched Cholesky; where a block is not positive definite, multiply its damping by 10 (with a warning)."""
+    for attempt in range(MAX_DAMP_ESCALATIONS + 1):
+        factor, info = torch.linalg.cholesky_ex(matrix)
+        failed = info != 0
+        if not bool(failed.any()):
+            return factor, damp
+        if attempt == MAX_DAMP_ESCALATIONS:
+            break
+        bad = failed.nonzero().flatten().tolist()
+        warnings.warn(
+            f"Fisher block(s) {bad[:8]} of {name} are not positive definite at damping {damp[failed].max().item():.3g}; "
+            "multiplying their damping by 10 (more gradients or a larger --<pruner>-damp avoids this)", RuntimeWarning, stacklevel=3,
+        )
+        extra = torch.where(failed, damp * 9.0, torch.zeros_like(damp))
+        matrix = add_identity(matrix, extra)
+        damp = damp + extra
+    raise FisherError(
+        f"the Fisher blocks of {name} stay singular after raising the damping to {damp.max().item():.3g}: "
+        "the gradients are degenerate (check for non-finite or all-zero gradients) or use --<pruner>-damp-mode relative"
+    )
+
+
+class LayerFisher:
+    """The blocks of one target layer, factorised once; all operations take and return flat (d,) vectors."""
+
+    def __init__(self, name: str, rows: torch.Tensor, spec: FisherSpec, device: torch.device) -> None:
+        self.name = name
+        self.num_grads, self.numel = rows.shape
+        self.block = self.numel if spec.block_size in (0, None) or spec.block_size >= self.numel else spec.block_size
+        self.num_blocks = -(-self.numel // self.block)
+        self.form = spec.form if spec.form != "auto" else ("dual" if self.num_grads < self.block else "primal")
+        self.compute_dtype = resolve_dtype(spec.compute_dtype)
+        self.factor_dtype = resolve_dtype(spec.factor_dtype)
+        self.device = device
+        if self.numel % self.block == 0:  # no padding: a view of the rows (a copy only on dtype/device change)
+            padded = rows.to(device=device, dtype=self.compute_dtype)
+        else:
+            padded = torch.zeros(self.num_grads, self.num_blocks * self.block, dtype=self.compute_dtype, device=device)
+            padded[:, : self.numel] = rows.to(device=device, dtype=self.compute_dtype)
+        self.grads = padded.view(self.num_grads, self.num_blocks, self.block).transpose(0, 1)  # (nb, N, B)
+        if not torch.isfinite(self.grads).all():
+            raise FisherError(f"the gradients of {name} contain non-finite values: recollect them (check inputs and checkpoint)")
+        self.damp = self._damping(spec)  # (nb,)
+        self.factor, self.damp = self._factorise(self.grads, self.damp)
+
+    def _damping(self, spec: FisherSpec) -> torch.Tensor:
+        if spec.damp_mode == "absolute":
+            return torch.full((self.num_blocks,), spec.damp, dtype=self.factor_dtype, device=self.device)
+        mean_diag = self.grads.to(self.factor_dtype).pow(2).sum(dim=(1, 2)) / (self.num_grads * self.block)
+        damp = spec.damp * mean_diag
+        return torch.where(damp > 0, damp, torch.full_like(damp, spec.damp))
+
+    def _factorise(self, grads: torch.Tensor, damp: torch.Tensor) -> tuple:
+        n = self.num_grads
+        if self.form == "dual":
+            gram = torch.bmm(grads, grads.transpose(1, 2)).to(self.factor_dtype)  # (nb, N, N)
+            eye = torch.eye(n, dtype=self.factor_dtype, device=self.device)
+            matrix = gram + (n * damp).view(-1, 1, 1) * eye
+            return _cholesky_with_escalation(matrix, self.name, lambda m, extra: m + (n * extra).view(-1, 1, 1) * eye, damp)
+        gram = torch.bmm(grads.transpose(1, 2), grads).to(self.factor_dtype) / n  # (nb, B, B)
+        eye = torch.eye(self.block, dtype=self.factor_dtype, device=self.device)
+        matrix = gram + damp.view(-1, 1, 1) * eye
+        return _cholesky_with_escalation(matrix, self.name, lambda m, extra: m + extra.view(-1, 1, 1) * eye, damp)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _blocks(self, vector: torch.Tensor) -> torch.Tensor:
+        """(d,) -> (nb, B) zero-padded, in factor dtype."""
+        padded = torch.zeros(self.num_blocks * self.block, dtype=self.factor_dtype, device=self.device)
+        padded[: self.numel] = vector.reshape(-1).to(device=self.device, dtype=self.factor_dtype)
+        return padded.view(self.num_blocks, self.block)
+
+    def _flat(self, blocks: torch.Tensor) -> torch.Tensor:
+        return blocks.reshape(-1)[: self.numel]
+
+    # -- operations ------------------------------------------------------------------------------
+    def diag_inverse(self) -> torch.Tensor:
+        """diag(F^-1), shape (d,), factor dtype."""
+        lam = self.damp.view(-1, 1)
+        if self.form == "dual":
+            # Z = L^-1 G_b in the compute dtype (the N^2 B work); the factor itself was computed in factor dtype
+            z = torch.linalg.solve_triangular(self.factor.to(self.compute_dtype), self.grads, upper=False)  # (nb, N, B)
+            captured = z.pow(2).sum(1, dtype=self.factor_dtype) if z.dtype != torch.float16 else z.float().pow(2).sum(1).to(self.factor_dtype)
+            return self._flat((1.0 - captured) / lam)
+        inverse = torch.cholesky_inverse(self.factor)
+        return self._flat(torch.diagonal(inverse, dim1=1, dim2=2))
+
+    def inverse_times(self, vector: torch.Tensor) -> torch.Tensor:
+        """F^-1 v for v of shape (d,)."""
+        v = self._blocks(vector)  # (nb, B)
+        if self.form == "dual":
+            g = self.grads  # products with G in the compute dtype, the N x N solve in the factor dtype
+            gv = torch.bmm(g, v.to(g.dtype).unsqueeze(2)).to(self.factor_dtype)  # (nb, N, 1)
+            solved = torch.cholesky_solve(gv, self.factor)
+            correction = torch.bmm(g.transpose(1, 2), solved.to(g.dtype)).squeeze(2).to(self.factor_dtype)
+            return self._flat((v - correction) / self.damp.view(-1, 1))
+        return self._flat(torch.cholesky_solve(v.unsqueeze(2), self.factor).squeeze(2))
+
+    def restricted_solve(self, support: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+        """x_S = (lam I + G_S^T G_S / N)^-1 r_S on support S (bool (d,)), x = 0 off S; shape (d,).
+
+        Solved per block (block-diagonal F), with the N x N dual system when N < B.
+        """
+        keep = self._blocks(support.to(torch.float64))  # (nb, B) of 0/1
+        r = self._blocks(rhs) * keep
+        g = self.grads.to(self.factor_dtype) * keep.unsqueeze(1)  # columns off S zeroed
+        lam = self.damp.view(-1, 1)
+        n = self.num_grads
+        if self.form == "dual":
+            eye = torch.eye(n, dtype=self.factor_dtype, device=self.device)
+            matrix = torch.bmm(g, g.transpose(1, 2)) + (n * self.damp).view(-1, 1, 1) * eye
+            factor, damp = _cholesky_with_escalation(matrix, self.name + " (restricted)", lambda m, extra: m + (n * extra).view(-1, 1, 1) * eye, self.damp.clone())
+            solved = torch.cholesky_solve(torch.bmm(g, r.unsqueeze(2)), factor)
+            out = (r - torch.bmm(g.transpose(1, 2), solved).squeeze(2)) / damp.view(-1, 1)
+        else:
+            eye = torch.eye(self.block, dtype=self.factor_dtype, device=self.device)
+            matrix = torch.bmm(g.transpose(1, 2), g) / n + self.damp.view(-1, 1, 1) * eye
+            factor, _ = _cholesky_with_escalation(matrix, self.name + " (restricted)", lambda m, extra: m + extra.view(-1, 1, 1) * eye, self.damp.clone())
+            out = torch.cholesky_solve(r.unsqueeze(2), factor).squeeze(2)
+        return self._flat(out * keep)
+
+    def quadratic(self, delta: torch.Tensor) -> float:
+        """0.5 * delta^T F delta (block-diagonal F) for delta of shape (d,)."""
+        d = self._blocks(delta)
+        projected = torch.bmm(self.grads, d.to(self.grads.dtype).unsqueeze(2)).squeeze(2).to(self.factor_dtype)  # (nb, N)
+        return float(0.5 * ((self.damp.view(-1, 1) * d.pow(2)).sum() + projected.pow(2).sum() / self.num_grads))
+
+
+def curvature_bytes(gradients: GradientMatrix, spec: FisherSpec) -> int:
+    """Bytes of the factors (all layers kept) plus the largest per-layer temporary, factor dtype."""
+    item = torch.empty((), dtype=resolve_dtype(spec.factor_dtype)).element_size()
+    total = 0
+    largest_temp = 0
+    for rows in gradients.rows.values():
+        n, d = rows.shape
+        block = d if spec.block_size in (0, None) or spec.block_size >= d else spec.block_size
+        blocks = -(-d // block)
+        dual = spec.form == "dual" or (spec.form == "auto" and n < block)
+        total += blocks * (n * n if dual else block * block) * item
+        largest_temp = max(largest_temp, 2 * n * blocks * block * item)
+    return total + largest_temp
+
+
+class BlockFisher:
+    """The block-diagonal damped empirical Fisher of all target layers (one :class:`LayerFisher` each)."""
+
+    def __init__(self, gradients: GradientMatrix, spec: FisherSpec, device: torch.device, budget_gb: float = 8.0, log: Optional[Callable[[str], None]] = None) -> None:
+        spec.validate()
+        check_budget(
+            curvature_bytes(gradients, spec), budget_gb, "the block Fisher factors",
+            "a smaller --<pruner>-block-size (when N >= B) or fewer gradients (when N < B), or --<pruner>-factor-dtype float32", log,
+        )
+        self.spec = spec
+        self.layers: Dict[str, LayerFisher] = {name: LayerFisher(name, rows, spec, device) for name, rows in gradients.rows.items()}
+
+    def __iter__(self) -> Iterator[LayerFisher]:
+        return iter(self.layers.values())
+
+    def __getitem__(self, name: str) -> LayerFisher:
+        return self.layers[name]
+
+    def describe(self) -> List[str]:
+        return [f"{l.name}: {l.num_blocks} x {l.block} ({l.form})" for l in self]

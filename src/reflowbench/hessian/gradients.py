@@ -1,0 +1,150 @@
+"""The gradient matrix G (N x d per target layer) with torch.func, model in eval mode.
+
+Row i of G is the gradient of the mean cross-entropy over one group of ``minibatch`` training
+images (``minibatch=1``: per-sample gradients) with respect to the target weights, multiplied by
+the current keep-mask so already-pruned weights contribute nothing. Groups are processed in
+chunks with ``vmap(grad(loss))``; rows are written straight into preallocated storage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from reflowbench.errors import ConfigError, FisherError
+from reflowbench.hessian.memory import check_budget, resolve_dtype
+
+if TYPE_CHECKING:  # the backend does not import the pruners package (pruners import the backend)
+    from reflowbench.pruners.targets import TargetSet
+
+Masks = Dict[str, torch.Tensor]
+
+Batches = Iterator[Tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class GradientSpec:
+    """How G is sampled and stored."""
+
+    num_grads: int = 1000  # N: rows of G
+    minibatch: int = 1  # m: images averaged into one row (1 = per-sample gradients)
+    chunk_images: int = 128  # images per vmap call (memory vs speed)
+    dtype: str = "float32"  # storage dtype of G: float32, float64, float16, bfloat16
+    offload: bool = False  # keep G in host memory when computing on CUDA
+
+    @property
+    def images(self) -> int:
+        return self.num_grads * self.minibatch
+
+    def validate(self) -> None:
+        if self.num_grads < 1 or self.minibatch < 1 or self.chunk_images < 1:
+            raise ConfigError(f"num_grads, minibatch and chunk_images must be >= 1, got {self.num_grads}, {self.minibatch}, {self.chunk_images}")
+
+
+@dataclass
+class GradientMatrix:
+    """rows[name]: (N, d_l) gradient rows for target ``name`` (flattened weight order)."""
+
+    rows: Dict[str, torch.Tensor]
+    num_grads: int
+    minibatch: int
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.rows.values())
+
+
+def gradient_bytes(targets: "TargetSet", spec: GradientSpec) -> int:
+    return spec.num_grads * targets.num_weights * torch.empty((), dtype=resolve_dtype(spec.dtype)).element_size()
+
+
+def _group_loss(model: nn.Module, frozen: Dict[str, torch.Tensor]) -> Callable:
+    def loss(target_params: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, {**frozen, **target_params}, (x,))
+        return F.cross_entropy(logits, y)
+
+    return loss
+
+
+def collect_gradients(
+    model: nn.Module,
+    targets: "TargetSet",
+    batches: Batches,
+    spec: GradientSpec,
+    masks: Optional[Masks] = None,
+    device: Optional[torch.device] = None,
+    budget_gb: float = 8.0,
+    log: Optional[Callable[[str], None]] = None,
+    progress: bool = False,
+) -> GradientMatrix:
+    """Fill G from ``batches`` (which must hold at least N*m images; extra images are ignored).
+
+    The model is switched to eval mode (BN uses its running statistics, so rows are independent)
+    and restored afterwards. Raises :class:`FisherError` naming the layer on non-finite gradients.
+    """
+    spec.validate()
+    device = device or next(model.parameters()).device
+    store_device = torch.device("cpu") if spec.offload else device
+    dtype = resolve_dtype(spec.dtype)
+    check_budget(
+        gradient_bytes(targets, spec), budget_gb,
+        f"the gradient matrix ({spec.num_grads} x {targets.num_weights:,} weights, {spec.dtype})",
+        "a smaller --<pruner>-num-grads, --<pruner>-dtype bfloat16/float16, or fewer target layers", log,
+    )
+    rows = {t.param_name: torch.empty(spec.num_grads, t.numel, dtype=dtype, device=store_device) for t in targets}
+    flat_masks = {name: m.reshape(-1).to(device=device, dtype=torch.float32) for name, m in (masks or {}).items()}
+    param_names = {id(p): n for n, p in model.named_parameters()}
+    target_keys = {t.param_name: param_names[id(t.weight)] for t in targets}
+    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in target_keys.values()}
+    frozen.update({n: b for n, b in model.named_buffers()})
+    loss = _group_loss(model, frozen)
+    per_group = vmap(grad(loss), in_dims=(None, 0, 0))
+    groups_per_call = max(1, spec.chunk_images // spec.minibatch)
+    was_training = model.training
+    model.eval()
+    filled = 0
+    pending_x: list = []
+    pending_y: list = []
+    from tqdm import tqdm
+
+    bar = tqdm(total=spec.num_grads, disable=not progress, desc="gradients", unit="row", leave=False)
+    try:
+        params = {target_keys[t.param_name]: t.weight.detach() for t in targets}
+        for x, y in batches:
+            pending_x.append(x)
+            pending_y.append(y)
+            buffered = sum(len(b) for b in pending_y)
+            while buffered >= spec.minibatch and filled < spec.num_grads:
+                xs, ys = torch.cat(pending_x), torch.cat(pending_y)
+                groups = min(groups_per_call, len(ys) // spec.minibatch, spec.num_grads - filled)
+                used = groups * spec.minibatch
+                gx = xs[:used].to(device).view(groups, spec.minibatch, *xs.shape[1:])
+                gy = ys[:used].to(device).view(groups, spec.minibatch)
+                with torch.no_grad():
+                    grads = per_group(params, gx, gy)
+                for t in targets:
+                    block = grads[target_keys[t.param_name]].reshape(groups, -1)
+                    if t.param_name in flat_masks:
+                        block = block * flat_masks[t.param_name]
+                    if not torch.isfinite(block).all():
+                        raise FisherError(
+                            f"non-finite gradients in layer {t.param_name} (rows {filled}..{filled + groups - 1}): "
+                            "check the checkpoint and input normalisation, or use a larger --<pruner>-minibatch"
+                        )
+                    rows[t.param_name][filled:filled + groups] = block.to(dtype=dtype, device=store_device)
+                filled += groups
+                bar.update(groups)
+                pending_x, pending_y = [xs[used:]], [ys[used:]]
+                buffered = len(ys) - used
+            if filled >= spec.num_grads:
+                break
+    finally:
+        bar.close()
+        model.train(was_training)
+    if filled < spec.num_grads:
+        raise ConfigError(f"only {filled * spec.minibatch} Fisher images were available, {spec.images} needed (N={spec.num_grads} x m={spec.minibatch})")
+    return GradientMatrix(rows=rows, num_grads=spec.num_grads, minibatch=spec.minibatch)

@@ -1,0 +1,79 @@
+import json
+
+import pytest
+
+from reflowbench.cli import main
+
+
+def _quick_args(out):
+    return ["--out", str(out), "--calib-batches", "2", "--calib-batch-size", "32", "--diag-images", "64", "--seeds", "0", "--no-progress"]
+
+
+def test_list_shows_pruners_models_datasets(capsys):
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    for word in ("mp", "mp-layer", "woodfisher", "resnet20", "resnet110", "mobilenetv1", "smallcnn", "resnet50", "digits", "cifar10", "imagenet"):
+        assert word in text
+
+
+@pytest.mark.parametrize("sparsities", ["1.0", "-0.2", "1.5"])
+def test_bad_sparsity_is_a_clear_error(tmp_path, capsys, sparsities):
+    assert main(["run", "--sparsities", sparsities, *_quick_args(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "sparsity must be in [0, 1)" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_unknown_method_and_bad_checkpoint(tmp_path, capsys):
+    assert main(["run", "--methods", "obs-magic", *_quick_args(tmp_path)]) == 2
+    assert "unknown pruner 'obs-magic'" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"xx")
+    assert main(["run", "--model", "resnet20", "--checkpoint", str(bad), "--dataset", "digits", *_quick_args(tmp_path)]) == 2
+    assert "cannot be loaded" in capsys.readouterr().err
+
+
+def test_builtin_model_without_checkpoint_says_how_to_get_one(tmp_path, capsys):
+    assert main(["run", "--model", "resnet20", "--dataset", "digits", *_quick_args(tmp_path)]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_model_without_batchnorm_is_refused(tmp_path, capsys):
+    import torch
+    import torchvision
+
+    model = torchvision.models.get_model("squeezenet1_1", num_classes=10)  # no BatchNorm
+    torch.save(model.state_dict(), tmp_path / "vgg.pt")
+    code = main(["run", "--model", "squeezenet1_1", "--checkpoint", str(tmp_path / "vgg.pt"), "--dataset", "digits", *_quick_args(tmp_path)])
+    assert code == 2 and "BatchNorm" in capsys.readouterr().err
+
+
+def test_report_on_empty_folder(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "none")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "no complete runs" in capsys.readouterr().err
+
+
+def test_config_file_and_flags(tmp_path, capsys):
+    config = tmp_path / "suite.json"
+    config.write_text(json.dumps({"sweep": {"sparsities": [0.5]}, "method_options": {"mp": {"scope": "layer"}}}))
+    assert main(["run", "--config", str(config), "--no-report", *_quick_args(tmp_path / "o")]) == 0
+    record = json.loads(next((tmp_path / "o" / "runs").glob("*.json")).read_text())
+    assert record["sparsity"] == 0.5 and record["options"] == {"scope": "layer"}
+
+
+def test_prune_command_saves_weights(tmp_path, capsys):
+    import torch
+
+    save = tmp_path / "pruned.pt"
+    assert main(["prune", "--method", "mp", "--sparsity", "0.5", "--save", str(save), "--calib-batches", "2", "--calib-batch-size", "32", "--diag-images", "64", "--no-progress"]) == 0
+    state = torch.load(save, weights_only=True)
+    conv = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 4]
+    zeros = sum(int((v == 0).sum()) for v in conv)
+    assert zeros > 0
+
+
+def test_train_command(tmp_path, capsys):
+    assert main(["train", "--model", "smallcnn", "--dataset", "digits", "--epochs", "1", "--save", str(tmp_path / "d.pt")]) == 0
+    assert (tmp_path / "d.pt").exists() and "top-1" in capsys.readouterr().out

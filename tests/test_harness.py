@@ -1,0 +1,68 @@
+import csv
+import json
+
+import pytest
+
+from reflowbench.bench import run_suite
+from reflowbench.bench.results import CSV_COLUMNS
+from reflowbench.config import merge_into, preset
+from reflowbench.errors import ConfigError
+
+
+def _quick(out, **sweep):
+    spec = preset("default")
+    merge_into(spec, {"reflow": {"calib_batches": 4, "calib_batch_size": 64, "diag_images": 128},
+                      "sweep": {"sparsities": [0.5, 0.9], "seeds": [0], "out": str(out), "progress": False, **sweep}}, "test")
+    return spec
+
+
+def test_sweep_writes_runs_csv_report_and_resumes(tmp_path):
+    spec = _quick(tmp_path)
+    counts = run_suite(spec, log=lambda m: None)
+    assert counts == {"done": 2, "skipped": 0, "total": 2}
+    runs = sorted((tmp_path / "runs").glob("*.json"))
+    assert len(runs) == 2
+    record = json.loads(runs[0].read_text())
+    for key in ("targets", "dense", "pruned", "reflow", "variance", "cost", "environment", "key"):
+        assert key in record
+    assert record["targets"]["num_weights"] == 65_120 and record["targets"]["description"] == "all conv+linear weights"
+    assert {"prune", "recalibrate", "eval_pruned", "eval_reflow"} <= set(record["cost"])
+    assert record["environment"]["torch"]
+    with open(tmp_path / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and set(CSV_COLUMNS) <= set(rows[0])
+    assert {r["reflow"] for r in rows} == {"0", "1"}
+    for name in ("report.md", "report.html", "figures/accuracy_vs_sparsity.png", "figures/signal_collapse.png", "figures/cost_vs_sparsity.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html  # self-contained
+
+    # a second call skips everything; a changed setting or a lost/corrupt file is (re)run
+    assert run_suite(spec, log=lambda m: None)["done"] == 0
+    runs[0].write_text("{ truncated")
+    spec.sweep.sparsities = [0.5, 0.9, 0.7]
+    assert run_suite(spec, log=lambda m: None) == {"done": 2, "skipped": 1, "total": 3}
+
+
+def test_embedded_default_shows_signal_collapse_and_reflow_recovery(tmp_path):
+    """The phenomenon, not just a run: at 90% sparsity MP collapses and REFLOW recovers most of it."""
+    from reflowbench.bench.harness import SuiteState, run_one
+    from reflowbench.pruners import make_pruner
+
+    spec = preset("default")
+    spec.sweep.progress = False
+    pruner = make_pruner("mp")
+    state = SuiteState(spec, [pruner], log=lambda m: None)
+    record = run_one(state, pruner, 0.9, 0)
+    assert record["dense"]["top1"] > 95
+    assert record["pruned"]["top1"] < 30  # near chance right after pruning
+    assert record["reflow"]["top1"] > 75  # REFLOW gets most of it back
+    assert record["variance"]["pruned"]["last"] < 0.1  # the last BN layer's output variance collapsed ...
+    assert 0.7 < record["variance"]["reflow"]["last"] < 1.3  # ... and returns near 1
+
+
+def test_config_rejects_unknown_settings():
+    with pytest.raises(ConfigError, match="unknown setting 'calib_batchez'"):
+        merge_into(preset("default"), {"calib_batchez": 3}, "test")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset("imagenet-huge")

@@ -1,0 +1,150 @@
+"""The block Fisher backend against dense brute force (explicit F, explicit inverse)."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TinyBNNet
+from reflowbench.errors import FisherError, MemoryBudgetError
+from reflowbench.hessian import BlockFisher, FisherSpec, GradientMatrix, GradientSpec, LayerFisher, collect_gradients
+from reflowbench.hessian.block_fisher import _cholesky_with_escalation
+from reflowbench.pruners import select_targets
+
+
+def dense_block_fisher(G: torch.Tensor, block: int, lam: float) -> torch.Tensor:
+    """The explicit d x d block-diagonal F = lam I + G_b^T G_b / N (blocks of ``block`` contiguous weights)."""
+    n, d = G.shape
+    block = d if block == 0 else block
+    F = torch.zeros(d, d, dtype=torch.float64)
+    for start in range(0, d, block):
+        stop = min(d, start + block)
+        g = G[:, start:stop].double()
+        F[start:stop, start:stop] = lam * torch.eye(stop - start, dtype=torch.float64) + g.T @ g / n
+    return F
+
+
+CASES = [  # (N, d, block size, form)
+    (6, 15, 0, "auto"),  # dual, whole layer
+    (30, 15, 0, "auto"),  # primal, whole layer
+    (7, 23, 5, "auto"),  # primal blocks with a padded last block
+    (4, 23, 10, "auto"),  # dual blocks with padding
+    (7, 23, 5, "dual"),
+    (12, 23, 10, "primal"),
+]
+
+
+@pytest.mark.parametrize("n, d, block, form", CASES)
+@pytest.mark.parametrize("precision, tol", [("float64", 1e-8), ("float32", 1e-4)])
+def test_operations_match_brute_force(n, d, block, form, precision, tol):
+    generator = torch.Generator().manual_seed(n * 100 + d)
+    G = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    lam = 0.05
+    layer = LayerFisher("w", G.to(getattr(torch, precision)), FisherSpec(block_size=block, damp=lam, form=form, compute_dtype=precision), torch.device("cpu"))
+    F = dense_block_fisher(G, block, lam)
+    F_inv = torch.linalg.inv(F)
+    v = torch.randn(d, generator=generator, dtype=torch.float64)
+    support = torch.rand(d, generator=generator) < 0.6
+    expected_restricted = torch.zeros(d, dtype=torch.float64)
+    expected_restricted[support] = torch.linalg.solve(F[support][:, support], v[support])
+
+    def rel(a, b):
+        return float((a.double() - b).norm() / b.norm())
+
+    assert rel(layer.diag_inverse(), F_inv.diagonal()) < tol
+    assert rel(layer.inverse_times(v), F_inv @ v) < tol
+    assert rel(layer.restricted_solve(support, v), expected_restricted) < tol
+    assert abs(layer.quadratic(v) - float(0.5 * v @ F @ v)) / float(0.5 * v @ F @ v) < tol
+
+
+def test_dual_and_primal_agree():
+    G = torch.randn(9, 20, dtype=torch.float64)
+    spec = dict(block_size=0, damp=1e-3, compute_dtype="float64")
+    dual = LayerFisher("w", G, FisherSpec(form="dual", **spec), torch.device("cpu"))
+    primal = LayerFisher("w", G, FisherSpec(form="primal", **spec), torch.device("cpu"))
+    v = torch.randn(20, dtype=torch.float64)
+    assert torch.allclose(dual.diag_inverse(), primal.diag_inverse(), rtol=1e-9)
+    assert torch.allclose(dual.inverse_times(v), primal.inverse_times(v), rtol=1e-9)
+
+
+def test_relative_damping_scales_with_mean_diagonal():
+    G = 10 * torch.randn(5, 8, dtype=torch.float64)
+    layer = LayerFisher("w", G, FisherSpec(damp=0.1, damp_mode="relative", compute_dtype="float64"), torch.device("cpu"))
+    expected = 0.1 * float((G ** 2).sum() / (5 * 8))
+    assert abs(float(layer.damp[0]) - expected) < 1e-9
+
+
+def test_cholesky_failure_escalates_damping_with_warning_then_errors():
+    indefinite = torch.diag(torch.tensor([1.0, -0.5], dtype=torch.float64)).unsqueeze(0)
+    eye = torch.eye(2, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="not positive definite"):
+        _, damp = _cholesky_with_escalation(indefinite, "layerX", lambda m, extra: m + extra.view(-1, 1, 1) * eye, torch.tensor([0.1], dtype=torch.float64))
+    assert float(damp[0]) > 0.5
+    hopeless = torch.diag(torch.tensor([1.0, -1e9], dtype=torch.float64)).unsqueeze(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(FisherError, match="layerY"):
+            _cholesky_with_escalation(hopeless, "layerY", lambda m, extra: m + extra.view(-1, 1, 1) * eye, torch.tensor([1e-5], dtype=torch.float64))
+
+
+def test_non_finite_gradients_name_the_layer():
+    G = torch.randn(4, 6)
+    G[1, 2] = float("nan")
+    with pytest.raises(FisherError, match="conv7.weight"):
+        LayerFisher("conv7.weight", G, FisherSpec(), torch.device("cpu"))
+
+
+def test_bad_damping_is_rejected():
+    from reflowbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="positive"):
+        FisherSpec(damp=0.0).validate()
+
+
+def _images(n, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+
+
+@pytest.mark.parametrize("minibatch", [1, 3])
+def test_gradient_rows_match_autograd_loop(tiny_model, minibatch):
+    targets = select_targets(tiny_model)
+    x, y = _images(12)
+    masks = {t.param_name: torch.rand(t.weight.shape) > 0.3 for t in targets}
+    spec = GradientSpec(num_grads=4, minibatch=minibatch, chunk_images=5, dtype="float64")
+    batches = [(x[i:i + 5], y[i:i + 5]) for i in range(0, 12, 5)]
+    G = collect_gradients(tiny_model, targets, iter(batches), spec, masks=masks)
+    for row in range(4):
+        chunk = slice(row * minibatch, (row + 1) * minibatch)
+        tiny_model.zero_grad()
+        nn.functional.cross_entropy(tiny_model(x[chunk]), y[chunk]).backward()
+        for t in targets:
+            expected = (t.weight.grad * masks[t.param_name]).flatten().double()
+            assert torch.allclose(G.rows[t.param_name][row], expected, atol=1e-6), (t.param_name, row)
+
+
+def test_gradient_memory_budget_error_names_the_knobs(tiny_model):
+    targets = select_targets(tiny_model)
+    with pytest.raises(MemoryBudgetError, match=r"needs .* GiB, over the memory budget .*num-grads"):
+        collect_gradients(tiny_model, targets, iter([_images(4)]), GradientSpec(num_grads=10**7), budget_gb=0.5)
+
+
+def test_non_finite_inputs_give_a_fisher_error(tiny_model):
+    targets = select_targets(tiny_model)
+    x, y = _images(4)
+    x[0, 0, 0, 0] = float("inf")
+    with pytest.raises(FisherError, match="non-finite gradients in layer"):
+        collect_gradients(tiny_model, targets, iter([(x, y)]), GradientSpec(num_grads=4))
+
+
+def test_block_fisher_over_all_layers(tiny_model):
+    targets = select_targets(tiny_model)
+    x, y = _images(16)
+    G = collect_gradients(tiny_model, targets, iter([(x, y)]), GradientSpec(num_grads=16, dtype="float64"))
+    fisher = BlockFisher(G, FisherSpec(block_size=20, compute_dtype="float64"), torch.device("cpu"))
+    for t in targets:
+        F = dense_block_fisher(G.rows[t.param_name], 20, 1e-5)
+        assert torch.allclose(fisher[t.param_name].diag_inverse(), torch.linalg.inv(F).diagonal(), rtol=1e-6)
+    with pytest.raises(MemoryBudgetError, match="block-size"):
+        BlockFisher(G, FisherSpec(block_size=0), torch.device("cpu"), budget_gb=1e-9)

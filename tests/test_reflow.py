@@ -1,0 +1,90 @@
+import pytest
+import torch
+from torch import nn
+
+from reflowbench.errors import ConfigError, NoBatchNormError
+from reflowbench.reflow import bn_output_variances, recalibrate_bn, variance_ratios
+
+
+def _batches(n_batches=5, batch=16, shape=(1, 8, 8), scale=1.0):
+    generator = torch.Generator().manual_seed(1)
+    return [(scale * torch.randn(batch, *shape, generator=generator) + 0.3, torch.zeros(batch, dtype=torch.long)) for _ in range(n_batches)]
+
+
+def test_cumulative_recalibration_equals_exact_batch_statistics_average(tiny_model):
+    data = _batches()
+    recalibrate_bn(tiny_model, data, num_batches=len(data))
+    # expected: average over batches of each batch's mean and unbiased variance of bn1's input
+    with torch.no_grad():
+        inputs = [tiny_model.conv1(x) for x, _ in data]
+    means = torch.stack([a.mean(dim=(0, 2, 3)) for a in inputs]).mean(0)
+    variances = torch.stack([a.transpose(0, 1).reshape(4, -1).var(dim=1, unbiased=True) for a in inputs]).mean(0)
+    assert torch.allclose(tiny_model.bn1.running_mean, means, atol=1e-5)
+    assert torch.allclose(tiny_model.bn1.running_var, variances, atol=1e-5)
+    assert not tiny_model.training and not tiny_model.bn1.training
+    assert tiny_model.bn1.momentum == 0.1  # restored
+
+
+def test_undo_restores_statistics(tiny_model):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    handle = recalibrate_bn(tiny_model, _batches(), num_batches=3)
+    assert handle.batches_seen == 3 and handle.images_seen == 48
+    assert not torch.equal(before["bn1.running_var"], tiny_model.bn1.running_var)
+    handle.undo()
+    for key, value in tiny_model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_ema_mode_keeps_old_statistics_when_not_reset(tiny_model):
+    old = tiny_model.bn1.running_mean.clone()
+    recalibrate_bn(tiny_model, _batches(1), num_batches=1, mode="ema", momentum=0.1, reset=False)
+    with torch.no_grad():
+        batch_mean = tiny_model.conv1(_batches(1)[0][0]).mean(dim=(0, 2, 3))
+    assert torch.allclose(tiny_model.bn1.running_mean, 0.9 * old + 0.1 * batch_mean, atol=1e-6)
+
+
+def test_only_bn_layers_switch_to_train_mode():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.9), nn.Linear(8, 2)).eval()
+    seen = {}
+    model[2].register_forward_hook(lambda m, i, o: seen.update(dropout_training=m.training))
+    model[1].register_forward_hook(lambda m, i, o: seen.update(bn_training=m.training))
+    recalibrate_bn(model, [(torch.randn(16, 4), None)], num_batches=1)
+    assert seen == {"dropout_training": False, "bn_training": True}
+
+
+@pytest.mark.parametrize("bn, shape", [(nn.BatchNorm1d(3), (8, 3)), (nn.BatchNorm2d(3), (8, 3, 4, 4)), (nn.BatchNorm3d(3), (8, 3, 2, 2, 2)), (nn.SyncBatchNorm(3), (8, 3, 4, 4))])
+def test_all_batchnorm_kinds(bn, shape):
+    model = nn.Sequential(bn).eval()
+    x = torch.randn(*shape) * 3 + 1
+    recalibrate_bn(model, [(x, None)], num_batches=1)
+    dims = [0] + list(range(2, len(shape)))
+    assert torch.allclose(bn.running_mean, x.mean(dim=dims), atol=1e-5)
+
+
+def test_model_without_batchnorm_is_a_clear_error():
+    with pytest.raises(NoBatchNormError, match="no.*BatchNorm|has none"):
+        recalibrate_bn(nn.Sequential(nn.Linear(2, 2)), [(torch.randn(2, 2), None)])
+    with pytest.raises(NoBatchNormError):
+        bn_output_variances(nn.Sequential(nn.Linear(2, 2)), [(torch.randn(2, 2), None)])
+
+
+def test_bad_reflow_settings(tiny_model):
+    with pytest.raises(ConfigError, match="mode"):
+        recalibrate_bn(tiny_model, _batches(), mode="median")
+    with pytest.raises(ConfigError, match="empty calibration"):
+        recalibrate_bn(tiny_model, [], num_batches=2)
+    with pytest.raises(ConfigError, match="reset"):
+        recalibrate_bn(tiny_model, _batches(), reset=False)
+
+
+def test_variance_ratio_is_one_for_the_dense_model_and_drops_when_weights_shrink(tiny_model):
+    data = _batches()
+    recalibrate_bn(tiny_model, data, num_batches=len(data))  # a dense model whose statistics fit the data
+    dense = bn_output_variances(tiny_model, data)
+    assert all(abs(r - 1) < 1e-9 for r in variance_ratios(bn_output_variances(tiny_model, data), dense).values())
+    with torch.no_grad():
+        tiny_model.conv1.weight.mul_(0.5)  # a crude "pruning": halves the pre-BN signal
+    ratios = variance_ratios(bn_output_variances(tiny_model, data), dense)
+    assert ratios["bn1"] < 0.5
+    recalibrate_bn(tiny_model, data, num_batches=len(data))
+    assert abs(variance_ratios(bn_output_variances(tiny_model, data), dense)["bn1"] - 1) < 0.05
