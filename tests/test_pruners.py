@@ -101,3 +101,25 @@ def test_a_registered_pruner_appears_in_cli_and_harness(digits, tmp_path):
         assert len(list((tmp_path / "runs").glob("test-random_s0.5_seed0_*.json"))) == 1
     finally:
         PRUNERS.pop("test-random")
+
+
+def test_plugin_module_from_environment(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_plugin.py").write_text(
+        "from reflowbench.pruners import Pruner, register_pruner, masks_from_scores\n"
+        "@register_pruner('plugin-abs', 'plugin test')\n"
+        "class P(Pruner):\n"
+        "    def prune(self, model, targets, sparsity, ctx):\n"
+        "        return masks_from_scores(targets, {t.param_name: t.weight.abs() for t in targets}, sparsity)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("REFLOWBENCH_PLUGINS", "my_plugin")
+    from reflowbench.cli import main
+
+    try:
+        assert main(["list"]) == 0
+        assert "plugin-abs" in capsys.readouterr().out
+    finally:
+        PRUNERS.pop("plugin-abs", None)
+    monkeypatch.setenv("REFLOWBENCH_PLUGINS", "no_such_module_xyz")
+    assert main(["list"]) == 2
+    assert "cannot be imported" in capsys.readouterr().err

@@ -190,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from reflowbench.pruners.base import load_plugins
+
+    try:
+        load_plugins()
+    except ReflowbenchError as exc:
+        print(f"reflowbench: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

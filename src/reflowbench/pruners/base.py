@@ -106,6 +106,30 @@ def register_pruner(name: str, description: str = ""):
     return decorate
 
 
+PLUGIN_GROUP = "reflowbench.pruners"
+PLUGIN_ENV = "REFLOWBENCH_PLUGINS"
+
+
+def load_plugins() -> List[str]:
+    """Import third-party pruners: modules named in ``$REFLOWBENCH_PLUGINS`` (comma-separated) and
+    entry points of group ``reflowbench.pruners``. Importing a module registers its pruners."""
+    import importlib
+    import os
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for module in filter(None, (m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"{PLUGIN_ENV} names module {module!r}, which cannot be imported ({exc}); fix PYTHONPATH or the name") from exc
+        loaded.append(module)
+    for entry in entry_points(group=PLUGIN_GROUP):
+        entry.load()
+        loaded.append(entry.value)
+    return loaded
+
+
 def pruner_names() -> List[str]:
     return sorted(PRUNERS)
 

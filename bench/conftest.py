@@ -1,0 +1,49 @@
+"""Compute-cost benchmarks (pytest-benchmark), run apart from the tests:
+
+    python -m pytest bench/ --benchmark-only --benchmark-json bench-results.json
+
+They use ../shared (the ResNet-20 checkpoint and CIFAR-10) when present, and otherwise a randomly
+initialised ResNet-20 on random 32x32 images: the cost does not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("REFLOWBENCH_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def cifar_train():
+    from reflowbench.datasets import load_dataset
+    from reflowbench.datasets.imagesets import TensorImageSet
+
+    tarball = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
+    if tarball.exists():
+        return load_dataset("cifar10", tarball).train
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(8000, 32, 32, 3), dtype=np.uint8)
+    return TensorImageSet(images, rng.integers(0, 10, 8000), 10, (0.5,) * 3, (0.25,) * 3)
+
+
+@pytest.fixture
+def resnet20():
+    from reflowbench.models import build_model
+
+    checkpoint = SHARED / "models" / "resnet20_cifar10_jpeg.pt"
+    return build_model("resnet20", checkpoint=checkpoint if checkpoint.exists() else None)
+
+
+def phase_info(ledger) -> dict:
+    """pytest-benchmark extra_info: seconds and peak RSS (MiB) per phase."""
+    return {f"{name}_{field}": round(value, 3) for name, cost in ledger.phases.items() for field, value in (("s", cost.seconds), ("peak_rss_mb", cost.peak_rss_mb), ("peak_cuda_mb", cost.peak_cuda_mb))}
+
+
+def pytest_report_header(config):
+    return f"reflowbench benchmarks: torch {torch.__version__}, {torch.get_num_threads()} threads, shared={'yes' if SHARED.exists() else 'no'}"
