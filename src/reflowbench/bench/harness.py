@@ -137,7 +137,7 @@ def prune_and_measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: 
     ctx = PruneContext(
         device=state.device, seed=seed, ledger=ledger, train=state.data.train,
         fisher_indices=subsets["fisher"], heldout_indices=subsets["heldout"],
-        memory_budget_gb=spec.sweep.memory_budget_gb, cache=state.cache, progress=spec.sweep.progress,
+        memory_budget_gb=spec.sweep.memory_budget_gb, cache=state.cache, progress=spec.sweep.progress, log=state.log,
     )
     dense = state.dense_metrics()
     dense_var = state.dense_variances(seed)

@@ -201,11 +201,11 @@ def curvature_bytes(gradients: GradientMatrix, spec: FisherSpec) -> int:
 class BlockFisher:
     """The block-diagonal damped empirical Fisher of all target layers (one :class:`LayerFisher` each)."""
 
-    def __init__(self, gradients: GradientMatrix, spec: FisherSpec, device: torch.device, budget_gb: float = 8.0, log: Optional[Callable[[str], None]] = None) -> None:
+    def __init__(self, gradients: GradientMatrix, spec: FisherSpec, device: torch.device, budget_gb: float = 8.0, log: Optional[Callable[[str], None]] = None, option_prefix: str = "--<pruner>-") -> None:
         spec.validate()
         check_budget(
-            curvature_bytes(gradients, spec), budget_gb, "the block Fisher factors",
-            "a smaller --<pruner>-block-size (when N >= B) or fewer gradients (when N < B), or --<pruner>-factor-dtype float32", log,
+            curvature_bytes(gradients, spec), budget_gb, "the block Fisher factors and the largest per-layer temporary",
+            f"a smaller {option_prefix}block-size (when N >= B) or fewer gradients ({option_prefix}num-grads, when N < B)", log,
         )
         self.spec = spec
         self.layers: Dict[str, LayerFisher] = {name: LayerFisher(name, rows, spec, device) for name, rows in gradients.rows.items()}

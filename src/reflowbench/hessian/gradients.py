@@ -80,6 +80,7 @@ def collect_gradients(
     budget_gb: float = 8.0,
     log: Optional[Callable[[str], None]] = None,
     progress: bool = False,
+    option_prefix: str = "--<pruner>-",
 ) -> GradientMatrix:
     """Fill G from ``batches`` (which must hold at least N*m images; extra images are ignored).
 
@@ -93,7 +94,8 @@ def collect_gradients(
     check_budget(
         gradient_bytes(targets, spec), budget_gb,
         f"the gradient matrix ({spec.num_grads} x {targets.num_weights:,} weights, {spec.dtype})",
-        "a smaller --<pruner>-num-grads, --<pruner>-dtype bfloat16/float16, or fewer target layers", log,
+        f"a smaller {option_prefix}num-grads, {option_prefix}dtype bfloat16/float16, fewer target layers"
+        + (f", or {option_prefix}offload (keep G in host memory)" if device.type == "cuda" and not spec.offload else ""), log,
     )
     rows = {t.param_name: torch.empty(spec.num_grads, t.numel, dtype=dtype, device=store_device) for t in targets}
     flat_masks = {name: m.reshape(-1).to(device=device, dtype=torch.float32) for name, m in (masks or {}).items()}
@@ -133,7 +135,7 @@ def collect_gradients(
                     if not torch.isfinite(block).all():
                         raise FisherError(
                             f"non-finite gradients in layer {t.param_name} (rows {filled}..{filled + groups - 1}): "
-                            "check the checkpoint and input normalisation, or use a larger --<pruner>-minibatch"
+                            f"check the checkpoint and input normalisation, or use a larger {option_prefix}minibatch"
                         )
                     rows[t.param_name][filled:filled + groups] = block.to(dtype=dtype, device=store_device)
                 filled += groups

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ class PruneContext:
     cache: Dict[Any, Any] = field(default_factory=dict)
     progress: bool = False
     notes: Dict[str, Any] = field(default_factory=dict)
+    log: Optional[Callable[[str], None]] = None  # where pruners announce large allocations
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

@@ -37,8 +37,9 @@ class WoodFisherOptions:
     recompute_steps: int = 1  # R: reach the sparsity in R steps, re-collecting gradients between them
     schedule: str = "geometric"  # sparsity schedule of the R steps: geometric (in density), cubic, linear
     scope: str = "global"  # global selection across all targets, or layer (same sparsity per layer)
-    dtype: str = "float32"  # storage dtype of the gradients
+    dtype: str = "float32"  # storage dtype of the gradients (float16/bfloat16 halve their memory)
     chunk_images: int = 128  # images per vmap call when collecting gradients
+    offload: bool = False  # on CUDA: keep the gradients in host memory
 
 
 def step_sparsities(target: float, steps: int, schedule: str) -> List[float]:
@@ -72,7 +73,7 @@ class WoodFisherPruner(Pruner):
 
     def gradient_spec(self) -> GradientSpec:
         o = self.options
-        return GradientSpec(num_grads=o.num_grads, minibatch=o.minibatch, chunk_images=o.chunk_images, dtype=o.dtype)
+        return GradientSpec(num_grads=o.num_grads, minibatch=o.minibatch, chunk_images=o.chunk_images, dtype=o.dtype, offload=o.offload)
 
     def fisher_spec(self) -> FisherSpec:
         o = self.options
@@ -85,7 +86,7 @@ class WoodFisherPruner(Pruner):
         for step, step_sparsity in enumerate(schedule):
             gradients = self._gradients(model, targets, masks, ctx, first_step=step == 0)
             with ctx.phase("curvature"):
-                fisher = BlockFisher(gradients, self.fisher_spec(), ctx.device, ctx.memory_budget_gb)
+                fisher = BlockFisher(gradients, self.fisher_spec(), ctx.device, ctx.memory_budget_gb, ctx.log, option_prefix="--woodfisher-")
                 diag = {layer.name: layer.diag_inverse() for layer in fisher}
             del gradients
             ctx.notes["fisher_blocks"] = fisher.describe()
@@ -117,7 +118,8 @@ class WoodFisherPruner(Pruner):
         with ctx.phase("gradients"):
             gradients = collect_gradients(
                 model, targets, ctx.fisher_batches(min(256, spec.images), spec.images), spec,
-                masks=masks, device=ctx.device, budget_gb=ctx.memory_budget_gb, progress=ctx.progress,
+                masks=masks, device=ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log, progress=ctx.progress,
+                option_prefix="--woodfisher-",
             )
         if first_step:
             after = ctx.ledger.get("gradients")

@@ -19,14 +19,26 @@ def _colors(methods: List[str]) -> Dict[str, Any]:
     return {m: cmap(i % 10) for i, m in enumerate(methods)}
 
 
-def accuracy_vs_sparsity(records: List[Dict[str, Any]], path: Path) -> Path:
-    """One panel per model: top-1 vs sparsity, dashed = after pruning, solid = after REFLOW, bands = ±1 std over seeds."""
+def _panels(records: List[Dict[str, Any]], height: float):
+    """One subplot per model: (figure, axes, models, methods, colours per method)."""
     models = sorted({r["model"] for r in records})
     methods = sorted({r["method"] for r in records})
-    colors = _colors(methods)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), height), squeeze=False)
+    return fig, axes[0], models, methods, _colors(methods)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def accuracy_vs_sparsity(records: List[Dict[str, Any]], path: Path) -> Path:
+    """One panel per model: top-1 vs sparsity, dashed = after pruning, solid = after REFLOW, bands = ±1 std over seeds."""
+    fig, axes, models, methods, colors = _panels(records, 4)
     grouped = group(records)
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    for ax, model in zip(axes, models):
         dense = [r["dense"]["top1"] for r in records if r["model"] == model]
         ax.axhline(dense[0], color="grey", lw=1, ls=":", label=f"dense {dense[0]:.2f}%")
         for method in methods:
@@ -44,10 +56,7 @@ def accuracy_vs_sparsity(records: List[Dict[str, Any]], path: Path) -> Path:
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def pick_sparsity(records: List[Dict[str, Any]], wanted: Optional[float]) -> float:
@@ -60,11 +69,8 @@ def pick_sparsity(records: List[Dict[str, Any]], wanted: Optional[float]) -> flo
 def signal_collapse(records: List[Dict[str, Any]], sparsity: float, path: Path) -> Path:
     """Var(pruned BN output)/Var(dense) by BN-layer depth at ``sparsity``, before (dashed) and after (solid) REFLOW."""
     chosen = [r for r in records if r["sparsity"] == sparsity]
-    models = sorted({r["model"] for r in chosen})
-    methods = sorted({r["method"] for r in chosen})
-    colors = _colors(methods)
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    fig, axes, models, methods, colors = _panels(chosen, 4)
+    for ax, model in zip(axes, models):
         for method in methods:
             runs = [r for r in chosen if r["model"] == model and r["method"] == method]
             if not runs:
@@ -80,20 +86,14 @@ def signal_collapse(records: List[Dict[str, Any]], sparsity: float, path: Path) 
         ax.set_ylabel("Var(pruned) / Var(dense)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def cost_vs_sparsity(records: List[Dict[str, Any]], path: Path) -> Path:
     """Prune wall time (s, log scale) vs sparsity per method, plus the REFLOW time for reference."""
-    models = sorted({r["model"] for r in records})
-    methods = sorted({r["method"] for r in records})
-    colors = _colors(methods)
+    fig, axes, models, methods, colors = _panels(records, 3.6)
     grouped = group(records)
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.6), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    for ax, model in zip(axes, models):
         recal = []
         for method in methods:
             keys = sorted(k for k in grouped if k[0] == model and k[1] == method)
@@ -111,7 +111,4 @@ def cost_vs_sparsity(records: List[Dict[str, Any]], path: Path) -> Path:
         ax.set_ylabel("wall seconds")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
