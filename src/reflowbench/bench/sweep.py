@@ -27,7 +27,8 @@ def run_suite(spec: SuiteSpec, log: Callable[[str], None] = print, report: bool 
     state = SuiteState(spec, pruners, log)
     log(f"targets: {state.targets_record['description']}: {state.targets_record['num_layers']} tensors, {state.targets_record['num_weights']:,} weights")
     atomic_write_json(out / "suite.json", {"spec": asdict(spec), "settings": state.settings(), "targets": state.targets_record})
-    plan = [(p, s, seed) for p in pruners for s in sparsities for seed in sweep.seeds]
+    # seed-major: the dense gradients of a seed are collected once and shared by all its sparsities
+    plan = [(p, s, seed) for seed in sweep.seeds for p in pruners for s in sparsities]
     todo = []
     for pruner, sparsity, seed in plan:
         path = run_path(out, pruner.name, sparsity, seed, state.run_key(pruner, sparsity, seed))

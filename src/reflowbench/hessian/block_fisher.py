@@ -31,6 +31,7 @@ from reflowbench.hessian.memory import check_budget, resolve_dtype
 DAMP_MODES = ("absolute", "relative")
 FORMS = ("auto", "dual", "primal")
 MAX_DAMP_ESCALATIONS = 6
+DIAG_CHUNK_ELEMENTS = 1 << 23  # elements of L^-1 G computed at once in diag_inverse (32 MiB in float32)
 
 
 @dataclass
@@ -111,7 +112,7 @@ class LayerFisher:
     def _factorise(self, grads: torch.Tensor, damp: torch.Tensor) -> tuple:
         n = self.num_grads
         if self.form == "dual":
-            gram = torch.bmm(grads, grads.transpose(1, 2)).to(self.factor_dtype)  # (nb, N, N)
+            gram = _gram_rows(grads).to(self.factor_dtype)  # (nb, N, N)
             eye = torch.eye(n, dtype=self.factor_dtype, device=self.device)
             matrix = gram + (n * damp).view(-1, 1, 1) * eye
             return _cholesky_with_escalation(matrix, self.name, lambda m, extra: m + (n * extra).view(-1, 1, 1) * eye, damp)
@@ -135,9 +136,15 @@ class LayerFisher:
         """diag(F^-1), shape (d,), factor dtype."""
         lam = self.damp.view(-1, 1)
         if self.form == "dual":
-            # Z = L^-1 G_b in the compute dtype (the N^2 B work); the factor itself was computed in factor dtype
-            z = torch.linalg.solve_triangular(self.factor.to(self.compute_dtype), self.grads, upper=False)  # (nb, N, B)
-            captured = z.pow(2).sum(1, dtype=self.factor_dtype) if z.dtype != torch.float16 else z.float().pow(2).sum(1).to(self.factor_dtype)
+            # colsum((L^-1 G_b)^2) in column chunks: the N^2 B work in the compute dtype, O(N * chunk) temporaries
+            factor = self.factor.to(self.compute_dtype)
+            captured = torch.empty(self.num_blocks, self.block, dtype=self.factor_dtype, device=self.device)
+            step = max(1, DIAG_CHUNK_ELEMENTS // (self.num_blocks * self.num_grads))
+            for start in range(0, self.block, step):
+                z = torch.linalg.solve_triangular(factor, self.grads[:, :, start:start + step], upper=False)  # (nb, N, c)
+                z = z if z.dtype in (torch.float32, torch.float64) else z.float()
+                captured[:, start:start + step] = z.square_().sum(1, dtype=self.factor_dtype)
+                del z
             return self._flat((1.0 - captured) / lam)
         inverse = torch.cholesky_inverse(self.factor)
         return self._flat(torch.diagonal(inverse, dim1=1, dim2=2))
@@ -183,6 +190,14 @@ class LayerFisher:
         return float(0.5 * ((self.damp.view(-1, 1) * d.pow(2)).sum() + projected.pow(2).sum() / self.num_grads))
 
 
+def _gram_rows(grads: torch.Tensor) -> torch.Tensor:
+    """G_b G_b^T for every block, (nb, N, B) -> (nb, N, N); a plain 2-D product for one block (no transposed copy of G)."""
+    if grads.shape[0] == 1:
+        single = grads[0]
+        return (single @ single.T).unsqueeze(0)
+    return torch.bmm(grads, grads.transpose(1, 2))
+
+
 def curvature_bytes(gradients: GradientMatrix, spec: FisherSpec) -> int:
     """Bytes of the factors (all layers kept) plus the largest per-layer temporary, factor dtype."""
     item = torch.empty((), dtype=resolve_dtype(spec.factor_dtype)).element_size()
@@ -194,7 +209,7 @@ def curvature_bytes(gradients: GradientMatrix, spec: FisherSpec) -> int:
         blocks = -(-d // block)
         dual = spec.form == "dual" or (spec.form == "auto" and n < block)
         total += blocks * (n * n if dual else block * block) * item
-        largest_temp = max(largest_temp, 2 * n * blocks * block * item)
+        largest_temp = max(largest_temp, n * n * blocks * item * (2 if dual else 1) + (2 * 4 * DIAG_CHUNK_ELEMENTS if dual else 2 * block * block * blocks * item))
     return total + largest_temp
 
 
