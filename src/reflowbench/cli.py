@@ -24,13 +24,13 @@ def _section_types() -> Dict[str, type]:
     return {name: hints[name] for name in SECTIONS}
 
 
-def _add_suite_arguments(parser: argparse.ArgumentParser, sections=SECTIONS) -> None:
+def _add_suite_arguments(parser: argparse.ArgumentParser, sections=SECTIONS, with_pruners: bool = True) -> None:
     from reflowbench.pruners import PRUNERS
 
     types = _section_types()
     for section in sections:
         add_dataclass_arguments(parser.add_argument_group(f"{section} settings"), types[section], f"{section}__")
-    for name, cls in sorted(PRUNERS.items()):
+    for name, cls in sorted(PRUNERS.items() if with_pruners else []):
         if fields(cls.Options):
             group = parser.add_argument_group(f"pruner {name} options ({cls.description})")
             add_dataclass_arguments(group, cls.Options, f"opt__{name}__", flag_prefix=f"{name}_")
@@ -116,6 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     recipe = build_dataclass(TrainSpec, given(args, "train__"), "train settings")
     device = resolve_device(spec.sweep.device)
+    if spec.sweep.threads:
+        torch.set_num_threads(spec.sweep.threads)
     dataset = spec.data.dataset or default_dataset_for(spec.model.model)
     data = load_dataset(dataset, spec.data.data, spec.data.norm, spec.data.download, spec.data.workers)
     model = build_model(spec.model.model, spec.model.num_classes or data.num_classes, Path(spec.model.checkpoint) if spec.model.checkpoint else None, spec.model.shortcut if spec.model.shortcut != "auto" else "A")
@@ -154,11 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reflowbench", description="Benchmark one-shot pruners with and without BN recalibration (REFLOW).")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def suite_command(name: str, help_text: str, sections=SECTIONS) -> argparse.ArgumentParser:
+    def suite_command(name: str, help_text: str, sections=SECTIONS, with_pruners: bool = True) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--preset", default="default", help="starting settings: default (embedded digits) or cifar10 (default: default)")
         sub.add_argument("--config", help="JSON file of settings ({section: {field: value}} or flat), applied after the preset")
-        _add_suite_arguments(sub, sections)
+        _add_suite_arguments(sub, sections, with_pruners)
         return sub
 
     run = suite_command("run", "run a suite (methods x sparsities x seeds), skipping finished runs, then write results.csv and the report")
@@ -179,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--signal-sparsity", type=float, default=None, help="sparsity of the signal-collapse figure (default: the highest)")
     report.set_defaults(handler=cmd_report)
 
-    train = suite_command("train", "train a dense model (SGD Nesterov, one-cycle) and save its state_dict", sections=("model", "data", "sweep"))
+    train = suite_command("train", "train a dense model (SGD Nesterov, one-cycle) and save its state_dict", sections=("model", "data"), with_pruners=False)
+    train.add_argument("--device", dest="sweep__device", metavar="DEVICE", default=argparse.SUPPRESS, help="auto, cpu, cuda or cuda:N (default: auto)")
+    train.add_argument("--threads", dest="sweep__threads", metavar="INT", type=int, default=argparse.SUPPRESS, help="torch CPU threads (default: torch's)")
     add_dataclass_arguments(train.add_argument_group("training recipe"), TrainSpec, "train__")
     train.add_argument("--save", required=True, help="where to write the state_dict (.pt)")
     train.set_defaults(handler=cmd_train)
