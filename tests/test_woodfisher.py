@@ -117,3 +117,22 @@ def test_woodfisher_beats_magnitude_on_the_local_quadratic(digits):
     apply_masks(targets, mp_masks)
     mp_cost = sum(fisher[t.param_name].quadratic(t.weight.detach().flatten() - dense[t.param_name]) for t in targets)
     assert wf_cost < mp_cost
+
+
+def test_dense_gradients_are_shared_per_seed_and_charged_to_every_run(digits):
+    from reflowbench.datasets import SubsetSizes, disjoint_subsets
+
+    cache = {}
+    ledgers = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(5)
+        model = TinyBNNet().eval()
+        targets = select_targets(model)
+        pruner = make_pruner("woodfisher", {"num_grads": 16, "chunk_images": 8})
+        subsets = disjoint_subsets(len(digits.train), SubsetSizes(0, pruner.fisher_images(), 0), seed=seed)
+        ctx = PruneContext(device=torch.device("cpu"), seed=seed, train=digits.train, fisher_indices=subsets["fisher"], cache=cache)
+        pruner.prune(model, targets, 0.5, ctx)
+        ledgers.append((ctx.ledger.get("gradients").seconds, ctx.notes.get("gradients_reused", False)))
+    assert [reused for _, reused in ledgers] == [False, True, False]
+    assert ledgers[1][0] == pytest.approx(ledgers[0][0])  # the reused run is charged the measured cost
+    assert len([k for k in cache if k[0] == "dense-gradients"]) == 1  # only the latest seed's G stays alive

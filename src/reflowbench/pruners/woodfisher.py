@@ -114,6 +114,9 @@ class WoodFisherPruner(Pruner):
             ctx.ledger.add("gradients", cost)
             ctx.notes["gradients_reused"] = True
             return gradients
+        if first_step:  # drop another seed's cached gradients before allocating new ones (one G alive at a time)
+            for stale in [k for k in ctx.cache if isinstance(k, tuple) and k and k[0] == "dense-gradients"]:
+                del ctx.cache[stale]
         before = PhaseCost(**vars(ctx.ledger.get("gradients")))
         with ctx.phase("gradients"):
             gradients = collect_gradients(
@@ -124,7 +127,6 @@ class WoodFisherPruner(Pruner):
         if first_step:
             after = ctx.ledger.get("gradients")
             cost = PhaseCost(after.seconds - before.seconds, after.peak_rss_mb, after.peak_cuda_mb)
-            ctx.cache.pop(next((k for k in ctx.cache if isinstance(k, tuple) and k and k[0] == "dense-gradients"), None), None)
             ctx.cache[key] = (gradients, cost)
         return gradients
 
