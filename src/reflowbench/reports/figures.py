@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reflowbench.reports.aggregate import group, mean_std  # noqa: E402
@@ -83,6 +84,7 @@ def signal_collapse(records: List[Dict[str, Any]], sparsity: float, path: Path) 
         ax.set_yscale("log")
         ax.set_title(f"{model}, sparsity {sparsity:g}")
         ax.set_xlabel("BN layer (input → output)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("Var(pruned) / Var(dense)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
