@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def suite_command(name: str, help_text: str, sections=SECTIONS, with_pruners: bool = True) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--preset", default="default", help="starting settings: default (embedded digits) or cifar10 (default: default)")
+        sub.add_argument("--preset", default="default", help="starting settings, applied before --config and flags: default (embedded digits; its REFLOW uses 8 batches of 64) or cifar10; the defaults shown below are those before any preset (default: default)")
         sub.add_argument("--config", help="JSON file of settings ({section: {field: value}} or flat), applied after the preset")
         _add_suite_arguments(sub, sections, with_pruners)
         return sub

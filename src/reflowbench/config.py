@@ -41,7 +41,7 @@ class ReflowSpec:
 
     calib_batches: int = 50  # calibration batches for BN re-estimation
     calib_batch_size: int = 128
-    reflow_mode: str = "cumulative"  # cumulative (reset + exact average) or ema
+    reflow_mode: str = "cumulative"  # cumulative (reset + exact average) or ema (continues from the old statistics)
     reflow_momentum: float = 0.1  # EMA momentum (ema mode only)
     calib_augment: bool = False  # train-time augmentation on calibration images
     diag_images: int = 1000  # held-out training images for the BN variance ratios
