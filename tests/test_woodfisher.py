@@ -134,5 +134,15 @@ def test_dense_gradients_are_shared_per_seed_and_charged_to_every_run(digits):
         pruner.prune(model, targets, 0.5, ctx)
         ledgers.append((ctx.ledger.get("gradients").seconds, ctx.notes.get("gradients_reused", False)))
     assert [reused for _, reused in ledgers] == [False, True, False]
-    assert ledgers[1][0] == pytest.approx(ledgers[0][0])  # the reused run is charged the measured cost
+    assert ledgers[1][0] == pytest.approx(ledgers[0][0])  # the reused run is charged the measured cost (also in "prune")
     assert len([k for k in cache if k[0] == "dense-gradients"]) == 1  # only the latest seed's G stays alive
+
+
+def test_credited_cost_counts_in_the_enclosing_phase():
+    from reflowbench.utils.cost import CostLedger, PhaseCost
+
+    ledger = CostLedger()
+    with ledger.phase("prune"):
+        ledger.add("gradients", PhaseCost(seconds=5.0, peak_rss_mb=1.0))
+    assert ledger.get("gradients").seconds == 5.0
+    assert 5.0 <= ledger.get("prune").seconds < 6.0

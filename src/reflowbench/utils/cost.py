@@ -89,7 +89,7 @@ class CostLedger:
             if on_cuda:
                 torch.cuda.synchronize(device)
             self._open.pop()
-            running.seconds = time.perf_counter() - start
+            running.seconds += time.perf_counter() - start  # plus any cost credited while open (see add)
             running.peak_rss_mb = max(running.peak_rss_mb, peak_rss_mb())
             if on_cuda:
                 running.peak_cuda_mb = max(running.peak_cuda_mb, torch.cuda.max_memory_allocated(device) / 2**20)
@@ -102,6 +102,7 @@ class CostLedger:
         """Credit a cost measured elsewhere (e.g. gradients reused from a cache) to phase ``name``."""
         self.phases.setdefault(name, PhaseCost()).merge(cost)
         for outer in self._open:
+            outer.seconds += cost.seconds  # an enclosing phase (e.g. "prune") is charged the credited time too
             outer.peak_rss_mb = max(outer.peak_rss_mb, cost.peak_rss_mb)
             outer.peak_cuda_mb = max(outer.peak_cuda_mb, cost.peak_cuda_mb)
 
