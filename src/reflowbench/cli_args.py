@@ -12,7 +12,7 @@ import inspect
 import re
 import typing
 from dataclasses import MISSING, fields
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 from reflowbench.errors import ConfigError
 
@@ -90,7 +90,3 @@ def build_dataclass(cls: type, overrides: Dict[str, Any], source: str) -> Any:
     if unknown:
         raise ConfigError(f"{source}: unknown setting(s) {unknown}; known: {sorted(known)}")
     return cls(**overrides)
-
-
-def parse_bool(text: Optional[str]) -> bool:
-    return str(text).lower() in ("1", "true", "yes", "on")

@@ -5,7 +5,7 @@ Precedence: dataclass defaults < preset < ``--config FILE.json`` < explicit comm
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from reflowbench.errors import ConfigError
@@ -122,7 +122,3 @@ def preset(name: str) -> SuiteSpec:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
     return merge_into(SuiteSpec(), PRESETS[name], f"preset {name}")
-
-
-def spec_to_dict(spec: Any) -> Dict[str, Any]:
-    return asdict(spec) if is_dataclass(spec) else dict(spec)
