@@ -37,7 +37,7 @@ class WoodFisherOptions:
     recompute_steps: int = 1  # R: reach the sparsity in R steps, re-collecting gradients between them
     schedule: str = "geometric"  # sparsity schedule of the R steps: geometric (in density), cubic, linear
     scope: str = "global"  # global selection across all targets, or layer (same sparsity per layer)
-    dtype: str = "float32"  # storage dtype of the gradients (float16/bfloat16 halve their memory)
+    dtype: str = "float32"  # storage dtype of the gradients while collecting (the block Fisher works in float32)
     chunk_images: int = 128  # images per vmap call when collecting gradients
     offload: bool = False  # on CUDA: keep the gradients in host memory
 
