@@ -149,39 +149,29 @@ class LayerFisher:
         inverse = torch.cholesky_inverse(self.factor)
         return self._flat(torch.diagonal(inverse, dim1=1, dim2=2))
 
+    def _solve(self, grads: torch.Tensor, factor: torch.Tensor, damp: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(lam I + G^T G / N)^-1 v per block, for (nb, B) v and a factor of :meth:`_factorise`."""
+        if self.form == "dual":  # products with G in the compute dtype, the N x N solve in the factor dtype
+            gv = torch.bmm(grads, v.to(grads.dtype).unsqueeze(2)).to(self.factor_dtype)  # (nb, N, 1)
+            solved = torch.cholesky_solve(gv, factor)
+            correction = torch.bmm(grads.transpose(1, 2), solved.to(grads.dtype)).squeeze(2).to(self.factor_dtype)
+            return (v - correction) / damp.view(-1, 1)
+        return torch.cholesky_solve(v.unsqueeze(2), factor).squeeze(2)
+
     def inverse_times(self, vector: torch.Tensor) -> torch.Tensor:
         """F^-1 v for v of shape (d,)."""
-        v = self._blocks(vector)  # (nb, B)
-        if self.form == "dual":
-            g = self.grads  # products with G in the compute dtype, the N x N solve in the factor dtype
-            gv = torch.bmm(g, v.to(g.dtype).unsqueeze(2)).to(self.factor_dtype)  # (nb, N, 1)
-            solved = torch.cholesky_solve(gv, self.factor)
-            correction = torch.bmm(g.transpose(1, 2), solved.to(g.dtype)).squeeze(2).to(self.factor_dtype)
-            return self._flat((v - correction) / self.damp.view(-1, 1))
-        return self._flat(torch.cholesky_solve(v.unsqueeze(2), self.factor).squeeze(2))
+        return self._flat(self._solve(self.grads, self.factor, self.damp, self._blocks(vector)))
 
     def restricted_solve(self, support: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
         """x_S = (lam I + G_S^T G_S / N)^-1 r_S on support S (bool (d,)), x = 0 off S; shape (d,).
 
-        Solved per block (block-diagonal F), with the N x N dual system when N < B.
+        Solved per block (block-diagonal F) as F^-1 with the columns off S zeroed: those coordinates
+        decouple (F = lam there) and r is zero on them, so x is too.
         """
         keep = self._blocks(support.to(torch.float64))  # (nb, B) of 0/1
-        r = self._blocks(rhs) * keep
-        g = self.grads.to(self.factor_dtype) * keep.unsqueeze(1)  # columns off S zeroed
-        lam = self.damp.view(-1, 1)
-        n = self.num_grads
-        if self.form == "dual":
-            eye = torch.eye(n, dtype=self.factor_dtype, device=self.device)
-            matrix = torch.bmm(g, g.transpose(1, 2)) + (n * self.damp).view(-1, 1, 1) * eye
-            factor, damp = _cholesky_with_escalation(matrix, self.name + " (restricted)", lambda m, extra: m + (n * extra).view(-1, 1, 1) * eye, self.damp.clone())
-            solved = torch.cholesky_solve(torch.bmm(g, r.unsqueeze(2)), factor)
-            out = (r - torch.bmm(g.transpose(1, 2), solved).squeeze(2)) / damp.view(-1, 1)
-        else:
-            eye = torch.eye(self.block, dtype=self.factor_dtype, device=self.device)
-            matrix = torch.bmm(g.transpose(1, 2), g) / n + self.damp.view(-1, 1, 1) * eye
-            factor, _ = _cholesky_with_escalation(matrix, self.name + " (restricted)", lambda m, extra: m + extra.view(-1, 1, 1) * eye, self.damp.clone())
-            out = torch.cholesky_solve(r.unsqueeze(2), factor).squeeze(2)
-        return self._flat(out * keep)
+        grads = self.grads * keep.to(self.grads.dtype).unsqueeze(1)
+        factor, damp = self._factorise(grads, self.damp.clone())
+        return self._flat(self._solve(grads, factor, damp, self._blocks(rhs) * keep) * keep)
 
     def quadratic(self, delta: torch.Tensor) -> float:
         """0.5 * delta^T F delta (block-diagonal F) for delta of shape (d,)."""
