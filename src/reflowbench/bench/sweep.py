@@ -31,8 +31,9 @@ def run_suite(spec: SuiteSpec, log: Callable[[str], None] = print, report: bool 
     plan = [(p, s, seed) for seed in sweep.seeds for p in pruners for s in sparsities]
     todo = []
     for pruner, sparsity, seed in plan:
-        path = run_path(out, pruner.name, sparsity, seed, state.run_key(pruner, sparsity, seed))
-        if not is_complete(path, state.run_key(pruner, sparsity, seed)):
+        key = state.run_key(pruner, sparsity, seed)
+        path = run_path(out, pruner.name, sparsity, seed, key)
+        if not is_complete(path, key):
             todo.append((pruner, sparsity, seed, path))
     log(f"{len(plan)} runs in the suite, {len(plan) - len(todo)} already complete in {out}, {len(todo)} to run")
     progress = _progress(len(todo), sweep.progress)
