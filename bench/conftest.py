@@ -42,7 +42,11 @@ def resnet20():
 
 def phase_info(ledger) -> dict:
     """pytest-benchmark extra_info: seconds and peak RSS (MiB) per phase."""
-    return {f"{name}_{field}": round(value, 3) for name, cost in ledger.phases.items() for field, value in (("s", cost.seconds), ("peak_rss_mb", cost.peak_rss_mb), ("peak_cuda_mb", cost.peak_cuda_mb))}
+    return {
+        f"{name}_{field}": round(value, 3)
+        for name, cost in ledger.phases.items()
+        for field, value in (("s", cost.seconds), ("peak_rss_mb", cost.peak_rss_mb), ("peak_cuda_mb", cost.peak_cuda_mb))
+    }
 
 
 def pytest_report_header(config):

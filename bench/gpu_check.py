@@ -30,13 +30,22 @@ def check(name: str, model: torch.nn.Module, data: TensorImageSet, options: dict
     targets = select_targets(model)
     pruner = make_pruner("woodfisher", options)
     ledger = CostLedger()
-    ctx = PruneContext(device=device, seed=0, ledger=ledger, train=data, fisher_indices=np.arange(pruner.fisher_images()), memory_budget_gb=budget_gb, progress=False)
+    ctx = PruneContext(
+        device=device, seed=0, ledger=ledger, train=data, fisher_indices=np.arange(pruner.fisher_images()), memory_budget_gb=budget_gb, progress=False
+    )
     start = time.perf_counter()
     with ledger.phase("prune", device):
         masks = pruner.prune(model, targets, 0.9, ctx)
         apply_masks(targets, masks)
     verify_masks(targets, masks, 0.9)
-    return {"check": name, "device": str(device), "weights": targets.num_weights, "options": options, "total_s": round(time.perf_counter() - start, 2), "phases": ledger.as_dict()}
+    return {
+        "check": name,
+        "device": str(device),
+        "weights": targets.num_weights,
+        "options": options,
+        "total_s": round(time.perf_counter() - start, 2),
+        "phases": ledger.as_dict(),
+    }
 
 
 def main() -> None:
@@ -50,7 +59,14 @@ def main() -> None:
     r20 = check("resnet20", build_model("resnet20"), synthetic(max(n20, 64), 32), {"num_grads": n20}, device, args.budget_gb)
     print(json.dumps(r20), flush=True)
     big = "resnet18" if args.small else "resnet50"
-    r50 = check(big, build_model(big, num_classes=10), synthetic(n50 * m50, size50), {"num_grads": n50, "minibatch": m50, "block_size": 2000, "chunk_images": chunk}, device, args.budget_gb)
+    r50 = check(
+        big,
+        build_model(big, num_classes=10),
+        synthetic(n50 * m50, size50),
+        {"num_grads": n50, "minibatch": m50, "block_size": 2000, "chunk_images": chunk},
+        device,
+        args.budget_gb,
+    )
     print(json.dumps(r50), flush=True)
 
 

@@ -89,3 +89,43 @@ def write_jpeg_tree(root: Path, classes, per_class: int, size: int = 32, splits=
                 pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=95)
     return root
+
+
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Flags that fit the small fixtures below: the training split has 120 images (40% each for REFLOW and Fisher images, 20% held-out).
+SMALL_SUBSETS = ["--calib-batches", "2", "--calib-batch-size", "16", "--diag-images", "16", "--eval-batch-size", "50", "--no-progress"]
+
+
+def write_tar_gz(tree: Path, archive: Path) -> Path:
+    import tarfile
+
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(tree.rglob("*.jpg")):
+            tar.add(path, arcname=str(path.relative_to(tree)))
+    return archive
+
+
+@pytest.fixture(scope="session")
+def cifar_like(tmp_path_factory):
+    """A CIFAR-10-shaped .tar.gz (12 train / 2 test JPEGs per class) and a random-init ResNet-20 checkpoint for it."""
+    from reflowbench.models import build_model
+
+    root = tmp_path_factory.mktemp("cifar_like")
+    tree = root / "tree"
+    for split, count in (("train", 12), ("test", 2)):
+        write_jpeg_tree(tree, CIFAR_CLASSES, per_class=count, splits=(split,))
+    archive = write_tar_gz(tree, root / "cifar10-small.tar.gz")
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10)
+    checkpoint = root / "resnet20.pt"
+    torch.save(model.state_dict(), checkpoint)
+    return {"archive": archive, "tree": tree, "checkpoint": checkpoint}
+
+
+@pytest.fixture(scope="session")
+def imagefolder_like(tmp_path_factory):
+    """An ImageNet-style ImageFolder tree (train/ and val/, 3 classes, 32x32 JPEGs)."""
+    root = tmp_path_factory.mktemp("imagefolder_like") / "tree"
+    write_jpeg_tree(root, ("cls_a", "cls_b", "cls_c"), per_class=40, splits=("train",))
+    write_jpeg_tree(root, ("cls_a", "cls_b", "cls_c"), per_class=4, splits=("val",))
+    return root

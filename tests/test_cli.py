@@ -67,7 +67,27 @@ def test_prune_command_saves_weights(tmp_path, capsys):
     import torch
 
     save = tmp_path / "pruned.pt"
-    assert main(["prune", "--method", "mp", "--sparsity", "0.5", "--save", str(save), "--calib-batches", "2", "--calib-batch-size", "32", "--diag-images", "64", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--method",
+                "mp",
+                "--sparsity",
+                "0.5",
+                "--save",
+                str(save),
+                "--calib-batches",
+                "2",
+                "--calib-batch-size",
+                "32",
+                "--diag-images",
+                "64",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     state = torch.load(save, weights_only=True)
     conv = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 4]
     zeros = sum(int((v == 0).sum()) for v in conv)
@@ -81,14 +101,51 @@ def test_train_command(tmp_path, capsys):
 
 def test_prune_command_bad_input_writes_nothing(tmp_path, capsys):
     save = tmp_path / "pruned.pt"
-    assert main(["prune", "--method", "mp", "--sparsity", "1.2", "--save", str(save), "--calib-batches", "2", "--calib-batch-size", "32", "--diag-images", "64", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                "--method",
+                "mp",
+                "--sparsity",
+                "1.2",
+                "--save",
+                str(save),
+                "--calib-batches",
+                "2",
+                "--calib-batch-size",
+                "32",
+                "--diag-images",
+                "64",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "sparsity must be in [0, 1)" in capsys.readouterr().err and not save.exists()
     assert main(["prune", "--method", "nope", "--sparsity", "0.5", "--save", str(save)]) == 2
     assert "unknown pruner 'nope'" in capsys.readouterr().err and not save.exists()
 
 
 def test_train_command_bad_input(tmp_path, capsys):
-    assert main(["train", "--model", "resnet20", "--dataset", "cifar10", "--data", str(tmp_path / "missing.tar.gz"), "--epochs", "1", "--save", str(tmp_path / "x.pt")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "resnet20",
+                "--dataset",
+                "cifar10",
+                "--data",
+                str(tmp_path / "missing.tar.gz"),
+                "--epochs",
+                "1",
+                "--save",
+                str(tmp_path / "x.pt"),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
     assert main(["train", "--model", "nosuchnet", "--dataset", "digits", "--epochs", "1", "--save", str(tmp_path / "x.pt")]) == 2
     assert "unknown model" in capsys.readouterr().err

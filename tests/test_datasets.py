@@ -55,7 +55,7 @@ def test_cifar_tarball_decodes_and_caches(tmp_path, monkeypatch):
 
 def test_cifar_sets_normalise_and_augment(tmp_path):
     tree = write_jpeg_tree(tmp_path / "c", CLASSES, per_class=1)
-    bundle = load_dataset("cifar10", tree)
+    bundle = load_dataset("cifar10", tree, partial=True)
     x, y = next(bundle.train.batches(None, 10, shuffle=True, augment=True, seed=3))
     assert x.shape == (10, 3, 32, 32) and bundle.num_classes == 10
     x2, _ = next(bundle.train.batches(None, 10, shuffle=True, augment=True, seed=3))
@@ -87,13 +87,13 @@ def test_torchvision_cifar_download_path(tmp_path, monkeypatch):
     class FakeCIFAR10:
         def __init__(self, root, train, download):
             calls.append((root, train, download))
-            n = 6 if train else 4
+            n = 20 if train else 10
             self.data = np.zeros((n, 32, 32, 3), dtype=np.uint8)
-            self.targets = list(range(n))
+            self.targets = [i % 10 for i in range(n)]
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
-    bundle = load_dataset("cifar10", tmp_path, download=True)
-    assert len(bundle.train) == 6 and len(bundle.test) == 4
+    bundle = load_dataset("cifar10", tmp_path, download=True, partial=True)
+    assert len(bundle.train) == 20 and len(bundle.test) == 10
     assert calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]
 
 
@@ -119,3 +119,23 @@ def test_imagefolder_errors(tmp_path):
         load_dataset("imagenet", tmp_path)
     with pytest.raises(DatasetError, match="unknown dataset"):
         load_dataset("mnist")
+
+
+def test_truncated_cifar_archive_is_refused(tmp_path):
+    """An archive that stops at a file boundary reads without error; the class counts catch it."""
+    import tarfile
+
+    tree = write_jpeg_tree(tmp_path / "c", CLASSES, per_class=2)
+    archive = tmp_path / "cut.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(tree.rglob("*.jpg")):
+            relative = path.relative_to(tree)
+            if relative.parts[0] == "test" and relative.parts[1] in CLASSES[6:]:
+                continue  # the copy stopped before the last four test classes
+            tar.add(path, arcname=str(relative))
+    with pytest.raises(DatasetError, match="test has no images of ship, truck|test has no images of horse, ship, truck|incomplete"):
+        load_dataset("cifar10", archive, partial=True)
+    full = tmp_path / "full"
+    write_jpeg_tree(full, CLASSES, per_class=2)
+    with pytest.raises(DatasetError, match="should hold 5,000 images per class.*--partial-data"):
+        load_dataset("cifar10", full)

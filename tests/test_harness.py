@@ -3,23 +3,29 @@ import json
 
 import pytest
 
-from reflowbench.bench import run_suite
-from reflowbench.bench.results import CSV_COLUMNS
 from reflowbench.config import merge_into, preset
 from reflowbench.errors import ConfigError
+from reflowbench.harness import plan_suite, run_suite
+from reflowbench.schema.results import CSV_COLUMNS
 
 
 def _quick(out, **sweep):
-    spec = preset("default")
-    merge_into(spec, {"reflow": {"calib_batches": 4, "calib_batch_size": 64, "diag_images": 128},
-                      "sweep": {"sparsities": [0.5, 0.9], "seeds": [0], "out": str(out), "progress": False, **sweep}}, "test")
+    spec = preset("embedded")
+    merge_into(
+        spec,
+        {
+            "reflow": {"calib_batches": 4, "calib_batch_size": 64, "diag_images": 128},
+            "sweep": {"sparsities": [0.5, 0.9], "seeds": [0], "out": str(out), "progress": False, **sweep},
+        },
+        "test",
+    )
     return spec
 
 
 def test_sweep_writes_runs_csv_report_and_resumes(tmp_path):
     spec = _quick(tmp_path)
-    counts = run_suite(spec, log=lambda m: None)
-    assert counts == {"done": 2, "skipped": 0, "total": 2}
+    counts = run_suite(plan_suite(spec), log=lambda m: None)
+    assert counts == {"done": 2, "skipped": 0, "elsewhere": 0, "total": 2}
     runs = sorted((tmp_path / "runs").glob("*.json"))
     assert len(runs) == 2
     record = json.loads(runs[0].read_text())
@@ -38,22 +44,22 @@ def test_sweep_writes_runs_csv_report_and_resumes(tmp_path):
     assert "data:image/png;base64," in html and "<table>" in html  # self-contained
 
     # a second call skips everything; a changed setting or a lost/corrupt file is (re)run
-    assert run_suite(spec, log=lambda m: None)["done"] == 0
+    assert run_suite(plan_suite(spec), log=lambda m: None)["done"] == 0
     runs[0].write_text("{ truncated")
     spec.sweep.sparsities = [0.5, 0.9, 0.7]
-    assert run_suite(spec, log=lambda m: None) == {"done": 2, "skipped": 1, "total": 3}
+    assert run_suite(plan_suite(spec), log=lambda m: None) == {"done": 2, "skipped": 1, "elsewhere": 0, "total": 3}
 
 
 def test_embedded_default_shows_signal_collapse_and_reflow_recovery(tmp_path):
     """The phenomenon, not just a run: at 90% sparsity MP collapses and REFLOW recovers most of it."""
-    from reflowbench.bench.harness import SuiteState, run_one
-    from reflowbench.pruners import make_pruner
+    from reflowbench.harness.run import SuiteState, run_one
 
-    spec = preset("default")
+    spec = preset("embedded")
     spec.sweep.progress = False
-    pruner = make_pruner("mp")
-    state = SuiteState(spec, [pruner], log=lambda m: None)
-    record = run_one(state, pruner, 0.9, 0)
+    plan = plan_suite(spec, check_out=False)
+    state = SuiteState(plan, log=lambda m: None)
+    pruner = plan.pruners[0]
+    record = run_one(state, pruner, 0.9, 0, state.run_key(pruner, 0.9, 0))
     assert record["dense"]["top1"] > 95
     assert record["pruned"]["top1"] < 30  # near chance right after pruning
     assert record["reflow"]["top1"] > 75  # REFLOW gets most of it back
@@ -63,6 +69,6 @@ def test_embedded_default_shows_signal_collapse_and_reflow_recovery(tmp_path):
 
 def test_config_rejects_unknown_settings():
     with pytest.raises(ConfigError, match="unknown setting 'calib_batchez'"):
-        merge_into(preset("default"), {"calib_batchez": 3}, "test")
+        merge_into(preset("embedded"), {"calib_batchez": 3}, "test")
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("imagenet-huge")

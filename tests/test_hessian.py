@@ -6,9 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TinyBNNet
 from reflowbench.errors import FisherError, MemoryBudgetError
-from reflowbench.hessian import BlockFisher, FisherSpec, GradientMatrix, GradientSpec, LayerFisher, collect_gradients
+from reflowbench.hessian import BlockFisher, FisherSpec, GradientSpec, LayerFisher, collect_gradients
 from reflowbench.hessian.block_fisher import _cholesky_with_escalation
 from reflowbench.pruners import select_targets
 
@@ -71,7 +70,7 @@ def test_dual_and_primal_agree():
 def test_relative_damping_scales_with_mean_diagonal():
     G = 10 * torch.randn(5, 8, dtype=torch.float64)
     layer = LayerFisher("w", G, FisherSpec(damp=0.1, damp_mode="relative", compute_dtype="float64"), torch.device("cpu"))
-    expected = 0.1 * float((G ** 2).sum() / (5 * 8))
+    expected = 0.1 * float((G**2).sum() / (5 * 8))
     assert abs(float(layer.damp[0]) - expected) < 1e-9
 
 
@@ -113,7 +112,7 @@ def test_gradient_rows_match_autograd_loop(tiny_model, minibatch):
     x, y = _images(12)
     masks = {t.param_name: torch.rand(t.weight.shape) > 0.3 for t in targets}
     spec = GradientSpec(num_grads=4, minibatch=minibatch, chunk_images=5, dtype="float64")
-    batches = [(x[i:i + 5], y[i:i + 5]) for i in range(0, 12, 5)]
+    batches = [(x[i : i + 5], y[i : i + 5]) for i in range(0, 12, 5)]
     G = collect_gradients(tiny_model, targets, iter(batches), spec, masks=masks)
     for row in range(4):
         chunk = slice(row * minibatch, (row + 1) * minibatch)

@@ -1,4 +1,3 @@
-import math
 from dataclasses import dataclass
 
 import pytest
@@ -7,8 +6,17 @@ import torch
 from reflowbench.errors import ConfigError, MaskError
 from reflowbench.models.cifar_resnet import CifarResNet
 from reflowbench.pruners import (
-    PRUNERS, PruneContext, Pruner, TargetPolicy, apply_masks, make_pruner, masks_from_scores, register_pruner,
-    select_targets, validate_sparsity, verify_masks,
+    PRUNERS,
+    PruneContext,
+    Pruner,
+    TargetPolicy,
+    apply_masks,
+    make_pruner,
+    masks_from_scores,
+    register_pruner,
+    select_targets,
+    validate_sparsity,
+    verify_masks,
 )
 from reflowbench.pruners.masks import lowest_k_mask
 
@@ -95,8 +103,29 @@ def test_a_registered_pruner_appears_in_cli_and_harness(digits, tmp_path):
 
         help_text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
         assert "--test-random-salt" in help_text
-        code = main(["run", "--methods", "test-random", "--sparsities", "0.5", "--seeds", "0", "--out", str(tmp_path),
-                     "--calib-batches", "2", "--calib-batch-size", "32", "--diag-images", "64", "--no-progress", "--test-random-salt", "3", "--no-report"])
+        code = main(
+            [
+                "run",
+                "--methods",
+                "test-random",
+                "--sparsities",
+                "0.5",
+                "--seeds",
+                "0",
+                "--out",
+                str(tmp_path),
+                "--calib-batches",
+                "2",
+                "--calib-batch-size",
+                "32",
+                "--diag-images",
+                "64",
+                "--no-progress",
+                "--test-random-salt",
+                "3",
+                "--no-report",
+            ]
+        )
         assert code == 0
         assert len(list((tmp_path / "runs").glob("test-random_s0.5_seed0_*.json"))) == 1
     finally:

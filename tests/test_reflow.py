@@ -52,7 +52,9 @@ def test_only_bn_layers_switch_to_train_mode():
     assert seen == {"dropout_training": False, "bn_training": True}
 
 
-@pytest.mark.parametrize("bn, shape", [(nn.BatchNorm1d(3), (8, 3)), (nn.BatchNorm2d(3), (8, 3, 4, 4)), (nn.BatchNorm3d(3), (8, 3, 2, 2, 2)), (nn.SyncBatchNorm(3), (8, 3, 4, 4))])
+@pytest.mark.parametrize(
+    "bn, shape", [(nn.BatchNorm1d(3), (8, 3)), (nn.BatchNorm2d(3), (8, 3, 4, 4)), (nn.BatchNorm3d(3), (8, 3, 2, 2, 2)), (nn.SyncBatchNorm(3), (8, 3, 4, 4))]
+)
 def test_all_batchnorm_kinds(bn, shape):
     model = nn.Sequential(bn).eval()
     x = torch.randn(*shape) * 3 + 1

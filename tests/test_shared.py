@@ -23,7 +23,7 @@ def cifar():
 
 @pytest.mark.parametrize("filename, model_name, weights, top1", EXPECTED)
 def test_shared_checkpoint_scores_as_documented(cifar, filename, model_name, weights, top1):
-    from reflowbench.bench.evaluate import evaluate
+    from reflowbench.harness.evaluate import evaluate
     from reflowbench.models import build_model
     from reflowbench.pruners import select_targets
 
@@ -35,8 +35,8 @@ def test_shared_checkpoint_scores_as_documented(cifar, filename, model_name, wei
 
 
 def test_distiller_checkpoint_needs_bn_recompute():
-    from reflowbench.bench.evaluate import evaluate
     from reflowbench.datasets import load_dataset
+    from reflowbench.harness.evaluate import evaluate
     from reflowbench.models import build_model
     from reflowbench.pruners import select_targets
     from reflowbench.reflow import recalibrate_bn
@@ -52,16 +52,35 @@ def test_distiller_checkpoint_needs_bn_recompute():
     assert abs(fixed - 78.5) < 1.0
 
 
-def test_resnet20_mp_collapse_and_reflow_on_cifar(tmp_path):
-    from reflowbench.bench.harness import SuiteState, run_one
-    from reflowbench.config import preset
-    from reflowbench.pruners import make_pruner
+def test_issue_command_as_written_runs_resnet20_on_the_archive(tmp_path, capsys):
+    """`reflowbench run --model resnet20 --checkpoint ... --data ...tar.gz --methods mp --sparsities 0.7 --seeds 0 --out DIR`,
+    exactly as a user types it: the dataset is inferred, MP collapses, REFLOW recovers; --preset cifar10 is the same run."""
+    import json
 
-    spec = preset("cifar10")
-    spec.model.model, spec.model.checkpoint, spec.data.data = "resnet20", str(SHARED_MODELS / "resnet20_cifar10_jpeg.pt"), str(SHARED_DATA)
-    spec.sweep.progress = False
-    pruner = make_pruner("mp")
-    record = run_one(SuiteState(spec, [pruner], log=lambda m: None), pruner, 0.8, 0)
-    assert record["dense"]["top1"] == pytest.approx(88.08, abs=0.02)
-    assert record["pruned"]["top1"] < 40 and record["reflow"]["top1"] > record["pruned"]["top1"] + 30
-    assert record["variance"]["pruned"]["last"] < 0.2 < 0.6 < record["variance"]["reflow"]["last"]
+    from reflowbench.cli import main
+
+    command = [
+        "run",
+        "--model",
+        "resnet20",
+        "--checkpoint",
+        str(SHARED_MODELS / "resnet20_cifar10_jpeg.pt"),
+        "--data",
+        str(SHARED_DATA),
+        "--methods",
+        "mp",
+        "--sparsities",
+        "0.7",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(command) == 0
+    record = json.loads(next((tmp_path / "runs").glob("*.json")).read_text())
+    assert record["dataset"] == "cifar10" and record["dense"]["top1"] == pytest.approx(88.08, abs=0.02)
+    assert record["pruned"]["top1"] < 60 and record["reflow"]["top1"] > record["pruned"]["top1"] + 25
+    assert record["variance"]["pruned"]["last"] < 0.5 < 0.6 < record["variance"]["reflow"]["last"]
+    capsys.readouterr()
+    assert main([*command, "--preset", "cifar10"]) == 0
+    assert "1 already complete" in capsys.readouterr().out

@@ -56,12 +56,12 @@ def test_single_weight_removal_is_exact_obs():
 def test_summed_update_is_exact_when_hessian_is_diagonal():
     generator = torch.Generator().manual_seed(3)
     scales = torch.linspace(0.5, 3.0, 8, dtype=torch.float64)
-    X = torch.diag(scales) * (8 ** 0.5)  # X^T X / N = diag(scales^2)
+    X = torch.diag(scales) * (8**0.5)  # X^T X / N = diag(scales^2)
     w = torch.randn(8, generator=generator, dtype=torch.float64)
     targets = _single_layer(w)
     fisher = BlockFisher(GradientMatrix({"w": X}, 8, 1), FisherSpec(damp=1e-12, compute_dtype="float64"), torch.device("cpu"))
     masks = make_pruner("woodfisher").prune_with_fisher(targets, fisher, 0.5, {"w": torch.ones(8, dtype=torch.bool)})
-    H = torch.diag(scales ** 2)
+    H = torch.diag(scales**2)
     best_set = min(itertools.combinations(range(8), 4), key=lambda Q: _exact_obs(H, w, list(Q))[0])
     assert sorted((~masks["w"]).nonzero().flatten().tolist()) == sorted(best_set)
 
@@ -70,10 +70,12 @@ def test_step_schedules_end_at_target():
     for schedule in ("geometric", "cubic", "linear"):
         steps = step_sparsities(0.9, 4, schedule)
         assert steps[-1] == 0.9 and all(a < b for a, b in zip(steps, steps[1:]))
-    assert step_sparsities(0.9, 2, "geometric")[0] == pytest.approx(1 - 0.1 ** 0.5)
+    assert step_sparsities(0.9, 2, "geometric")[0] == pytest.approx(1 - 0.1**0.5)
 
 
-@pytest.mark.parametrize("options", [{}, {"recompute_steps": 3}, {"block_size": 16}, {"scope": "layer"}, {"minibatch": 2}, {"damp": 1e-3, "damp_mode": "relative"}])
+@pytest.mark.parametrize(
+    "options", [{}, {"recompute_steps": 3}, {"block_size": 16}, {"scope": "layer"}, {"minibatch": 2}, {"damp": 1e-3, "damp_mode": "relative"}]
+)
 def test_end_to_end_exact_sparsity_and_determinism(digits, options):
     from reflowbench.datasets import SubsetSizes, disjoint_subsets
 

@@ -9,13 +9,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from reflowbench.cli_args import add_dataclass_arguments, build_dataclass, given
-from reflowbench.config import SECTIONS, SuiteSpec, merge_into, preset
+from reflowbench.config import (
+    MODEL_OR_DATA_FIELDS,
+    PRESETS,
+    SECTIONS,
+    SuiteSpec,
+    describe_preset,
+    merge_into,
+    names_model_or_data,
+    preset,
+    spec_summary,
+    validate_spec,
+)
 from reflowbench.errors import ConfigError, ReflowbenchError
+from reflowbench.utils.cli_args import add_dataclass_arguments, build_dataclass, given
+from reflowbench.utils.io import atomic_write_json
+
 
 def _section_types() -> Dict[str, type]:
     import typing
@@ -36,15 +49,35 @@ def _add_suite_arguments(parser: argparse.ArgumentParser, sections=SECTIONS, wit
             add_dataclass_arguments(group, cls.Options, f"opt__{name}__", flag_prefix=f"{name}_")
 
 
+def _read_config_file(path_text: str) -> Any:
+    path = Path(path_text)
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read the file ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ConfigError(f"--config {path}: not valid JSON ({exc})") from None
+
+
+def _choose_preset(args: argparse.Namespace, file_overrides: Any) -> Optional[str]:
+    """The preset to start from: --preset when given ('none' = no preset); else 'embedded' when neither
+    the flags nor the config file name a model or data, else none."""
+    if args.preset is not None:
+        return None if args.preset == "none" else args.preset
+    named = isinstance(file_overrides, dict) and names_model_or_data(file_overrides)
+    named = named or any(name in given(args, f"{section}__") for section, name in MODEL_OR_DATA_FIELDS)
+    if named:
+        return None
+    _log(f"no --model, --dataset, --data, --checkpoint or --weights given: using --preset {describe_preset('embedded')}")
+    return "embedded"
+
+
 def _spec_from_args(args: argparse.Namespace) -> SuiteSpec:
-    spec = preset(args.preset)
-    if args.config:
-        path = Path(args.config)
-        try:
-            overrides = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"--config {path}: cannot read JSON ({exc})") from exc
-        merge_into(spec, overrides, f"--config {path}")
+    """Defaults < preset < --config file < explicit flags; type-checked here, range-checked by ``plan_suite``."""
+    file_overrides = _read_config_file(args.config) if args.config else None
+    spec = preset(_choose_preset(args, file_overrides))
+    if file_overrides is not None:
+        merge_into(spec, file_overrides, f"--config {args.config}")
     for section in SECTIONS:
         for key, value in given(args, f"{section}__").items():
             setattr(getattr(spec, section), key, value)
@@ -60,10 +93,12 @@ def _log(message: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from reflowbench.bench.sweep import run_suite
+    from reflowbench.harness import plan_suite, run_suite
 
-    spec = _spec_from_args(args)
-    counts = run_suite(spec, log=_log, report=not args.no_report)
+    plan = plan_suite(_spec_from_args(args))
+    for line in spec_summary(plan.spec):
+        _log(line)
+    counts = run_suite(plan, log=_log, report=not args.no_report)
     _log(f"done: {counts['done']} runs now, {counts['skipped']} skipped as already complete, {counts['total']} in the suite")
     return 0
 
@@ -71,29 +106,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
-    from reflowbench.bench.harness import SuiteState, prune_and_measure
-    from reflowbench.pruners import make_pruner
+    from reflowbench.harness import SuiteState, plan_suite, prune_and_measure
+    from reflowbench.harness.plan import check_output_file
 
     spec = _spec_from_args(args)
-    spec.sweep.methods = [args.method]
-    pruner = make_pruner(args.method, spec.method_options.get(args.method))
-    state = SuiteState(spec, [pruner], _log)
-    record, model, reflow_handle = prune_and_measure(state, pruner, args.sparsity, args.seed)
-    stage = "pruned" if args.no_reflow else "reflow"
+    spec.sweep.methods, spec.sweep.sparsities, spec.sweep.seeds = [args.method], [args.sparsity], [args.seed]
+    check_output_file(args.save, "--save")
+    check_output_file(args.record, "--record")
+    plan = plan_suite(spec, check_out=False)
+    state = SuiteState(plan, _log)
+    pruner = plan.pruners[0]
+    key = state.run_key(pruner, args.sparsity, args.seed)
+    record, model, reflow_handle = prune_and_measure(state, pruner, args.sparsity, args.seed, key)
     if args.no_reflow:
         reflow_handle.undo()  # back to the BN statistics right after pruning
     _log(f"{args.method} at sparsity {args.sparsity:g}: top-1 {record['pruned']['top1']:.2f}% after pruning, {record['reflow']['top1']:.2f}% after REFLOW")
     if args.save:
-        torch.save(model.state_dict(), args.save)
-        _log(f"saved the {'REFLOW-recalibrated ' if stage == 'reflow' else ''}pruned weights to {args.save}")
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, args.save)
+        _log(f"saved the {'' if args.no_reflow else 'REFLOW-recalibrated '}pruned weights to {args.save}")
     if args.record:
-        Path(args.record).write_text(json.dumps(record, indent=2, default=str))
+        atomic_write_json(Path(args.record), record)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from reflowbench.bench.results import write_csv
     from reflowbench.reports import write_report
+    from reflowbench.schema.results import write_csv
 
     out = Path(args.out)
     if not out.is_dir():
@@ -107,23 +145,29 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from reflowbench.bench.evaluate import evaluate
-    from reflowbench.bench.train import TrainSpec, train_dense
     from reflowbench.datasets import load_dataset
-    from reflowbench.models import build_model, default_dataset_for
+    from reflowbench.harness.evaluate import evaluate
+    from reflowbench.harness.plan import check_output_file, resolve_dataset
+    from reflowbench.harness.train import TrainSpec, train_dense
+    from reflowbench.models import build_model
     from reflowbench.utils.env import resolve_device
 
-    spec = _spec_from_args(args)
-    recipe = build_dataclass(TrainSpec, given(args, "train__"), "train settings")
+    spec = validate_spec(_spec_from_args(args))
+    recipe = build_dataclass(TrainSpec, given(args, "train__"), "train settings").validate()
+    check_output_file(args.save, "--save")
     device = resolve_device(spec.sweep.device)
     if spec.sweep.threads:
         torch.set_num_threads(spec.sweep.threads)
-    dataset = spec.data.dataset or default_dataset_for(spec.model.model)
-    data = load_dataset(dataset, spec.data.data, spec.data.norm, spec.data.download, spec.data.workers)
-    model = build_model(spec.model.model, spec.model.num_classes or data.num_classes, Path(spec.model.checkpoint) if spec.model.checkpoint else None, spec.model.shortcut if spec.model.shortcut != "auto" else "A")
+    dataset = resolve_dataset(spec)
+    data = load_dataset(dataset, spec.data.data, spec.data.norm, spec.data.download, spec.data.workers, spec.data.partial_data)
+    model = build_model(
+        spec.model.model,
+        spec.model.num_classes or data.num_classes,
+        Path(spec.model.checkpoint) if spec.model.checkpoint else None,
+        spec.model.shortcut if spec.model.shortcut != "auto" else "A",
+    )
     train_dense(model, data.train, recipe, device, log=_log)
     metrics = evaluate(model, data.test.batches(None, spec.data.eval_batch_size), device)
-    Path(args.save).parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, args.save)
     _log(f"dense {spec.model.model} on {dataset}: top-1 {metrics['top1']:.2f}%; saved to {args.save}")
     return 0
@@ -151,30 +195,37 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reflowbench.bench.train import TrainSpec
+    from reflowbench.harness.train import TrainSpec
 
     parser = argparse.ArgumentParser(prog="reflowbench", description="Benchmark one-shot pruners with and without BN recalibration (REFLOW).")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def suite_command(name: str, help_text: str, sections=SECTIONS, with_pruners: bool = True) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--preset", default="default", help="starting settings, applied before --config and flags: default (embedded digits; its REFLOW uses 8 batches of 64) or cifar10; the defaults shown below are those before any preset (default: default)")
+        presets = "; ".join(describe_preset(name) for name in PRESETS)
+        sub.add_argument(
+            "--preset",
+            choices=[*PRESETS, "none"],
+            default=None,
+            help=f"a named bundle of settings, applied before --config and flags: {presets}; none: the defaults shown below. "
+            "Without --preset: embedded when no --model, --dataset, --data, --checkpoint or --weights is given (flags or --config), else none",
+        )
         sub.add_argument("--config", help="JSON file of settings ({section: {field: value}} or flat), applied after the preset")
         _add_suite_arguments(sub, sections, with_pruners)
         return sub
 
     run = suite_command("run", "run a suite (methods x sparsities x seeds), skipping finished runs, then write results.csv and the report")
     run.add_argument("--no-report", action="store_true", help="skip the report (results.csv is still written)")
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=cmd_run, interrupted="finished runs are saved; run the same command again to resume")
 
     prune = suite_command("prune", "prune one model once, optionally REFLOW, and save the weights")
     prune.add_argument("--method", default="mp", help="pruner name (see `reflowbench list`)")
     prune.add_argument("--sparsity", type=float, required=True, help="fraction of target weights to remove, in [0, 1)")
-    prune.add_argument("--seed", type=int, default=0)
+    prune.add_argument("--seed", type=int, default=0, help="selects the calibration, Fisher and held-out images (default: 0)")
     prune.add_argument("--no-reflow", action="store_true", help="save the weights right after pruning, without BN recalibration")
     prune.add_argument("--save", help="write the pruned state_dict here")
     prune.add_argument("--record", help="write the run record (JSON) here")
-    prune.set_defaults(handler=cmd_prune)
+    prune.set_defaults(handler=cmd_prune, interrupted="nothing was saved")
 
     report = commands.add_parser("report", help="(re)write results.csv, report.md, report.html and figures of a results folder")
     report.add_argument("out", help="the --out folder of a run")
@@ -186,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", dest="sweep__threads", metavar="INT", type=int, default=argparse.SUPPRESS, help="torch CPU threads (default: torch's)")
     add_dataclass_arguments(train.add_argument_group("training recipe"), TrainSpec, "train__")
     train.add_argument("--save", required=True, help="where to write the state_dict (.pt)")
-    train.set_defaults(handler=cmd_train)
+    train.set_defaults(handler=cmd_train, interrupted="nothing was saved")
 
     listing = commands.add_parser("list", help="list pruners, models, datasets and presets")
     listing.set_defaults(handler=cmd_list)
@@ -209,5 +260,5 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"reflowbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("reflowbench: interrupted; finished runs are saved, run the same command again to resume", file=sys.stderr)
+        print(f"reflowbench: interrupted; {getattr(args, 'interrupted', 'nothing was saved')}", file=sys.stderr)
         return 130

@@ -1,15 +1,27 @@
-"""Dataclass specs of a suite (what the CLI is generated from), presets, and the per-run settings key.
+"""Dataclass specs of a suite (what the CLI is generated from), presets, config files, validation.
 
 Precedence: dataclass defaults < preset < ``--config FILE.json`` < explicit command-line flags.
+A preset is a named bundle of settings, listed in ``--help`` with every value it sets; without one,
+every setting is the default that ``--help`` shows.
+
+This module is data only (bottom layer): it checks values and types, never imports torch, models,
+datasets or pruners. Names that need a registry (models, datasets, pruners) are checked by the
+harness's planning step, still before any model or data is loaded.
 """
 
 from __future__ import annotations
 
+import math
+import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from reflowbench.errors import ConfigError
-from reflowbench.pruners.targets import TargetPolicy
+from reflowbench.schema.targets import TargetPolicy
+
+MAX_SEED = 2**31 - 1
+REFLOW_MODES = ("cumulative", "ema")
+SHORTCUTS = ("auto", "A", "B")
 
 
 @dataclass
@@ -27,12 +39,13 @@ class ModelSpec:
 class DataSpec:
     """Where images come from."""
 
-    dataset: Optional[str] = None  # digits, cifar10, imagenet, imagefolder (default: the model's)
+    dataset: Optional[str] = None  # digits, cifar10, imagenet, imagefolder (default: inferred from --data and the model)
     data: Optional[str] = None  # path: CIFAR-10 .tar.gz / ImageFolder tree / torchvision root; ImageNet tree
     download: bool = False  # let torchvision download CIFAR-10 into --data (needs the internet)
     norm: Optional[str] = None  # CIFAR-10 normalisation: cifar10 (default) or cifar10-distiller
+    partial_data: bool = False  # accept a CIFAR-10 copy with fewer than 5,000/1,000 images per class (all 10 classes still needed)
     workers: int = 2  # DataLoader workers for ImageFolder data
-    eval_batch_size: int = 500
+    eval_batch_size: int = 500  # images per batch for test-set evaluation and diagnostics
 
 
 @dataclass
@@ -40,9 +53,9 @@ class ReflowSpec:
     """REFLOW calibration and the signal-collapse diagnostics."""
 
     calib_batches: int = 50  # calibration batches for BN re-estimation
-    calib_batch_size: int = 128
+    calib_batch_size: int = 128  # training images per calibration batch
     reflow_mode: str = "cumulative"  # cumulative (reset + exact average) or ema (continues from the old statistics)
-    reflow_momentum: float = 0.1  # EMA momentum (ema mode only)
+    reflow_momentum: float = 0.1  # EMA momentum in (0, 1] (ema mode only)
     calib_augment: bool = False  # train-time augmentation on calibration images
     diag_images: int = 1000  # held-out training images for the BN variance ratios
 
@@ -87,38 +100,198 @@ class SuiteSpec:
 SECTIONS = ("model", "data", "reflow", "targets", "sweep")
 
 PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
-    # `reflowbench run` with no arguments: the embedded digits model, MP with and without REFLOW.
-    "default": {
+    # The embedded demo: a small BN CNN on scikit-learn's digits (1,347 training images, so REFLOW uses 8 x 64).
+    "embedded": {
         "model": {"model": "smallcnn"},
         "data": {"dataset": "digits"},
         "reflow": {"calib_batches": 8, "calib_batch_size": 64, "diag_images": 256},
-        "sweep": {"methods": ["mp"], "sparsities": [0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95], "seeds": [0, 1, 2], "out": "reflowbench-out"},
+        "sweep": {"methods": ["mp"], "sparsities": [0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95], "seeds": [0, 1, 2]},
     },
-    # The paper-style CIFAR-10 comparison (pass --data and --checkpoint).
+    # The paper-style CIFAR-10 comparison (pass --model, --checkpoint and --data).
     "cifar10": {
         "data": {"dataset": "cifar10"},
         "sweep": {"sparsities": [0.5, 0.6, 0.7, 0.8, 0.9, 0.95], "seeds": [0, 1, 2]},
     },
 }
+# Settings that say "this is not the embedded demo": when none is given and no --preset, the embedded preset applies.
+MODEL_OR_DATA_FIELDS = (("model", "model"), ("model", "checkpoint"), ("model", "weights"), ("data", "dataset"), ("data", "data"))
 
 
-def merge_into(spec: SuiteSpec, overrides: Dict[str, Any], source: str) -> SuiteSpec:
-    """Apply nested ``{section: {field: value}}`` (or flat ``{field: value}``) overrides to ``spec`` in place."""
-    by_field = {f.name: section for section in SECTIONS for f in fields(getattr(spec, section))}
-    for key, value in overrides.items():
-        if key in SECTIONS and isinstance(value, dict):
-            merge_into(spec, value, source)
-        elif key == "method_options" and isinstance(value, dict):
-            for method, options in value.items():
-                spec.method_options.setdefault(method, {}).update(options)
-        elif key in by_field:
-            setattr(getattr(spec, by_field[key]), key, value)
-        else:
-            raise ConfigError(f"{source}: unknown setting {key!r}; known settings: {sorted(by_field)} and method_options")
-    return spec
+def describe_preset(name: str) -> str:
+    """One line listing every value preset ``name`` sets, e.g. ``cifar10 (dataset=cifar10, seeds=0,1,2, ...)``."""
+    values = []
+    for section in PRESETS[name].values():
+        for key, value in section.items():
+            shown = ",".join(str(v) for v in value) if isinstance(value, list) else value
+            values.append(f"{key}={shown}")
+    return f"{name} ({', '.join(values)})"
 
 
-def preset(name: str) -> SuiteSpec:
+def preset(name: Optional[str]) -> SuiteSpec:
+    """A fresh spec with preset ``name`` applied (``None``: the plain dataclass defaults)."""
+    if name is None:
+        return SuiteSpec()
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
     return merge_into(SuiteSpec(), PRESETS[name], f"preset {name}")
+
+
+# ----------------------------------------------------------------------------- config files
+
+
+def _hints(cls: type) -> Dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def type_name(hint: Any) -> str:
+    """How a type hint reads in an error message: ``an integer``, ``a list of a number``."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        return " or ".join(type_name(a) for a in typing.get_args(hint))
+    if origin in (list, List):
+        return f"a list of {type_name(typing.get_args(hint)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", type(None): "null"}.get(hint, str(hint))
+
+
+def value_matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON-like ``value`` fits type hint ``hint`` (ints count as floats, bools never as ints)."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        return any(value_matches(value, a) for a in typing.get_args(hint))
+    if origin in (list, List):
+        return isinstance(value, list) and all(value_matches(v, typing.get_args(hint)[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _set_checked(target: Any, key: str, value: Any, source: str) -> None:
+    hint = _hints(type(target))[key]
+    if not value_matches(value, hint):
+        raise ConfigError(f"{source}: setting {key!r} must be {type_name(hint)}, got {value!r}")
+    if hint is float or typing.get_args(hint) == (float, type(None)):
+        value = None if value is None else float(value)
+    setattr(target, key, value)
+
+
+def merge_into(spec: SuiteSpec, overrides: Any, source: str) -> SuiteSpec:
+    """Apply ``{section: {field: value}}`` (or flat ``{field: value}``) overrides to ``spec`` in place.
+
+    A section holds only its own fields; every value is type-checked against the dataclass field.
+    ``method_options`` is ``{pruner: {option: value}}`` (pruner options are checked by the pruner).
+    """
+    if not isinstance(overrides, dict):
+        raise ConfigError(f'{source}: settings must be a JSON object ({{"section": {{"field": value}}}}), got {type(overrides).__name__}')
+    by_field = {f.name: section for section in SECTIONS for f in fields(getattr(spec, section))}
+    for key, value in overrides.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: section {key!r} must be an object of settings, got {value!r}")
+            section = getattr(spec, key)
+            own = {f.name for f in fields(section)}
+            for name, inner in value.items():
+                if name not in own:
+                    raise ConfigError(f"{source}: section {key!r} has no setting {name!r}; its settings are {sorted(own)}")
+                _set_checked(section, name, inner, source)
+        elif key == "method_options":
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise ConfigError(f'{source}: method_options must be {{"pruner": {{"option": value}}}}, got {value!r}')
+            for method, options in value.items():
+                spec.method_options.setdefault(method, {}).update(options)
+        elif key in by_field:
+            _set_checked(getattr(spec, by_field[key]), key, value, source)
+        else:
+            raise ConfigError(f"{source}: unknown setting {key!r}; known settings: {sorted(by_field)}, the sections {list(SECTIONS)} and method_options")
+    return spec
+
+
+def names_model_or_data(overrides: Dict[str, Any]) -> bool:
+    """Whether nested or flat ``overrides`` set any of the model/data fields of MODEL_OR_DATA_FIELDS."""
+    for section, name in MODEL_OR_DATA_FIELDS:
+        if name in overrides or (isinstance(overrides.get(section), dict) and name in overrides[section]):
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _unique(values: List[Any], flag: str) -> None:
+    _require(len(values) > 0, f"{flag} is empty: give at least one value")
+    seen = set()
+    for value in values:
+        _require(value not in seen, f"{flag} lists {value!r} twice: each value runs once, remove the duplicate")
+        seen.add(value)
+
+
+def check_sparsity(value: float, flag: str = "--sparsities") -> float:
+    """A sparsity is a finite fraction of target weights in [0, 1)."""
+    _require(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0.0 <= value < 1.0,
+        f"sparsity must be in [0, 1) (the fraction of target weights set to zero), got {value!r} in {flag}; e.g. 0.9 for 90%",
+    )
+    return float(value)
+
+
+def _positive_int(value: int, flag: str, minimum: int = 1) -> None:
+    _require(value >= minimum, f"{flag} must be an integer >= {minimum}, got {value}")
+
+
+def validate_spec(spec: SuiteSpec) -> SuiteSpec:
+    """Check every value of ``spec`` that needs no registry (ranges, duplicates, enums); return it.
+
+    Called once, when the settings are built; inner code trusts a validated spec.
+    """
+    sweep, reflow, data, model = spec.sweep, spec.reflow, spec.data, spec.model
+    _unique(sweep.methods, "--methods")
+    _unique(sweep.sparsities, "--sparsities")
+    _unique(sweep.seeds, "--seeds")
+    for sparsity in sweep.sparsities:
+        check_sparsity(sparsity)
+    for seed in sweep.seeds:
+        _require(0 <= seed <= MAX_SEED, f"seeds must be in [0, {MAX_SEED}], got {seed} in --seeds")
+    if sweep.report_sparsity is not None:
+        check_sparsity(sweep.report_sparsity, "--report-sparsity")
+    _require(sweep.threads >= 0, f"--threads must be >= 0 (0 keeps torch's default), got {sweep.threads}")
+    _require(
+        math.isfinite(sweep.memory_budget_gb) and sweep.memory_budget_gb > 0,
+        f"--memory-budget-gb must be a positive number of GiB, got {sweep.memory_budget_gb}",
+    )
+    _require(bool(sweep.out.strip()), "--out is empty: name the results folder")
+    _positive_int(reflow.calib_batches, "--calib-batches")
+    _positive_int(reflow.calib_batch_size, "--calib-batch-size")
+    _positive_int(reflow.diag_images, "--diag-images")
+    _require(reflow.reflow_mode in REFLOW_MODES, f"--reflow-mode must be one of {REFLOW_MODES}, got {reflow.reflow_mode!r}")
+    _require(
+        math.isfinite(reflow.reflow_momentum) and 0.0 < reflow.reflow_momentum <= 1.0,
+        f"--reflow-momentum must be in (0, 1] (the EMA weight of each new batch), got {reflow.reflow_momentum}",
+    )
+    _positive_int(data.eval_batch_size, "--eval-batch-size")
+    _positive_int(data.workers, "--workers", minimum=0)
+    _require(model.shortcut in SHORTCUTS, f"--shortcut must be one of {SHORTCUTS}, got {model.shortcut!r}")
+    if model.num_classes is not None:
+        _positive_int(model.num_classes, "--num-classes", minimum=2)
+    return spec
+
+
+def spec_summary(spec: SuiteSpec) -> Tuple[str, ...]:
+    """Short human lines describing what a suite will run (printed before any work)."""
+    sweep, reflow = spec.sweep, spec.reflow
+    return (
+        f"model {spec.model.model}" + (f" from {spec.model.checkpoint}" if spec.model.checkpoint else ""),
+        f"methods {','.join(sweep.methods)}; sparsities {','.join(f'{s:g}' for s in sweep.sparsities)}; seeds {','.join(map(str, sweep.seeds))}",
+        f"REFLOW {reflow.calib_batches} x {reflow.calib_batch_size} images ({reflow.reflow_mode}); diagnostics on {reflow.diag_images} held-out images",
+    )

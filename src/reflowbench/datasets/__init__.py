@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
+from reflowbench.datasets.detect import dataset_of_path
 from reflowbench.datasets.imagesets import FolderImageSet, ImageSet, TensorImageSet
-from reflowbench.datasets.splits import SubsetSizes, disjoint_subsets
+from reflowbench.datasets.splits import SubsetSizes, check_subset_sizes, disjoint_subsets
 from reflowbench.errors import DatasetError
 
 DATASETS: Dict[str, str] = {
@@ -30,8 +31,13 @@ class DataBundle:
     num_classes: int
 
 
-def load_dataset(name: str, path: Optional[Path] = None, normalization: Optional[str] = None, download: bool = False, workers: int = 2) -> DataBundle:
-    """Load dataset ``name`` (see :data:`DATASETS`) from ``path`` where it needs one."""
+def load_dataset(
+    name: str, path: Optional[Path] = None, normalization: Optional[str] = None, download: bool = False, workers: int = 2, partial: bool = False
+) -> DataBundle:
+    """Load dataset ``name`` (see :data:`DATASETS`) from ``path`` where it needs one.
+
+    ``partial``: accept a CIFAR-10 copy with fewer images per class than the full dataset.
+    """
     if name == "digits":
         from reflowbench.datasets.digits import load_digits_sets
 
@@ -39,7 +45,7 @@ def load_dataset(name: str, path: Optional[Path] = None, normalization: Optional
     elif name == "cifar10":
         from reflowbench.datasets.cifar10 import cifar10_sets
 
-        train, test = cifar10_sets(Path(path) if path else None, normalization or "cifar10", download)
+        train, test = cifar10_sets(Path(path) if path else None, normalization or "cifar10", download, partial)
     elif name in ("imagenet", "imagefolder"):
         if path is None:
             raise DatasetError(f"dataset {name} needs --data PATH to an ImageFolder tree with train/ and val/")
@@ -51,4 +57,15 @@ def load_dataset(name: str, path: Optional[Path] = None, normalization: Optional
     return DataBundle(name=name, train=train, test=test, num_classes=train.num_classes)
 
 
-__all__ = ["DATASETS", "DataBundle", "ImageSet", "TensorImageSet", "FolderImageSet", "SubsetSizes", "disjoint_subsets", "load_dataset"]
+__all__ = [
+    "check_subset_sizes",
+    "dataset_of_path",
+    "DATASETS",
+    "DataBundle",
+    "ImageSet",
+    "TensorImageSet",
+    "FolderImageSet",
+    "SubsetSizes",
+    "disjoint_subsets",
+    "load_dataset",
+]

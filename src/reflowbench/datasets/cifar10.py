@@ -26,6 +26,7 @@ NORMALIZATIONS: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
     "cifar10-distiller": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
 }
 Arrays = Dict[str, np.ndarray]  # train_x (N,32,32,3) uint8, train_y (N,), test_x, test_y
+IMAGES_PER_CLASS = {"train": 5000, "test": 1000}  # the full CIFAR-10: 50,000 training and 10,000 test images
 
 
 def _decode(blob: bytes, name: str) -> np.ndarray:
@@ -139,7 +140,7 @@ def _cached(path: Path, reader) -> Arrays:
 def load_cifar10_arrays(path: Optional[Path], download: bool = False) -> Arrays:
     """Arrays from ``path`` (.tar.gz, ImageFolder tree, or torchvision root); torchvision root in the cache when None."""
     if path is None:
-        return _read_torchvision(cache_dir() / "torchvision", download=True)
+        return _read_torchvision(cache_dir() / "torchvision", download)
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset path {path} does not exist: pass --data PATH to a CIFAR-10 .tar.gz, ImageFolder tree or torchvision root")
@@ -150,12 +151,37 @@ def load_cifar10_arrays(path: Optional[Path], download: bool = False) -> Arrays:
     return _read_torchvision(path, download)
 
 
-def cifar10_sets(path: Optional[Path], normalization: str = "cifar10", download: bool = False) -> Tuple[TensorImageSet, TensorImageSet]:
-    """(train, test) sets; training augmentation is random crop 32 with 4-pixel padding + horizontal flip."""
+def check_counts(arrays: Arrays, source: str, partial: bool = False) -> None:
+    """Every class in both splits, with the full CIFAR-10 count per class unless ``partial``.
+
+    A truncated archive that stops at a file boundary still reads without error: this is what catches it.
+    """
+    problems = []
+    for split, expected in IMAGES_PER_CLASS.items():
+        counts = np.bincount(arrays[f"{split}_y"], minlength=len(CLASSES))
+        missing = [CLASSES[c] for c in range(len(CLASSES)) if counts[c] == 0]
+        if missing:
+            problems.append(f"{split} has no images of {', '.join(missing)}")
+        elif not partial and (counts != expected).any():
+            short = ", ".join(f"{CLASSES[c]} {counts[c]}" for c in range(len(CLASSES)) if counts[c] != expected)
+            problems.append(f"{split} should hold {expected:,} images per class ({expected * len(CLASSES):,} in all) but has {int(counts.sum()):,}: {short}")
+    if problems:
+        raise DatasetError(
+            f"CIFAR-10 from {source} is incomplete: {'; '.join(problems)}. The copy is truncated or damaged: copy it again"
+            + ("" if partial else " (or pass --partial-data to use a deliberately smaller copy that still has all 10 classes)")
+        )
+
+
+def cifar10_sets(path: Optional[Path], normalization: str = "cifar10", download: bool = False, partial: bool = False) -> Tuple[TensorImageSet, TensorImageSet]:
+    """(train, test) sets; training augmentation is random crop 32 with 4-pixel padding + horizontal flip.
+
+    ``partial``: accept fewer than 5,000/1,000 images per class (every class must still be present).
+    """
     if normalization not in NORMALIZATIONS:
         raise DatasetError(f"unknown CIFAR-10 normalisation {normalization!r}: choose one of {sorted(NORMALIZATIONS)}")
     mean, std = NORMALIZATIONS[normalization]
     arrays = load_cifar10_arrays(path, download)
+    check_counts(arrays, str(path) if path else "the torchvision cache", partial)
     train = TensorImageSet(arrays["train_x"], arrays["train_y"], 10, mean, std, crop_pad=4, hflip=True)
     test = TensorImageSet(arrays["test_x"], arrays["test_y"], 10, mean, std)
     return train, test

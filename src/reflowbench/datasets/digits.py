@@ -25,6 +25,8 @@ def load_digits_sets() -> Tuple[TensorImageSet, TensorImageSet]:
     for digit in range(10):
         members = np.flatnonzero(labels == digit)
         test_mask[rng.choice(members, size=int(round(len(members) * TEST_FRACTION)), replace=False)] = True
+
     def make(selector: np.ndarray, augment: bool) -> TensorImageSet:
         return TensorImageSet(images[selector], labels[selector], 10, DIGITS_MEAN, DIGITS_STD, crop_pad=1 if augment else 0)
+
     return make(~test_mask, True), make(test_mask, False)

@@ -35,7 +35,9 @@ class TensorImageSet:
     Augmentation (train-time): random crop with ``crop_pad`` zero padding and, if ``hflip``, horizontal flips.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, mean: Sequence[float], std: Sequence[float], crop_pad: int = 0, hflip: bool = False) -> None:
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, num_classes: int, mean: Sequence[float], std: Sequence[float], crop_pad: int = 0, hflip: bool = False
+    ) -> None:
         if images.ndim != 4:
             raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
         self.images = torch.from_numpy(np.ascontiguousarray(images))
@@ -62,8 +64,8 @@ class TensorImageSet:
             padded = torch.nn.functional.pad(x, (p, p, p, p))
             dy = torch.randint(0, 2 * p + 1, (n,), generator=generator)
             dx = torch.randint(0, 2 * p + 1, (n,), generator=generator)
-            rows = (dy.view(n, 1) + torch.arange(h).view(1, h))  # (n, h)
-            cols = (dx.view(n, 1) + torch.arange(w).view(1, w))  # (n, w)
+            rows = dy.view(n, 1) + torch.arange(h).view(1, h)  # (n, h)
+            cols = dx.view(n, 1) + torch.arange(w).view(1, w)  # (n, w)
             batch = torch.arange(n).view(n, 1, 1)
             x = padded.permute(0, 2, 3, 1)[batch, rows.view(n, h, 1), cols.view(n, 1, w)].permute(0, 3, 1, 2)
         if self.hflip:
@@ -77,7 +79,7 @@ class TensorImageSet:
         if shuffle:
             order = order[torch.randperm(len(order), generator=generator)]
         for start in range(0, len(order), batch_size):
-            chosen = order[start:start + batch_size]
+            chosen = order[start : start + batch_size]
             x = self._to_float(self.images[chosen])
             if augment:
                 x = self._augment(x, generator)
@@ -104,5 +106,4 @@ class FolderImageSet:
         generator = torch.Generator().manual_seed(seed)
         loader = DataLoader(subset, batch_size=batch_size, shuffle=shuffle, num_workers=self.workers, generator=generator, persistent_workers=False)
         torch.manual_seed(seed)  # augmentation randomness inside workers derives from the base seed
-        for x, y in loader:
-            yield x, y
+        yield from loader

@@ -10,4 +10,15 @@ from reflowbench.hessian.block_fisher import BlockFisher, FisherSpec, LayerFishe
 from reflowbench.hessian.gradients import GradientMatrix, GradientSpec, collect_gradients, gradient_bytes
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 
-__all__ = ["BlockFisher", "FisherSpec", "GradientMatrix", "GradientSpec", "LayerFisher", "check_budget", "collect_gradients", "curvature_bytes", "gradient_bytes", "resolve_dtype"]
+__all__ = [
+    "BlockFisher",
+    "FisherSpec",
+    "GradientMatrix",
+    "GradientSpec",
+    "LayerFisher",
+    "check_budget",
+    "collect_gradients",
+    "curvature_bytes",
+    "gradient_bytes",
+    "resolve_dtype",
+]

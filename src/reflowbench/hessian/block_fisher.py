@@ -68,7 +68,9 @@ def _cholesky_with_escalation(matrix: torch.Tensor, name: str, add_identity: Cal
         bad = failed.nonzero().flatten().tolist()
         warnings.warn(
             f"Fisher block(s) {bad[:8]} of {name} are not positive definite at damping {damp[failed].max().item():.3g}; "
-            "multiplying their damping by 10 (more gradients or a larger --<pruner>-damp avoids this)", RuntimeWarning, stacklevel=3,
+            "multiplying their damping by 10 (more gradients or a larger --<pruner>-damp avoids this)",
+            RuntimeWarning,
+            stacklevel=3,
         )
         extra = torch.where(failed, damp * 9.0, torch.zeros_like(damp))
         matrix = add_identity(matrix, extra)
@@ -141,9 +143,9 @@ class LayerFisher:
             captured = torch.empty(self.num_blocks, self.block, dtype=self.factor_dtype, device=self.device)
             step = max(1, DIAG_CHUNK_ELEMENTS // (self.num_blocks * self.num_grads))
             for start in range(0, self.block, step):
-                z = torch.linalg.solve_triangular(factor, self.grads[:, :, start:start + step], upper=False)  # (nb, N, c)
+                z = torch.linalg.solve_triangular(factor, self.grads[:, :, start : start + step], upper=False)  # (nb, N, c)
                 z = z if z.dtype in (torch.float32, torch.float64) else z.float()
-                captured[:, start:start + step] = z.square_().sum(1, dtype=self.factor_dtype)
+                captured[:, start : start + step] = z.square_().sum(1, dtype=self.factor_dtype)
                 del z
             return self._flat((1.0 - captured) / lam)
         inverse = torch.cholesky_inverse(self.factor)
@@ -199,18 +201,31 @@ def curvature_bytes(gradients: GradientMatrix, spec: FisherSpec) -> int:
         blocks = -(-d // block)
         dual = spec.form == "dual" or (spec.form == "auto" and n < block)
         total += blocks * (n * n if dual else block * block) * item
-        largest_temp = max(largest_temp, n * n * blocks * item * (2 if dual else 1) + (2 * 4 * DIAG_CHUNK_ELEMENTS if dual else 2 * block * block * blocks * item))
+        largest_temp = max(
+            largest_temp, n * n * blocks * item * (2 if dual else 1) + (2 * 4 * DIAG_CHUNK_ELEMENTS if dual else 2 * block * block * blocks * item)
+        )
     return total + largest_temp
 
 
 class BlockFisher:
     """The block-diagonal damped empirical Fisher of all target layers (one :class:`LayerFisher` each)."""
 
-    def __init__(self, gradients: GradientMatrix, spec: FisherSpec, device: torch.device, budget_gb: float = 8.0, log: Optional[Callable[[str], None]] = None, option_prefix: str = "--<pruner>-") -> None:
+    def __init__(
+        self,
+        gradients: GradientMatrix,
+        spec: FisherSpec,
+        device: torch.device,
+        budget_gb: float = 8.0,
+        log: Optional[Callable[[str], None]] = None,
+        option_prefix: str = "--<pruner>-",
+    ) -> None:
         spec.validate()
         check_budget(
-            curvature_bytes(gradients, spec), budget_gb, "the block Fisher factors and the largest per-layer temporary",
-            f"a smaller {option_prefix}block-size (when N >= B) or fewer gradients ({option_prefix}num-grads, when N < B)", log,
+            curvature_bytes(gradients, spec),
+            budget_gb,
+            "the block Fisher factors and the largest per-layer temporary",
+            f"a smaller {option_prefix}block-size (when N >= B) or fewer gradients ({option_prefix}num-grads, when N < B)",
+            log,
         )
         self.spec = spec
         self.layers: Dict[str, LayerFisher] = {name: LayerFisher(name, rows, spec, device) for name, rows in gradients.rows.items()}
@@ -222,4 +237,4 @@ class BlockFisher:
         return self.layers[name]
 
     def describe(self) -> List[str]:
-        return [f"{l.name}: {l.num_blocks} x {l.block} ({l.form})" for l in self]
+        return [f"{layer.name}: {layer.num_blocks} x {layer.block} ({layer.form})" for layer in self]

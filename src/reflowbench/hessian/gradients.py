@@ -9,7 +9,7 @@ chunks with ``vmap(grad(loss))``; rows are written straight into preallocated st
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +18,7 @@ from torch.func import functional_call, grad, vmap
 
 from reflowbench.errors import ConfigError, FisherError
 from reflowbench.hessian.memory import check_budget, resolve_dtype
-
-if TYPE_CHECKING:  # the backend does not import the pruners package (pruners import the backend)
-    from reflowbench.pruners.targets import TargetSet
+from reflowbench.schema.targets import TargetSet
 
 Masks = Dict[str, torch.Tensor]
 
@@ -92,10 +90,12 @@ def collect_gradients(
     store_device = torch.device("cpu") if spec.offload else device
     dtype = resolve_dtype(spec.dtype)
     check_budget(
-        gradient_bytes(targets, spec), budget_gb,
+        gradient_bytes(targets, spec),
+        budget_gb,
         f"the gradient matrix ({spec.num_grads} x {targets.num_weights:,} weights, {spec.dtype})",
         f"a smaller {option_prefix}num-grads, {option_prefix}dtype bfloat16/float16, fewer target layers"
-        + (f", or {option_prefix}offload (keep G in host memory)" if device.type == "cuda" and not spec.offload else ""), log,
+        + (f", or {option_prefix}offload (keep G in host memory)" if device.type == "cuda" and not spec.offload else ""),
+        log,
     )
     rows = {t.param_name: torch.empty(spec.num_grads, t.numel, dtype=dtype, device=store_device) for t in targets}
     flat_masks = {name: m.reshape(-1).to(device=device, dtype=torch.float32) for name, m in (masks or {}).items()}
@@ -137,7 +137,7 @@ def collect_gradients(
                             f"non-finite gradients in layer {t.param_name} (rows {filled}..{filled + groups - 1}): "
                             f"check the checkpoint and input normalisation, or use a larger {option_prefix}minibatch"
                         )
-                    rows[t.param_name][filled:filled + groups] = block.to(dtype=dtype, device=store_device)
+                    rows[t.param_name][filled : filled + groups] = block.to(dtype=dtype, device=store_device)
                 filled += groups
                 bar.update(groups)
                 pending_x, pending_y = [xs[used:]], [ys[used:]]

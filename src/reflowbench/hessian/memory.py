@@ -23,7 +23,9 @@ def gib(num_bytes: float) -> float:
     return num_bytes / 2**30
 
 
-def check_budget(num_bytes: float, budget_gb: float, what: str, knobs: str, log: Optional[Callable[[str], None]] = None, announce_over_gb: float = 0.25) -> None:
+def check_budget(
+    num_bytes: float, budget_gb: float, what: str, knobs: str, log: Optional[Callable[[str], None]] = None, announce_over_gb: float = 0.25
+) -> None:
     """Raise :class:`MemoryBudgetError` when ``num_bytes`` exceeds ``budget_gb``; announce large allocations.
 
     ``what`` describes the allocation (with its shape); ``knobs`` names the settings that shrink it.

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 from torch import nn
 
 from reflowbench.errors import ConfigError
-from reflowbench.models.checkpoints import StateDict, load_into, read_state_dict
+from reflowbench.models.checkpoints import StateDict, check_finite, load_into, read_state_dict
 from reflowbench.models.cifar_resnet import CifarResNet
+from reflowbench.models.compat import check_model_fits_data
 from reflowbench.models.mobilenet import MobileNetV1
 from reflowbench.models.small_cnn import SmallBNCNN
 from reflowbench.models.torchvision_models import build_torchvision, torchvision_names
@@ -33,10 +34,7 @@ def _resnet(depth: int) -> Callable[..., nn.Module]:
 
 
 BUILTIN_MODELS: Dict[str, ModelEntry] = {
-    **{
-        f"resnet{depth}": ModelEntry(_resnet(depth), "cifar10", f"CIFAR ResNet-{depth}, option A or B shortcuts")
-        for depth in (20, 32, 44, 56, 110)
-    },
+    **{f"resnet{depth}": ModelEntry(_resnet(depth), "cifar10", f"CIFAR ResNet-{depth}, option A or B shortcuts") for depth in (20, 32, 44, 56, 110)},
     "mobilenetv1": ModelEntry(lambda num_classes, shortcut: MobileNetV1(num_classes), "cifar10", "MobileNetV1 for 32x32 inputs"),
     "smallcnn": ModelEntry(lambda num_classes, shortcut: SmallBNCNN(num_classes), "digits", "8 x (conv3x3+BN+ReLU) for 8x8 digits"),
 }
@@ -87,4 +85,15 @@ def build_model(
     return model.eval()
 
 
-__all__ = ["BUILTIN_MODELS", "build_model", "list_models", "default_dataset_for", "detect_shortcut", "read_state_dict", "load_into", "torchvision_names"]
+__all__ = [
+    "check_finite",
+    "check_model_fits_data",
+    "BUILTIN_MODELS",
+    "build_model",
+    "list_models",
+    "default_dataset_for",
+    "detect_shortcut",
+    "read_state_dict",
+    "load_into",
+    "torchvision_names",
+]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
+import re
 from pathlib import Path
 from typing import Dict, List, Mapping
 
@@ -24,8 +23,10 @@ def read_state_dict(path: Path) -> StateDict:
     ``state_dict`` / ``model_state_dict`` / ``model`` (Distiller, Lightning-like). Always ``weights_only``.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist: pass --checkpoint PATH to an existing file")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file: pass --checkpoint PATH to the .pt/.pth/.safetensors file")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -38,12 +39,39 @@ def read_state_dict(path: Path) -> StateDict:
     else:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        except Exception as exc:  # torch raises many types here (UnpicklingError, KeyError, RuntimeError, ...)
             raise CheckpointError(
-                f"checkpoint {path} cannot be loaded with weights_only=True ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                f"checkpoint {path} cannot be loaded with weights_only=True ({_load_failure(exc)}); "
                 "re-save it as a plain state_dict (torch.save(model.state_dict(), path)) or as .safetensors"
             ) from exc
-    return _strip_module_prefix(_unwrap(raw, path))
+    state = _strip_module_prefix(_unwrap(raw, path))
+    check_finite(state, str(path))
+    return state
+
+
+def _load_failure(exc: Exception) -> str:
+    """The useful part of torch.load's error: the refused pickle global when there is one."""
+    text = str(exc)
+    refused = re.search(r"unsupported GLOBAL (\S+)", text)
+    if refused:
+        return f"it pickles code ({refused.group(1)}), which is never run"
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:200]}" if first else f"{type(exc).__name__}; not a torch checkpoint"
+
+
+def check_finite(state: StateDict, source: str) -> None:
+    """Raise :class:`CheckpointError` naming every floating tensor with NaN or Inf entries."""
+    bad = []
+    for key, tensor in state.items():
+        if tensor.is_floating_point():
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                bad.append(f"{key} ({int((~finite).sum())} of {tensor.numel()} entries)")
+    if bad:
+        shown = ", ".join(bad[:10]) + (f", ... (+{len(bad) - 10} more)" if len(bad) > 10 else "")
+        raise CheckpointError(
+            f"checkpoint {source} has NaN or Inf values in {len(bad)} tensor(s): {shown}; the file is damaged or was saved from a diverged run: use another checkpoint"
+        )
 
 
 def _unwrap(raw: object, path: Path) -> StateDict:
@@ -54,14 +82,12 @@ def _unwrap(raw: object, path: Path) -> StateDict:
             inner = raw.get(key)
             if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
                 return dict(inner)
-    raise CheckpointError(
-        f"checkpoint {path} holds no state_dict (looked for a dict of tensors, or one under {list(_WRAPPER_KEYS)})"
-    )
+    raise CheckpointError(f"checkpoint {path} holds no state_dict (looked for a dict of tensors, or one under {list(_WRAPPER_KEYS)})")
 
 
 def _strip_module_prefix(state: StateDict) -> StateDict:
     if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -71,13 +97,27 @@ def load_into(model: nn.Module, state: StateDict, source: str = "checkpoint") ->
     missing = [k for k in expected if k not in state and not k.endswith(_BENIGN_MISSING_SUFFIXES)]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}" for k in expected if k in state and state[k].shape != expected[k].shape
     ]
+    classifier = _classifier_name(model)
+    if classifier and not missing and not unexpected and wrong_shape and all(k.startswith(classifier + ".") for k in _wrong_shape_keys(state, expected)):
+        raise CheckpointError(
+            f"{source} has a classifier for {state[classifier + '.weight'].shape[0]} classes but the model was built for "
+            f"{expected[classifier + '.weight'].shape[0]} (the dataset's classes, or --num-classes): use a checkpoint trained on this dataset's classes"
+        )
     if missing or unexpected or wrong_shape:
         raise CheckpointError(_mismatch_message(model, source, missing, unexpected, wrong_shape))
     model.load_state_dict({k: v for k, v in state.items()}, strict=False)
+
+
+def _classifier_name(model: nn.Module) -> str | None:
+    """Module name of the last Linear layer (the classifier of the models here), or None."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def _wrong_shape_keys(state: StateDict, expected: Mapping[str, torch.Tensor]) -> List[str]:
+    return [k for k in expected if k in state and state[k].shape != expected[k].shape]
 
 
 def _mismatch_message(model: nn.Module, source: str, missing: List[str], unexpected: List[str], wrong_shape: List[str]) -> str:

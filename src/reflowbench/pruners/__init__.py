@@ -3,13 +3,29 @@
 Importing this package registers every built-in pruner.
 """
 
+from reflowbench.pruners import magnitude, woodfisher  # noqa: F401  (registers mp, mp-layer, woodfisher)
 from reflowbench.pruners.base import PRUNERS, NoOptions, PruneContext, Pruner, get_pruner_class, make_pruner, pruner_names, register_pruner
 from reflowbench.pruners.masks import Masks, apply_masks, current_masks, mask_sparsity, masks_from_scores, validate_sparsity, verify_masks
-from reflowbench.pruners.targets import Target, TargetPolicy, TargetSet, select_targets
-from reflowbench.pruners import magnitude, woodfisher  # noqa: F401  (registers mp, mp-layer, woodfisher)
+from reflowbench.schema.targets import Target, TargetPolicy, TargetSet, select_targets
 
 __all__ = [
-    "PRUNERS", "NoOptions", "PruneContext", "Pruner", "get_pruner_class", "make_pruner", "pruner_names", "register_pruner",
-    "Masks", "apply_masks", "current_masks", "mask_sparsity", "masks_from_scores", "validate_sparsity", "verify_masks",
-    "Target", "TargetPolicy", "TargetSet", "select_targets",
+    "PRUNERS",
+    "NoOptions",
+    "PruneContext",
+    "Pruner",
+    "get_pruner_class",
+    "make_pruner",
+    "pruner_names",
+    "register_pruner",
+    "Masks",
+    "apply_masks",
+    "current_masks",
+    "mask_sparsity",
+    "masks_from_scores",
+    "validate_sparsity",
+    "verify_masks",
+    "Target",
+    "TargetPolicy",
+    "TargetSet",
+    "select_targets",
 ]

@@ -6,6 +6,7 @@ A pruner registered with ``@register_pruner("name")`` appears in the CLI (with i
 
 from __future__ import annotations
 
+import typing
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -15,9 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from reflowbench.config import type_name, value_matches
 from reflowbench.errors import ConfigError
-from reflowbench.pruners.masks import Masks
-from reflowbench.pruners.targets import TargetSet
+from reflowbench.pruners.masks import SCOPES, Masks
+from reflowbench.schema.targets import TargetSet
 from reflowbench.utils.cost import CostLedger
 
 
@@ -76,6 +78,21 @@ class Pruner(ABC):
 
     def __init__(self, options: Optional[Any] = None) -> None:
         self.options = options if options is not None else self.Options()
+        self.check_options()
+
+    def check_options(self) -> None:
+        """Raise :class:`ConfigError` for an invalid option (called on construction, before any work).
+
+        The base checks ``scope`` where the options have one; override and call ``super()`` to add more.
+        """
+        scope = getattr(self.options, "scope", None)
+        if scope is not None and scope not in SCOPES:
+            raise ConfigError(f"scope must be one of {SCOPES}, got {scope!r}")
+
+    @classmethod
+    def flag(cls, option: str) -> str:
+        """The command-line flag of ``option``, e.g. ``--woodfisher-num-grads``."""
+        return f"--{cls.name}-{option}".replace("_", "-")
 
     def fisher_images(self) -> int:
         """Training images this pruner draws gradients from (0 when it needs none)."""
@@ -148,4 +165,11 @@ def make_pruner(name: str, overrides: Optional[Dict[str, Any]] = None) -> Pruner
     unknown = sorted(set(overrides or {}) - known)
     if unknown:
         raise ConfigError(f"pruner {name} has no option(s) {unknown}; its options are {sorted(known) or 'none'}")
-    return cls(cls.Options(**(overrides or {})))
+    hints = typing.get_type_hints(cls.Options)
+    for option, value in (overrides or {}).items():
+        if not value_matches(value, hints[option]):
+            raise ConfigError(f"pruner {name}: option {option} ({cls.flag(option)}) must be {type_name(hints[option])}, got {value!r}")
+    try:
+        return cls(cls.Options(**(overrides or {})))
+    except ConfigError as exc:
+        raise ConfigError(f"pruner {name}: {exc} (set its options with {cls.flag('<option>')})") from None

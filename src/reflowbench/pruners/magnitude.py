@@ -8,7 +8,7 @@ from torch import nn
 
 from reflowbench.pruners.base import PruneContext, Pruner, register_pruner
 from reflowbench.pruners.masks import Masks, masks_from_scores
-from reflowbench.pruners.targets import TargetSet
+from reflowbench.schema.targets import TargetSet
 
 
 @dataclass

@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-import math
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
+from torch import nn
 
+from reflowbench.config import check_sparsity
 from reflowbench.errors import ConfigError, MaskError
-from reflowbench.pruners.targets import TargetSet
+from reflowbench.schema.targets import TargetSet
 
 Masks = Dict[str, torch.Tensor]
 SCOPES = ("global", "layer")
 
 
 def validate_sparsity(sparsity: float) -> float:
-    """Sparsity must be a finite number in [0, 1)."""
-    try:
-        value = float(sparsity)
-    except (TypeError, ValueError):
-        raise ConfigError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
-    if not math.isfinite(value) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"sparsity must be in [0, 1) (the fraction of target weights set to zero), got {sparsity!r}; e.g. 0.9 for 90%")
-    return value
+    """Sparsity must be a finite number in [0, 1) (for library callers; the CLI checks it in ``validate_spec``)."""
+    return check_sparsity(sparsity, "sparsity")
 
 
 def num_to_prune(total: int, sparsity: float) -> int:
-    """How many of ``total`` weights make sparsity ``sparsity`` (rounded to nearest)."""
-    return int(round(validate_sparsity(sparsity) * total))
+    """How many of ``total`` weights make sparsity ``sparsity`` (rounded to nearest; sparsity already validated)."""
+    return int(round(sparsity * total))
 
 
 def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -55,7 +50,7 @@ def masks_from_scores(targets: TargetSet, scores: Dict[str, torch.Tensor], spars
     masks: Masks = {}
     offset = 0
     for t in targets:
-        masks[t.param_name] = keep_flat[offset:offset + t.numel].view(t.weight.shape).to(t.weight.device)
+        masks[t.param_name] = keep_flat[offset : offset + t.numel].view(t.weight.shape).to(t.weight.device)
         offset += t.numel
     return masks
 
@@ -77,8 +72,13 @@ def mask_sparsity(masks: Masks) -> float:
     return sum(int((~m).sum()) for m in masks.values()) / total
 
 
-def verify_masks(targets: TargetSet, masks: Masks, sparsity: float, scope: str = "global") -> float:
-    """Check that every pruned weight is exactly zero and the pruned count is what was asked; return the sparsity."""
+def verify_masks(targets: TargetSet, masks: Masks, sparsity: float, scope: str = "global", model: Optional[nn.Module] = None) -> float:
+    """Check that every pruned weight is exactly zero and the pruned count is what was asked; return the sparsity.
+
+    With ``model``, the weights checked are the model's own parameters looked up by name (what a forward
+    pass uses and what is saved), not the references in ``targets``: a pruner that replaced a parameter
+    object, so that zeroing the target left the live weight untouched, is caught here.
+    """
     missing = [t.param_name for t in targets if t.param_name not in masks]
     if missing:
         raise MaskError(f"the pruner returned no mask for {missing}: every target needs one")
@@ -86,10 +86,13 @@ def verify_masks(targets: TargetSet, masks: Masks, sparsity: float, scope: str =
         mask = masks[t.param_name]
         if mask.shape != t.weight.shape or mask.dtype != torch.bool:
             raise MaskError(f"mask for {t.param_name} must be bool {tuple(t.weight.shape)}, got {mask.dtype} {tuple(mask.shape)}")
-        nonzero_pruned = int((t.weight.detach()[~mask.to(t.weight.device)] != 0).sum())
+        live = (model.get_parameter(t.param_name) if model is not None else t.weight).detach()
+        nonzero_pruned = int((live[~mask.to(live.device)] != 0).sum())
         if nonzero_pruned:
-            raise MaskError(f"{nonzero_pruned} pruned weights of {t.param_name} are not zero after pruning")
-        if not torch.isfinite(t.weight.detach()).all():
+            raise MaskError(
+                f"{nonzero_pruned} pruned weights of {t.param_name} are not zero in the model after pruning (did the pruner replace the parameter object?)"
+            )
+        if not torch.isfinite(live).all():
             raise MaskError(f"{t.param_name} has non-finite weights after pruning")
     pruned = sum(int((~masks[t.param_name]).sum()) for t in targets)
     if scope == "layer":

@@ -12,16 +12,16 @@ lam = 1e-5, global selection, one step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 from torch import nn
 
 from reflowbench.errors import ConfigError
-from reflowbench.hessian import BlockFisher, FisherSpec, GradientMatrix, GradientSpec, collect_gradients
+from reflowbench.hessian import BlockFisher, FisherSpec, GradientMatrix, GradientSpec, collect_gradients, resolve_dtype
 from reflowbench.pruners.base import PruneContext, Pruner, register_pruner
 from reflowbench.pruners.masks import Masks, masks_from_scores
-from reflowbench.pruners.targets import TargetSet
+from reflowbench.schema.targets import TargetSet
 from reflowbench.utils.cost import PhaseCost
 
 SCHEDULES = ("geometric", "cubic", "linear")
@@ -71,6 +71,13 @@ class WoodFisherPruner(Pruner):
     def fisher_images(self) -> int:
         return self.options.num_grads * self.options.minibatch
 
+    def check_options(self) -> None:
+        super().check_options()
+        self.gradient_spec().validate()
+        self.fisher_spec().validate()
+        resolve_dtype(self.options.dtype)
+        step_sparsities(0.5, self.options.recompute_steps, self.options.schedule)
+
     def gradient_spec(self) -> GradientSpec:
         o = self.options
         return GradientSpec(num_grads=o.num_grads, minibatch=o.minibatch, chunk_images=o.chunk_images, dtype=o.dtype, offload=o.offload)
@@ -86,7 +93,7 @@ class WoodFisherPruner(Pruner):
         for step, step_sparsity in enumerate(schedule):
             gradients = self._gradients(model, targets, masks, ctx, first_step=step == 0)
             with ctx.phase("curvature"):
-                fisher = BlockFisher(gradients, self.fisher_spec(), ctx.device, ctx.memory_budget_gb, ctx.log, option_prefix="--woodfisher-")
+                fisher = BlockFisher(gradients, self.fisher_spec(), ctx.device, ctx.memory_budget_gb, ctx.log, option_prefix=f"--{self.name}-")
                 diag = {layer.name: layer.diag_inverse() for layer in fisher}
             del gradients
             ctx.notes["fisher_blocks"] = fisher.describe()
@@ -120,9 +127,16 @@ class WoodFisherPruner(Pruner):
         before = PhaseCost(**vars(ctx.ledger.get("gradients")))
         with ctx.phase("gradients"):
             gradients = collect_gradients(
-                model, targets, ctx.fisher_batches(min(256, spec.images), spec.images), spec,
-                masks=masks, device=ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log, progress=ctx.progress,
-                option_prefix="--woodfisher-",
+                model,
+                targets,
+                ctx.fisher_batches(min(256, spec.images), spec.images),
+                spec,
+                masks=masks,
+                device=ctx.device,
+                budget_gb=ctx.memory_budget_gb,
+                log=ctx.log,
+                progress=ctx.progress,
+                option_prefix=f"--{self.name}-",
             )
         if first_step:
             after = ctx.ledger.get("gradients")

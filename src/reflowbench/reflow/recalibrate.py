@@ -17,9 +17,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from reflowbench.config import REFLOW_MODES as MODES
 from reflowbench.errors import ConfigError, NoBatchNormError
-
-MODES = ("cumulative", "ema")
 
 
 def batchnorm_layers(model: nn.Module) -> List[Tuple[str, _BatchNorm]]:
@@ -32,7 +31,8 @@ def require_batchnorm(model: nn.Module, purpose: str) -> List[Tuple[str, _BatchN
     if not layers:
         raise NoBatchNormError(
             f"{purpose} needs BatchNorm layers with running statistics, but {type(model).__name__} has none: "
-            "REFLOW only applies to BN networks; run without --reflow (or --reflow off) for this model"
+            "REFLOW re-estimates BN statistics, so it only applies to BN networks, and reflowbench applies it to every run: "
+            "choose a model with BatchNorm layers (e.g. resnet20, mobilenetv1, or a torchvision resnet)"
         )
     return layers
 

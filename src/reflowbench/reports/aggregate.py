@@ -21,14 +21,14 @@ def mean_std(values: Sequence[float]) -> Tuple[float, float]:
 def fmt(mean: float, std: float, digits: int = 2) -> str:
     if math.isnan(mean):
         return "–"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std >= 0.5 * 10 ** -digits else f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std >= 0.5 * 10**-digits else f"{mean:.{digits}f}"
 
 
 def group(records: List[Dict[str, Any]]) -> Dict[Tuple[str, str, float], List[Dict[str, Any]]]:
     """(model, method, sparsity) -> records (one per seed)."""
     grouped: Dict[Tuple[str, str, float], List[Dict[str, Any]]] = defaultdict(list)
     for record in records:
-        grouped[(record["model"], record["method"], record["sparsity"])].append(record)
+        grouped[(record["model"], record["label"], record["sparsity"])].append(record)
     return dict(sorted(grouped.items()))
 
 
@@ -41,10 +41,18 @@ def accuracy_table(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[
         reflow = mean_std([r["reflow"]["top1"] for r in runs])
         ratio_before = mean_std([r["variance"]["pruned"]["last"] for r in runs])
         ratio_after = mean_std([r["variance"]["reflow"]["last"] for r in runs])
-        rows.append([
-            model, method, f"{sparsity:g}", str(len(runs)), fmt(*pruned), fmt(*reflow), f"{reflow[0] - pruned[0]:+.2f}",
-            f"{ratio_before[0]:.3g} → {ratio_after[0]:.3g}",
-        ])
+        rows.append(
+            [
+                model,
+                method,
+                f"{sparsity:g}",
+                str(len(runs)),
+                fmt(*pruned),
+                fmt(*reflow),
+                f"{reflow[0] - pruned[0]:+.2f}",
+                f"{ratio_before[0]:.3g} → {ratio_after[0]:.3g}",
+            ]
+        )
     return header, rows
 
 
@@ -53,7 +61,7 @@ def cost_table(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]
     header = ["model", "method", "runs"] + [f"{p} (s)" for p in COST_PHASES] + ["peak RSS prune (MB)", "peak CUDA prune (MB)"]
     by_method: Dict[Tuple[str, str], List[Dict[str, Any]]] = defaultdict(list)
     for record in records:
-        by_method[(record["model"], record["method"])].append(record)
+        by_method[(record["model"], record["label"])].append(record)
     rows = []
     for (model, method), runs in sorted(by_method.items()):
         cells = [model, method, str(len(runs))]

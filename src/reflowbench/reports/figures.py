@@ -9,8 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from reflowbench.reports.aggregate import group, mean_std  # noqa: E402
 
@@ -23,7 +23,7 @@ def _colors(methods: List[str]) -> Dict[str, Any]:
 def _panels(records: List[Dict[str, Any]], height: float):
     """One subplot per model: (figure, axes, models, methods, colours per method)."""
     models = sorted({r["model"] for r in records})
-    methods = sorted({r["method"] for r in records})
+    methods = sorted({r["label"] for r in records})
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), height), squeeze=False)
     return fig, axes[0], models, methods, _colors(methods)
 
@@ -73,7 +73,7 @@ def signal_collapse(records: List[Dict[str, Any]], sparsity: float, path: Path) 
     fig, axes, models, methods, colors = _panels(chosen, 4)
     for ax, model in zip(axes, models):
         for method in methods:
-            runs = [r for r in chosen if r["model"] == model and r["method"] == method]
+            runs = [r for r in chosen if r["model"] == model and r["label"] == method]
             if not runs:
                 continue
             depth = np.arange(1, len(runs[0]["variance"]["layers"]) + 1)

@@ -7,10 +7,10 @@ from html import escape
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from reflowbench.bench.results import load_runs
 from reflowbench.errors import ReflowbenchError
 from reflowbench.reports.aggregate import accuracy_table, cost_table, html_table, markdown_table
 from reflowbench.reports.figures import accuracy_vs_sparsity, cost_vs_sparsity, pick_sparsity, signal_collapse
+from reflowbench.schema.results import load_runs
 from reflowbench.utils.io import atomic_write_text
 
 
@@ -18,14 +18,18 @@ def _context_lines(records: List[Dict[str, Any]]) -> List[str]:
     first = records[0]
     env = first["environment"]
     targets = sorted({(r["model"], r["targets"]["description"], r["targets"]["num_weights"], r["targets"]["num_layers"]) for r in records})
-    lines = [f"- runs: {len(records)} ({len({r['method'] for r in records})} methods, sparsities {sorted({r['sparsity'] for r in records})}, seeds {sorted({r['seed'] for r in records})})"]
+    lines = [
+        f"- runs: {len(records)} ({len({r['method'] for r in records})} methods, sparsities {sorted({r['sparsity'] for r in records})}, seeds {sorted({r['seed'] for r in records})})"
+    ]
     for model, description, weights, layers in targets:
         lines.append(f"- targets ({model}): {description}: {layers} tensors, {weights:,} weights; sparsity is counted over these")
     dense = sorted({(r["model"], r["dense"]["top1"]) for r in records})
     lines += [f"- dense top-1 ({model}): {top1:.2f}%" for model, top1 in dense]
     calib = first["reflow"]
     lines.append(f"- REFLOW: {calib['batches']} batches, {calib['images']} training images, mode {first['settings']['reflow']['reflow_mode']}")
-    lines.append(f"- environment: reflowbench {env['reflowbench']} (git {env.get('git_revision') or 'n/a'}), torch {env['torch']}, device {env['device']}, {env['torch_threads']} threads, {env['platform']}")
+    lines.append(
+        f"- environment: reflowbench {env['reflowbench']} (git {env.get('git_revision') or 'n/a'}), torch {env['torch']}, device {env['device']}, {env['torch_threads']} threads, {env['platform']}"
+    )
     return lines
 
 
@@ -47,16 +51,33 @@ def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str
     cost_header, cost_rows = cost_table(records)
     context = _context_lines(records)
     sections = [
-        ("Accuracy vs sparsity", "Dashed: right after pruning. Solid: after REFLOW (BN statistics re-estimated on training images). Bands: ±1 std over seeds.", "accuracy"),
-        (f"Signal collapse at sparsity {sparsity:g}", "Variance of each BN layer's output relative to the dense model, on the same held-out training images, by depth. Dashed: after pruning; solid: after REFLOW.", "collapse"),
+        (
+            "Accuracy vs sparsity",
+            "Dashed: right after pruning. Solid: after REFLOW (BN statistics re-estimated on training images). Bands: ±1 std over seeds.",
+            "accuracy",
+        ),
+        (
+            f"Signal collapse at sparsity {sparsity:g}",
+            "Variance of each BN layer's output relative to the dense model, on the same held-out training images, by depth. Dashed: after pruning; solid: after REFLOW.",
+            "collapse",
+        ),
         ("Compute cost", "Wall seconds of the pruning step per method (mean over seeds); the dotted line is the mean REFLOW time.", "cost"),
     ]
     md = ["# reflowbench report", "", *context, ""]
     for title, caption, key in sections:
         md += [f"## {title}", "", caption, "", f"![{title}](figures/{images[key].name})", ""]
-    md += ["## Accuracy table", "", markdown_table(acc_header, acc_rows), "", "## Cost per phase", "",
-           "Mean wall seconds per phase over all runs of a method; peak RSS is the largest resident set size of the process during pruning (it includes the data held in memory).", "",
-           markdown_table(cost_header, cost_rows), ""]
+    md += [
+        "## Accuracy table",
+        "",
+        markdown_table(acc_header, acc_rows),
+        "",
+        "## Cost per phase",
+        "",
+        "Mean wall seconds per phase over all runs of a method; peak RSS is the largest resident set size of the process during pruning (it includes the data held in memory).",
+        "",
+        markdown_table(cost_header, cost_rows),
+        "",
+    ]
     markdown_path = out / "report.md"
     atomic_write_text(markdown_path, "\n".join(md))
 

@@ -10,8 +10,18 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see either the old or the whole new file."""
+    """Write ``text`` to ``path`` so readers see either the old or the whole new file.
+
+    The file gets the permissions of a plain ``open(path, "w")`` (0666 less the umask), not
+    mkstemp's private 0600, so a results folder shared by a team stays readable.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -20,6 +30,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -43,6 +54,29 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
         for chunk in iter(lambda: handle.read(chunk_bytes), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def content_sha256(path: Path) -> str:
+    """SHA-256 identity of a data source: the file's bytes, or for a folder the sorted (relative path,
+    size) listing of its files (hashing every byte of an ImageNet tree would take hours).
+
+    Computed once per (path, size, modification time) and remembered in the user cache folder.
+    """
+    path = Path(path).resolve()
+    stat = path.stat()
+    memo_key = stable_hash([str(path), stat.st_size, stat.st_mtime_ns, path.is_dir()], 32)
+    memo = cache_dir() / "content-hashes" / memo_key
+    try:
+        return memo.read_text().strip()
+    except OSError:
+        pass
+    if path.is_file():
+        digest = file_sha256(path)
+    else:
+        listing = sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*") if p.is_file())
+        digest = "tree-" + stable_hash(listing, 64)
+    atomic_write_text(memo, digest + "\n")
+    return digest
 
 
 def cache_dir() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reflowbench.datasets.imagesets import ImageSet
+from reflowbench.errors import ConfigError
 
 
 @dataclass
@@ -24,6 +26,24 @@ class TrainSpec:
     warmup_fraction: float = 0.15
     seed: int = 0
     augment: bool = True
+
+    def validate(self) -> "TrainSpec":
+        """Raise :class:`ConfigError` for a recipe that cannot train; return it."""
+        problems = [
+            f"--{name.replace('_', '-')} must be {rule}, got {getattr(self, name)}"
+            for name, ok, rule in (
+                ("epochs", self.epochs >= 1, ">= 1"),
+                ("batch_size", self.batch_size >= 1, ">= 1"),
+                ("lr", math.isfinite(self.lr) and self.lr > 0, "a positive number"),
+                ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, ">= 0"),
+                ("warmup_fraction", 0 <= self.warmup_fraction < 1, "in [0, 1)"),
+                ("seed", 0 <= self.seed < 2**31, "in [0, 2^31)"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return self
 
 
 def one_cycle(step: int, total: int, warmup_fraction: float) -> float:
@@ -42,7 +62,9 @@ def train_dense(model: nn.Module, train: ImageSet, spec: TrainSpec, device: torc
     no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
     optimizer = torch.optim.SGD(
         [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=spec.lr, momentum=0.9, nesterov=True,
+        lr=spec.lr,
+        momentum=0.9,
+        nesterov=True,
     )
     steps_per_epoch = int(np.ceil(len(train) / spec.batch_size))
     total = spec.epochs * steps_per_epoch

@@ -31,7 +31,11 @@ class TargetPolicy:
     include_shortcuts: bool = True
 
     def describe(self) -> str:
-        excluded = [label for label, on in (("first conv", self.include_first_conv), ("classifier", self.include_classifier), ("1x1 shortcuts", self.include_shortcuts)) if not on]
+        excluded = [
+            label
+            for label, on in (("first conv", self.include_first_conv), ("classifier", self.include_classifier), ("1x1 shortcuts", self.include_shortcuts))
+            if not on
+        ]
         return "all conv+linear weights" + (f" except {', '.join(excluded)}" if excluded else "")
 
 

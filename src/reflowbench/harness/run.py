@@ -10,30 +10,31 @@ import copy
 import datetime as _dt
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from reflowbench.bench.evaluate import evaluate
-from reflowbench.bench.results import SCHEMA_VERSION
 from reflowbench.config import SuiteSpec
-from reflowbench.datasets import DataBundle, SubsetSizes, disjoint_subsets, load_dataset
-from reflowbench.errors import CheckpointError, ConfigError
-from reflowbench.models import BUILTIN_MODELS, build_model, default_dataset_for
-from reflowbench.pruners import PruneContext, Pruner, apply_masks, make_pruner, select_targets, validate_sparsity, verify_masks
+from reflowbench.datasets import DataBundle, SubsetSizes, check_subset_sizes, disjoint_subsets, load_dataset
+from reflowbench.errors import CheckpointError
+from reflowbench.harness.evaluate import evaluate
+from reflowbench.harness.plan import SuitePlan
+from reflowbench.models import BUILTIN_MODELS, build_model, check_model_fits_data
+from reflowbench.pruners import PruneContext, Pruner, apply_masks, select_targets, verify_masks
 from reflowbench.reflow import RecalibrationHandle, bn_output_variances, recalibrate_bn, require_batchnorm, summarize_ratios, variance_ratios
+from reflowbench.schema.results import SCHEMA_VERSION
 from reflowbench.utils.cost import CostLedger
-from reflowbench.utils.env import environment, resolve_device
-from reflowbench.utils.io import cache_dir, file_sha256, stable_hash
+from reflowbench.utils.env import environment
+from reflowbench.utils.io import cache_dir, content_sha256, stable_hash
 
 Log = Callable[[str], None]
 
 
 def default_checkpoint(spec: SuiteSpec, data: DataBundle, device: torch.device, log: Log) -> Path:
     """The embedded default has no shipped weights: train the small CNN on digits once and cache it."""
-    from reflowbench.bench.train import TrainSpec, train_dense
+    from reflowbench.harness.train import TrainSpec, train_dense
 
     recipe = TrainSpec(epochs=40, batch_size=64, lr=0.1, seed=0, augment=False)
     path = cache_dir() / f"dense-{spec.model.model}-{data.name}-{stable_hash(asdict(recipe), 8)}.pt"
@@ -49,16 +50,26 @@ def default_checkpoint(spec: SuiteSpec, data: DataBundle, device: torch.device, 
 
 
 class SuiteState:
-    """Everything the runs of one suite share. Build it once; call :func:`run_one` per run."""
+    """Everything the runs of one suite share. Build it once from a :class:`SuitePlan`; call :func:`run_one` per run.
 
-    def __init__(self, spec: SuiteSpec, pruners: List[Pruner], log: Log = print) -> None:
+    Order of the checks: data loaded and subset sizes checked, then the model built, its tensors checked
+    for NaN/Inf, and one forward pass on training images checking the model takes the data's images and classes.
+    """
+
+    def __init__(self, plan: SuitePlan, log: Log = print) -> None:
+        spec = plan.spec
         self.spec = spec
         self.log = log
         if spec.sweep.threads:
             torch.set_num_threads(spec.sweep.threads)
-        self.device = resolve_device(spec.sweep.device)
-        dataset = spec.data.dataset or default_dataset_for(spec.model.model)
-        self.data = load_dataset(dataset, spec.data.data, spec.data.norm, spec.data.download, spec.data.workers)
+        self.device = plan.device
+        dataset = spec.data.dataset
+        if plan.dataset_inferred:
+            log(f"dataset: {dataset} (from {'--data ' + spec.data.data if spec.data.data else 'the model'}; --dataset overrides)")
+        self.data = load_dataset(dataset, spec.data.data, spec.data.norm, spec.data.download, spec.data.workers, spec.data.partial_data)
+        fisher_need = max([p.fisher_images() for p in plan.pruners] + [0])
+        self.sizes = SubsetSizes(spec.reflow.calib_batches * spec.reflow.calib_batch_size, fisher_need, spec.reflow.diag_images)
+        check_subset_sizes(len(self.data.train), self.sizes)  # fail now, not after the first run
         checkpoint = spec.model.checkpoint
         if checkpoint is None and spec.model.weights is None:
             if spec.model.model == "smallcnn" and dataset == "digits":
@@ -68,33 +79,44 @@ class SuiteState:
                     f"{spec.model.model} needs dense weights: pass --checkpoint PATH (train one with `reflowbench train --model {spec.model.model} ...`)"
                 )
         self.checkpoint = checkpoint
-        self.checkpoint_sha = file_sha256(Path(checkpoint))[:16] if checkpoint else None
         num_classes = spec.model.num_classes or self.data.num_classes
         self.dense = build_model(spec.model.model, num_classes, Path(checkpoint) if checkpoint else None, spec.model.shortcut, spec.model.weights)
         self.dense.to(self.device).eval()
-        require_batchnorm(self.dense, "reflowbench run (REFLOW is applied to every run)")
+        require_batchnorm(self.dense, "reflowbench (REFLOW is applied to every run)")
+        sample, _ = next(iter(self.data.train.batches(np.arange(2), 2)))
+        check_model_fits_data(self.dense, sample.to(self.device), self.data.num_classes, spec.model.model, dataset)
         self.policy = spec.targets.policy()
         self.targets_record = select_targets(self.dense, self.policy).record()
-        fisher_need = max([p.fisher_images() for p in pruners] + [0])
-        self.sizes = SubsetSizes(spec.reflow.calib_batches * spec.reflow.calib_batch_size, fisher_need, spec.reflow.diag_images)
-        disjoint_subsets(len(self.data.train), self.sizes, 0)  # fail now, not after the first run, if the split is too small
         self.cache: Dict[Any, Any] = {}
         self._dense_metrics: Optional[Dict[str, float]] = None
         self._dense_variances: Dict[int, Dict[str, float]] = {}
         self.environment = environment(self.device)
+        self.settings = self._settings(dataset)
 
-    def settings(self) -> Dict[str, Any]:
-        """Everything shared by the suite's runs that changes a result (hashed into each run key)."""
+    def _settings(self, dataset: str) -> Dict[str, Any]:
+        """Everything shared by the suite's runs that changes a result (hashed into each run key):
+        the model and the checkpoint's content, the data's content, REFLOW, the target policy, the device."""
         spec = self.spec
+        data_path = spec.data.data
         return {
-            "model": {**asdict(spec.model), "checkpoint_sha256": self.checkpoint_sha, "checkpoint": Path(self.checkpoint).name if self.checkpoint else None},
-            "data": {"dataset": self.data.name, "data": Path(spec.data.data).name if spec.data.data else None, "norm": spec.data.norm},
+            "model": {**asdict(spec.model), "checkpoint": None, "checkpoint_sha256": content_sha256(Path(self.checkpoint))[:16] if self.checkpoint else None},
+            "data": {
+                "dataset": dataset,
+                "norm": spec.data.norm,
+                "partial_data": spec.data.partial_data,
+                "content_sha256": content_sha256(Path(data_path))[:16] if data_path and Path(data_path).exists() else f"builtin-{dataset}",
+            },
             "reflow": asdict(spec.reflow),
             "targets": asdict(self.policy),
+            "device": {"type": self.device.type, "name": self.environment.get("cuda_device", "cpu")},
         }
 
+    def sources(self) -> Dict[str, Optional[str]]:
+        """Where the checkpoint and the data were read from (recorded, not hashed: moving a file changes no result)."""
+        return {"checkpoint": self.checkpoint, "data": self.spec.data.data}
+
     def run_key(self, pruner: Pruner, sparsity: float, seed: int) -> str:
-        return stable_hash({**self.settings(), "method": pruner.name, "options": asdict(pruner.options), "sparsity": sparsity, "seed": seed})
+        return stable_hash({**self.settings, "method": pruner.name, "options": asdict(pruner.options), "sparsity": sparsity, "seed": seed})
 
     def fresh_model(self) -> nn.Module:
         return copy.deepcopy(self.dense).eval()
@@ -120,14 +142,16 @@ class SuiteState:
         return self._dense_variances[seed]
 
 
-def run_one(state: SuiteState, pruner: Pruner, sparsity: float, seed: int) -> Dict[str, Any]:
-    """Prune a fresh copy of the dense model and return the run record (see ``results.py``)."""
-    return prune_and_measure(state, pruner, sparsity, seed)[0]
+def run_one(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str) -> Dict[str, Any]:
+    """Prune a fresh copy of the dense model and return the run record (see ``schema/results.py``)."""
+    return prune_and_measure(state, pruner, sparsity, seed, key)[0]
 
 
-def prune_and_measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: int) -> Tuple[Dict[str, Any], nn.Module, RecalibrationHandle]:
-    """The run itself: returns (record, the pruned + recalibrated model, the REFLOW undo handle)."""
-    sparsity = validate_sparsity(sparsity)
+def prune_and_measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str) -> Tuple[Dict[str, Any], nn.Module, RecalibrationHandle]:
+    """The run itself: returns (record, the pruned + recalibrated model, the REFLOW undo handle).
+
+    ``sparsity`` and ``seed`` come from a validated plan; ``key`` is :meth:`SuiteState.run_key` of this run.
+    """
     spec = state.spec
     torch.manual_seed(seed)
     model = state.fresh_model()
@@ -135,23 +159,38 @@ def prune_and_measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: 
     subsets = state.subsets(seed)
     ledger = CostLedger()
     ctx = PruneContext(
-        device=state.device, seed=seed, ledger=ledger, train=state.data.train,
-        fisher_indices=subsets["fisher"], heldout_indices=subsets["heldout"],
-        memory_budget_gb=spec.sweep.memory_budget_gb, cache=state.cache, progress=spec.sweep.progress, log=state.log,
+        device=state.device,
+        seed=seed,
+        ledger=ledger,
+        train=state.data.train,
+        fisher_indices=subsets["fisher"],
+        heldout_indices=subsets["heldout"],
+        memory_budget_gb=spec.sweep.memory_budget_gb,
+        cache=state.cache,
+        progress=spec.sweep.progress,
+        log=state.log,
     )
     dense = state.dense_metrics()
     dense_var = state.dense_variances(seed)
     with ledger.phase("prune", state.device):
         masks = pruner.prune(model, targets, sparsity, ctx)
         apply_masks(targets, masks)
-    actual = verify_masks(targets, masks, sparsity, pruner.mask_scope())
+    actual = verify_masks(targets, masks, sparsity, pruner.mask_scope(), model=model)
     with ledger.phase("eval_pruned", state.device):
         pruned_metrics = evaluate(model, state.test_batches(), state.device)
     with ledger.phase("diagnostics", state.device):
         pruned_ratios = variance_ratios(bn_output_variances(model, state.diagnostic_batches(seed), state.device), dense_var)
     calibration = state.data.train.batches(subsets["calibration"], spec.reflow.calib_batch_size, shuffle=True, augment=spec.reflow.calib_augment, seed=seed)
     with ledger.phase("recalibrate", state.device):
-        handle = recalibrate_bn(model, calibration, spec.reflow.calib_batches, spec.reflow.reflow_mode, spec.reflow.reflow_momentum, reset=spec.reflow.reflow_mode == "cumulative", device=state.device)
+        handle = recalibrate_bn(
+            model,
+            calibration,
+            spec.reflow.calib_batches,
+            spec.reflow.reflow_mode,
+            spec.reflow.reflow_momentum,
+            reset=spec.reflow.reflow_mode == "cumulative",
+            device=state.device,
+        )
     with ledger.phase("eval_reflow", state.device):
         reflow_metrics = evaluate(model, state.test_batches(), state.device)
     with ledger.phase("diagnostics", state.device):
@@ -159,7 +198,7 @@ def prune_and_measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: 
     record = {
         "schema": SCHEMA_VERSION,
         "status": "complete",
-        "key": state.run_key(pruner, sparsity, seed),
+        "key": key,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": spec.model.model,
         "dataset": state.data.name,
@@ -169,9 +208,14 @@ def prune_and_measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: 
         "sparsity": sparsity,
         "seed": seed,
         "sparsity_actual": actual,
-        "settings": state.settings(),
+        "settings": state.settings,
+        "sources": state.sources(),
         "targets": state.targets_record,
-        "subsets": {"calibration_images": int(len(subsets["calibration"])), "fisher_images": int(pruner.fisher_images()), "diagnostic_images": int(len(subsets["heldout"]))},
+        "subsets": {
+            "calibration_images": int(len(subsets["calibration"])),
+            "fisher_images": int(pruner.fisher_images()),
+            "diagnostic_images": int(len(subsets["heldout"])),
+        },
         "dense": dense,
         "pruned": pruned_metrics,
         "reflow": {**reflow_metrics, "batches": handle.batches_seen, "images": handle.images_seen},

@@ -81,7 +81,7 @@ def add_dataclass_arguments(parser: argparse._ActionsContainer, cls: type, dest_
 
 def given(namespace: argparse.Namespace, dest_prefix: str) -> Dict[str, Any]:
     """The flags of one dataclass that were given explicitly, as {field: value}."""
-    return {k[len(dest_prefix):]: v for k, v in vars(namespace).items() if k.startswith(dest_prefix)}
+    return {k[len(dest_prefix) :]: v for k, v in vars(namespace).items() if k.startswith(dest_prefix)}
 
 
 def build_dataclass(cls: type, overrides: Dict[str, Any], source: str) -> Any:

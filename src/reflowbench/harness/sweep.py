@@ -1,0 +1,93 @@
+"""A sweep: methods x sparsities x seeds; finished runs are skipped, so an interrupted sweep resumes.
+
+Each run is claimed before it starts (``claims.py``), so several sweeps may share one ``--out``:
+each runs what nobody else has finished or is running.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+from reflowbench.harness.claims import try_claim
+from reflowbench.harness.plan import SuitePlan
+from reflowbench.harness.run import SuiteState, run_one
+from reflowbench.pruners import Pruner
+from reflowbench.schema.results import is_complete, run_path, write_csv, write_run
+from reflowbench.utils.io import atomic_write_json
+
+Log = Callable[[str], None]
+Todo = Tuple[Pruner, float, int, str, Path]  # pruner, sparsity, seed, run key, run file
+
+
+def _plan_runs(state: SuiteState, plan: SuitePlan) -> Tuple[List[Todo], int]:
+    """The runs still to do, seed-major (a seed's dense gradients are collected once for all its
+    sparsities), and the number of runs in the suite."""
+    sweep = plan.spec.sweep
+    out = Path(sweep.out)
+    todo: List[Todo] = []
+    total = 0
+    for seed in sweep.seeds:
+        for pruner in plan.pruners:
+            for sparsity in sweep.sparsities:
+                total += 1
+                key = state.run_key(pruner, sparsity, seed)
+                path = run_path(out, pruner.name, sparsity, seed, key)
+                if not is_complete(path, key):
+                    todo.append((pruner, sparsity, seed, key, path))
+    return todo, total
+
+
+def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[str, int]:
+    """Run every (method, sparsity, seed) of ``plan`` not already complete (or claimed by another
+    live worker) in ``--out``; then write results.csv and the report.
+
+    Returns {"done": runs executed now, "skipped": runs found complete, "elsewhere": runs another
+    worker was running, "total": runs in the suite}.
+    """
+    spec = plan.spec
+    out = Path(spec.sweep.out)
+    state = SuiteState(plan, log)
+    log(f"targets: {state.targets_record['description']}: {state.targets_record['num_layers']} tensors, {state.targets_record['num_weights']:,} weights")
+    atomic_write_json(out / "suite.json", {"spec": asdict(spec), "settings": state.settings, "targets": state.targets_record})
+    todo, total = _plan_runs(state, plan)
+    log(f"{total} runs in the suite, {total - len(todo)} already complete in {out}, {len(todo)} to run")
+    progress = _progress(len(todo), spec.sweep.progress)
+    done = elsewhere = 0
+    for pruner, sparsity, seed, key, path in todo:
+        claim = try_claim(path)
+        if claim is None or is_complete(path, key):
+            if claim is not None:
+                claim.release()
+            elsewhere += claim is None
+            progress.update(1)
+            continue
+        with claim:
+            progress.set_description(f"{pruner.name} s={sparsity:g} seed={seed}")
+            record = run_one(state, pruner, sparsity, seed, key)
+            write_run(path, record)
+        done += 1
+        progress.write(
+            f"{pruner.name:>12} s={sparsity:<5g} seed={seed}: top-1 {record['pruned']['top1']:6.2f}% -> REFLOW {record['reflow']['top1']:6.2f}%"
+            f"  (prune {record['cost']['prune']['seconds']:.1f}s, last-BN var ratio {record['variance']['pruned']['last']:.3g} -> {record['variance']['reflow']['last']:.3g})"
+        )
+        progress.update(1)
+        write_csv(out)
+    progress.close()
+    if elsewhere:
+        log(f"{elsewhere} runs were being run by another worker sharing {out}; run the command again after it finishes to collect them")
+    csv_path = write_csv(out)
+    log(f"results: {csv_path}")
+    if report:
+        from reflowbench.reports import write_report
+
+        paths = write_report(out, signal_sparsity=spec.sweep.report_sparsity)
+        log(f"report: {paths['markdown']} and {paths['html']}")
+    return {"done": done, "skipped": total - len(todo), "elsewhere": elsewhere, "total": total}
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="run", dynamic_ncols=True)

@@ -1,0 +1,187 @@
+"""Results schema: one JSON per run (atomic, named by a hash of its settings) and the collected CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+from reflowbench.utils.io import atomic_write_json, atomic_write_text, stable_hash
+
+SCHEMA_VERSION = 1
+RUNS_FOLDER = "runs"
+CSV_NAME = "results.csv"
+CSV_COLUMNS = [
+    "model",
+    "dataset",
+    "method",
+    "variant",
+    "sparsity",
+    "seed",
+    "reflow",
+    "top1",
+    "top5",
+    "loss",
+    "dense_top1",
+    "sparsity_actual",
+    "prune_s",
+    "gradients_s",
+    "curvature_s",
+    "selection_s",
+    "update_s",
+    "recal_s",
+    "eval_s",
+    "peak_mem_mb",
+    "peak_cuda_mb",
+    "last_bn_ratio",
+    "min_bn_ratio",
+    "targets",
+    "num_target_weights",
+    "device",
+    "config",
+    "key",
+]
+
+
+def run_filename(method: str, sparsity: float, seed: int, key: str) -> str:
+    return f"{method}_s{sparsity:g}_seed{seed}_{key}.json"
+
+
+def run_path(out: Path, method: str, sparsity: float, seed: int, key: str) -> Path:
+    return Path(out) / RUNS_FOLDER / run_filename(method, sparsity, seed, key)
+
+
+def is_complete(path: Path, key: str) -> bool:
+    """A run is done when its JSON exists, parses, carries the same key and schema, and says complete."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("key") == key and record.get("schema") == SCHEMA_VERSION and record.get("status") == "complete"
+
+
+def write_run(path: Path, record: Dict[str, Any]) -> None:
+    atomic_write_json(path, record)
+
+
+def load_runs(out: Path) -> List[Dict[str, Any]]:
+    """Every complete run record under ``out/runs`` (unreadable or partial files are skipped), each
+    annotated with ``config``, ``variant`` and ``label`` (see :func:`annotate_variants`)."""
+    records = []
+    for path in sorted((Path(out) / RUNS_FOLDER).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("schema") == SCHEMA_VERSION and record.get("status") == "complete":
+            records.append(record)
+    return annotate_variants(records)
+
+
+def config_fields(record: Dict[str, Any]) -> Dict[str, Any]:
+    """Every setting of a run that changes its result except the seed, flattened to ``section.field``.
+
+    Two runs belong in one mean ± std row exactly when these are equal.
+    """
+    flat: Dict[str, Any] = {"method": record["method"], "sparsity": record["sparsity"]}
+    for section, values in record.get("settings", {}).items():
+        if isinstance(values, dict):
+            for name, value in values.items():
+                flat[f"{section}.{name}"] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+        else:
+            flat[section] = values
+    for name, value in record.get("options", {}).items():
+        flat[f"options.{name}"] = value
+    return flat
+
+
+def config_id(record: Dict[str, Any]) -> str:
+    """Hash of :func:`config_fields` without the sparsity: one id per configuration of a method."""
+    fields = {k: v for k, v in config_fields(record).items() if k != "sparsity"}
+    return stable_hash(fields, 10)
+
+
+def annotate_variants(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Give each record ``variant`` (the settings that set its configuration apart from the other
+    configurations of the same model and method, e.g. ``reflow.calib_batches=5``; empty when there is
+    one) and ``label`` (method plus variant). Tables and figures group by label, never pooling runs of
+    different settings as if they were seeds. Returns ``records`` (modified in place).
+    """
+    by_method: Dict[Any, Dict[str, Dict[str, Any]]] = {}
+    for record in records:
+        record["config"] = config_id(record)
+        by_method.setdefault((record["model"], record["method"]), {})[record["config"]] = config_fields(record)
+    for record in records:
+        configs = by_method[(record["model"], record["method"])]
+        variant = ""
+        if len(configs) > 1:
+            mine = configs[record["config"]]
+            names = sorted({k for fields in configs.values() for k in fields if k != "sparsity"})
+            differing = [k for k in names if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in configs.values()}) > 1]
+            variant = ", ".join(f"{k}={mine.get(k)}" for k in differing)
+        record["variant"] = variant
+        record["label"] = f"{record['method']} [{variant}]" if variant else record["method"]
+    return records
+
+
+def _phase_s(record: Dict[str, Any], name: str) -> Optional[float]:
+    phase = record["cost"].get(name)
+    return None if phase is None else round(phase["seconds"], 4)
+
+
+def csv_rows(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Two rows per run: reflow=0 (right after pruning) and reflow=1 (after BN recalibration)."""
+    rows = []
+    for record in records:
+        prune_cost = record["cost"].get("prune", {})
+        for reflow, stage in ((0, "pruned"), (1, "reflow")):
+            metrics = record[stage]
+            ratios = record["variance"].get(stage, {})
+            rows.append(
+                {
+                    "model": record["model"],
+                    "dataset": record["dataset"],
+                    "method": record["method"],
+                    "variant": record["variant"],
+                    "sparsity": record["sparsity"],
+                    "seed": record["seed"],
+                    "reflow": reflow,
+                    "top1": metrics["top1"],
+                    "top5": metrics.get("top5"),
+                    "loss": metrics.get("loss"),
+                    "dense_top1": record["dense"]["top1"],
+                    "sparsity_actual": record["sparsity_actual"],
+                    "prune_s": _phase_s(record, "prune"),
+                    "gradients_s": _phase_s(record, "gradients"),
+                    "curvature_s": _phase_s(record, "curvature"),
+                    "selection_s": _phase_s(record, "selection"),
+                    "update_s": _phase_s(record, "update"),
+                    "recal_s": _phase_s(record, "recalibrate") if reflow else 0.0,
+                    "eval_s": _phase_s(record, "eval_reflow" if reflow else "eval_pruned"),
+                    "peak_mem_mb": prune_cost.get("peak_rss_mb"),
+                    "peak_cuda_mb": prune_cost.get("peak_cuda_mb"),
+                    "last_bn_ratio": ratios.get("last"),
+                    "min_bn_ratio": ratios.get("min"),
+                    "targets": record["targets"]["description"],
+                    "num_target_weights": record["targets"]["num_weights"],
+                    "device": record["environment"]["device"],
+                    "config": record["config"],
+                    "key": record["key"],
+                }
+            )
+    return rows
+
+
+def write_csv(out: Path) -> Path:
+    """Collect ``out/runs/*.json`` into ``out/results.csv`` (rewritten atomically)."""
+    rows = csv_rows(load_runs(out))
+    rows.sort(key=lambda r: (r["model"], r["method"], r["variant"], r["sparsity"], r["seed"], r["reflow"]))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    path = Path(out) / CSV_NAME
+    atomic_write_text(path, buffer.getvalue())
+    return path
