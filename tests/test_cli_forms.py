@@ -166,3 +166,48 @@ def test_help_shows_the_defaults_a_run_uses(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 50)" in text and "(default: 128)" in text and "embedded (model=smallcnn" in text
     assert (preset(None).reflow.calib_batches, preset(None).reflow.calib_batch_size) == (ReflowSpec().calib_batches, ReflowSpec().calib_batch_size) == (50, 128)
+
+
+def test_download_form_with_a_local_stand_in_for_torchvision(tmp_path, cifar_like, monkeypatch, capsys):
+    """README: `reflowbench run --preset cifar10 --model resnet56 --checkpoint my_resnet56.pt --data ~/data/cifar --download`
+    (ResNet-20 here, and torchvision's CIFAR10 replaced by a local stand-in: no network in tests)."""
+    import numpy as np
+    import torchvision.datasets
+
+    calls = []
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            calls.append(download)
+            n = 120 if train else 20
+            self.data = np.random.default_rng(int(train)).integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+            self.targets = [i % 10 for i in range(n)]
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    root = tmp_path / "cifar"  # does not exist yet: torchvision creates it when downloading
+    assert (
+        main(
+            [
+                "run",
+                "--preset",
+                "cifar10",
+                "--model",
+                "resnet20",
+                "--checkpoint",
+                str(cifar_like["checkpoint"]),
+                "--data",
+                str(root),
+                "--download",
+                "--partial-data",
+                "--sparsities",
+                "0.5",
+                "--seeds",
+                "0",
+                "--out",
+                str(tmp_path / "o"),
+                *SMALL_SUBSETS,
+            ]
+        )
+        == 0
+    )
+    assert calls == [True, True] and {r["dataset"] for r in _rows(tmp_path / "o")} == {"cifar10"}

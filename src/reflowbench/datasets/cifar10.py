@@ -142,6 +142,8 @@ def load_cifar10_arrays(path: Optional[Path], download: bool = False) -> Arrays:
     if path is None:
         return _read_torchvision(cache_dir() / "torchvision", download)
     path = Path(path)
+    if not path.exists() and download:
+        return _read_torchvision(path, download)  # torchvision creates the root and downloads into it
     if not path.exists():
         raise DatasetError(f"dataset path {path} does not exist: pass --data PATH to a CIFAR-10 .tar.gz, ImageFolder tree or torchvision root")
     if path.is_file():
