@@ -137,7 +137,7 @@ def test_dense_gradients_are_shared_per_seed_and_charged_to_every_run(digits):
         ledgers.append((ctx.ledger.get("gradients").seconds, ctx.notes.get("gradients_reused", False)))
     assert [reused for _, reused in ledgers] == [False, True, False]
     assert ledgers[1][0] == pytest.approx(ledgers[0][0])  # the reused run is charged the measured cost (also in "prune")
-    assert len([k for k in cache if k[0] == "dense-gradients"]) == 1  # only the latest seed's G stays alive
+    assert len([k for k in cache if k[0] == "dense-fisher"]) == 1  # only the latest seed's dense Fisher stays alive
 
 
 def test_credited_cost_counts_in_the_enclosing_phase():

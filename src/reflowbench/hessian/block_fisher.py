@@ -103,6 +103,7 @@ class LayerFisher:
             raise FisherError(f"the gradients of {name} contain non-finite values: recollect them (check inputs and checkpoint)")
         self.damp = self._damping(spec)  # (nb,)
         self.factor, self.damp = self._factorise(self.grads, self.damp)
+        self._diag_inverse: Optional[torch.Tensor] = None
 
     def _damping(self, spec: FisherSpec) -> torch.Tensor:
         if spec.damp_mode == "absolute":
@@ -133,9 +134,46 @@ class LayerFisher:
     def _flat(self, blocks: torch.Tensor) -> torch.Tensor:
         return blocks.reshape(-1)[: self.numel]
 
+    # -- block geometry --------------------------------------------------------------------------
+    def to_blocks(self, vector: torch.Tensor) -> torch.Tensor:
+        """(d,) -> (nb, B), zero-padded, factor dtype, on the layer's device."""
+        return self._blocks(vector)
+
+    def from_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        """(nb, B) -> (d,) (the padding dropped)."""
+        return self._flat(blocks)
+
+    def block_slices(self) -> List[slice]:
+        """The flat-weight slice of each block, in block order (the last may be shorter than B)."""
+        return [slice(b * self.block, min((b + 1) * self.block, self.numel)) for b in range(self.num_blocks)]
+
+    def damp_vector(self) -> torch.Tensor:
+        """lam of each weight's block, shape (d,), factor dtype."""
+        return self._flat(self.damp.view(-1, 1).expand(self.num_blocks, self.block))
+
+    # -- products with G and F -------------------------------------------------------------------
+    def grads_times(self, vector: torch.Tensor) -> torch.Tensor:
+        """G_b v_b for every block: (d,) -> (nb, N), factor dtype."""
+        v = self._blocks(vector)
+        return torch.bmm(self.grads, v.to(self.grads.dtype).unsqueeze(2)).squeeze(2).to(self.factor_dtype)
+
+    def grads_t_times(self, rows: torch.Tensor) -> torch.Tensor:
+        """G_b^T u_b for every block: (nb, N) -> (d,), factor dtype."""
+        return self._flat(torch.bmm(self.grads.transpose(1, 2), rows.to(self.grads.dtype).unsqueeze(2)).squeeze(2).to(self.factor_dtype))
+
+    def fisher_times(self, vector: torch.Tensor) -> torch.Tensor:
+        """F v = lam v + G^T (G v) / N per block, (d,) -> (d,), factor dtype; F is never formed."""
+        v = vector.reshape(-1).to(device=self.device, dtype=self.factor_dtype)
+        return self.damp_vector() * v + self.grads_t_times(self.grads_times(v)) / self.num_grads
+
     # -- operations ------------------------------------------------------------------------------
     def diag_inverse(self) -> torch.Tensor:
-        """diag(F^-1), shape (d,), factor dtype."""
+        """diag(F^-1), shape (d,), factor dtype; computed once and remembered (the Fisher does not change)."""
+        if self._diag_inverse is None:
+            self._diag_inverse = self._compute_diag_inverse()
+        return self._diag_inverse
+
+    def _compute_diag_inverse(self) -> torch.Tensor:
         lam = self.damp.view(-1, 1)
         if self.form == "dual":
             # colsum((L^-1 G_b)^2) in column chunks: the N^2 B work in the compute dtype, O(N * chunk) temporaries

@@ -18,11 +18,15 @@ from reflowbench.errors import ConfigError
 
 
 def _field_comments(cls: type) -> Dict[str, str]:
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.+)$", source, re.MULTILINE)}
+    """``# help`` comments of a dataclass's fields, inherited fields included (a subclass's own comment wins)."""
+    comments: Dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        comments.update({m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+):[^#\n]*#\s*(.+)$", source, re.MULTILINE)})
+    return comments
 
 
 def _unwrap_optional(hint: Any) -> Tuple[Any, bool]:

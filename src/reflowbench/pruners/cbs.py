@@ -1,0 +1,139 @@
+"""CBS, the Combinatorial Brain Surgeon (Yu et al., 2022), on the shared Hessian-pruner base.
+
+Selection (CBS-S): start from global magnitude and from ``candidates`` random magnitude perturbations,
+keep the start with the lowest loss measured on the held-out subset of the training split (never the
+test split), then local search on J(P) = 1/2 w_P^T F_PP w_P (:mod:`.cbs_search`), keeping the iteration
+whose measured held-out loss is lowest. Update (CBS-U, ``update=joint`` by default): the exact
+multi-weight OBS update per block (:mod:`.updates`). Both parts are options, so a suite can measure each
+on its own: ``--cbs-update none|obs-sum|joint``, ``--cbs-candidates 0 --cbs-max-iters 0`` for plain magnitude.
+
+Defaults follow the published ResNet-20 setup: N = 1000 per-sample gradients, whole-layer blocks,
+lam = 1e-5, 50 perturbed candidates, window 10, epsilon 1e-4, give-up 20, at most 100 iterations, patience 5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from reflowbench.errors import ConfigError
+from reflowbench.hessian import BlockFisher
+from reflowbench.pruners.base import PruneContext, register_pruner
+from reflowbench.pruners.cbs_search import SearchSettings, SelectionObjective, local_search, perturbed_magnitude_masks
+from reflowbench.pruners.hessian_base import HessianOptions, HessianPruner
+from reflowbench.pruners.masks import Masks, num_to_prune
+from reflowbench.schema.targets import TargetSet
+
+SCORE_BATCH = 500
+
+
+@dataclass
+class CBSOptions(HessianOptions):
+    update: str = "joint"  # update of the kept weights: none, obs-sum (summed single-weight OBS), joint (exact multi-weight OBS per block, CBS-U)
+    candidates: int = 50  # random magnitude perturbations tried as starts besides plain magnitude (0: magnitude only)
+    window: int = 10  # swap window rho: pruned and kept candidates scored per iteration = window x give_up on each side
+    epsilon: float = 1e-4  # a swap must lower the objective J by more than this
+    give_up: int = 20  # tau: with window, sets how many candidates on each side an iteration scores
+    max_iters: int = 100  # local-search iterations at most (0: no local search)
+    patience: int = 5  # stop when the measured held-out loss has not improved for this many iterations
+    score_images: int = 1000  # held-out training images the candidate masks are scored on (at most the held-out subset)
+
+
+@register_pruner("cbs", "CBS: magnitude/RMP start + local search on the block Fisher, exact joint OBS update")
+class CBSPruner(HessianPruner):
+    """Combinatorial Brain Surgeon: combinatorial selection and the exact joint update on the block Fisher."""
+
+    Options = CBSOptions
+
+    def check_options(self) -> None:
+        super().check_options()
+        o = self.options
+        if o.scope != "global":
+            raise ConfigError(f"CBS selects globally across layers: {self.flag('scope')} must be global, got {o.scope!r}")
+        for name in ("candidates", "max_iters"):
+            if getattr(o, name) < 0:
+                raise ConfigError(f"{self.flag(name)} must be >= 0, got {getattr(o, name)}")
+        for name in ("window", "give_up", "patience", "score_images"):
+            if getattr(o, name) < 1:
+                raise ConfigError(f"{self.flag(name)} must be >= 1, got {getattr(o, name)}")
+        if not o.epsilon >= 0:
+            raise ConfigError(f"{self.flag('epsilon')} must be >= 0, got {o.epsilon}")
+
+    def search_settings(self) -> SearchSettings:
+        o = self.options
+        return SearchSettings(window=o.window, epsilon=o.epsilon, give_up=o.give_up, max_iters=o.max_iters, patience=o.patience)
+
+    def select(self, model: nn.Module, targets: TargetSet, fisher: BlockFisher, masks: Masks, sparsity: float, ctx: PruneContext) -> Masks:
+        flat_w = torch.cat([t.weight.detach().reshape(-1) for t in targets])
+        frozen = torch.cat([~masks[t.param_name].reshape(-1) for t in targets]).to(flat_w.device)
+        num_pruned = num_to_prune(len(flat_w), sparsity)
+        objective = SelectionObjective(fisher, targets.names, flat_w)
+        frozen = frozen.to(objective.device)
+        magnitudes = flat_w.abs().to(objective.device)
+        measure = self._loss_meter(model, targets, flat_w, ctx)
+        generator = torch.Generator().manual_seed(ctx.seed)
+        starts = [_magnitude_mask(magnitudes, frozen, num_pruned)] + perturbed_magnitude_masks(
+            magnitudes, frozen, num_pruned, self.options.candidates, generator
+        )
+        start_losses = [measure(~start) for start in starts]
+        best_start = min(range(len(starts)), key=lambda i: start_losses[i])
+        pruned, summary = local_search(objective, starts[best_start], frozen, self.search_settings(), measure)
+        ctx.notes["cbs"] = {
+            "start": "magnitude" if best_start == 0 else f"perturbed #{best_start}",
+            "start_loss_magnitude": start_losses[0],
+            "start_loss_best": start_losses[best_start],
+            **summary,
+            "swapped_from_start": int((pruned & ~starts[best_start]).sum()),
+            "differs_from_magnitude": int((pruned & ~starts[0]).sum()),
+        }
+        return _unflatten(~pruned, targets)
+
+    def _loss_meter(self, model: nn.Module, targets: TargetSet, flat_w: torch.Tensor, ctx: PruneContext):
+        """keep-mask (p,) -> mean cross-entropy of the masked model (no update) on the held-out training images."""
+        if ctx.train is None or ctx.heldout_indices is None or len(ctx.heldout_indices) == 0:
+            raise ConfigError("CBS scores candidate masks on held-out training images, but the context has none (--diag-images sets how many)")
+        indices = ctx.heldout_indices[: self.options.score_images]
+        batches = [(x.to(ctx.device), y.to(ctx.device)) for x, y in ctx.train.batches(indices, SCORE_BATCH)]
+        params = dict(model.named_parameters())
+        buffers = dict(model.named_buffers())
+        dense = {t.param_name: t.weight.detach() for t in targets}
+        was_training = model.training
+        model.eval()
+
+        def measure(keep: torch.Tensor) -> float:
+            masked = _unflatten(keep, targets)
+            weights = {**params, **buffers, **{name: dense[name] * masked[name].to(dense[name].dtype) for name in dense}}
+            total, count = 0.0, 0
+            with torch.no_grad():
+                for x, y in batches:
+                    total += float(F.cross_entropy(functional_call(model, weights, (x,)), y, reduction="sum"))
+                    count += len(y)
+            return total / count
+
+        model.train(was_training)
+        return measure
+
+
+def _magnitude_mask(magnitudes: torch.Tensor, frozen: torch.Tensor, num_pruned: int) -> torch.Tensor:
+    """Global magnitude pruned-mask (p,): the frozen weights plus the smallest |w| among the rest, ties by index."""
+    scores = torch.where(frozen, torch.full_like(magnitudes, -1.0), magnitudes.to(torch.float64))
+    pruned = torch.zeros_like(frozen)
+    pruned[torch.argsort(scores, stable=True)[:num_pruned]] = True
+    return pruned
+
+
+def _unflatten(flat_keep: torch.Tensor, targets: TargetSet) -> Dict[str, torch.Tensor]:
+    out: Dict[str, torch.Tensor] = {}
+    offset = 0
+    for t in targets:
+        out[t.param_name] = flat_keep[offset : offset + t.numel].view(t.weight.shape).to(t.weight.device)
+        offset += t.numel
+    return out
+
+
+__all__: List[str] = ["CBSOptions", "CBSPruner"]

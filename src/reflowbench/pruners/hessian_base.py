@@ -1,0 +1,169 @@
+"""The base every Hessian-based pruner shares: gradients, the block Fisher, recomputation steps,
+the weight update, and the bookkeeping of each phase's cost.
+
+One template :meth:`HessianPruner.prune` runs, for each of the R steps of the schedule:
+
+  1. the block Fisher at the current weights and mask (the dense one of a seed is built once per
+     suite and shared by all its sparsities, its measured gradient and curvature cost charged to
+     every run that uses it);
+  2. ``select``: the pruner's own choice of the new keep-mask (the one method a subclass writes);
+  3. the update of the kept weights, chosen by the ``update`` option (:mod:`.updates`):
+     ``none``, ``obs-sum`` (WoodFisher's summed single-weight OBS updates) or ``joint`` (the exact
+     multi-weight OBS update per block, CBS-U).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import torch
+from torch import nn
+
+from reflowbench.errors import ConfigError
+from reflowbench.hessian import BlockFisher, FisherSpec, GradientSpec, collect_gradients, resolve_dtype
+from reflowbench.pruners.base import PruneContext, Pruner
+from reflowbench.pruners.masks import Masks
+from reflowbench.pruners.updates import UPDATES, apply_update
+from reflowbench.schema.targets import TargetSet
+from reflowbench.utils.cost import PhaseCost
+
+SCHEDULES = ("geometric", "cubic", "linear")
+DENSE_FISHER = "dense-fisher"  # first element of the suite-cache key of a seed's dense block Fisher
+
+
+@dataclass
+class HessianOptions:
+    """Options every Hessian pruner has (a subclass's Options dataclass inherits them and may change defaults)."""
+
+    num_grads: int = 1000  # N: gradients in the empirical Fisher
+    minibatch: int = 1  # m: images averaged per gradient (1 = per-sample)
+    block_size: int = 0  # weights per Fisher block within a layer (0 = whole layer)
+    damp: float = 1e-5  # lam (absolute), or multiple of the mean diagonal (damp_mode relative)
+    damp_mode: str = "absolute"  # absolute or relative
+    recompute_steps: int = 1  # R: reach the sparsity in R steps, re-collecting gradients between them
+    schedule: str = "geometric"  # sparsity schedule of the R steps: geometric (in density), cubic, linear
+    scope: str = "global"  # global selection across all targets, or layer (same sparsity per layer)
+    update: str = "obs-sum"  # update of the kept weights: none, obs-sum (summed single-weight OBS), joint (exact multi-weight OBS per block)
+    dtype: str = "float32"  # storage dtype of the gradients while collecting (the block Fisher works in float32)
+    chunk_images: int = 128  # images per vmap call when collecting gradients
+    offload: bool = False  # on CUDA: keep the gradients in host memory
+
+
+def step_sparsities(target: float, steps: int, schedule: str) -> List[float]:
+    """Intermediate sparsities s_1 < ... < s_R = target."""
+    if steps < 1:
+        raise ConfigError(f"recompute_steps must be >= 1, got {steps}")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    out = []
+    for j in range(1, steps + 1):
+        t = j / steps
+        if schedule == "geometric":
+            out.append(1.0 - (1.0 - target) ** t)
+        elif schedule == "cubic":
+            out.append(target * (1.0 - (1.0 - t) ** 3))
+        else:
+            out.append(target * t)
+    out[-1] = target
+    return out
+
+
+class HessianPruner(Pruner):
+    """Base of the pruners that use the block empirical Fisher. Subclasses set ``Options`` (a subclass
+    of :class:`HessianOptions`) and implement :meth:`select`."""
+
+    Options = HessianOptions
+    needs_gradients = True
+
+    def fisher_images(self) -> int:
+        return self.options.num_grads * self.options.minibatch
+
+    def check_options(self) -> None:
+        super().check_options()
+        self.gradient_spec().validate()
+        self.fisher_spec().validate()
+        resolve_dtype(self.options.dtype)
+        step_sparsities(0.5, self.options.recompute_steps, self.options.schedule)
+        if self.options.update not in UPDATES:
+            raise ConfigError(f"update must be one of {UPDATES}, got {self.options.update!r}")
+
+    def gradient_spec(self) -> GradientSpec:
+        o = self.options
+        return GradientSpec(num_grads=o.num_grads, minibatch=o.minibatch, chunk_images=o.chunk_images, dtype=o.dtype, offload=o.offload)
+
+    def fisher_spec(self) -> FisherSpec:
+        o = self.options
+        return FisherSpec(block_size=o.block_size, damp=o.damp, damp_mode=o.damp_mode)
+
+    def prepare(self, fisher: BlockFisher) -> None:
+        """Work on a fresh Fisher that belongs with the curvature (charged to it, kept with a shared Fisher)."""
+
+    @abstractmethod
+    def select(self, model: nn.Module, targets: TargetSet, fisher: BlockFisher, masks: Masks, sparsity: float, ctx: PruneContext) -> Masks:
+        """The new keep-masks at ``sparsity`` (weights pruned in ``masks`` stay pruned), weights unchanged."""
+
+    def prune(self, model: nn.Module, targets: TargetSet, sparsity: float, ctx: PruneContext) -> Masks:
+        masks: Masks = {t.param_name: torch.ones_like(t.weight, dtype=torch.bool) for t in targets}
+        schedule = step_sparsities(sparsity, self.options.recompute_steps, self.options.schedule)
+        ctx.notes[f"{self.name}_steps"] = schedule
+        for step, step_sparsity in enumerate(schedule):
+            fisher = self.block_fisher(model, targets, masks, ctx, dense=step == 0)
+            ctx.notes["fisher_blocks"] = fisher.describe()
+            with ctx.phase("selection"):
+                new_masks = self.select(model, targets, fisher, masks, step_sparsity, ctx)
+            with ctx.phase("update"):
+                apply_update(self.options.update, targets, fisher, masks, new_masks)
+            masks = new_masks
+            del fisher
+        return masks
+
+    # -- the block Fisher, shared per seed -------------------------------------------------------
+    def _cache_key(self, targets: TargetSet, ctx: PruneContext) -> Tuple:
+        spec, fisher = self.gradient_spec(), self.fisher_spec()
+        return (
+            DENSE_FISHER,
+            ctx.seed,
+            spec.num_grads,
+            spec.minibatch,
+            spec.dtype,
+            fisher.block_size,
+            fisher.damp,
+            fisher.damp_mode,
+            tuple(targets.names),
+            str(ctx.device),
+        )
+
+    def block_fisher(self, model: nn.Module, targets: TargetSet, masks: Masks, ctx: PruneContext, dense: bool) -> BlockFisher:
+        """F at the current weights and mask. The dense F (first step) of a seed is kept in the suite
+        cache and reused by the other sparsities; a reuse is charged the measured gradient and curvature cost."""
+        key = self._cache_key(targets, ctx)
+        if dense and key in ctx.cache:
+            fisher, costs = ctx.cache[key]
+            for phase, cost in costs.items():
+                ctx.ledger.add(phase, cost)
+            ctx.notes["gradients_reused"] = True
+            return fisher
+        if dense:  # one dense Fisher alive at a time: drop another seed's or setting's before building a new one
+            for stale in [k for k in ctx.cache if isinstance(k, tuple) and k and k[0] == DENSE_FISHER]:
+                del ctx.cache[stale]
+        before = {phase: PhaseCost(**vars(ctx.ledger.get(phase))) for phase in ("gradients", "curvature")}
+        prefix = f"--{self.name}-"
+        with ctx.phase("gradients"):
+            spec = self.gradient_spec()
+            gradients = collect_gradients(
+                model, targets, ctx.fisher_batches(min(256, spec.images), spec.images), spec,
+                masks=masks, device=ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log, progress=ctx.progress, option_prefix=prefix,
+            )  # fmt: skip
+        with ctx.phase("curvature"):
+            fisher = BlockFisher(gradients, self.fisher_spec(), ctx.device, ctx.memory_budget_gb, ctx.log, option_prefix=prefix)
+            self.prepare(fisher)
+        del gradients
+        if dense:
+            costs = {}
+            for phase in ("gradients", "curvature"):
+                after = ctx.ledger.get(phase)
+                costs[phase] = PhaseCost(after.seconds - before[phase].seconds, after.peak_rss_mb, after.peak_cuda_mb)
+            ctx.cache[key] = (fisher, costs)
+        return fisher

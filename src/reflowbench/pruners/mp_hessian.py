@@ -1,0 +1,35 @@
+"""Magnitude selection followed by a Hessian update: the 'magnitude' row of the selection x update grid.
+
+``mp-hessian --mp-hessian-update joint`` is global magnitude pruning plus the exact multi-weight OBS update
+per block (the single-pass "backsolve" of the CBS and CHITA papers); ``obs-sum`` and ``none`` are the other
+columns (``none`` gives the same weights as ``mp``, on the Hessian pipeline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from reflowbench.hessian import BlockFisher
+from reflowbench.pruners.base import PruneContext, register_pruner
+from reflowbench.pruners.hessian_base import HessianOptions, HessianPruner
+from reflowbench.pruners.masks import Masks, masks_from_scores
+from reflowbench.schema.targets import TargetSet
+
+
+@dataclass
+class MagnitudeHessianOptions(HessianOptions):
+    update: str = "joint"  # update of the kept weights: none, obs-sum (summed single-weight OBS), joint (exact multi-weight OBS per block)
+
+
+@register_pruner("mp-hessian", "magnitude selection, then a Hessian update of the kept weights (joint by default)")
+class MagnitudeHessianPruner(HessianPruner):
+    """Global (or per-layer) magnitude selection on the Hessian-pruner pipeline."""
+
+    Options = MagnitudeHessianOptions
+
+    def select(self, model: nn.Module, targets: TargetSet, fisher: BlockFisher, masks: Masks, sparsity: float, ctx: PruneContext) -> Masks:
+        scores = {t.param_name: torch.where(masks[t.param_name], t.weight.detach().abs(), torch.full_like(t.weight, -1.0)) for t in targets}
+        return masks_from_scores(targets, scores, sparsity, self.options.scope)
