@@ -88,10 +88,10 @@ PROBES = {
     # late before: now before any model is loaded
     "woodfisher damp 0": (
         lambda f: ["run", *_cifar(f), "--methods", "mp,woodfisher", "--woodfisher-damp", "0"],
-        "pruner woodfisher: damping must be a positive",
+        "pruner woodfisher: --woodfisher-damp must be a positive number",
     ),
-    "woodfisher dtype": (lambda f: ["run", *_cifar(f), "--methods", "woodfisher", "--woodfisher-dtype", "int8"], "unknown dtype 'int8'"),
-    "woodfisher schedule": (lambda f: ["run", *_cifar(f), "--methods", "woodfisher", "--woodfisher-schedule", "fast"], "schedule must be one of"),
+    "woodfisher dtype": (lambda f: ["run", *_cifar(f), "--methods", "woodfisher", "--woodfisher-dtype", "int8"], "--woodfisher-dtype must be one of"),
+    "woodfisher schedule": (lambda f: ["run", *_cifar(f), "--methods", "woodfisher", "--woodfisher-schedule", "fast"], "--woodfisher-schedule must be one of"),
     "calib batches 0": (lambda f: ["run", *_cifar(f), "--calib-batches", "0"], "--calib-batches must be an integer >= 1"),
     # misleading messages before
     "empty sparsity list": (lambda f: ["run", *_cifar(f), "--sparsities", ","], "--sparsities is empty"),

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from reflowbench.errors import FisherError, MemoryBudgetError
-from reflowbench.hessian import BlockFisher, FisherSpec, GradientSpec, LayerFisher, collect_gradients
+from reflowbench.hessian import BlockFisher, FisherSpec, GradientMatrix, GradientSpec, LayerFisher, collect_gradients
 from reflowbench.hessian.block_fisher import _cholesky_with_escalation
 from reflowbench.pruners import select_targets
 
@@ -147,3 +147,19 @@ def test_block_fisher_over_all_layers(tiny_model):
         assert torch.allclose(fisher[t.param_name].diag_inverse(), torch.linalg.inv(F).diagonal(), rtol=1e-6)
     with pytest.raises(MemoryBudgetError, match="block-size"):
         BlockFisher(G, FisherSpec(block_size=0), torch.device("cpu"), budget_gb=1e-9)
+
+
+def test_dual_diagonal_is_clamped_to_its_lower_bound_with_a_warning():
+    """Cancellation in (1 - sum z^2) / lam can cross the exact bound [F^-1]_qq >= 1 / F_qq (even to <= 0):
+    such entries become the bound, with a warning; entries above it are untouched."""
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(6, 20, generator=generator, dtype=torch.float64)
+    layer = BlockFisher(GradientMatrix({"w": rows}, 6, 1), FisherSpec(damp=1e-3, compute_dtype="float64"), torch.device("cpu"))["w"]
+    exact = layer.to_blocks(layer.diag_inverse())
+    lower = 1.0 / (1e-3 + rows.pow(2).sum(0) / 6)
+    assert bool((layer.from_blocks(exact) >= lower).all())  # the bound holds for the exact values ...
+    broken = exact.clone()
+    broken[0, :3] = torch.tensor([-5.0, 0.0, 1e-9], dtype=torch.float64)  # ... cancellation-like garbage
+    with pytest.warns(RuntimeWarning, match="3 entries of diag.*fell below their lower bound"):
+        fixed = layer.from_blocks(layer._clamp_to_lower_bound(broken))
+    assert torch.allclose(fixed[:3], lower[:3]) and torch.equal(fixed[3:], layer.from_blocks(exact)[3:])

@@ -185,9 +185,28 @@ class LayerFisher:
                 z = z if z.dtype in (torch.float32, torch.float64) else z.float()
                 captured[:, start : start + step] = z.square_().sum(1, dtype=self.factor_dtype)
                 del z
-            return self._flat((1.0 - captured) / lam)
+            return self._flat(self._clamp_to_lower_bound((1.0 - captured) / lam))
         inverse = torch.cholesky_inverse(self.factor)
         return self._flat(torch.diagonal(inverse, dim1=1, dim2=2))
+
+    def _clamp_to_lower_bound(self, diag: torch.Tensor) -> torch.Tensor:
+        """Keep the dual diagonal (1 - sum z^2) / lam, a difference of nearly equal numbers when lam is small,
+        at or above its exact lower bound [F^-1]_qq >= 1 / F_qq = 1 / (lam + ||g_q||^2 / N) (diagonal of an
+        SPD inverse), which cancellation can cross and even make non-positive; (nb, B) in, (nb, B) out."""
+        col_norm2 = torch.zeros_like(diag)
+        step = max(1, DIAG_CHUNK_ELEMENTS // (self.num_blocks * self.num_grads))
+        for start in range(0, self.block, step):
+            col_norm2[:, start : start + step] = self.grads[:, :, start : start + step].to(self.factor_dtype).pow(2).sum(1)
+        lower = 1.0 / (self.damp.view(-1, 1) + col_norm2 / self.num_grads)
+        below = diag < lower
+        if bool(below.any()):
+            warnings.warn(
+                f"{self.name}: {int(below.sum())} entries of diag(F^-1) fell below their lower bound 1/F_qq through cancellation "
+                f"(lam = {float(self.damp.min()):.3g}); clamped to the bound. A larger damping (--<pruner>-damp) avoids it.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return torch.where(below, lower, diag)
 
     def _solve(self, grads: torch.Tensor, factor: torch.Tensor, damp: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """(lam I + G^T G / N)^-1 v per block, for (nb, B) v and a factor of :meth:`_factorise`."""

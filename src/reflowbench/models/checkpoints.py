@@ -55,8 +55,10 @@ def _load_failure(exc: Exception) -> str:
     refused = re.search(r"unsupported GLOBAL (\S+)", text)
     if refused:
         return f"it pickles code ({refused.group(1)}), which is never run"
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    return f"{type(exc).__name__}: {first[:200]}" if first else f"{type(exc).__name__}; not a torch checkpoint"
+    boilerplate = ("Weights only load failed", "Check the documentation", "In PyTorch", "Please file an issue")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(boilerplate)]
+    detail = f": {lines[0][:160]}" if lines else ""
+    return f"not a torch checkpoint; {type(exc).__name__}{detail}"
 
 
 def check_finite(state: StateDict, source: str) -> None:

@@ -172,4 +172,5 @@ def make_pruner(name: str, overrides: Optional[Dict[str, Any]] = None) -> Pruner
     try:
         return cls(cls.Options(**(overrides or {})))
     except ConfigError as exc:
-        raise ConfigError(f"pruner {name}: {exc} (set its options with {cls.flag('<option>')})") from None
+        hint = "" if f"--{name}-" in str(exc) else f" (set its options with {cls.flag('<option>')})"
+        raise ConfigError(f"pruner {name}: {exc}{hint}") from None

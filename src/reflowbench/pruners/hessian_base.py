@@ -14,6 +14,7 @@ One template :meth:`HessianPruner.prune` runs, for each of the R steps of the sc
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from dataclasses import dataclass
 from typing import List, Tuple
@@ -22,7 +23,9 @@ import torch
 from torch import nn
 
 from reflowbench.errors import ConfigError
-from reflowbench.hessian import BlockFisher, FisherSpec, GradientSpec, collect_gradients, resolve_dtype
+from reflowbench.hessian import BlockFisher, FisherSpec, GradientSpec, collect_gradients
+from reflowbench.hessian.block_fisher import DAMP_MODES
+from reflowbench.hessian.memory import DTYPES
 from reflowbench.pruners.base import PruneContext, Pruner
 from reflowbench.pruners.masks import Masks
 from reflowbench.pruners.updates import UPDATES, apply_update
@@ -81,13 +84,24 @@ class HessianPruner(Pruner):
         return self.options.num_grads * self.options.minibatch
 
     def check_options(self) -> None:
+        """Every shared option, each error naming its flag (e.g. ``--woodfisher-damp``)."""
         super().check_options()
-        self.gradient_spec().validate()
-        self.fisher_spec().validate()
-        resolve_dtype(self.options.dtype)
-        step_sparsities(0.5, self.options.recompute_steps, self.options.schedule)
-        if self.options.update not in UPDATES:
-            raise ConfigError(f"update must be one of {UPDATES}, got {self.options.update!r}")
+        o = self.options
+        rules = (
+            ("num_grads", o.num_grads >= 1, "an integer >= 1"),
+            ("minibatch", o.minibatch >= 1, "an integer >= 1"),
+            ("chunk_images", o.chunk_images >= 1, "an integer >= 1"),
+            ("block_size", o.block_size >= 0, "an integer >= 0 (0 = whole layer)"),
+            ("damp", math.isfinite(o.damp) and o.damp > 0, "a positive number (the damped Fisher lam*I + G^T G/N needs lam > 0)"),
+            ("damp_mode", o.damp_mode in DAMP_MODES, f"one of {DAMP_MODES}"),
+            ("recompute_steps", o.recompute_steps >= 1, "an integer >= 1"),
+            ("schedule", o.schedule in SCHEDULES, f"one of {SCHEDULES}"),
+            ("update", o.update in UPDATES, f"one of {UPDATES}"),
+            ("dtype", o.dtype in DTYPES, f"one of {tuple(DTYPES)}"),
+        )
+        for name, ok, rule in rules:
+            if not ok:
+                raise ConfigError(f"{self.flag(name)} must be {rule}, got {getattr(o, name)!r}")
 
     def gradient_spec(self) -> GradientSpec:
         o = self.options
