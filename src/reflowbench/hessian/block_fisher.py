@@ -224,13 +224,36 @@ class LayerFisher:
     def restricted_solve(self, support: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
         """x_S = (lam I + G_S^T G_S / N)^-1 r_S on support S (bool (d,)), x = 0 off S; shape (d,).
 
-        Solved per block (block-diagonal F) as F^-1 with the columns off S zeroed: those coordinates
-        decouple (F = lam there) and r is zero on them, so x is too.
+        Per block (block-diagonal F), all blocks of the layer in one batched factorisation, and without a
+        masked copy of G: coordinates off S decouple (F = lam there, r zero), and with r zero off S,
+        G_S r_S = G r and G_S^T u = (G^T u) on S, so only the Gram needs the mask, built in column chunks.
+        Dual form: K_S = N lam I + G_S G_S^T (N x N); primal: the B x B restricted matrix.
         """
-        keep = self._blocks(support.to(torch.float64))  # (nb, B) of 0/1
-        grads = self.grads * keep.to(self.grads.dtype).unsqueeze(1)
-        factor, damp = self._factorise(grads, self.damp.clone())
-        return self._flat(self._solve(grads, factor, damp, self._blocks(rhs) * keep) * keep)
+        keep = self._blocks(support.to(self.factor_dtype))  # (nb, B) of 0/1
+        r = self._blocks(rhs) * keep
+        n = self.num_grads
+        if self.form == "dual":
+            eye = torch.eye(n, dtype=self.factor_dtype, device=self.device)
+            matrix = self._masked_gram_rows(keep) + (n * self.damp).view(-1, 1, 1) * eye
+            factor, damp = _cholesky_with_escalation(matrix, self.name, lambda m, extra: m + (n * extra).view(-1, 1, 1) * eye, self.damp.clone())
+            gr = torch.bmm(self.grads, r.to(self.grads.dtype).unsqueeze(2)).to(self.factor_dtype)  # (nb, N, 1)
+            solved = torch.cholesky_solve(gr, factor)
+            correction = torch.bmm(self.grads.transpose(1, 2), solved.to(self.grads.dtype)).squeeze(2).to(self.factor_dtype) * keep
+            return self._flat((r - correction) / damp.view(-1, 1) * keep)
+        outer = keep.unsqueeze(2) * keep.unsqueeze(1)  # (nb, B, B)
+        eye = torch.eye(self.block, dtype=self.factor_dtype, device=self.device)
+        matrix = torch.bmm(self.grads.transpose(1, 2), self.grads).to(self.factor_dtype) / n * outer + self.damp.view(-1, 1, 1) * eye
+        factor, _ = _cholesky_with_escalation(matrix, self.name, lambda m, extra: m + extra.view(-1, 1, 1) * eye, self.damp.clone())
+        return self._flat(torch.cholesky_solve(r.unsqueeze(2), factor).squeeze(2) * keep)
+
+    def _masked_gram_rows(self, keep: torch.Tensor) -> torch.Tensor:
+        """G_S G_S^T per block, (nb, N, N) in the factor dtype, accumulated over column chunks (no copy of G)."""
+        gram = torch.zeros(self.num_blocks, self.num_grads, self.num_grads, dtype=self.factor_dtype, device=self.device)
+        step = max(1, DIAG_CHUNK_ELEMENTS // (self.num_blocks * self.num_grads))
+        for start in range(0, self.block, step):
+            chunk = self.grads[:, :, start : start + step] * keep[:, start : start + step].to(self.grads.dtype).unsqueeze(1)
+            gram += torch.bmm(chunk, chunk.transpose(1, 2)).to(self.factor_dtype)
+        return gram
 
     def quadratic(self, delta: torch.Tensor) -> float:
         """0.5 * delta^T F delta (block-diagonal F) for delta of shape (d,)."""
