@@ -12,13 +12,14 @@ import torch
 
 
 def git_revision(start: Optional[Path] = None) -> Optional[str]:
-    """The git commit of the reflowbench source tree, with ``+dirty`` when modified; None outside git."""
-    where = Path(start or Path(__file__).resolve().parent)
+    """The git commit of the reflowbench source tree, with ``+dirty`` when the package's own files are
+    modified (results or reports written inside the checkout do not count); None outside git."""
+    where = Path(start or Path(__file__).resolve().parents[1])  # the reflowbench package folder
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
         if rev.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=where, capture_output=True, text=True, timeout=5)
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
