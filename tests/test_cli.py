@@ -149,3 +149,12 @@ def test_train_command_bad_input(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
     assert main(["train", "--model", "nosuchnet", "--dataset", "digits", "--epochs", "1", "--save", str(tmp_path / "x.pt")]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_output_piped_into_head_stops_quietly():
+    """`reflowbench list | head -1`: the closed pipe ends the command without a traceback."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(f"{sys.executable} -m reflowbench list | head -1", shell=True, capture_output=True, text=True, timeout=120)
+    assert result.stdout.startswith("pruners:") and "Traceback" not in result.stderr
