@@ -20,23 +20,40 @@ def _colors(methods: List[str]) -> Dict[str, Any]:
     return {m: cmap(i % 10) for i, m in enumerate(methods)}
 
 
+MIN_SWEEP_POINTS = 3  # a configuration with fewer sparsities (an ablation cell) is left to the tables
+
+
+def sweep_records(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The records of configurations run at MIN_SWEEP_POINTS or more sparsities (all records when none is)."""
+    sparsities: Dict[Any, set] = {}
+    for r in records:
+        sparsities.setdefault((r["model"], r["label"]), set()).add(r["sparsity"])
+    chosen = [r for r in records if len(sparsities[(r["model"], r["label"])]) >= MIN_SWEEP_POINTS]
+    return chosen or records
+
+
 def _panels(records: List[Dict[str, Any]], height: float):
-    """One subplot per model: (figure, axes, models, methods, colours per method)."""
+    """One subplot per model: (figure, axes, models, methods, colours per method); room below for the legend."""
     models = sorted({r["model"] for r in records})
     methods = sorted({r["label"] for r in records})
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), height), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), height + 0.25 * len(methods)), squeeze=False)
     return fig, axes[0], models, methods, _colors(methods)
+
+
+def _legend(ax) -> None:
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
 
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
 def accuracy_vs_sparsity(records: List[Dict[str, Any]], path: Path) -> Path:
     """One panel per model: top-1 vs sparsity, dashed = after pruning, solid = after REFLOW, bands = ±1 std over seeds."""
+    records = sweep_records(records)
     fig, axes, models, methods, colors = _panels(records, 4)
     grouped = group(records)
     for ax, model in zip(axes, models):
@@ -56,7 +73,7 @@ def accuracy_vs_sparsity(records: List[Dict[str, Any]], path: Path) -> Path:
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend(ax)
     return _save(fig, path)
 
 
@@ -69,7 +86,7 @@ def pick_sparsity(records: List[Dict[str, Any]], wanted: Optional[float]) -> flo
 
 def signal_collapse(records: List[Dict[str, Any]], sparsity: float, path: Path) -> Path:
     """Var(pruned BN output)/Var(dense) by BN-layer depth at ``sparsity``, before (dashed) and after (solid) REFLOW."""
-    chosen = [r for r in records if r["sparsity"] == sparsity]
+    chosen = [r for r in sweep_records(records) if r["sparsity"] == sparsity]
     fig, axes, models, methods, colors = _panels(chosen, 4)
     for ax, model in zip(axes, models):
         for method in methods:
@@ -87,12 +104,13 @@ def signal_collapse(records: List[Dict[str, Any]], sparsity: float, path: Path) 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("Var(pruned) / Var(dense)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        _legend(ax)
     return _save(fig, path)
 
 
 def cost_vs_sparsity(records: List[Dict[str, Any]], path: Path) -> Path:
     """Prune wall time (s, log scale) vs sparsity per method, plus the REFLOW time for reference."""
+    records = sweep_records(records)
     fig, axes, models, methods, colors = _panels(records, 3.6)
     grouped = group(records)
     for ax, model in zip(axes, models):
@@ -112,5 +130,5 @@ def cost_vs_sparsity(records: List[Dict[str, Any]], path: Path) -> Path:
         ax.set_xlabel("sparsity")
         ax.set_ylabel("wall seconds")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        _legend(ax)
     return _save(fig, path)
