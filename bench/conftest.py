@@ -40,6 +40,19 @@ def resnet20():
     return build_model("resnet20", checkpoint=checkpoint if checkpoint.exists() else None)
 
 
+def fresh_model_setup(dense, ledgers: list):
+    """pytest-benchmark ``setup``: a fresh copy of ``dense`` (weights loaded) and a new CostLedger (appended to ``ledgers``) per round."""
+    from reflowbench.utils.cost import CostLedger
+
+    def setup():
+        model = dense.__class__(20)
+        model.load_state_dict(dense.state_dict())
+        ledgers.append(CostLedger())
+        return (model.eval(), ledgers[-1]), {}
+
+    return setup
+
+
 def phase_info(ledger) -> dict:
     """pytest-benchmark extra_info: seconds and peak RSS (MiB) per phase."""
     return {

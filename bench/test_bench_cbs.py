@@ -5,21 +5,16 @@ the exact joint OBS update. Target (issue 8): the whole prune within 3 minutes a
 
 import torch
 
-from conftest import phase_info
+from conftest import fresh_model_setup, phase_info
 from reflowbench.datasets import SubsetSizes, disjoint_subsets
 from reflowbench.pruners import PruneContext, apply_masks, make_pruner, select_targets, verify_masks
-from reflowbench.utils.cost import CostLedger
 
 
 def test_cbs_resnet20_full_prune(benchmark, resnet20, cifar_train):
     pruner = make_pruner("cbs")
     ledgers, notes = [], []
 
-    def setup():
-        model = resnet20.__class__(20)
-        model.load_state_dict(resnet20.state_dict())
-        ledgers.append(CostLedger())
-        return (model.eval(), ledgers[-1]), {}
+    setup = fresh_model_setup(resnet20, ledgers)
 
     def prune(model, ledger):
         targets = select_targets(model)

@@ -5,11 +5,10 @@ Target (issue 3): the whole prune within 60 s and 3 GB peak RSS on a 2-core CPU 
 
 import torch
 
-from conftest import phase_info
+from conftest import fresh_model_setup, phase_info
 from reflowbench.datasets import SubsetSizes, disjoint_subsets
 from reflowbench.hessian import BlockFisher, FisherSpec, GradientSpec, collect_gradients
 from reflowbench.pruners import PruneContext, apply_masks, make_pruner, select_targets, verify_masks
-from reflowbench.utils.cost import CostLedger
 
 
 def _context(train, pruner, ledger, device=torch.device("cpu")):
@@ -21,11 +20,7 @@ def test_woodfisher_resnet20_full_prune(benchmark, resnet20, cifar_train):
     pruner = make_pruner("woodfisher")  # the defaults: N=1000, m=1, whole-layer blocks, lam=1e-5, global
     ledgers = []
 
-    def setup():
-        model = resnet20.__class__(20)
-        model.load_state_dict(resnet20.state_dict())
-        ledgers.append(CostLedger())
-        return (model.eval(), ledgers[-1]), {}
+    setup = fresh_model_setup(resnet20, ledgers)
 
     def prune(model, ledger):
         targets = select_targets(model)
