@@ -106,18 +106,46 @@ def _images(n, seed=0):
     return torch.randn(n, 1, 8, 8, generator=generator), torch.randint(0, 10, (n,), generator=generator)
 
 
+class _ConvZoo(nn.Module):
+    """Strided, depthwise, grouped, dilated convs and a linear layer: every case the hook engine unfolds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 4, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=1, groups=4),
+            nn.Conv2d(4, 6, 1, groups=2, bias=False),
+            nn.Conv2d(6, 6, 3, padding=2, dilation=2),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+@pytest.mark.parametrize("engine", ["vmap", "hooks"])
 @pytest.mark.parametrize("minibatch", [1, 3])
-def test_gradient_rows_match_autograd_loop(tiny_model, minibatch):
-    targets = select_targets(tiny_model)
+@pytest.mark.parametrize("zoo", [False, True])
+def test_gradient_rows_match_autograd_loop(tiny_model, minibatch, engine, zoo):
+    model = _ConvZoo().double().eval() if zoo else tiny_model
+    if zoo:
+        model.features[1].running_var.uniform_(0.5, 2.0)
+    targets = select_targets(model)
     x, y = _images(12)
+    x = x.to(next(model.parameters()).dtype)
     masks = {t.param_name: torch.rand(t.weight.shape) > 0.3 for t in targets}
-    spec = GradientSpec(num_grads=4, minibatch=minibatch, chunk_images=5, dtype="float64")
+    spec = GradientSpec(num_grads=4, minibatch=minibatch, chunk_images=5, dtype="float64", engine=engine)
     batches = [(x[i : i + 5], y[i : i + 5]) for i in range(0, 12, 5)]
-    G = collect_gradients(tiny_model, targets, iter(batches), spec, masks=masks)
+    G = collect_gradients(model, targets, iter(batches), spec, masks=masks)
     for row in range(4):
         chunk = slice(row * minibatch, (row + 1) * minibatch)
-        tiny_model.zero_grad()
-        nn.functional.cross_entropy(tiny_model(x[chunk]), y[chunk]).backward()
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x[chunk]), y[chunk]).backward()
         for t in targets:
             expected = (t.weight.grad * masks[t.param_name]).flatten().double()
             assert torch.allclose(G.rows[t.param_name][row], expected, atol=1e-6), (t.param_name, row)
@@ -145,8 +173,10 @@ def test_block_fisher_over_all_layers(tiny_model):
     for t in targets:
         F = dense_block_fisher(G.rows[t.param_name], 20, 1e-5)
         assert torch.allclose(fisher[t.param_name].diag_inverse(), torch.linalg.inv(F).diagonal(), rtol=1e-6)
-    with pytest.raises(MemoryBudgetError, match="block-size"):
-        BlockFisher(G, FisherSpec(block_size=0), torch.device("cpu"), budget_gb=1e-9)
+    tight = BlockFisher(G, FisherSpec(block_size=0), torch.device("cpu"), budget_gb=1e-9)  # products and restricted solves need no factor
+    assert tight.restricted_solve(torch.ones(tight.numel, dtype=torch.bool), torch.ones(tight.numel)).shape == (tight.numel,)
+    with pytest.raises(MemoryBudgetError, match="block-size"):  # the factors are checked against the budget before the first is made
+        tight.diag_inverse()
 
 
 def test_dual_diagonal_is_clamped_to_its_lower_bound_with_a_warning():

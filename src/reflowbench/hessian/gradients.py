@@ -3,7 +3,9 @@
 Row i of G is the gradient of the mean cross-entropy over one group of ``minibatch`` training
 images (``minibatch=1``: per-sample gradients) with respect to the target weights, multiplied by
 the current keep-mask so already-pruned weights contribute nothing. Groups are processed in
-chunks with ``vmap(grad(loss))``; rows are written straight into preallocated storage.
+chunks, with ``vmap(grad(loss))`` (per-sample rows) or, for mini-batch groups, one ordinary batched
+backward whose per-group weight gradients are summed per module (:mod:`.group_gradients`, the same
+values several times faster); rows are written straight into preallocated storage.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from reflowbench.errors import ConfigError, FisherError
+from reflowbench.hessian.group_gradients import group_gradients, supports_group_hooks
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 from reflowbench.schema.targets import TargetSet
 
 Masks = Dict[str, torch.Tensor]
 
 Batches = Iterator[Tuple[torch.Tensor, torch.Tensor]]
+ENGINES = ("auto", "vmap", "hooks")
 
 
 @dataclass
@@ -34,6 +38,7 @@ class GradientSpec:
     chunk_images: int = 128  # images per vmap call (memory vs speed)
     dtype: str = "float32"  # storage dtype of G: float32, float64, float16, bfloat16
     offload: bool = False  # keep G in host memory when computing on CUDA
+    engine: str = "auto"  # vmap (per-group grad under vmap), hooks (one batched backward, group sums per module), auto: hooks when minibatch > 1
 
     @property
     def images(self) -> int:
@@ -42,6 +47,8 @@ class GradientSpec:
     def validate(self) -> None:
         if self.num_grads < 1 or self.minibatch < 1 or self.chunk_images < 1:
             raise ConfigError(f"num_grads, minibatch and chunk_images must be >= 1, got {self.num_grads}, {self.minibatch}, {self.chunk_images}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"gradient engine must be one of {ENGINES}, got {self.engine!r}")
 
 
 @dataclass
@@ -105,6 +112,9 @@ def collect_gradients(
     frozen.update({n: b for n, b in model.named_buffers()})
     loss = _group_loss(model, frozen)
     per_group = vmap(grad(loss), in_dims=(None, 0, 0))
+    module_of = {target_keys[t.param_name]: t.module_name for t in targets}
+    use_hooks = spec.engine == "hooks" or (spec.engine == "auto" and spec.minibatch > 1)
+    use_hooks = use_hooks and supports_group_hooks(model, list(module_of.values()))
     groups_per_call = max(1, spec.chunk_images // spec.minibatch)
     was_training = model.training
     model.eval()
@@ -126,8 +136,11 @@ def collect_gradients(
                 used = groups * spec.minibatch
                 gx = xs[:used].to(device).view(groups, spec.minibatch, *xs.shape[1:])
                 gy = ys[:used].to(device).view(groups, spec.minibatch)
-                with torch.no_grad():
-                    grads = per_group(params, gx, gy)
+                grads = group_gradients(model, params, module_of, gx.flatten(0, 1), gy.flatten(0, 1), groups) if use_hooks else None
+                if grads is None:  # vmap engine, or a target module called twice per forward (shared weights)
+                    use_hooks = False
+                    with torch.no_grad():
+                        grads = per_group(params, gx, gy)
                 for t in targets:
                     block = grads[target_keys[t.param_name]].reshape(groups, -1)
                     if t.param_name in flat_masks:

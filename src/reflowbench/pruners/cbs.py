@@ -14,7 +14,7 @@ lam = 1e-5, 50 perturbed candidates, window 10, epsilon 1e-4, give-up 20, at mos
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from reflowbench.hessian import BlockFisher
 from reflowbench.pruners.base import PruneContext, register_pruner
 from reflowbench.pruners.cbs_search import SearchSettings, SelectionObjective, local_search, perturbed_magnitude_masks
 from reflowbench.pruners.hessian_base import HessianOptions, HessianPruner
-from reflowbench.pruners.masks import Masks, num_to_prune
+from reflowbench.pruners.masks import Masks, masks_from_flat, num_to_prune
 from reflowbench.schema.targets import TargetSet
 
 SCORE_BATCH = 500
@@ -91,7 +91,7 @@ class CBSPruner(HessianPruner):
             "swapped_from_start": int((pruned & ~starts[best_start]).sum()),
             "differs_from_magnitude": int((pruned & ~starts[0]).sum()),
         }
-        return _unflatten(~pruned, targets)
+        return masks_from_flat(targets, ~pruned)
 
     def _loss_meter(self, model: nn.Module, targets: TargetSet, flat_w: torch.Tensor, ctx: PruneContext):
         """keep-mask (p,) -> mean cross-entropy of the masked model (no update) on the held-out training images."""
@@ -106,7 +106,7 @@ class CBSPruner(HessianPruner):
         model.eval()
 
         def measure(keep: torch.Tensor) -> float:
-            masked = _unflatten(keep, targets)
+            masked = masks_from_flat(targets, keep)
             weights = {**params, **buffers, **{name: dense[name] * masked[name].to(dense[name].dtype) for name in dense}}
             total, count = 0.0, 0
             with torch.no_grad():
@@ -125,15 +125,6 @@ def _magnitude_mask(magnitudes: torch.Tensor, frozen: torch.Tensor, num_pruned: 
     pruned = torch.zeros_like(frozen)
     pruned[torch.argsort(scores, stable=True)[:num_pruned]] = True
     return pruned
-
-
-def _unflatten(flat_keep: torch.Tensor, targets: TargetSet) -> Dict[str, torch.Tensor]:
-    out: Dict[str, torch.Tensor] = {}
-    offset = 0
-    for t in targets:
-        out[t.param_name] = flat_keep[offset : offset + t.numel].view(t.weight.shape).to(t.weight.device)
-        offset += t.numel
-    return out
 
 
 __all__: List[str] = ["CBSOptions", "CBSPruner"]

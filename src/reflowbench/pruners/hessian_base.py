@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 import torch
 from torch import nn
 
 from reflowbench.errors import ConfigError
-from reflowbench.hessian import BlockFisher, FisherSpec, GradientSpec, collect_gradients
+from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, collect_gradients
 from reflowbench.hessian.block_fisher import DAMP_MODES
 from reflowbench.hessian.memory import DTYPES
 from reflowbench.pruners.base import PruneContext, Pruner
@@ -111,11 +111,20 @@ class HessianPruner(Pruner):
         o = self.options
         return FisherSpec(block_size=o.block_size, damp=o.damp, damp_mode=o.damp_mode)
 
-    def prepare(self, fisher: BlockFisher) -> None:
+    def curvature_key(self) -> Tuple[Any, ...]:
+        """What, besides the gradient and Fisher specs, tells this pruner's curvature apart (a subclass that
+        overrides :meth:`build_curvature` adds its form here, so two forms never share a cache entry)."""
+        return ("block",)
+
+    def build_curvature(self, gradients: GradientMatrix, ctx: PruneContext) -> Curvature:
+        """The curvature the pruner works with, from the gradient matrix: the block Fisher by default."""
+        return BlockFisher(gradients, self.fisher_spec(), ctx.device, ctx.memory_budget_gb, ctx.log, option_prefix=f"--{self.name}-")
+
+    def prepare(self, fisher: Curvature) -> None:
         """Work on a fresh Fisher that belongs with the curvature (charged to it, kept with a shared Fisher)."""
 
     @abstractmethod
-    def select(self, model: nn.Module, targets: TargetSet, fisher: BlockFisher, masks: Masks, sparsity: float, ctx: PruneContext) -> Masks:
+    def select(self, model: nn.Module, targets: TargetSet, fisher: Curvature, masks: Masks, sparsity: float, ctx: PruneContext) -> Masks:
         """The new keep-masks at ``sparsity`` (weights pruned in ``masks`` stay pruned), weights unchanged."""
 
     def prune(self, model: nn.Module, targets: TargetSet, sparsity: float, ctx: PruneContext) -> Masks:
@@ -123,7 +132,7 @@ class HessianPruner(Pruner):
         schedule = step_sparsities(sparsity, self.options.recompute_steps, self.options.schedule)
         ctx.notes[f"{self.name}_steps"] = schedule
         for step, step_sparsity in enumerate(schedule):
-            fisher = self.block_fisher(model, targets, masks, ctx, dense=step == 0)
+            fisher = self.curvature_at(model, targets, masks, ctx, dense=step == 0)
             ctx.notes["fisher_blocks"] = fisher.describe()
             with ctx.phase("selection"):
                 new_masks = self.select(model, targets, fisher, masks, step_sparsity, ctx)
@@ -133,7 +142,7 @@ class HessianPruner(Pruner):
             del fisher
         return masks
 
-    # -- the block Fisher, shared per seed -------------------------------------------------------
+    # -- the curvature, the dense one shared per seed----------------------------------------------------
     def _cache_key(self, targets: TargetSet, ctx: PruneContext) -> Tuple:
         spec, fisher = self.gradient_spec(), self.fisher_spec()
         return (
@@ -145,11 +154,12 @@ class HessianPruner(Pruner):
             fisher.block_size,
             fisher.damp,
             fisher.damp_mode,
+            *self.curvature_key(),
             tuple(targets.names),
             str(ctx.device),
         )
 
-    def block_fisher(self, model: nn.Module, targets: TargetSet, masks: Masks, ctx: PruneContext, dense: bool) -> BlockFisher:
+    def curvature_at(self, model: nn.Module, targets: TargetSet, masks: Masks, ctx: PruneContext, dense: bool) -> Curvature:
         """F at the current weights and mask. The dense F (first step) of a seed is kept in the suite
         cache and reused by the other sparsities; a reuse is charged the measured gradient and curvature cost."""
         key = self._cache_key(targets, ctx)
@@ -171,7 +181,7 @@ class HessianPruner(Pruner):
                 masks=masks, device=ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log, progress=ctx.progress, option_prefix=prefix,
             )  # fmt: skip
         with ctx.phase("curvature"):
-            fisher = BlockFisher(gradients, self.fisher_spec(), ctx.device, ctx.memory_budget_gb, ctx.log, option_prefix=prefix)
+            fisher = self.build_curvature(gradients, ctx)
             self.prepare(fisher)
         del gradients
         if dense:

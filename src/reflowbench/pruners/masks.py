@@ -55,6 +55,12 @@ def masks_from_scores(targets: TargetSet, scores: Dict[str, torch.Tensor], spars
     return masks
 
 
+def masks_from_flat(targets: TargetSet, flat_keep: torch.Tensor) -> Masks:
+    """A (p,) bool keep-vector in target order -> keep-masks shaped like each target, on its device."""
+    pieces = torch.split(flat_keep.reshape(-1), [t.numel for t in targets])
+    return {t.param_name: piece.view(t.weight.shape).to(t.weight.device) for t, piece in zip(targets, pieces)}
+
+
 def apply_masks(targets: TargetSet, masks: Masks) -> None:
     """Zero every pruned weight in place."""
     with torch.no_grad():

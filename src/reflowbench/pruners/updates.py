@@ -16,43 +16,59 @@ from typing import Callable, Dict
 
 import torch
 
-from reflowbench.hessian import BlockFisher, LayerFisher
+from reflowbench.hessian import Curvature
 from reflowbench.pruners.masks import Masks
 from reflowbench.schema.targets import TargetSet
 
 UPDATES = ("none", "obs-sum", "joint")
 
 
-def obs_sum_delta(layer: LayerFisher, w: torch.Tensor, newly: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """Summed single-weight OBS update of the newly pruned weights; w, newly, kept: (d,) on the layer's device."""
-    diag = layer.diag_inverse()
+def obs_sum_delta(curvature: Curvature, w: torch.Tensor, newly: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Summed single-weight OBS update of the newly pruned weights; w, newly, kept and the result: (p,)."""
+    diag = curvature.diag_inverse()
     v = torch.where(newly, w / diag, torch.zeros_like(w))
-    return -layer.inverse_times(v)
+    return -curvature.inverse_times(v)
 
 
-def joint_delta(layer: LayerFisher, w: torch.Tensor, newly: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """Exact multi-weight OBS update: the minimiser of 0.5 dw^T F dw subject to dw_Q = -w_Q, per block; (d,)."""
+def joint_delta(curvature: Curvature, w: torch.Tensor, newly: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Exact multi-weight OBS update, the minimiser of 0.5 dw^T F dw subject to dw_Q = -w_Q (per block for a
+    block Fisher, over the whole network for a network Fisher); (p,). Off S the result is zero (add -w_Q yourself)."""
     pruned_weights = torch.where(kept, torch.zeros_like(w), w)
-    rhs = layer.fisher_times(pruned_weights) - layer.damp_vector() * pruned_weights  # = G^T G w_Q / N, then restricted to S
-    return layer.restricted_solve(kept, torch.where(kept, rhs, torch.zeros_like(rhs)))
+    rhs = curvature.fisher_times(pruned_weights) - curvature.damp_vector() * pruned_weights  # = G^T G w_Q / N, then restricted to S
+    return curvature.restricted_solve(kept, torch.where(kept, rhs, torch.zeros_like(rhs)))
 
 
-DELTAS: Dict[str, Callable[[LayerFisher, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+DELTAS: Dict[str, Callable[[Curvature, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "obs-sum": obs_sum_delta,
     "joint": joint_delta,
 }
 
 
-def apply_update(kind: str, targets: TargetSet, fisher: BlockFisher, old: Masks, new: Masks) -> None:
-    """Update the weights of every target in place for the step from keep-masks ``old`` to ``new``:
-    w <- (w + dw) * new, dw from :data:`DELTAS` (``none``: dw = 0). Layers with nothing newly pruned are untouched."""
+def flat_weights(targets: TargetSet, like: torch.Tensor) -> torch.Tensor:
+    """All target weights as one (p,) vector in target order, with ``like``'s dtype and device."""
+    return torch.cat([t.weight.detach().reshape(-1).to(device=like.device, dtype=like.dtype) for t in targets])
+
+
+def flat_masks(targets: TargetSet, masks: Masks, device: torch.device) -> torch.Tensor:
+    """Keep-masks as one (p,) bool vector in target order."""
+    return torch.cat([masks[t.param_name].reshape(-1).to(device) for t in targets])
+
+
+def write_weights(targets: TargetSet, flat: torch.Tensor) -> None:
+    """Copy a (p,) vector back into the target weights (their own dtype and device)."""
     with torch.no_grad():
-        for t in targets:
-            layer = fisher[t.param_name]
-            kept = new[t.param_name].reshape(-1).to(layer.device)
-            newly = (old[t.param_name].reshape(-1).to(layer.device)) & ~kept
-            if not bool(newly.any()):
-                continue
-            w = t.weight.detach().reshape(-1).to(device=layer.device, dtype=layer.factor_dtype)
-            delta = DELTAS[kind](layer, w, newly, kept) if kind in DELTAS else torch.zeros_like(w)
-            t.weight.copy_(((w + delta) * kept).view(t.weight.shape).to(t.weight.dtype))
+        for t, piece in zip(targets, torch.split(flat, [t.numel for t in targets])):
+            t.weight.copy_(piece.view(t.weight.shape).to(device=t.weight.device, dtype=t.weight.dtype))
+
+
+def apply_update(kind: str, targets: TargetSet, curvature: Curvature, old: Masks, new: Masks) -> None:
+    """Update the weights of every target in place for the step from keep-masks ``old`` to ``new``:
+    w <- (w + dw) * new, dw from :data:`DELTAS` (``none``: dw = 0); nothing changes when nothing is newly pruned."""
+    like = curvature.damp_vector()
+    kept = flat_masks(targets, new, like.device)
+    newly = flat_masks(targets, old, like.device) & ~kept
+    if not bool(newly.any()):
+        return
+    w = flat_weights(targets, like)
+    delta = DELTAS[kind](curvature, w, newly, kept) if kind in DELTAS else torch.zeros_like(w)
+    write_weights(targets, (w + delta) * kept)

@@ -1,0 +1,35 @@
+"""The interface both curvature forms share (block-diagonal :class:`BlockFisher`, whole-network
+:class:`NetworkFisher`): the damped Fisher F = lam I + G^T G / N over all targets, on flat (p,) vectors
+in target order. Updates and sparse-regression solvers are written against it, not against a form."""
+
+from __future__ import annotations
+
+from typing import List, Protocol
+
+import torch
+
+
+class Curvature(Protocol):
+    numel: int  # p: weights over all targets
+    sizes: List[int]  # d_l of each target, target order
+
+    @property
+    def names(self) -> List[str]: ...
+
+    def split(self, flat: torch.Tensor) -> List[torch.Tensor]: ...
+
+    def fisher_times(self, vector: torch.Tensor) -> torch.Tensor: ...
+
+    def inverse_times(self, vector: torch.Tensor) -> torch.Tensor: ...
+
+    def restricted_solve(self, support: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor: ...
+
+    def diag_inverse(self) -> torch.Tensor: ...
+
+    def damp_vector(self) -> torch.Tensor: ...
+
+    def quadratic(self, delta: torch.Tensor) -> float: ...
+
+    def largest_eigenvalue(self) -> float: ...
+
+    def describe(self) -> List[str]: ...

@@ -1,0 +1,187 @@
+"""The whole-network low-rank damped empirical Fisher (no block-diagonal approximation).
+
+    F = lam I + G^T G / N,     G = [G_1 ... G_L]: (N, p), kept per layer as (N, d_l) pieces
+
+Cross-layer terms are included: G v = sum_l G_l v_l. Nothing p x p (or B x B) is ever formed; every
+inverse goes through the N x N dual system (Woodbury):
+
+    K_S = N lam I + G_S G_S^T = N lam I + sum_l G_{l,S} G_{l,S}^T,
+    (lam I + G_S^T G_S / N)^-1 r_S = (r_S - G_S^T K_S^-1 G_S r_S) / lam,
+
+with K_S built in column chunks of each layer (no masked copy of G). All methods take and return flat
+(p,) vectors in target order, in ``factor_dtype``; the same interface as
+:class:`~reflowbench.hessian.block_fisher.BlockFisher`'s whole-target operations.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from reflowbench.errors import FisherError
+from reflowbench.hessian.block_fisher import DIAG_CHUNK_ELEMENTS, POWER_ITERATIONS, FisherSpec, _cholesky_with_escalation, power_iteration
+from reflowbench.hessian.gradients import GradientMatrix
+from reflowbench.hessian.memory import check_budget, resolve_dtype
+
+
+class NetworkFisher:
+    """lam I + G^T G / N over all targets at once; ``spec.block_size`` and ``spec.form`` are ignored (always dual)."""
+
+    def __init__(
+        self,
+        gradients: GradientMatrix,
+        spec: FisherSpec,
+        device: torch.device,
+        budget_gb: float = 8.0,
+        log: Optional[Callable[[str], None]] = None,
+        option_prefix: str = "--<pruner>-",
+    ) -> None:
+        spec.validate()
+        self.spec = spec
+        self.num_grads = gradients.num_grads
+        self.compute_dtype = resolve_dtype(spec.compute_dtype)
+        self.factor_dtype = resolve_dtype(spec.factor_dtype)
+        self.device = device
+        copy_bytes = 0 if all(r.device == device and r.dtype == self.compute_dtype for r in gradients.rows.values()) else gradients.nbytes()
+        check_budget(
+            copy_bytes + 3 * self.num_grads**2 * torch.empty((), dtype=self.factor_dtype).element_size(),
+            budget_gb,
+            f"the whole-network Fisher ({self.num_grads} x {self.num_grads} dual systems"
+            + (", and G moved to the compute device/dtype)" if copy_bytes else ")"),
+            f"fewer gradients ({option_prefix}num-grads)",
+            log,
+        )
+        self.rows: Dict[str, torch.Tensor] = {}
+        for name, rows in gradients.rows.items():
+            moved = rows.to(device=device, dtype=self.compute_dtype)
+            if not torch.isfinite(moved).all():
+                raise FisherError(f"the gradients of {name} contain non-finite values: recollect them (check inputs and checkpoint)")
+            self.rows[name] = moved
+        self.sizes = [r.shape[1] for r in self.rows.values()]
+        self.numel = sum(self.sizes)
+        self.damp = self._damping(spec)
+        self._diag_inverse: Optional[torch.Tensor] = None
+
+    @property
+    def names(self) -> List[str]:
+        return list(self.rows)
+
+    def describe(self) -> List[str]:
+        return [f"whole network: {self.numel:,} weights, one {self.num_grads} x {self.num_grads} dual system (lam = {self.damp:.3g})"]
+
+    def _damping(self, spec: FisherSpec) -> float:
+        if spec.damp_mode == "absolute":
+            return float(spec.damp)
+        mean_diag = sum(float(r.to(self.factor_dtype).pow(2).sum()) for r in self.rows.values()) / (self.num_grads * self.numel)
+        return float(spec.damp * mean_diag) if mean_diag > 0 else float(spec.damp)
+
+    # -- geometry --------------------------------------------------------------------------------
+    def split(self, flat: torch.Tensor) -> List[torch.Tensor]:
+        """(p,) -> the per-layer (d_l,) pieces, target order."""
+        return list(torch.split(flat.reshape(-1).to(device=self.device, dtype=self.factor_dtype), self.sizes))
+
+    def damp_vector(self) -> torch.Tensor:
+        return torch.full((self.numel,), self.damp, dtype=self.factor_dtype, device=self.device)
+
+    # -- products with G and F -------------------------------------------------------------------
+    def grads_times(self, vector: torch.Tensor) -> torch.Tensor:
+        """G v = sum_l G_l v_l, (p,) -> (N,)."""
+        out = torch.zeros(self.num_grads, dtype=self.factor_dtype, device=self.device)
+        for rows, piece in zip(self.rows.values(), self.split(vector)):
+            out += (rows @ piece.to(self.compute_dtype)).to(self.factor_dtype)
+        return out
+
+    def grads_t_times(self, projected: torch.Tensor) -> torch.Tensor:
+        """G^T u, (N,) -> (p,)."""
+        u = projected.to(device=self.device, dtype=self.compute_dtype)
+        return torch.cat([(u @ rows).to(self.factor_dtype) for rows in self.rows.values()])
+
+    def fisher_times(self, vector: torch.Tensor) -> torch.Tensor:
+        """F v = lam v + G^T (G v) / N, (p,) -> (p,)."""
+        v = vector.reshape(-1).to(device=self.device, dtype=self.factor_dtype)
+        return self.damp * v + self.grads_t_times(self.grads_times(v)) / self.num_grads
+
+    def quadratic(self, delta: torch.Tensor) -> float:
+        """0.5 delta^T F delta = 0.5 lam |delta|^2 + |G delta|^2 / (2N)."""
+        d = delta.reshape(-1).to(device=self.device, dtype=self.factor_dtype)
+        return float(0.5 * self.damp * d.pow(2).sum() + self.grads_times(d).pow(2).sum() / (2 * self.num_grads))
+
+    def largest_eigenvalue(self, iterations: int = POWER_ITERATIONS) -> float:
+        """lam + sigma_max(G)^2 / N by power iteration on G G^T (N x N, never formed)."""
+        sigma2 = power_iteration(
+            lambda v: self.grads_times(self.grads_t_times(v[0, :, 0])).view(1, -1, 1).to(v.dtype),
+            (1, self.num_grads, 1),
+            iterations,
+            torch.empty(0, dtype=self.factor_dtype, device=self.device),
+        )
+        return float(self.damp + sigma2[0] / self.num_grads)
+
+    # -- the dual system -------------------------------------------------------------------------
+    def _column_chunks(self, rows: torch.Tensor):
+        step = max(1, DIAG_CHUNK_ELEMENTS // self.num_grads)
+        for start in range(0, rows.shape[1], step):
+            yield start, rows[:, start : start + step]
+
+    def _dual_factor(self, support: Optional[torch.Tensor]) -> tuple:
+        """Cholesky of K_S = N lam I + G_S G_S^T (all columns when support is None), with its damping."""
+        n = self.num_grads
+        gram = torch.zeros(n, n, dtype=self.factor_dtype, device=self.device)
+        pieces = self.split(support.to(self.factor_dtype)) if support is not None else [None] * len(self.rows)
+        for rows, keep in zip(self.rows.values(), pieces):
+            for start, chunk in self._column_chunks(rows):
+                if keep is not None:
+                    chunk = chunk * keep[start : start + chunk.shape[1]].to(chunk.dtype)
+                gram += (chunk @ chunk.T).to(self.factor_dtype)
+        eye = torch.eye(n, dtype=self.factor_dtype, device=self.device)
+        damp = torch.tensor([self.damp], dtype=self.factor_dtype, device=self.device)
+        factor, damp = _cholesky_with_escalation(
+            (gram + n * self.damp * eye).unsqueeze(0), "the whole-network Fisher", lambda m, extra: m + n * extra.view(-1, 1, 1) * eye, damp
+        )
+        return factor[0], float(damp[0])
+
+    def restricted_solve(self, support: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+        """x_S = (lam I + G_S^T G_S / N)^-1 r_S on S (bool (p,)), zero off S; (p,). One N x N solve."""
+        keep = support.reshape(-1).to(device=self.device, dtype=self.factor_dtype)
+        r = rhs.reshape(-1).to(device=self.device, dtype=self.factor_dtype) * keep
+        if not bool(keep.any()):
+            return torch.zeros_like(r)
+        factor, damp = self._dual_factor(support.reshape(-1).to(self.device))
+        solved = torch.cholesky_solve(self.grads_times(r).unsqueeze(1), factor).squeeze(1)
+        return (r - self.grads_t_times(solved) * keep) / damp * keep
+
+    def inverse_times(self, vector: torch.Tensor) -> torch.Tensor:
+        """F^-1 v, (p,) -> (p,)."""
+        return self.restricted_solve(torch.ones(self.numel, dtype=torch.bool, device=self.device), vector)
+
+    def diag_inverse(self) -> torch.Tensor:
+        """diag(F^-1) = (1 - colsum((L^-1 G)^2)) / lam, clamped to the lower bound 1 / (lam + |g_q|^2 / N)
+        where cancellation crosses it (with a warning); (p,), computed once."""
+        if self._diag_inverse is None:
+            factor, damp = self._dual_factor(None)
+            factor_c = factor.to(self.compute_dtype)
+            pieces = []
+            for rows in self.rows.values():
+                captured = torch.empty(rows.shape[1], dtype=self.factor_dtype, device=self.device)
+                norms = torch.empty_like(captured)
+                for start, chunk in self._column_chunks(rows):
+                    z = torch.linalg.solve_triangular(factor_c, chunk, upper=False)
+                    captured[start : start + chunk.shape[1]] = z.square_().sum(0, dtype=self.factor_dtype)
+                    norms[start : start + chunk.shape[1]] = chunk.to(self.factor_dtype).pow(2).sum(0)
+                diag = (1.0 - captured) / damp
+                lower = 1.0 / (damp + norms / self.num_grads)
+                below = diag < lower
+                if bool(below.any()):
+                    warnings.warn(
+                        f"whole-network Fisher: {int(below.sum())} entries of diag(F^-1) fell below their lower bound 1/F_qq through "
+                        f"cancellation (lam = {damp:.3g}); clamped to the bound. A larger damping (--<pruner>-damp) avoids it.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                pieces.append(torch.where(below, lower, diag))
+            self._diag_inverse = torch.cat(pieces)
+        return self._diag_inverse
+
+
+__all__ = ["NetworkFisher"]

@@ -1,0 +1,271 @@
+"""Solvers of CHITA's l0-constrained ridge regression on any :class:`~reflowbench.hessian.Curvature`:
+
+    minimise  Q(w) = 1/2 (w - w_bar)^T F (w - w_bar)                 F = lam I + G^T G / N
+              = |G (w_bar - w)|^2 / (2N) + (lam / 2) |w - w_bar|^2
+    subject to  |w|_0 <= k,  w = 0 outside ``allowed`` (weights pruned by an earlier step stay pruned).
+
+Everything is a product with F (two with G); the top-k threshold runs where the weights live (no copy of
+all scores to the host per iteration).
+
+- :func:`backsolve`: the exact minimiser on a fixed support S (dw_Q = -w_bar_Q, dw_S = F_SS^-1 F_SQ w_bar_Q,
+  one restricted solve: whole network through the N x N dual system, or per block);
+- :func:`solve_iht`: iterative hard thresholding with a line search from the magnitude point H_k(w_bar);
+- :func:`solve_active_set`: IHT on the top ceil(factor * k) magnitudes, then weights outside the set whose
+  entry lowers Q are added, until none does.
+
+Both return the support whose backsolve has the lower Q of theirs and magnitude's, so a solver is never
+worse than the magnitude support (the trace says when magnitude's was kept).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import torch
+
+from reflowbench.hessian import Curvature
+from reflowbench.pruners.updates import joint_delta
+
+
+@dataclass
+class IHTSettings:
+    max_iters: int = 100  # IHT iterations at most
+    tolerance: float = 1e-5  # stop when an iteration lowers Q by less than this fraction of Q
+    search_steps: int = 4  # thresholded trial steps per iteration (eta_0 * 2^j)
+    debias: bool = False  # start from the backsolve on the magnitude support and backsolve after each support change (one restricted solve each)
+
+
+@dataclass
+class SolverTrace:
+    """What a solver did: Q after every accepted iteration (non-increasing), how the steps went."""
+
+    objective: List[float] = field(default_factory=list)
+    support_changes: int = 0  # accepted iterations that changed the support
+    line_steps: int = 0  # accepted exact line-search steps on an unchanged support
+    trial_steps: int = 0  # thresholded trial steps evaluated
+    accepted_step_over_safe: List[float] = field(default_factory=list)  # eta / (1/L) of each support-changing step
+    active_rounds: int = 0
+    active_size: int = 0
+    final_objective: Optional[float] = None  # Q of the backsolve on the returned support
+    reference_objective: Optional[float] = None  # Q of the backsolve on the magnitude support
+    kept_reference: bool = False  # the solver's support backsolved worse than magnitude's, which was returned
+
+
+class SparseRidge:
+    """Q and its gradient for one curvature, dense weights ``w_bar`` (p,) and an ``allowed`` (p,) bool mask."""
+
+    def __init__(self, curvature: Curvature, w_bar: torch.Tensor, allowed: torch.Tensor) -> None:
+        self.curvature = curvature
+        like = curvature.damp_vector()
+        self.w_bar = w_bar.reshape(-1).to(device=like.device, dtype=like.dtype)
+        self.allowed = allowed.reshape(-1).to(like.device)
+        self._lipschitz: Optional[float] = None
+
+    def value(self, w: torch.Tensor) -> float:
+        return self.curvature.quadratic(w - self.w_bar)
+
+    def gradient(self, w: torch.Tensor) -> torch.Tensor:
+        """F (w - w_bar), (p,)."""
+        return self.curvature.fisher_times(w - self.w_bar)
+
+    def lipschitz(self) -> float:
+        """L = lam_max(F) (the safe IHT step is 1/L)."""
+        if self._lipschitz is None:
+            self._lipschitz = self.curvature.largest_eigenvalue()
+        return self._lipschitz
+
+    def magnitude_support(self, k: int) -> torch.Tensor:
+        return top_k_support(self.w_bar.abs(), k, self.allowed)
+
+    def start_point(self, support: torch.Tensor, debiased: bool) -> torch.Tensor:
+        """w_bar on the support (zero elsewhere), or its backsolve when ``debiased``."""
+        return self.backsolve(support) if debiased else self.w_bar * support
+
+    def better_support(self, found: torch.Tensor, reference: torch.Tensor, trace: "SolverTrace") -> torch.Tensor:
+        """Of two supports, the one whose backsolve has the lower Q (``found`` on ties); records both in the trace."""
+        if torch.equal(found, reference):
+            trace.final_objective = trace.reference_objective = self.value(self.backsolve(found))
+            return found
+        trace.final_objective = self.value(self.backsolve(found))
+        trace.reference_objective = self.value(self.backsolve(reference))
+        if trace.final_objective <= trace.reference_objective:
+            return found
+        trace.kept_reference = True
+        trace.final_objective = trace.reference_objective
+        return reference
+
+    def backsolve(self, support: torch.Tensor) -> torch.Tensor:
+        """argmin Q over w with w = 0 off ``support``: w_bar + the exact joint OBS update, zero off S; (p,)."""
+        kept = support & self.allowed
+        return (self.w_bar + joint_delta(self.curvature, self.w_bar, ~kept, kept)) * kept
+
+
+def top_k_support(scores: torch.Tensor, k: int, allowed: torch.Tensor) -> torch.Tensor:
+    """The k largest ``scores`` among ``allowed`` as a (p,) bool mask (exactly min(k, |allowed|) entries)."""
+    k = min(k, int(allowed.sum()))
+    masked = torch.where(allowed, scores, torch.full_like(scores, -math.inf))
+    support = torch.zeros_like(allowed)
+    if k > 0:
+        support[torch.topk(masked, k, sorted=False).indices] = True
+    return support
+
+
+def _threshold(z: torch.Tensor, k: int, allowed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    support = top_k_support(z.abs(), k, allowed)
+    return z * support, support
+
+
+def iht(
+    problem: SparseRidge,
+    start: torch.Tensor,
+    support: torch.Tensor,
+    k: int,
+    settings: IHTSettings,
+    allowed: Optional[torch.Tensor] = None,
+    trace: Optional[SolverTrace] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, SolverTrace]:
+    """IHT with line search from the k-sparse ``start`` (its support ``support``), iterates kept in ``allowed``
+    (default: the problem's). Each iteration, with g = grad Q(w):
+
+    - step search: the thresholded steps z = H_k(w - eta g) for eta = eta_0 * 2^j, j = 0 .. search_steps - 1,
+      where eta_0 = max(1/L, the smallest eta at which a weight outside the support enters it), each followed
+      by the exact line step on its own support (the safe step 1/L alone never changes the support on real
+      networks: it moves weights by less than the gap between kept and pruned magnitudes); the one with the
+      lowest Q below Q(w) is accepted, then, with ``debias``, w = the exact backsolve on its support;
+    - when no such step lowers Q: the exact minimising step along -g restricted to the support.
+
+    Q never increases; returns (w, support, trace)."""
+    allowed = problem.allowed if allowed is None else allowed
+    trace = trace if trace is not None else SolverTrace()
+    w, q = start.clone(), problem.value(start)
+    if not trace.objective:
+        trace.objective.append(q)
+    safe = 1.0 / problem.lipschitz()
+    for _ in range(settings.max_iters):
+        g_full = problem.gradient(w)
+        g = g_full * allowed
+        if not bool(g.any()):
+            break
+        accepted = _step_search(problem, w, g, q, k, allowed, support, safe, settings, trace)
+        if accepted is None:  # no thresholded step lowers Q: the exact line step on the support
+            w_new, q_new = _line_step(problem, w, g * support, g_full)
+            if q_new >= q:
+                break
+            trace.line_steps += 1
+        else:
+            w_new, support, q_new, eta = accepted
+            trace.support_changes += 1
+            trace.accepted_step_over_safe.append(eta / safe)
+            if settings.debias:
+                w_new = problem.backsolve(support)
+                q_new = min(q_new, problem.value(w_new))
+        decrease = q - q_new
+        w, q = w_new, q_new
+        trace.objective.append(q)
+        if decrease <= settings.tolerance * abs(q):
+            break
+    return w, support, trace
+
+
+def _entry_step(w: torch.Tensor, g: torch.Tensor, support: torch.Tensor, allowed: torch.Tensor) -> float:
+    """The smallest eta at which some allowed weight outside the support outgrows the smallest kept |w - eta g|
+    (first order: min_S |w| / max_{not S} |g|); inf when nothing can enter."""
+    outside = allowed & ~support
+    if not bool(outside.any()) or not bool(support.any()):
+        return math.inf
+    largest_entry = float(g[outside].abs().max())
+    return float(w[support].abs().min()) / largest_entry if largest_entry > 0 else math.inf
+
+
+def _step_search(
+    problem: SparseRidge,
+    w: torch.Tensor,
+    g: torch.Tensor,
+    q: float,
+    k: int,
+    allowed: torch.Tensor,
+    support: torch.Tensor,
+    safe: float,
+    settings: IHTSettings,
+    trace: SolverTrace,
+) -> Optional[Tuple[torch.Tensor, torch.Tensor, float, float]]:
+    """The best support-changing thresholded step that lowers Q: (z, support, Q(z), eta), or None."""
+    entry = _entry_step(w, g, support, allowed)
+    if not math.isfinite(entry):
+        return None
+    eta = max(safe, entry * (1.0 + 1e-9))
+    best: Optional[Tuple[torch.Tensor, torch.Tensor, float, float]] = None
+    for _ in range(settings.search_steps):
+        z, z_support = _threshold(w - eta * g, k, allowed)
+        if not torch.equal(z_support, support):
+            trace.trial_steps += 1
+            g_z = problem.gradient(z)
+            z, q_z = _line_step(problem, z, g_z * z_support, g_z)  # judged after the exact step on its support
+            if q_z < q and (best is None or q_z < best[2]):
+                best = (z, z_support, q_z, eta)
+        eta *= 2.0
+    return best
+
+
+def _line_step(problem: SparseRidge, w: torch.Tensor, direction: torch.Tensor, gradient: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, float]:
+    """w - alpha d with the exact minimising alpha = d.g / d^T F d, and Q there:
+    Q(w - alpha d) = Q(w) - alpha d.g + alpha^2 d^T F d / 2 (one product with F for Q(w) and g, one for d^T F d)."""
+    delta = w - problem.w_bar
+    f_delta = problem.curvature.fisher_times(delta) if gradient is None else gradient
+    q = 0.5 * float(delta @ f_delta)
+    d_g = float(direction @ f_delta)
+    curvature = 2.0 * problem.curvature.quadratic(direction)
+    if curvature <= 0 or d_g == 0.0:
+        return w, q
+    alpha = d_g / curvature
+    return w - alpha * direction, q - alpha * d_g + 0.5 * alpha * alpha * curvature
+
+
+def solve_iht(problem: SparseRidge, k: int, settings: IHTSettings) -> Tuple[torch.Tensor, SolverTrace]:
+    """IHT from the magnitude point H_k(w_bar); the support whose backsolve has the lower Q of IHT's and the
+    magnitude one is returned (so the result is never worse than magnitude), with the trace."""
+    start_support = problem.magnitude_support(k)
+    start = problem.start_point(start_support, settings.debias)
+    _, support, trace = iht(problem, start, start_support, k, settings)
+    return problem.better_support(support, start_support, trace), trace
+
+
+def solve_active_set(problem: SparseRidge, k: int, settings: IHTSettings, factor: float = 1.5, max_rounds: int = 10) -> Tuple[torch.Tensor, SolverTrace]:
+    """Active-set IHT: IHT restricted to the top ceil(factor k) magnitudes; then a full-space thresholded step
+    (trial steps halved down to 1/L) that lowers Q and reaches outside the set adds its support; repeat
+    until none does or ``max_rounds``. Returns (support, trace); Q non-increasing throughout."""
+    active = top_k_support(problem.w_bar.abs(), math.ceil(factor * k), problem.allowed)
+    start_support = support = problem.magnitude_support(k)
+    w = problem.start_point(support, settings.debias)
+    trace = SolverTrace()
+    safe = 1.0 / problem.lipschitz()
+    for _ in range(max_rounds):
+        trace.active_rounds += 1
+        w, support, trace = iht(problem, w, support, k, settings, allowed=active, trace=trace)
+        g = problem.gradient(w) * problem.allowed
+        q = trace.objective[-1]
+        eta = 4.0 * float(g.pow(2).sum()) / max(2.0 * problem.curvature.quadratic(g), 1e-300)
+        grown = False
+        while eta >= safe * (1 - 1e-12):
+            z, z_support = _threshold(w - eta * g, k, problem.allowed)
+            trace.trial_steps += 1
+            outside = z_support & ~active
+            if bool(outside.any()):
+                q_z = problem.value(z)
+                if q_z < q:
+                    active |= z_support
+                    w, support = z, z_support
+                    trace.objective.append(q_z)
+                    trace.support_changes += 1
+                    grown = True
+                    break
+            eta /= 2.0
+        if not grown:
+            break
+    trace.active_size = int(active.sum())
+    return problem.better_support(support, start_support, trace), trace
+
+
+__all__ = ["IHTSettings", "SolverTrace", "SparseRidge", "iht", "solve_active_set", "solve_iht", "top_k_support"]

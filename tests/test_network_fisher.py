@@ -1,0 +1,108 @@
+"""The whole-network Fisher and the flat whole-target operations of the block Fisher, against dense brute force."""
+
+import pytest
+import torch
+
+from reflowbench.hessian import BlockFisher, FisherSpec, GradientMatrix, NetworkFisher
+
+CPU = torch.device("cpu")
+
+
+def _gradients(n: int, sizes, seed: int = 0, uncoupled: bool = False) -> GradientMatrix:
+    """Random rows per layer; ``uncoupled``: layer l's gradients live on its own rows only (G_l^T G_m = 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = {}
+    for i, d in enumerate(sizes):
+        g = torch.randn(n, d, generator=generator, dtype=torch.float64)
+        if uncoupled:
+            own = torch.zeros(n, 1, dtype=torch.float64)
+            own[i * (n // len(sizes)) : (i + 1) * (n // len(sizes))] = 1.0
+            g = g * own
+        rows[f"layer{i}"] = g
+    return GradientMatrix(rows, n, 1)
+
+
+def _dense(gradients: GradientMatrix, lam: float) -> torch.Tensor:
+    G = torch.cat(list(gradients.rows.values()), dim=1)
+    return lam * torch.eye(G.shape[1], dtype=torch.float64) + G.T @ G / G.shape[0]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("n, sizes", [(5, (7, 11, 4)), (40, (7, 11, 4))])  # N < p and N > p
+def test_network_operations_match_brute_force(n, sizes):
+    gradients = _gradients(n, sizes)
+    lam = 0.03
+    fisher = NetworkFisher(gradients, FisherSpec(damp=lam, compute_dtype="float64"), CPU)
+    F = _dense(gradients, lam)
+    F_inv = torch.linalg.inv(F)
+    generator = torch.Generator().manual_seed(1)
+    v = torch.randn(F.shape[0], generator=generator, dtype=torch.float64)
+    support = torch.rand(F.shape[0], generator=generator) < 0.5
+    expected = torch.zeros_like(v)
+    expected[support] = torch.linalg.solve(F[support][:, support], v[support])
+    assert _rel(fisher.fisher_times(v), F @ v) < 1e-10
+    assert _rel(fisher.inverse_times(v), F_inv @ v) < 1e-8
+    assert _rel(fisher.diag_inverse(), F_inv.diagonal()) < 1e-8
+    assert _rel(fisher.restricted_solve(support, v), expected) < 1e-8
+    assert abs(fisher.quadratic(v) - float(0.5 * v @ F @ v)) < 1e-9 * float(v @ F @ v)
+    assert fisher.largest_eigenvalue() == pytest.approx(float(torch.linalg.eigvalsh(F).max()), rel=1e-4)  # power iteration, from below
+
+
+def test_network_fisher_keeps_cross_layer_terms_that_the_block_fisher_drops():
+    gradients = _gradients(6, (5, 8))
+    network = NetworkFisher(gradients, FisherSpec(damp=0.01, compute_dtype="float64"), CPU)
+    block = BlockFisher(gradients, FisherSpec(damp=0.01, compute_dtype="float64"), CPU)
+    v = torch.randn(13, dtype=torch.float64)
+    assert _rel(network.fisher_times(v), _dense(gradients, 0.01) @ v) < 1e-10
+    assert _rel(block.fisher_times(v), network.fisher_times(v)) > 1e-3
+
+
+def test_block_and_network_forms_agree_without_cross_layer_coupling():
+    gradients = _gradients(12, (5, 8, 3), uncoupled=True)
+    spec = FisherSpec(damp=0.02, compute_dtype="float64")
+    network, block = NetworkFisher(gradients, spec, CPU), BlockFisher(gradients, spec, CPU)
+    v = torch.randn(16, dtype=torch.float64)
+    support = torch.rand(16) < 0.6
+    for op in ("fisher_times", "inverse_times"):
+        assert _rel(getattr(block, op)(v), getattr(network, op)(v)) < 1e-9
+    assert _rel(block.diag_inverse(), network.diag_inverse()) < 1e-9
+    assert _rel(block.restricted_solve(support, v), network.restricted_solve(support, v)) < 1e-9
+    assert block.quadratic(v) == pytest.approx(network.quadratic(v), rel=1e-10)
+    assert block.largest_eigenvalue() == pytest.approx(network.largest_eigenvalue(), rel=1e-4)
+
+
+@pytest.mark.parametrize("block_size", [0, 4])
+def test_block_fisher_flat_operations_match_brute_force(block_size):
+    gradients = _gradients(9, (7, 10))
+    fisher = BlockFisher(gradients, FisherSpec(damp=0.05, block_size=block_size, compute_dtype="float64"), CPU)
+    F = torch.block_diag(*[torch.linalg.inv(torch.linalg.inv(m)) for m in _blocks_dense(gradients, 0.05, block_size)])
+    v = torch.randn(17, dtype=torch.float64)
+    support = torch.rand(17) < 0.5
+    expected = torch.zeros_like(v)
+    expected[support] = torch.linalg.solve(F[support][:, support], v[support])
+    assert _rel(fisher.fisher_times(v), F @ v) < 1e-10
+    assert _rel(fisher.inverse_times(v), torch.linalg.solve(F, v)) < 1e-8
+    assert _rel(fisher.restricted_solve(support, v), expected) < 1e-8
+    assert fisher.quadratic(v) == pytest.approx(float(0.5 * v @ F @ v), rel=1e-10)
+    assert fisher.largest_eigenvalue() == pytest.approx(float(torch.linalg.eigvalsh(F).max()), rel=1e-4)  # power iteration, from below
+
+
+def _blocks_dense(gradients: GradientMatrix, lam: float, block_size: int):
+    out = []
+    for rows in gradients.rows.values():
+        d = rows.shape[1]
+        b = d if block_size == 0 or block_size >= d else block_size
+        for start in range(0, d, b):
+            g = rows[:, start : start + b]
+            out.append(lam * torch.eye(g.shape[1], dtype=torch.float64) + g.T @ g / rows.shape[0])
+    return out
+
+
+def test_network_fisher_rejects_non_finite_gradients():
+    gradients = _gradients(4, (3, 3))
+    gradients.rows["layer1"][0, 0] = float("nan")
+    with pytest.raises(Exception, match="layer1.*non-finite"):
+        NetworkFisher(gradients, FisherSpec(compute_dtype="float64"), CPU)
