@@ -53,6 +53,30 @@ def fresh_model_setup(dense, ledgers: list):
     return setup
 
 
+def benchmark_prune(benchmark, pruner, dense, train, sparsity: float, notes_key: str) -> None:
+    """One timed round of ``pruner`` on a fresh copy of ``dense`` at ``sparsity`` (seed 0, the harness's
+    subsets of ``train``), its phases and the pruner's ``ctx.notes[notes_key]`` in the benchmark's extra_info."""
+    from reflowbench.datasets import SubsetSizes, disjoint_subsets
+    from reflowbench.pruners import PruneContext, apply_masks, select_targets, verify_masks
+
+    ledgers, notes = [], []
+
+    def prune(model, ledger):
+        targets = select_targets(model)
+        subsets = disjoint_subsets(len(train), SubsetSizes(6400, pruner.fisher_images(), 1000), seed=0)
+        ctx = PruneContext(device=torch.device("cpu"), seed=0, ledger=ledger, train=train, fisher_indices=subsets["fisher"], heldout_indices=subsets["heldout"])
+        with ledger.phase("prune"):
+            masks = pruner.prune(model, targets, sparsity, ctx)
+            apply_masks(targets, masks)
+        verify_masks(targets, masks, sparsity, model=model)
+        notes.append(ctx.notes[notes_key])
+
+    benchmark.pedantic(prune, setup=fresh_model_setup(dense, ledgers), rounds=1, iterations=1)
+    benchmark.extra_info.update(phase_info(ledgers[-1]))
+    last = notes[-1][-1] if isinstance(notes[-1], list) else notes[-1]
+    benchmark.extra_info.update({f"{notes_key}_{k}": v for k, v in last.items()})
+
+
 def phase_info(ledger) -> dict:
     """pytest-benchmark extra_info: seconds and peak RSS (MiB) per phase."""
     return {

@@ -2,6 +2,7 @@
 active set vs enumeration of every support, the network and block forms, the pruner end to end."""
 
 import itertools
+import json
 import math
 
 import pytest
@@ -214,3 +215,36 @@ def test_bad_chita_options_are_refused_with_the_flag():
         make_pruner("chita", {"scope": "layer"})
     with pytest.raises(ConfigError, match=r"--chita\+\+-active-factor must be a number >= 1"):
         make_pruner("chita++", {"active_factor": 0.5})
+
+
+def test_objective_diagnostic_in_the_suite_and_the_report(tmp_path):
+    """``--objective-grads``: every run records Q under one reference Fisher, the best Q on its support and the
+    overlap with magnitude; the report gets a table. CHITA's backsolve reaches the best Q of its own support
+    when its Fisher is the reference one; MP's support is magnitude's."""
+    from reflowbench.cli import main
+
+    out = tmp_path / "objective"
+    common = [
+        "--out",
+        str(out),
+        "--calib-batches",
+        "2",
+        "--calib-batch-size",
+        "32",
+        "--diag-images",
+        "64",
+        "--seeds",
+        "0",
+        "--no-progress",
+        "--sparsities",
+        "0.7",
+    ]
+    chita = ["--chita-num-grads", "12", "--chita-minibatch", "2", "--chita-solver", "backsolve", "--chita-dtype", "float64"]
+    assert main(["run", "--methods", "mp,chita", *chita, "--objective-grads", "12", "--objective-minibatch", "2", *common]) == 0
+    records = {json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    mp, ch = records["mp"]["objective"], records["chita"]["objective"]
+    assert mp["magnitude_overlap"] == 1.0 and ch["magnitude_overlap"] == 1.0
+    assert mp["q"] > mp["q_support_best"] and ch["q"] == pytest.approx(ch["q_support_best"], rel=1e-4)
+    assert ch["q"] < mp["q"] and "N = 12 x 2" in ch["reference"]
+    report = (out / "report.md").read_text()
+    assert "## Quadratic model" in report and "best Q on its support" in report

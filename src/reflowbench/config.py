@@ -88,16 +88,29 @@ class SweepSpec:
 
 
 @dataclass
+class ObjectiveSpec:
+    """An optional diagnostic, not part of a run's key: the quadratic model every Hessian pruner claims to
+    minimise, Q(w) = 1/2 (w - w_bar)^T F (w - w_bar), measured for every pruned model under one reference
+    whole-network Fisher per seed (dense model, the first N x m Fisher images), with the support's overlap
+    with global magnitude's and the lowest Q any weights on that support reach."""
+
+    objective_grads: int = 0  # N of the reference Fisher (0: off; CHITA's default sample is 500)
+    objective_minibatch: int = 16  # images averaged per reference gradient
+    objective_damp: float = 1e-4  # lam of the reference Fisher
+
+
+@dataclass
 class SuiteSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     reflow: ReflowSpec = field(default_factory=ReflowSpec)
     targets: TargetSpec = field(default_factory=TargetSpec)
     sweep: SweepSpec = field(default_factory=SweepSpec)
+    objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
     method_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # pruner name -> option overrides
 
 
-SECTIONS = ("model", "data", "reflow", "targets", "sweep")
+SECTIONS = ("model", "data", "reflow", "targets", "sweep", "objective")
 
 PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     # The embedded demo: a small BN CNN on scikit-learn's digits (1,347 training images, so REFLOW uses 8 x 64).
@@ -284,6 +297,13 @@ def validate_spec(spec: SuiteSpec) -> SuiteSpec:
     _require(model.shortcut in SHORTCUTS, f"--shortcut must be one of {SHORTCUTS}, got {model.shortcut!r}")
     if model.num_classes is not None:
         _positive_int(model.num_classes, "--num-classes", minimum=2)
+    objective = spec.objective
+    _positive_int(objective.objective_grads, "--objective-grads", minimum=0)
+    _positive_int(objective.objective_minibatch, "--objective-minibatch")
+    _require(
+        math.isfinite(objective.objective_damp) and objective.objective_damp > 0,
+        f"--objective-damp must be a positive number (lam of the reference Fisher), got {objective.objective_damp}",
+    )
     return spec
 
 

@@ -20,6 +20,7 @@ from reflowbench.config import SuiteSpec
 from reflowbench.datasets import DataBundle, SubsetSizes, check_subset_sizes, disjoint_subsets, load_dataset
 from reflowbench.errors import CheckpointError
 from reflowbench.harness.evaluate import evaluate
+from reflowbench.harness.objective import measure_objective, objective_images, reference_fisher
 from reflowbench.harness.plan import SuitePlan
 from reflowbench.models import BUILTIN_MODELS, build_model, check_model_fits_data
 from reflowbench.pruners import PruneContext, Pruner, apply_masks, select_targets, verify_masks
@@ -67,7 +68,7 @@ class SuiteState:
         if plan.dataset_inferred:
             log(f"dataset: {dataset} (from {'--data ' + spec.data.data if spec.data.data else 'the model'}; --dataset overrides)")
         self.data = load_dataset(dataset, spec.data.data, spec.data.norm, spec.data.download, spec.data.workers, spec.data.partial_data)
-        fisher_need = max([p.fisher_images() for p in plan.pruners] + [0])
+        fisher_need = max([p.fisher_images() for p in plan.pruners] + [objective_images(spec.objective)])
         self.sizes = SubsetSizes(spec.reflow.calib_batches * spec.reflow.calib_batch_size, fisher_need, spec.reflow.diag_images)
         check_subset_sizes(len(self.data.train), self.sizes)  # fail now, not after the first run
         checkpoint = spec.model.checkpoint
@@ -176,6 +177,13 @@ def prune_and_measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: 
         masks = pruner.prune(model, targets, sparsity, ctx)
         apply_masks(targets, masks)
     actual = verify_masks(targets, masks, sparsity, pruner.mask_scope(), model=model)
+    objective = None
+    if spec.objective.objective_grads:
+        with ledger.phase("objective", state.device):
+            images = objective_images(spec.objective)
+            batches = state.data.train.batches(subsets["fisher"][:images], min(256, images), shuffle=False, augment=False, seed=seed)
+            fisher = reference_fisher(state.dense, state.policy, batches, spec.objective, seed, state.cache, state.device, spec.sweep.memory_budget_gb)
+            objective = measure_objective(fisher, state.dense, model, state.policy)
     with ledger.phase("eval_pruned", state.device):
         pruned_metrics = evaluate(model, state.test_batches(), state.device)
     with ledger.phase("diagnostics", state.device):
@@ -231,4 +239,6 @@ def prune_and_measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: 
         "notes": ctx.notes,
         "environment": state.environment,
     }
+    if objective is not None:
+        record["objective"] = objective
     return record, model, handle

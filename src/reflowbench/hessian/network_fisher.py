@@ -41,6 +41,7 @@ class NetworkFisher:
         spec.validate()
         self.spec = spec
         self.num_grads = gradients.num_grads
+        self.minibatch = gradients.minibatch  # images averaged per gradient
         self.compute_dtype = resolve_dtype(spec.compute_dtype)
         self.factor_dtype = resolve_dtype(spec.factor_dtype)
         self.device = device

@@ -87,3 +87,36 @@ def html_table(header: List[str], rows: List[List[str]]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def objective_table(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]]]:
+    """The quadratic-model diagnostic (runs with ``objective``), per (model, method, sparsity), means over seeds:
+    Q of the pruned weights, the best Q on their support, the support's overlap with magnitude's, top-1 before and after REFLOW."""
+    header = [
+        "model",
+        "method",
+        "sparsity",
+        "seeds",
+        "Q pruned",
+        "best Q on its support",
+        "overlap with magnitude (%)",
+        "top-1 pruned (%)",
+        "top-1 + REFLOW (%)",
+    ]
+    rows = []
+    for (model, method, sparsity), runs in group([r for r in records if r.get("objective")]).items():
+        objective = [r["objective"] for r in runs]
+        rows.append(
+            [
+                model,
+                method,
+                f"{sparsity:g}",
+                str(len(runs)),
+                f"{mean_std([o['q'] for o in objective])[0]:.5g}",
+                f"{mean_std([o['q_support_best'] for o in objective])[0]:.5g}",
+                f"{100 * mean_std([o['magnitude_overlap'] for o in objective])[0]:.2f}",
+                fmt(*mean_std([r["pruned"]["top1"] for r in runs])),
+                fmt(*mean_std([r["reflow"]["top1"] for r in runs])),
+            ]
+        )
+    return header, rows
