@@ -129,3 +129,15 @@ def imagefolder_like(tmp_path_factory):
     write_jpeg_tree(root, ("cls_a", "cls_b", "cls_c"), per_class=40, splits=("train",))
     write_jpeg_tree(root, ("cls_a", "cls_b", "cls_c"), per_class=4, splits=("val",))
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_smallcnn(digits):
+    """The embedded default's dense small CNN on digits (trained once per session, 8 epochs), as a state dict."""
+    from reflowbench.harness.train import TrainSpec, train_dense
+    from reflowbench.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("smallcnn", num_classes=digits.num_classes)
+    train_dense(model, digits.train, TrainSpec(epochs=8, batch_size=64, lr=0.1, seed=0, augment=False), torch.device("cpu"))
+    return model.state_dict()

@@ -7,13 +7,17 @@ from conftest import TinyBNNet
 from reflowbench.datasets import SubsetSizes, disjoint_subsets
 from reflowbench.pruners import PRUNERS, PruneContext, apply_masks, make_pruner, select_targets, verify_masks
 
-SMALL_OPTIONS = {"num_grads": 32, "chunk_images": 16}
+SMALL_OPTIONS = {"num_grads": 32, "minibatch": 2, "chunk_images": 16, "iht_iters": 10, "candidates": 5}
 
 
 def _small(name):
+    """The pruner with small-problem settings where it has the option (multi-stage pruners capped at 4 stages)."""
     cls = PRUNERS[name]
-    known = {f for f in cls.Options.__dataclass_fields__}
-    return make_pruner(name, {k: v for k, v in SMALL_OPTIONS.items() if k in known})
+    known = cls.Options.__dataclass_fields__
+    options = {k: v for k, v in SMALL_OPTIONS.items() if k in known}
+    if "recompute_steps" in known and known["recompute_steps"].default > 4:
+        options["recompute_steps"] = 4
+    return make_pruner(name, options)
 
 
 def _prune(name, digits, seed, sparsity):
@@ -38,3 +42,45 @@ def test_pruner_contract(name, digits, sparsity):
     for t, u in zip(targets, again):
         assert torch.equal(masks[t.param_name], masks_again[u.param_name])
         assert torch.equal(t.weight, u.weight)
+
+
+# A registered pruner's output must stay usable: on the trained small CNN at 0.7, REFLOW must apply to it and its
+# accuracy after REFLOW may fall at most this many points below magnitude pruning + REFLOW on the same subsets.
+ACCURACY_FLOOR_BELOW_MP = 10.0
+
+
+def _prune_trained(name, digits, state, sparsity=0.7, seed=0):
+    from reflowbench.harness.evaluate import evaluate
+    from reflowbench.models import build_model
+    from reflowbench.reflow import recalibrate_bn
+
+    model = build_model("smallcnn", num_classes=digits.num_classes)
+    model.load_state_dict(state)
+    model.eval()
+    targets = select_targets(model)
+    pruner = _small(name)
+    subsets = disjoint_subsets(len(digits.train), SubsetSizes(512, pruner.fisher_images(), 128), seed)
+    ctx = PruneContext(device=torch.device("cpu"), seed=seed, train=digits.train, fisher_indices=subsets["fisher"], heldout_indices=subsets["heldout"])
+    masks = pruner.prune(model, targets, sparsity, ctx)
+    apply_masks(targets, masks)
+    tensors = [*model.parameters(), *model.buffers()]
+    assert all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()), f"{name}: non-finite weights or buffers"
+    pruned = evaluate(model, digits.test.batches(None, 450), torch.device("cpu"))["top1"]
+    handle = recalibrate_bn(model, digits.train.batches(subsets["calibration"], 64, shuffle=True, seed=seed), 8)
+    assert handle.batches_seen == 8
+    reflow = evaluate(model, digits.test.batches(None, 450), torch.device("cpu"))["top1"]
+    return pruned, reflow
+
+
+@pytest.fixture(scope="module")
+def magnitude_reference(digits, trained_smallcnn):
+    return _prune_trained("mp", digits, trained_smallcnn)
+
+
+@pytest.mark.parametrize("name", sorted(PRUNERS))
+def test_pruner_output_is_finite_reflowable_and_near_magnitude(name, digits, trained_smallcnn, magnitude_reference):
+    pruned, reflow = _prune_trained(name, digits, trained_smallcnn)
+    mp_pruned, mp_reflow = magnitude_reference
+    assert reflow >= mp_reflow - ACCURACY_FLOOR_BELOW_MP, (
+        f"{name}: {reflow:.2f}% after REFLOW, MP + REFLOW {mp_reflow:.2f}% (pruned {pruned:.2f} vs {mp_pruned:.2f})"
+    )
