@@ -133,6 +133,9 @@ class CHITAPruner(HessianPruner):
                 median_step_over_safe=float(torch.tensor(steps).median()) if steps else None,
                 active_rounds=trace.active_rounds or None,
                 active_size=trace.active_size or None,
+                backsolved_objective=trace.final_objective,
+                magnitude_backsolved_objective=trace.reference_objective,
+                kept_magnitude_support=trace.kept_reference,
             )
         ctx.notes.setdefault("chita", []).append(step_notes)
         return masks_from_flat(targets, support)
