@@ -158,3 +158,21 @@ def test_output_piped_into_head_stops_quietly():
 
     result = subprocess.run(f"{sys.executable} -m reflowbench list | head -1", shell=True, capture_output=True, text=True, timeout=120)
     assert result.stdout.startswith("pruners:") and "Traceback" not in result.stderr
+
+
+def test_compare_flags_regressions_and_exits_non_zero(tmp_path, capsys):
+    """`reflowbench compare`: a method against another (or itself) per sparsity, +- REFLOW; exit 1 on a regression."""
+    out = tmp_path / "suite"
+    assert main(["run", "--methods", "mp,mp-layer", "--sparsities", "0.5,0.9", *_quick_args(out)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(out), str(out), "--method", "mp"]) == 0  # against itself: every cell the same
+    text = capsys.readouterr().out
+    assert "0 regressions" in text and "| mp (%) |" in text
+    status = main(["compare", str(out), str(out), "--method", "mp-layer", "--against", "mp", "--tolerance", "0"])
+    text = capsys.readouterr().out
+    layer = [json.loads(p.read_text()) for p in (out / "runs").glob("mp-layer_s0.9*.json")][0]
+    flat = [json.loads(p.read_text()) for p in (out / "runs").glob("mp_s0.9*.json")][0]
+    worse = layer["reflow"]["top1"] < flat["reflow"]["top1"] or layer["pruned"]["top1"] < flat["pruned"]["top1"]
+    assert status == (1 if worse else 0) and ("REGRESSION" in text) == worse
+    assert main(["compare", str(out), str(out), "--method", "woodfisher"]) == 2
+    assert "nothing to compare" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +66,25 @@ def test_embedded_default_shows_signal_collapse_and_reflow_recovery(tmp_path):
     assert record["reflow"]["top1"] > 75  # REFLOW gets most of it back
     assert record["variance"]["pruned"]["last"] < 0.1  # the last BN layer's output variance collapsed ...
     assert 0.7 < record["variance"]["reflow"]["last"] < 1.3  # ... and returns near 1
+    _check_golden(record)
+
+
+# Golden results: the committed embedded-default report (reports/embedded-default, made by `reflowbench run`). A code
+# change that moves the dense, pruned or REFLOW top-1 of its run by more than this many points fails (450 test images:
+# one image is 0.22 points).
+GOLDEN_TOLERANCE = 1.0
+GOLDEN = Path(__file__).resolve().parents[1] / "reports" / "embedded-default"
+
+
+def _check_golden(record):
+    from reflowbench.reports.compare import compare_results
+    from reflowbench.schema.results import load_runs
+
+    golden = [r for r in load_runs(GOLDEN) if (r["method"], r["sparsity"], r["seed"]) == (record["method"], record["sparsity"], record["seed"])]
+    assert golden, f"no committed run of {record['method']} at {record['sparsity']} seed {record['seed']} in {GOLDEN}"
+    assert abs(record["dense"]["top1"] - golden[0]["dense"]["top1"]) <= GOLDEN_TOLERANCE, (record["dense"], golden[0]["dense"])
+    for cell in compare_results([record], golden, record["method"], tolerance=GOLDEN_TOLERANCE):
+        assert abs(cell.difference) <= GOLDEN_TOLERANCE, f"{cell.metric} moved from the golden {cell.baseline[0]:.2f}% to {cell.candidate[0]:.2f}%"
 
 
 def test_config_rejects_unknown_settings():

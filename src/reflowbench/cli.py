@@ -143,6 +143,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from reflowbench.reports.aggregate import markdown_table
+    from reflowbench.reports.compare import compare_results, comparison_table
+    from reflowbench.schema.results import load_runs
+
+    against = args.against or args.method
+    runs = {}
+    for side, folder in (("candidate", args.candidate), ("baseline", args.baseline)):
+        runs[side] = load_runs(Path(folder))
+        if not runs[side]:
+            raise ReflowbenchError(f"no complete runs under {folder}/runs (the {side} folder): pass the --out folder of a `reflowbench run`")
+    if not 0 <= args.tolerance < 100:
+        raise ReflowbenchError(f"--tolerance must be in [0, 100) percentage points, got {args.tolerance}")
+    cells = compare_results(runs["candidate"], runs["baseline"], args.method, against, args.tolerance)
+    if not cells:
+        have = sorted({(r["model"], r["method"], r["sparsity"]) for r in runs["candidate"]})
+        want = sorted({(r["model"], r["method"], r["sparsity"]) for r in runs["baseline"]})
+        raise ReflowbenchError(
+            f"nothing to compare: the candidate has (model, method, sparsity) {have[:8]}{' ...' if len(have) > 8 else ''}, "
+            f"the baseline {want[:8]}{' ...' if len(want) > 8 else ''}; --method and --against name a method (or a report label) on each side"
+        )
+    print(markdown_table(*comparison_table(cells, args.method, against)))
+    regressions = [c for c in cells if c.verdict == "REGRESSION"]
+    better = [c for c in cells if c.verdict == "better"]
+    print(
+        f"\n{args.method} vs {against}: {len(better)} cells better, {len(regressions)} regressions, {len(cells) - len(better) - len(regressions)} within tolerance ({args.tolerance:g} points + the seeds' spread)"
+    )
+    return 1 if regressions else 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -232,6 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("out", help="the --out folder of a run")
     report.add_argument("--signal-sparsity", type=float, default=None, help="sparsity of the signal-collapse figure (default: the highest)")
     report.set_defaults(handler=cmd_report)
+
+    compare = commands.add_parser(
+        "compare",
+        help="compare a method in a results folder with baseline results; exit 1 on a regression",
+        description="Per model and sparsity, top-1 after pruning and after REFLOW (mean over seeds) of --method in CANDIDATE against "
+        "--against (default: the same method) in BASELINE. A cell regresses when it is lower by more than --tolerance points plus "
+        "the larger seed standard deviation. Exit status: 0 no regression, 1 a regression, 2 an error.",
+    )
+    compare.add_argument("candidate", help="the --out folder of the runs to check")
+    compare.add_argument("baseline", help="the --out folder of the baseline runs (e.g. reports/embedded-default)")
+    compare.add_argument("--method", required=True, help="the method (or report label, e.g. 'cbs [options.update=none]') to check")
+    compare.add_argument("--against", default=None, help="the baseline method or label (default: --method)")
+    compare.add_argument("--tolerance", type=float, default=1.0, help="points of top-1 a cell may drop beyond the seeds' spread (default: 1.0)")
+    compare.set_defaults(handler=cmd_compare)
 
     train = suite_command("train", "train a dense model (SGD Nesterov, one-cycle) and save its state_dict", sections=("model", "data"), with_pruners=False)
     train.add_argument("--device", dest="sweep__device", metavar="DEVICE", default=argparse.SUPPRESS, help="auto, cpu, cuda or cuda:N (default: auto)")
