@@ -1,15 +1,16 @@
-"""The base every Hessian-based pruner shares: gradients, the block Fisher, recomputation steps,
-the weight update, and the bookkeeping of each phase's cost.
+"""The base every Hessian-based pruner shares: gradients, the curvature (the block Fisher by default,
+the whole-network Fisher where a subclass's ``build_curvature`` says so), recomputation steps, the
+weight update, and the bookkeeping of each phase's cost.
 
 One template :meth:`HessianPruner.prune` runs, for each of the R steps of the schedule:
 
-  1. the block Fisher at the current weights and mask (the dense one of a seed is built once per
+  1. the curvature at the current weights and mask (the dense one of a seed is built once per
      suite and shared by all its sparsities, its measured gradient and curvature cost charged to
      every run that uses it);
   2. ``select``: the pruner's own choice of the new keep-mask (the one method a subclass writes);
   3. the update of the kept weights, chosen by the ``update`` option (:mod:`.updates`):
      ``none``, ``obs-sum`` (WoodFisher's summed single-weight OBS updates) or ``joint`` (the exact
-     multi-weight OBS update per block, CBS-U).
+     multi-weight OBS update under the curvature: per block, CBS-U; over the whole network, CHITA's backsolve).
 """
 
 from __future__ import annotations
