@@ -148,7 +148,9 @@ def collect_gradients(
                     if not torch.isfinite(block).all():
                         raise FisherError(
                             f"non-finite gradients in layer {t.param_name} (rows {filled}..{filled + groups - 1}): "
-                            f"check the checkpoint and input normalisation, or use a larger {option_prefix}minibatch"
+                            "the model's loss on these images is not finite: check the checkpoint and input normalisation; in a later "
+                            f"recomputation step the pruned model itself may have diverged (fewer {option_prefix}recompute-steps or a "
+                            f"larger {option_prefix}damp)"
                         )
                     rows[t.param_name][filled : filled + groups] = block.to(dtype=dtype, device=store_device)
                 filled += groups
