@@ -176,3 +176,21 @@ def test_compare_flags_regressions_and_exits_non_zero(tmp_path, capsys):
     assert status == (1 if worse else 0) and ("REGRESSION" in text) == worse
     assert main(["compare", str(out), str(out), "--method", "woodfisher"]) == 2
     assert "nothing to compare" in capsys.readouterr().err
+
+
+def test_compare_and_objective_bad_input_are_clear_errors(tmp_path, capsys):
+    """Wrong input to the new entry points: exit 2, one line naming the problem and the fix, nothing written."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["compare", str(empty), str(tmp_path / "missing"), "--method", "mp"]) == 2
+    err = capsys.readouterr().err
+    assert "no complete runs under" in err and "the candidate folder" in err and "Traceback" not in err
+    assert main(["compare", str(empty), str(empty), "--method", "mp", "--tolerance", "-1"]) == 2
+    assert "--tolerance must be in [0, 100)" in capsys.readouterr().err
+    out = tmp_path / "objective"
+    assert main(["run", "--objective-grads", "-3", *_quick_args(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--objective-grads" in err and "Traceback" not in err
+    assert main(["run", "--objective-damp", "0", *_quick_args(out)]) == 2
+    assert "--objective-damp must be a positive number" in capsys.readouterr().err
+    assert not (out / "runs").exists()

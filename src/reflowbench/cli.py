@@ -148,14 +148,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from reflowbench.reports.compare import compare_results, comparison_table
     from reflowbench.schema.results import load_runs
 
+    if not 0 <= args.tolerance < 100:
+        raise ReflowbenchError(f"--tolerance must be in [0, 100) percentage points, got {args.tolerance}")
     against = args.against or args.method
     runs = {}
     for side, folder in (("candidate", args.candidate), ("baseline", args.baseline)):
         runs[side] = load_runs(Path(folder))
         if not runs[side]:
             raise ReflowbenchError(f"no complete runs under {folder}/runs (the {side} folder): pass the --out folder of a `reflowbench run`")
-    if not 0 <= args.tolerance < 100:
-        raise ReflowbenchError(f"--tolerance must be in [0, 100) percentage points, got {args.tolerance}")
     cells = compare_results(runs["candidate"], runs["baseline"], args.method, against, args.tolerance)
     if not cells:
         have = sorted({(r["model"], r["method"], r["sparsity"]) for r in runs["candidate"]})
