@@ -20,15 +20,20 @@ def _small(name):
     return make_pruner(name, options)
 
 
-def _prune(name, digits, seed, sparsity):
-    torch.manual_seed(123)
-    model = TinyBNNet().eval()
+def _prune_model(name, model, digits, seed, sparsity, calibration, heldout):
+    """Prune ``model`` in place with the small-settings pruner on the seed's digits subsets: (targets, masks, pruner, subsets)."""
     targets = select_targets(model)
     pruner = _small(name)
-    subsets = disjoint_subsets(len(digits.train), SubsetSizes(64, pruner.fisher_images(), 32), seed)
+    subsets = disjoint_subsets(len(digits.train), SubsetSizes(calibration, pruner.fisher_images(), heldout), seed)
     ctx = PruneContext(device=torch.device("cpu"), seed=seed, train=digits.train, fisher_indices=subsets["fisher"], heldout_indices=subsets["heldout"])
     masks = pruner.prune(model, targets, sparsity, ctx)
     apply_masks(targets, masks)
+    return targets, masks, pruner, subsets
+
+
+def _prune(name, digits, seed, sparsity):
+    torch.manual_seed(123)
+    targets, masks, pruner, _ = _prune_model(name, TinyBNNet().eval(), digits, seed, sparsity, 64, 32)
     return targets, masks, pruner
 
 
@@ -57,12 +62,7 @@ def _prune_trained(name, digits, state, sparsity=0.7, seed=0):
     model = build_model("smallcnn", num_classes=digits.num_classes)
     model.load_state_dict(state)
     model.eval()
-    targets = select_targets(model)
-    pruner = _small(name)
-    subsets = disjoint_subsets(len(digits.train), SubsetSizes(512, pruner.fisher_images(), 128), seed)
-    ctx = PruneContext(device=torch.device("cpu"), seed=seed, train=digits.train, fisher_indices=subsets["fisher"], heldout_indices=subsets["heldout"])
-    masks = pruner.prune(model, targets, sparsity, ctx)
-    apply_masks(targets, masks)
+    _, _, _, subsets = _prune_model(name, model, digits, seed, sparsity, 512, 128)
     tensors = [*model.parameters(), *model.buffers()]
     assert all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()), f"{name}: non-finite weights or buffers"
     pruned = evaluate(model, digits.test.batches(None, 450), torch.device("cpu"))["top1"]
