@@ -8,7 +8,7 @@
 - :mod:`memory`: estimates checked against a budget before large allocations.
 """
 
-from reflowbench.hessian.block_fisher import BlockFisher, FisherSpec, LayerFisher, curvature_bytes
+from reflowbench.hessian.block_fisher import BlockFisher, FisherSpec, LayerFisher
 from reflowbench.hessian.curvature import Curvature
 from reflowbench.hessian.gradients import GradientMatrix, GradientSpec, collect_gradients, gradient_bytes
 from reflowbench.hessian.memory import check_budget, resolve_dtype
@@ -24,7 +24,6 @@ __all__ = [
     "NetworkFisher",
     "check_budget",
     "collect_gradients",
-    "curvature_bytes",
     "gradient_bytes",
     "resolve_dtype",
 ]

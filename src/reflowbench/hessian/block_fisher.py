@@ -324,23 +324,6 @@ def _gram_rows(grads: torch.Tensor) -> torch.Tensor:
     return torch.bmm(grads, grads.transpose(1, 2))
 
 
-def curvature_bytes(gradients: GradientMatrix, spec: FisherSpec) -> int:
-    """Bytes of the factors (all layers kept) plus the largest per-layer temporary, factor dtype."""
-    item = torch.empty((), dtype=resolve_dtype(spec.factor_dtype)).element_size()
-    total = 0
-    largest_temp = 0
-    for rows in gradients.rows.values():
-        n, d = rows.shape
-        block = d if spec.block_size in (0, None) or spec.block_size >= d else spec.block_size
-        blocks = -(-d // block)
-        dual = spec.form == "dual" or (spec.form == "auto" and n < block)
-        total += blocks * (n * n if dual else block * block) * item
-        largest_temp = max(
-            largest_temp, n * n * blocks * item * (2 if dual else 1) + (2 * 4 * DIAG_CHUNK_ELEMENTS if dual else 2 * block * block * blocks * item)
-        )
-    return total + largest_temp
-
-
 class BlockFisher:
     """The block-diagonal damped empirical Fisher of all target layers (one :class:`LayerFisher` each).
 
