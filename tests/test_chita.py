@@ -206,6 +206,37 @@ def test_chita_plus_plus_runs_its_stages(digits):
     assert [n["sparsity"] for n in ctx.notes["chita"]] == ctx.notes["chita++_steps"]
 
 
+def test_multi_step_run_rejects_an_update_that_makes_the_model_diverge(digits, monkeypatch):
+    """A step whose update blows the weights up is undone (update none for that step) and the run goes on."""
+    from reflowbench.pruners import hessian_base
+
+    real_update, calls = hessian_base.apply_update, []
+
+    def exploding_update(kind, targets, curvature, old, new):
+        real_update(kind, targets, curvature, old, new)
+        calls.append(kind)
+        if len(calls) == 2:  # the second step's update diverges
+            with torch.no_grad():
+                next(iter(targets)).weight.mul_(1e30)
+
+    monkeypatch.setattr(hessian_base, "apply_update", exploding_update)
+    model, targets, masks, ctx = _chita_prune(digits, 0, name="chita++", recompute_steps=3, iht_iters=5)
+    assert ctx.notes["chita++_rejected_updates"] == [1]
+    assert len(ctx.notes["chita"]) == 3 and verify_masks(targets, masks, 0.7, model=model) > 0
+    assert all(bool(torch.isfinite(t.weight).all()) and float(t.weight.abs().max()) < 1e3 for t in targets)
+    _, _, _, clean_ctx = _chita_prune(digits, 0, name="chita++", recompute_steps=3, iht_iters=5)
+    assert "chita++_rejected_updates" not in clean_ctx.notes
+
+
+def test_multi_step_run_names_its_knobs_when_even_the_unupdated_model_diverges(digits, monkeypatch):
+    from reflowbench.errors import FisherError
+    from reflowbench.pruners import hessian_base
+
+    monkeypatch.setattr(hessian_base, "loss_is_finite", lambda *args: False)
+    with pytest.raises(FisherError, match=r"--chita\+\+-recompute-steps.*--chita\+\+-damp"):
+        _chita_prune(digits, 0, name="chita++", recompute_steps=2, iht_iters=5)
+
+
 def test_bad_chita_options_are_refused_with_the_flag():
     from reflowbench.errors import ConfigError
 

@@ -10,7 +10,7 @@
 
 from reflowbench.hessian.block_fisher import BlockFisher, FisherSpec, LayerFisher
 from reflowbench.hessian.curvature import Curvature
-from reflowbench.hessian.gradients import GradientMatrix, GradientSpec, collect_gradients, gradient_bytes
+from reflowbench.hessian.gradients import GradientMatrix, GradientSpec, collect_gradients, gradient_bytes, loss_is_finite
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 from reflowbench.hessian.network_fisher import NetworkFisher
 
@@ -25,5 +25,6 @@ __all__ = [
     "check_budget",
     "collect_gradients",
     "gradient_bytes",
+    "loss_is_finite",
     "resolve_dtype",
 ]

@@ -75,6 +75,25 @@ def _group_loss(model: nn.Module, frozen: Dict[str, torch.Tensor]) -> Callable:
     return loss
 
 
+def loss_is_finite(model: nn.Module, targets: "TargetSet", x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether the mean cross-entropy on one batch (x: (B, ...), y: (B,)) and the squared norm of its
+    gradient for every target weight (in float32: what G^T G / N is built from) are finite, model in eval mode (as in :func:`collect_gradients`); restores the mode
+    and leaves no ``.grad`` behind. A cheap probe (one forward and backward of B images) of whether the
+    next gradient pass at these weights can succeed."""
+    was_training = model.training
+    model.eval()
+    weights = [t.weight for t in targets if t.weight.requires_grad]
+    try:
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(x), y)
+            if not bool(torch.isfinite(loss)):
+                return False
+            grads = torch.autograd.grad(loss, weights, allow_unused=True) if weights else ()
+        return all(g is None or bool(torch.isfinite(g.float().pow(2).sum())) for g in grads)
+    finally:
+        model.train(was_training)
+
+
 def collect_gradients(
     model: nn.Module,
     targets: "TargetSet",

@@ -11,6 +11,12 @@ One template :meth:`HessianPruner.prune` runs, for each of the R steps of the sc
   3. the update of the kept weights, chosen by the ``update`` option (:mod:`.updates`):
      ``none``, ``obs-sum`` (WoodFisher's summed single-weight OBS updates) or ``joint`` (the exact
      multi-weight OBS update under the curvature: per block, CBS-U; over the whole network, CHITA's backsolve).
+
+With several steps, each update is checked before the next step collects gradients at its weights: when the
+loss or the gradient on a probe batch of Fisher images is no longer finite (the update made the model
+diverge), that step's update is rejected (its kept weights stay as they were, the newly pruned ones go to
+zero: update ``none`` for that step), a warning is logged and the step is listed in the run's notes
+(``<pruner>_rejected_updates``). Without this guard CHITA++ at 0.95 on ResNet-20 stops mid-way.
 """
 
 from __future__ import annotations
@@ -23,13 +29,13 @@ from typing import Any, List, Tuple
 import torch
 from torch import nn
 
-from reflowbench.errors import ConfigError
-from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, collect_gradients
+from reflowbench.errors import ConfigError, FisherError
+from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, collect_gradients, loss_is_finite
 from reflowbench.hessian.block_fisher import DAMP_MODES
 from reflowbench.hessian.memory import DTYPES
 from reflowbench.pruners.base import PruneContext, Pruner
 from reflowbench.pruners.masks import Masks
-from reflowbench.pruners.updates import UPDATES, apply_update
+from reflowbench.pruners.updates import UPDATES, apply_update, flat_masks, flat_weights, write_weights
 from reflowbench.schema.targets import TargetSet
 from reflowbench.utils.cost import PhaseCost
 
@@ -138,10 +144,33 @@ class HessianPruner(Pruner):
             with ctx.phase("selection"):
                 new_masks = self.select(model, targets, fisher, masks, step_sparsity, ctx)
             with ctx.phase("update"):
+                before = flat_weights(targets, fisher.damp_vector()) if len(schedule) > 1 else None
                 apply_update(self.options.update, targets, fisher, masks, new_masks)
+                if before is not None:
+                    self._reject_diverged_update(model, targets, before, new_masks, step, ctx)
             masks = new_masks
             del fisher
         return masks
+
+    PROBE_IMAGES = 256  # Fisher images in the batch that checks each step's update in multi-step runs
+
+    def _reject_diverged_update(self, model: nn.Module, targets: TargetSet, before: torch.Tensor, masks: Masks, step: int, ctx: PruneContext) -> None:
+        """Undo step ``step``'s update (weights ``before``, (p,), times the keep-``masks``) when the loss or a
+        target gradient on the probe batch is not finite; raise when even the un-updated weights diverge."""
+        count = min(self.PROBE_IMAGES, self.fisher_images())
+        x, y = next(iter(ctx.fisher_batches(count, count)))
+        x, y = x.to(ctx.device), y.to(ctx.device)
+        if loss_is_finite(model, targets, x, y):
+            return
+        write_weights(targets, before * flat_masks(targets, masks, before.device))
+        ctx.notes.setdefault(f"{self.name}_rejected_updates", []).append(step)
+        if ctx.log is not None:
+            ctx.log(f"{self.name}: step {step + 1}: the {self.options.update} update made the loss non-finite; kept the weights without it")
+        if not loss_is_finite(model, targets, x, y):
+            raise FisherError(
+                f"{self.name}: at step {step + 1} the pruned model's loss is not finite even without the update: "
+                f"use fewer {self.flag('recompute-steps')} or a larger {self.flag('damp')}"
+            )
 
     # -- the curvature, the dense one shared per seed----------------------------------------------------
     def _cache_key(self, targets: TargetSet, ctx: PruneContext) -> Tuple:
