@@ -173,6 +173,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if regressions else 0
 
 
+def cmd_ablate_reflow(args: argparse.Namespace) -> int:
+    from reflowbench.config import ReflowAblationSpec
+    from reflowbench.harness import plan_suite
+    from reflowbench.harness.ablation import ablation_spec, run_reflow_ablation
+    from reflowbench.reports.ablation import write_ablation_report
+    from reflowbench.utils.cli_args import build_dataclass
+
+    for flag, dest in (("--methods", "methods"), ("--sparsities", "sparsities")):
+        if dest in given(args, "sweep__"):
+            raise ConfigError(f"ablate-reflow prunes with one method at one sparsity: use --method and --sparsity instead of {flag}")
+    ablation = build_dataclass(ReflowAblationSpec, given(args, "ablation__"), "ablation settings")
+    plan = plan_suite(ablation_spec(_spec_from_args(args), ablation))
+    for line in spec_summary(plan.spec)[:1]:
+        _log(line)
+    reflow = plan.spec.reflow
+    cells = ablation.cells(reflow.calib_batches, reflow.calib_batch_size)
+    _log(f"REFLOW ablation: {ablation.method} at {ablation.sparsity:g}, seeds {','.join(map(str, plan.spec.sweep.seeds))}, {len(cells)} REFLOW settings each")
+    run_reflow_ablation(plan, ablation, log=_log)
+    paths = write_ablation_report(Path(plan.spec.sweep.out))
+    _log(f"report: {paths['markdown']} and {paths['figure']}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -276,6 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--against", default=None, help="the baseline method or label (default: --method)")
     compare.add_argument("--tolerance", type=float, default=1.0, help="points of top-1 a cell may drop beyond the seeds' spread (default: 1.0)")
     compare.set_defaults(handler=cmd_compare)
+
+    ablate = suite_command(
+        "ablate-reflow",
+        "REFLOW ablation: prune once per seed, then REFLOW with each number of calibration batches and each batch size, "
+        "evaluating each; resumable; writes reflow-ablation.md and figures/reflow_ablation.png into --out",
+    )
+    from reflowbench.config import ReflowAblationSpec
+
+    add_dataclass_arguments(ablate.add_argument_group("ablation settings"), ReflowAblationSpec, "ablation__")
+    ablate.set_defaults(handler=cmd_ablate_reflow, interrupted="finished REFLOW cells are saved; run the same command again to resume")
 
     train = suite_command("train", "train a dense model (SGD Nesterov, one-cycle) and save its state_dict", sections=("model", "data"), with_pruners=False)
     train.add_argument("--device", dest="sweep__device", metavar="DEVICE", default=argparse.SUPPRESS, help="auto, cpu, cuda or cuda:N (default: auto)")

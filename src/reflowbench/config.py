@@ -100,6 +100,33 @@ class ObjectiveSpec:
 
 
 @dataclass
+class ReflowAblationSpec:
+    """The REFLOW ablation (``reflowbench ablate-reflow``): prune once per seed, then REFLOW with every setting
+    of two one-knob grids and evaluate each: calibration batches at the suite's --calib-batch-size, and
+    batch sizes at its --calib-batches. Calibration images are prefixes of the seed's calibration range."""
+
+    method: str = "mp"  # the pruner whose output is recalibrated
+    sparsity: float = 0.8  # the sparsity it prunes to
+    batches: List[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 100])  # calibration batches to try (at --calib-batch-size)
+    batch_sizes: List[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # calibration batch sizes to try (at --calib-batches)
+
+    def cells(self, calib_batches: int, calib_batch_size: int) -> List[Tuple[int, int]]:
+        """(batches, batch size) of every REFLOW to run, each once, the batches grid first."""
+        grid = [(b, calib_batch_size) for b in self.batches] + [(calib_batches, size) for size in self.batch_sizes]
+        return list(dict.fromkeys(grid))
+
+    def validate(self) -> "ReflowAblationSpec":
+        check_sparsity(self.sparsity, "--sparsity")
+        _unique(self.batches, "--batches")
+        _unique(self.batch_sizes, "--batch-sizes")
+        for value in self.batches:
+            _positive_int(value, "--batches")
+        for value in self.batch_sizes:
+            _positive_int(value, "--batch-sizes")
+        return self
+
+
+@dataclass
 class SuiteSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)

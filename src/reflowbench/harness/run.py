@@ -148,17 +148,13 @@ def run_one(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: 
     return prune_and_measure(state, pruner, sparsity, seed, key)[0]
 
 
-def prune_and_measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str) -> Tuple[Dict[str, Any], nn.Module, RecalibrationHandle]:
-    """The run itself: returns (record, the pruned + recalibrated model, the REFLOW undo handle).
-
-    ``sparsity`` and ``seed`` come from a validated plan; ``key`` is :meth:`SuiteState.run_key` of this run.
-    """
-    spec = state.spec
+def prune_fresh(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, ledger: CostLedger) -> Tuple[nn.Module, float, PruneContext]:
+    """Prune a fresh copy of the dense model with the seed's subsets (phase ``prune`` in ``ledger``), masks
+    applied and verified; returns (pruned model, its actual sparsity, the pruner's context with its notes)."""
     torch.manual_seed(seed)
     model = state.fresh_model()
     targets = select_targets(model, state.policy)
     subsets = state.subsets(seed)
-    ledger = CostLedger()
     ctx = PruneContext(
         device=state.device,
         seed=seed,
@@ -166,17 +162,29 @@ def prune_and_measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: 
         train=state.data.train,
         fisher_indices=subsets["fisher"],
         heldout_indices=subsets["heldout"],
-        memory_budget_gb=spec.sweep.memory_budget_gb,
+        memory_budget_gb=state.spec.sweep.memory_budget_gb,
         cache=state.cache,
-        progress=spec.sweep.progress,
+        progress=state.spec.sweep.progress,
         log=state.log,
     )
-    dense = state.dense_metrics()
-    dense_var = state.dense_variances(seed)
     with ledger.phase("prune", state.device):
         masks = pruner.prune(model, targets, sparsity, ctx)
         apply_masks(targets, masks)
     actual = verify_masks(targets, masks, sparsity, pruner.mask_scope(), model=model)
+    return model, actual, ctx
+
+
+def prune_and_measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str) -> Tuple[Dict[str, Any], nn.Module, RecalibrationHandle]:
+    """The run itself: returns (record, the pruned + recalibrated model, the REFLOW undo handle).
+
+    ``sparsity`` and ``seed`` come from a validated plan; ``key`` is :meth:`SuiteState.run_key` of this run.
+    """
+    spec = state.spec
+    ledger = CostLedger()
+    subsets = state.subsets(seed)
+    dense = state.dense_metrics()
+    dense_var = state.dense_variances(seed)
+    model, actual, ctx = prune_fresh(state, pruner, sparsity, seed, ledger)
     objective = None
     if spec.objective.objective_grads:
         with ledger.phase("objective", state.device):
