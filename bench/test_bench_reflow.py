@@ -1,14 +1,56 @@
-"""REFLOW and magnitude pruning on ResNet-20: the cheap end of the comparison."""
+"""REFLOW and magnitude pruning on ResNet-20: the cheap end of the comparison, and REFLOW's overhead
+over a plain no-grad forward pass over the same images (target: at most 1.2x)."""
+
+import time
 
 import torch
 
 from reflowbench.pruners import PruneContext, make_pruner, select_targets
 from reflowbench.reflow import recalibrate_bn
 
+REFLOW_OVER_FORWARD_TARGET = 1.2
+
+
+def _calibration_indices(count: int):
+    return torch.randperm(50_000, generator=torch.Generator().manual_seed(0))[:count].numpy()
+
 
 def test_reflow_resnet20_50_batches_of_128(benchmark, resnet20, cifar_train):
-    indices = torch.randperm(len(cifar_train), generator=torch.Generator().manual_seed(0))[:6400].numpy()
+    indices = _calibration_indices(6400) % len(cifar_train)
     benchmark.pedantic(lambda: recalibrate_bn(resnet20, cifar_train.batches(indices, 128), num_batches=50), rounds=2, iterations=1)
+
+
+def _best_of(rounds: int, work) -> float:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def test_reflow_overhead_over_a_forward_pass(benchmark, resnet20, cifar_train):
+    """REFLOW on 50 batches of 128 images held in memory vs a no-grad eval-mode forward over the same batches
+    (both without data loading, which would add the same seconds to each): the ratio is REFLOW's own overhead
+    (BN batch statistics and running-average updates)."""
+    indices = _calibration_indices(6400) % len(cifar_train)
+    batches = [(x.contiguous(), y) for x, y in cifar_train.batches(indices, 128)][:50]
+    model = resnet20.eval()
+
+    def forward():
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x)
+
+    forward()  # warm-up (allocator, kernels)
+    forward_s = _best_of(3, forward)
+    benchmark.pedantic(lambda: recalibrate_bn(model, batches, num_batches=50), rounds=3, iterations=1, warmup_rounds=1)
+    reflow_s = benchmark.stats.stats.min
+    ratio = reflow_s / forward_s
+    benchmark.extra_info.update(
+        forward_s=round(forward_s, 3), reflow_s=round(reflow_s, 3), reflow_over_forward=round(ratio, 3), target=REFLOW_OVER_FORWARD_TARGET
+    )
+    assert ratio <= REFLOW_OVER_FORWARD_TARGET, f"REFLOW takes {ratio:.2f}x a no-grad forward pass over the same images (target {REFLOW_OVER_FORWARD_TARGET}x)"
 
 
 def test_magnitude_global_resnet20(benchmark, resnet20):

@@ -196,6 +196,19 @@ def cmd_ablate_reflow(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suite(args: argparse.Namespace) -> int:
+    from reflowbench.harness.comparison import run_comparison
+    from reflowbench.suites import SuiteCommandSpec
+    from reflowbench.utils.cli_args import build_dataclass
+
+    command = build_dataclass(SuiteCommandSpec, given(args, "suite__"), "suite settings")
+    counts = run_comparison(args.name, command, log=_log)
+    if not command.report_only:
+        verb = "would run" if command.dry_run else "ran"
+        _log(f"suite {args.name}: {counts['total']} runs, {counts['skipped']} already complete, {verb} {counts['total'] - counts['skipped']}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -299,6 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--against", default=None, help="the baseline method or label (default: --method)")
     compare.add_argument("--tolerance", type=float, default=1.0, help="points of top-1 a cell may drop beyond the seeds' spread (default: 1.0)")
     compare.set_defaults(handler=cmd_compare)
+
+    from reflowbench.suites import SUITES, SuiteCommandSpec
+
+    suite = commands.add_parser(
+        "suite",
+        help="run a named comparison suite (every model, method, sparsity and seed; resumable) and write its combined report",
+        description="Run every job of a suite as a resumable `run` into OUT/<folder>, then write OUT/<name>-suite/report.md. Suites: "
+        + "; ".join(f"{n}: {s['description']}" for n, s in SUITES.items())
+        + ". NAME may also be a suite JSON file.",
+    )
+    suite.add_argument("name", help=f"suite name ({', '.join(SUITES)}) or a suite JSON file")
+    add_dataclass_arguments(suite.add_argument_group("suite settings"), SuiteCommandSpec, "suite__")
+    suite.set_defaults(handler=cmd_suite, interrupted="finished runs are saved; run the same command again to resume")
 
     ablate = suite_command(
         "ablate-reflow",

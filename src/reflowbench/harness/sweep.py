@@ -39,6 +39,13 @@ def _plan_runs(state: SuiteState, plan: SuitePlan) -> Tuple[List[Todo], int]:
     return todo, total
 
 
+def count_complete(plan: SuitePlan) -> Tuple[int, int]:
+    """(finished runs, runs in the suite) of ``plan`` in its ``--out`` (loads the data and the model to key the runs)."""
+    state = SuiteState(plan, log=lambda message: None)
+    todo, total = _plan_runs(state, plan)
+    return total - len(todo), total
+
+
 def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[str, int]:
     """Run every (method, sparsity, seed) of ``plan`` not already complete (or claimed by another
     live worker) in ``--out``; then write results.csv and the report.

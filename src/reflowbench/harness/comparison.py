@@ -1,0 +1,95 @@
+"""``reflowbench suite NAME``: every job of a named suite (:mod:`reflowbench.suites`) as an ordinary,
+resumable ``run`` into ``<out>/<folder>``, then the combined report in ``<out>/<name>-suite/``.
+
+Every job is planned (all settings checked, checkpoints found) before the first one runs, so a typo in
+the last job does not surface after hours of the first. ``dry_run`` lists each job's finished and
+missing runs instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List
+
+from reflowbench.config import SuiteSpec, merge_into, preset
+from reflowbench.errors import ConfigError
+from reflowbench.harness.plan import SuitePlan, plan_suite
+from reflowbench.harness.sweep import count_complete, run_suite
+from reflowbench.suites import SuiteCommandSpec, fill_placeholders, load_suite, suite_name
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class PlannedJob:
+    folder: str
+    role: str  # "sweep" (a method's main rows) or "ablation" (extra option cells)
+    plan: SuitePlan
+
+
+def job_spec(job: Dict, command: SuiteCommandSpec, index: int) -> SuiteSpec:
+    """The run settings of one job: its preset and settings, then the command's overrides."""
+    source = f"suite job {index + 1} ({job['folder']})"
+    spec = merge_into(preset(job.get("preset")), fill_placeholders(job.get("settings", {}), command.models_dir), source)
+    spec.sweep.out = str(Path(command.out) / job["folder"])
+    spec.sweep.device, spec.sweep.threads, spec.sweep.progress = command.device, command.threads, command.progress
+    if command.data is not None:
+        spec.data.data = command.data
+    spec.data.download = command.download or spec.data.download
+    if command.seeds:
+        spec.sweep.seeds = list(command.seeds)
+    if command.sparsities and job.get("role", "sweep") == "sweep":
+        spec.sweep.sparsities = list(command.sparsities)
+    return spec
+
+
+def plan_jobs(name: str, command: SuiteCommandSpec) -> List[PlannedJob]:
+    """Every job of suite ``name`` planned (settings, checkpoints, data path, output folder checked), in order."""
+    suite = load_suite(name)
+    jobs = suite["jobs"]
+    folders = {job["folder"] for job in jobs}
+    unknown = sorted(set(command.only) - folders)
+    if unknown:
+        raise ConfigError(f"--only names {unknown}, which suite {name} has no job for: its folders are {sorted(folders)}")
+    planned = []
+    for index, job in enumerate(jobs):
+        if command.only and job["folder"] not in command.only:
+            continue
+        try:
+            plan = plan_suite(job_spec(job, command, index), check_out=not (command.dry_run or command.report_only))
+        except ConfigError as exc:
+            raise type(exc)(f"suite {name}, job {index + 1} ({job['folder']}): {exc}") from None
+        planned.append(PlannedJob(job["folder"], job.get("role", "sweep"), plan))
+    return planned
+
+
+def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Dict[str, int]:
+    """Run (or, with ``dry_run``, list) every job, then write the combined report (``report_only``: only that);
+    returns {"done", "skipped", "total"} summed over the jobs run or listed."""
+    planned = plan_jobs(name, command)
+    totals = {"done": 0, "skipped": 0, "total": 0}
+    for index, job in enumerate(planned):
+        sweep = job.plan.spec.sweep
+        header = f"[{index + 1}/{len(planned)}] {job.folder}: {job.plan.spec.model.model}, {','.join(sweep.methods)}" + (
+            f" ({', '.join(f'{m} {o}' for m, o in job.plan.spec.method_options.items() if o)})" if any(job.plan.spec.method_options.values()) else ""
+        )
+        if command.report_only:
+            continue
+        if command.dry_run:
+            complete, total = count_complete(job.plan)
+            log(f"{header}: {complete} of {total} runs finished, {total - complete} to run")
+            totals["skipped"] += complete
+            totals["total"] += total
+            continue
+        log(header)
+        counts = run_suite(job.plan, log=log, report=index == len(planned) - 1 or planned[index + 1].folder != job.folder)
+        for key in totals:
+            totals[key] += counts[key]
+    if not command.dry_run:
+        from reflowbench.reports.suite_report import write_suite_report
+
+        folders = list(dict.fromkeys(job.folder for job in planned))
+        paths = write_suite_report(Path(command.out), suite_name(name), folders, load_suite(name).get("description", ""))
+        log(f"suite report: {paths['markdown']}")
+    return totals

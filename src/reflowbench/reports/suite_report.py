@@ -1,0 +1,148 @@
+"""The combined report of a comparison suite: every model's runs side by side, the best method at each
+sparsity with and without REFLOW, MP + REFLOW against the Hessian pruners, the cost per method and phase
+with the hardware named, and a link to each folder's own report (tables, signal collapse, ablations)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from reflowbench.errors import ReflowbenchError
+from reflowbench.reports.aggregate import cost_table, group, markdown_table, mean_std
+from reflowbench.reports.figures import accuracy_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
+from reflowbench.schema.results import load_runs
+from reflowbench.utils.io import atomic_write_text
+
+MAGNITUDE = ("mp", "mp-layer")  # methods that use no curvature
+BASELINE = "mp"
+
+Cell = Tuple[str, float, int]  # label, mean top-1 over seeds, number of seeds
+
+
+def _best(cells: List[Cell]) -> Optional[Cell]:
+    return max(cells, key=lambda c: c[1]) if cells else None
+
+
+def _show(cell: Optional[Cell], seeds: int) -> str:
+    """``label top-1``, with the seed count when it is below the table's usual ``seeds``."""
+    if cell is None:
+        return "–"
+    return f"{cell[0]} {cell[1]:.2f}" + (f" ({cell[2]} seed{'s' if cell[2] > 1 else ''})" if cell[2] < seeds else "")
+
+
+def best_method_rows(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]]]:
+    """Per (model, sparsity), means over seeds (the seed count shown where it is below the most any cell has) of the main sweeps (configurations at 3+ sparsities): the best
+    configuration after pruning and after REFLOW, MP + REFLOW, the best Hessian pruner without and with REFLOW,
+    and the two differences the comparison is about."""
+    header = [
+        "model",
+        "sparsity",
+        "best pruned (top-1 %)",
+        "best + REFLOW (top-1 %)",
+        "MP + REFLOW",
+        "best Hessian, no REFLOW",
+        "MP + REFLOW − best Hessian no REFLOW",
+        "best Hessian + REFLOW",
+        "best Hessian + REFLOW − MP + REFLOW",
+    ]
+    table: Dict[Tuple[str, float], Dict[str, List[Cell]]] = {}
+    for (model, label, sparsity), runs in group(sweep_records(records)).items():
+        method = runs[0]["method"]
+        pruned, reflow = (mean_std([r[stage]["top1"] for r in runs])[0] for stage in ("pruned", "reflow"))
+        slot = table.setdefault((model, sparsity), {"pruned": [], "reflow": [], "hessian_pruned": [], "hessian_reflow": [], "mp_reflow": []})
+        slot["pruned"].append((label, pruned, len(runs)))
+        slot["reflow"].append((label, reflow, len(runs)))
+        if method == BASELINE:
+            slot["mp_reflow"].append((label, reflow, len(runs)))
+        elif method not in MAGNITUDE:
+            slot["hessian_pruned"].append((label, pruned, len(runs)))
+            slot["hessian_reflow"].append((label, reflow, len(runs)))
+    seeds = max((len(runs) for runs in group(sweep_records(records)).values()), default=1)
+    rows = []
+    for (model, sparsity), slot in sorted(table.items()):
+        mp, hp, hr = _best(slot["mp_reflow"]), _best(slot["hessian_pruned"]), _best(slot["hessian_reflow"])
+        rows.append(
+            [
+                model,
+                f"{sparsity:g}",
+                _show(_best(slot["pruned"]), seeds),
+                _show(_best(slot["reflow"]), seeds),
+                f"{mp[1]:.2f}" if mp else "–",
+                _show(hp, seeds),
+                f"{mp[1] - hp[1]:+.2f}" if mp and hp else "–",
+                _show(hr, seeds),
+                f"{hr[1] - mp[1]:+.2f}" if mp and hr else "–",
+            ]
+        )
+    return header, rows
+
+
+def _hardware(records: List[Dict[str, Any]]) -> List[str]:
+    seen = sorted(
+        {(r["environment"].get("device", "?"), r["environment"].get("torch_threads", "?"), r["environment"].get("platform", "?")) for r in records}, key=str
+    )
+    return [f"- hardware: device {device}, {threads} torch threads, {platform}" for device, threads, platform in seen]
+
+
+def write_suite_report(out: Path, name: str, folders: List[str], description: str = "") -> Dict[str, Path]:
+    """Write ``out/<name>-suite/report.md`` and its figures from the runs in ``out/<folder>`` for each folder."""
+    out = Path(out)
+    records: List[Dict[str, Any]] = []
+    found = []
+    for folder in folders:
+        runs = load_runs(out / folder)
+        if runs:
+            records += runs
+            found.append(folder)
+    if not records:
+        raise ReflowbenchError(f"no complete runs in any of {[str(out / f) for f in folders]}: run `reflowbench suite {name} --out {out}` first")
+    target = out / f"{name}-suite"
+    figures = target / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    accuracy = accuracy_vs_sparsity(records, figures / "accuracy_vs_sparsity.png")
+    sparsity = pick_sparsity(sweep_records(records), 0.9)
+    collapse = signal_collapse(records, sparsity, figures / "signal_collapse.png")
+    best_header, best_rows = best_method_rows(records)
+    cost_header, cost_rows = cost_table(sweep_records(records))
+    revisions = sorted({str(r["environment"].get("git_revision") or "n/a")[:12] for r in records})
+    md = [
+        f"# reflowbench comparison: {name}",
+        "",
+        description,
+        "",
+        f"- runs: {len(records)} in {', '.join(found)}; code revisions {', '.join(revisions)}",
+        *_hardware(records),
+        "",
+        "## Accuracy vs sparsity",
+        "",
+        "Dashed: right after pruning; solid: after REFLOW; bands: ±1 std over seeds. Only configurations run at 3 or more sparsities (ablation cells are in each folder's report).",
+        "",
+        f"![accuracy](figures/{accuracy.name})",
+        "",
+        "## Best method at each sparsity",
+        "",
+        "Top-1 means over seeds. 'Hessian' is every pruner that uses the Fisher (all but magnitude). Positive in the first difference: "
+        "MP + REFLOW beats every Hessian pruner without REFLOW; positive in the second: REFLOW on a Hessian pruner beats MP + REFLOW.",
+        "",
+        markdown_table(best_header, best_rows),
+        "",
+        f"## Signal collapse at sparsity {sparsity:g}",
+        "",
+        "Var(BN output of the pruned model) / Var(dense) by depth; dashed after pruning, solid after REFLOW.",
+        "",
+        f"![signal collapse](figures/{collapse.name})",
+        "",
+        "## Cost per method and phase",
+        "",
+        "Mean wall seconds per run (a seed's dense gradients and curvature are computed once and charged to each of its sparsities).",
+        "",
+        markdown_table(cost_header, cost_rows),
+        "",
+        "## Per-model reports",
+        "",
+        *[f"- [{folder}](../{folder}/report.md)" for folder in found],
+        "",
+    ]
+    markdown = target / "report.md"
+    atomic_write_text(markdown, "\n".join(md))
+    return {"markdown": markdown, "accuracy": accuracy, "collapse": collapse}

@@ -1,0 +1,125 @@
+"""Named comparison suites (``reflowbench suite NAME``): data only, like the presets in :mod:`reflowbench.config`.
+
+A suite is a list of jobs; each job is one ``reflowbench run`` (a preset plus settings, in the format of a
+``--config`` file) whose results go to ``<out>/<folder>``. Jobs that share a folder share its runs and its
+report (e.g. a model's main sweep and its selection x update ablation). In strings, ``{models}`` stands for
+``--models-dir``. A JSON file of the same shape (``{"description": ..., "jobs": [...]}``) is a suite too.
+
+Per-model settings that differ from a pruner's published defaults are here, each with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from reflowbench.errors import ConfigError
+
+
+@dataclass
+class SuiteCommandSpec:
+    """Settings of ``reflowbench suite`` (the jobs set everything else)."""
+
+    out: str = "reflowbench-suite"  # results folder: one sub-folder per job folder, and <suite>-suite/ with the combined report
+    models_dir: str = "../shared/models"  # where the suite's checkpoints are ({models} in the suite)
+    data: Optional[str] = None  # the dataset path for every job (a CIFAR-10 .tar.gz, ImageFolder tree or torchvision root)
+    download: bool = False  # let torchvision download CIFAR-10 into --data
+    only: List[str] = field(default_factory=list)  # run only the jobs of these folders (default: all)
+    seeds: List[int] = field(default_factory=list)  # override every job's seeds (default: the suite's)
+    sparsities: List[float] = field(default_factory=list)  # override every job's sparsities (default: the suite's)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    threads: int = 0  # torch CPU threads (0: leave torch's default)
+    dry_run: bool = False  # list every job with its finished and missing runs, run nothing
+    report_only: bool = False  # write the combined report from the runs already finished, run nothing
+    progress: bool = True
+
+
+R20, R56, MNV1 = "{models}/resnet20_cifar10_jpeg.pt", "{models}/resnet56_cifar10_jpeg.pt", "{models}/mobilenetv1_cifar10_jpeg.pt"
+FOUR = ["mp", "woodfisher", "cbs", "chita", "chita++"]
+# CHITA++ runs 16 stages; 20 IHT iterations per stage instead of 100 keep a ResNet-20 run at ~8 CPU minutes.
+CHITA_PP = {"chita++": {"iht_iters": 20}}
+# MobileNetV1 (3.2 M weights): N = 1000 per-sample gradients need 12.8 GB, over the default 8 GB budget.
+MNV1_OPTIONS = {**CHITA_PP, "woodfisher": {"num_grads": 400}, "cbs": {"num_grads": 400}}
+
+
+def _ablation_jobs(folder: str, checkpoint: str, model: str) -> List[Dict[str, Any]]:
+    """The selection x update grid at 0.7 and 0.9, seed 0 (the default-update cells are the main sweep's runs)."""
+    grid = (
+        [("mp-hessian", u) for u in ("none", "obs-sum", "joint")] + [("woodfisher", u) for u in ("none", "joint")] + [("cbs", u) for u in ("none", "obs-sum")]
+    )
+    return [
+        {
+            "folder": folder,
+            "preset": "cifar10",
+            "settings": {
+                "model": {"model": model, "checkpoint": checkpoint},
+                "sweep": {"methods": [method], "sparsities": [0.7, 0.9], "seeds": [0]},
+                "method_options": {method: {"update": update}},
+            },
+            "role": "ablation",
+        }
+        for method, update in grid
+    ]
+
+
+SUITES: Dict[str, Dict[str, Any]] = {
+    "cifar10": {
+        "description": "MP, WoodFisher, CBS, CHITA and CHITA++ at their published defaults on the three CIFAR-10 _jpeg checkpoints, "
+        "sparsities 0.5-0.95, seeds 0-2, with and without REFLOW; the selection x update ablation on ResNet-20",
+        "jobs": [
+            {
+                "folder": "cifar10-resnet20",
+                "preset": "cifar10",
+                "settings": {"model": {"model": "resnet20", "checkpoint": R20}, "sweep": {"methods": FOUR}, "method_options": CHITA_PP},
+            },
+            *_ablation_jobs("cifar10-resnet20", R20, "resnet20"),
+            {
+                "folder": "cifar10-resnet56",
+                "preset": "cifar10",
+                "settings": {"model": {"model": "resnet56", "checkpoint": R56}, "sweep": {"methods": FOUR}, "method_options": CHITA_PP},
+            },
+            {
+                "folder": "cifar10-mobilenetv1",
+                "preset": "cifar10",
+                "settings": {"model": {"model": "mobilenetv1", "checkpoint": MNV1}, "sweep": {"methods": FOUR}, "method_options": MNV1_OPTIONS},
+            },
+        ],
+    },
+}
+
+
+def load_suite(name: str) -> Dict[str, Any]:
+    """The suite called ``name``, or the one in JSON file ``name``; checked for shape (settings are checked when planned)."""
+    if name in SUITES:
+        suite = SUITES[name]
+    elif name.endswith(".json") or Path(name).is_file():
+        try:
+            suite = json.loads(Path(name).read_text())
+        except OSError as exc:
+            raise ConfigError(f"suite file {name}: cannot read it ({exc.strerror or exc})") from None
+        except ValueError as exc:
+            raise ConfigError(f"suite file {name}: not valid JSON ({exc})") from None
+    else:
+        raise ConfigError(f"unknown suite {name!r}: choose one of {sorted(SUITES)} or pass a suite JSON file")
+    jobs = suite.get("jobs") if isinstance(suite, dict) else None
+    if not isinstance(jobs, list) or not jobs or not all(isinstance(j, dict) and isinstance(j.get("folder"), str) and j["folder"] for j in jobs):
+        raise ConfigError(f'suite {name}: needs {{"jobs": [{{"folder": NAME, "preset": ..., "settings": {{...}}}}, ...]}} with a folder name per job')
+    return suite
+
+
+def fill_placeholders(value: Any, models_dir: str) -> Any:
+    """``value`` with ``{models}`` replaced by ``models_dir`` in every string (nested dicts and lists)."""
+    if isinstance(value, str):
+        return value.replace("{models}", models_dir)
+    if isinstance(value, list):
+        return [fill_placeholders(v, models_dir) for v in value]
+    if isinstance(value, dict):
+        return {k: fill_placeholders(v, models_dir) for k, v in value.items()}
+    return value
+
+
+def suite_name(name: str) -> str:
+    """A folder-friendly name of a suite (a file's stem for suite files)."""
+    return name if name in SUITES else Path(name).stem

@@ -1,0 +1,88 @@
+"""`reflowbench suite`: jobs from a suite file, shared folders, resume, dry run, the combined report, bad input."""
+
+import json
+
+import pytest
+
+from reflowbench.cli import main
+from reflowbench.suites import SUITES, fill_placeholders, load_suite
+
+QUICK = {"reflow": {"calib_batches": 2, "calib_batch_size": 32, "diag_images": 64}, "sweep": {"seeds": [0]}}
+WF = {"num_grads": 16, "chunk_images": 16}
+
+
+def _suite_file(tmp_path, jobs):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({"description": "a tiny suite", "jobs": jobs}))
+    return str(path)
+
+
+def _job(folder, methods, sparsities, options=None, role="sweep"):
+    settings = {**QUICK, "sweep": {**QUICK["sweep"], "methods": methods, "sparsities": sparsities}, "method_options": options or {}}
+    return {"folder": folder, "preset": "embedded", "settings": settings, "role": role}
+
+
+def test_suite_runs_its_jobs_resumes_and_writes_the_combined_report(tmp_path, capsys):
+    jobs = [
+        _job("small", ["mp", "woodfisher"], [0.5, 0.7, 0.9], {"woodfisher": WF}),
+        _job("small", ["woodfisher"], [0.7], {"woodfisher": {**WF, "update": "none"}}, role="ablation"),
+    ]
+    suite, out = _suite_file(tmp_path, jobs), tmp_path / "out"
+    assert main(["suite", suite, "--out", str(out), "--no-progress"]) == 0
+    assert len(list((out / "small" / "runs").glob("*.json"))) == 7  # 2 methods x 3 sparsities + 1 ablation cell
+    report = (out / "tiny-suite" / "report.md").read_text()
+    assert "## Best method at each sparsity" in report and "| smallcnn | 0.9 |" in report and "woodfisher" in report
+    assert (out / "tiny-suite" / "figures" / "accuracy_vs_sparsity.png").exists() and (out / "small" / "report.md").exists()
+    assert "[options.update=none]" not in report.split("## Cost")[0]  # the one-sparsity ablation cell stays out of the main tables
+    capsys.readouterr()
+    assert main(["suite", suite, "--out", str(out), "--no-progress"]) == 0  # resumed: nothing left to run
+    assert "7 runs, 7 already complete, ran 0" in capsys.readouterr().out
+    (next((out / "small" / "runs").glob("mp_s0.9_*.json"))).unlink()
+    assert main(["suite", suite, "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "5 of 6 runs finished, 1 to run" in text and "would run 1" in text
+
+
+def test_named_suite_is_well_formed_and_fills_the_models_dir():
+    suite = load_suite("cifar10")
+    assert {job["folder"] for job in suite["jobs"]} == {"cifar10-resnet20", "cifar10-resnet56", "cifar10-mobilenetv1"}
+    main_jobs = [job for job in suite["jobs"] if job.get("role", "sweep") == "sweep"]
+    assert all(set(job["settings"]["sweep"]["methods"]) >= {"mp", "woodfisher", "cbs", "chita"} for job in main_jobs)
+    filled = fill_placeholders(suite["jobs"][0]["settings"], "/models")
+    assert filled["model"]["checkpoint"] == "/models/resnet20_cifar10_jpeg.pt"
+    assert "{models}" in SUITES["cifar10"]["jobs"][0]["settings"]["model"]["checkpoint"]  # the definition itself is untouched
+
+
+def test_suite_bad_input_is_a_clear_error(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert main(["suite", "nosuch", "--out", out]) == 2
+    assert "unknown suite 'nosuch'" in capsys.readouterr().err
+    broken = tmp_path / "broken.json"
+    broken.write_text("{oops")
+    assert main(["suite", str(broken), "--out", out]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    no_jobs = tmp_path / "nojobs.json"
+    no_jobs.write_text(json.dumps({"jobs": []}))
+    assert main(["suite", str(no_jobs), "--out", out]) == 2
+    assert "folder name per job" in capsys.readouterr().err
+    suite = _suite_file(tmp_path, [_job("a", ["mp"], [0.5]), _job("b", ["mp"], [1.5])])
+    assert main(["suite", suite, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "job 2 (b)" in err and "sparsity must be in [0, 1)" in err
+    assert not list((tmp_path / "out" / "a").glob("runs/*.json"))  # every job is checked before the first runs
+    assert main(["suite", suite, "--out", out, "--only", "c"]) == 2
+    assert "--only names ['c']" in capsys.readouterr().err
+    assert main(["suite", "cifar10", "--out", out, "--models-dir", str(tmp_path / "none"), "--data", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.shared
+def test_cifar10_suite_plans_against_the_shared_files(tmp_path):
+    """Every job of the cifar10 suite plans with ../shared (checkpoints, data, options) without running anything."""
+    from conftest import SHARED_DATA, SHARED_MODELS
+    from reflowbench.harness.comparison import plan_jobs
+    from reflowbench.suites import SuiteCommandSpec
+
+    command = SuiteCommandSpec(out=str(tmp_path), models_dir=str(SHARED_MODELS), data=str(SHARED_DATA), dry_run=True)
+    planned = plan_jobs("cifar10", command)
+    assert sum(len(job.plan.pruners) for job in planned) == 3 * 5 + 7
