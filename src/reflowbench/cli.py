@@ -209,6 +209,26 @@ def cmd_suite(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from reflowbench.config import TuneSpec
+    from reflowbench.harness.tuning import run_tuning, tune_plan
+    from reflowbench.utils.cli_args import build_dataclass
+
+    for flag, dest in (("--methods", "methods"), ("--sparsities", "sparsities")):
+        if dest in given(args, "sweep__"):
+            raise ConfigError(f"tune searches one method's settings: use --method and --at-sparsities instead of {flag}")
+    tune = build_dataclass(TuneSpec, given(args, "tune__"), "tune settings")
+    plan, cells = tune_plan(_spec_from_args(args), tune)
+    _log(spec_summary(plan.spec)[0])
+    _log(
+        f"tuning {tune.method}: {len(cells)} settings x sparsities {','.join(f'{s:g}' for s in tune.at_sparsities)} x seeds {','.join(map(str, plan.spec.sweep.seeds))}"
+    )
+    paths = run_tuning(plan, cells, tune, log=_log)
+    _log(f"chosen {tune.method} settings: {json.dumps(paths['chosen'], sort_keys=True)}")
+    _log(f"table: {paths['markdown']}; run the tuned row with --config {paths['config']}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -325,6 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("name", help=f"suite name ({', '.join(SUITES)}) or a suite JSON file")
     add_dataclass_arguments(suite.add_argument_group("suite settings"), SuiteCommandSpec, "suite__")
     suite.set_defaults(handler=cmd_suite, interrupted="finished runs are saved; run the same command again to resume")
+
+    tune = suite_command(
+        "tune",
+        "fair settings: search a Hessian pruner's settings grid on the held-out training loss (never the test split); "
+        "resumable; writes tuning/<model>_<method>.md and a --config file with the chosen options into --out",
+    )
+    from reflowbench.config import TuneSpec
+
+    add_dataclass_arguments(tune.add_argument_group("tune settings"), TuneSpec, "tune__")
+    tune.set_defaults(handler=cmd_tune, interrupted="finished cells are saved; run the same command again to resume")
 
     ablate = suite_command(
         "ablate-reflow",

@@ -126,6 +126,28 @@ class ReflowAblationSpec:
         return self
 
 
+TUNE_CRITERIA = ("pruned", "reflow")
+
+
+@dataclass
+class TuneSpec:
+    """The fair-settings search (``reflowbench tune``): every cell of a Hessian pruner's grid (its ``TUNING_GRID``, or
+    ``grid``) prunes at each of ``at_sparsities`` for each of --seeds; each is scored by the cross-entropy on the
+    held-out training subset (--diag-images images, never the test split) right after pruning and after REFLOW."""
+
+    method: str = "woodfisher"  # the Hessian pruner to tune
+    at_sparsities: List[float] = field(default_factory=lambda: [0.7, 0.9])  # sparsities each cell is scored at
+    criterion: str = "pruned"  # which held-out loss picks the cell: pruned (right after pruning) or reflow (after REFLOW)
+    grid: Optional[str] = None  # JSON file {"axis": [{option: value, ...}, ...], ...} replacing the pruner's grid
+
+    def validate(self) -> "TuneSpec":
+        _unique(self.at_sparsities, "--at-sparsities")
+        for sparsity in self.at_sparsities:
+            check_sparsity(sparsity, "--at-sparsities")
+        _require(self.criterion in TUNE_CRITERIA, f"--criterion must be one of {TUNE_CRITERIA}, got {self.criterion!r}")
+        return self
+
+
 @dataclass
 class SuiteSpec:
     model: ModelSpec = field(default_factory=ModelSpec)

@@ -62,6 +62,16 @@ class CHITAPruner(HessianPruner):
     """CHITA: the support from a sparse-regression solver, the weights from the exact ridge solve on it."""
 
     Options = CHITAOptions
+    # The whole-network form has no blocks: damping x number of gradients (of 16 images each).
+    TUNING_GRID = {
+        "damping": [
+            {"damp": 1e-5, "damp_mode": "absolute"},
+            {"damp": 1e-4, "damp_mode": "absolute"},
+            {"damp": 1e-3, "damp_mode": "absolute"},
+            {"damp": 1e-2, "damp_mode": "relative"},
+        ],
+        "num_grads": [{"num_grads": 500}, {"num_grads": 250}],
+    }
 
     def check_options(self) -> None:
         super().check_options()

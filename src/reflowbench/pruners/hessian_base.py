@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any, List, Tuple
+from typing import Any, ClassVar, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -86,6 +86,19 @@ class HessianPruner(Pruner):
 
     Options = HessianOptions
     needs_gradients = True
+    # The fair-settings grid searched by ``reflowbench tune``: each axis lists option sets, a cell merges one
+    # set per axis (the product of the axes is searched). Damping and its mode move together.
+    TUNING_GRID: ClassVar[Dict[str, List[Dict[str, Any]]]] = {
+        "damping": [
+            {"damp": 1e-5, "damp_mode": "absolute"},
+            {"damp": 1e-4, "damp_mode": "absolute"},
+            {"damp": 1e-3, "damp_mode": "absolute"},
+            {"damp": 1e-2, "damp_mode": "relative"},
+            {"damp": 1e-1, "damp_mode": "relative"},
+        ],
+        "block_size": [{"block_size": 0}, {"block_size": 2000}, {"block_size": 128}],
+        "num_grads": [{"num_grads": 1000}, {"num_grads": 250}],
+    }
 
     def fisher_images(self) -> int:
         return self.options.num_grads * self.options.minibatch

@@ -1,0 +1,193 @@
+"""Fair settings (``reflowbench tune``): search a Hessian pruner's settings grid per model on the
+cross-entropy of the held-out training subset, never on the test split.
+
+Every cell of the grid (the product of the pruner's ``TUNING_GRID`` axes, or a ``--grid`` file) prunes
+at each tuning sparsity for each seed; the pruned model's held-out loss is measured, then again after
+REFLOW (the run's calibration settings). Cells are ranked per (sparsity, seed) by the chosen criterion;
+the cell with the best mean rank (then the lowest mean loss) is chosen. Results:
+
+- ``<out>/tuning/<model>_<method>.json``: every cell's losses, rewritten after each (resumable);
+- ``<out>/tuning/<model>_<method>.md``: the table, best first;
+- ``<out>/tuning/<model>_<method>.config.json``: ``{"method_options": {method: chosen}}``, for
+  ``reflowbench run --config`` (the tuned row of a comparison; every run records its options).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import json
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+from reflowbench.config import SuiteSpec, TuneSpec
+from reflowbench.errors import ConfigError
+from reflowbench.harness.evaluate import evaluate
+from reflowbench.harness.plan import SuitePlan, plan_suite
+from reflowbench.harness.run import SuiteState, prune_fresh
+from reflowbench.pruners import Pruner, make_pruner
+from reflowbench.reflow import recalibrate_bn
+from reflowbench.reports.aggregate import markdown_table
+from reflowbench.utils.cost import CostLedger
+from reflowbench.utils.io import atomic_write_json, atomic_write_text, stable_hash
+
+Log = Callable[[str], None]
+Grid = Dict[str, List[Dict[str, Any]]]
+
+
+def read_grid(tune: TuneSpec, method: str) -> Grid:
+    """The grid to search: ``tune.grid`` (a JSON file) or the pruner's ``TUNING_GRID``; checked for shape."""
+    if tune.grid is None:
+        cls = type(make_pruner(method))
+        grid = getattr(cls, "TUNING_GRID", None)
+        if not grid:
+            raise ConfigError(f"pruner {method} has no settings grid to tune (only the Hessian pruners do); pass --grid FILE.json")
+        return grid
+    try:
+        grid = json.loads(Path(tune.grid).read_text())
+    except OSError as exc:
+        raise ConfigError(f"--grid {tune.grid}: cannot read the file ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ConfigError(f"--grid {tune.grid}: not valid JSON ({exc})") from None
+    if not isinstance(grid, dict) or not grid or not all(isinstance(a, list) and a and all(isinstance(c, dict) for c in a) for a in grid.values()):
+        raise ConfigError(f'--grid {tune.grid}: must be {{"axis": [{{"option": value, ...}}, ...], ...}} with at least one option set per axis')
+    return grid
+
+
+def grid_cells(grid: Grid) -> List[Dict[str, Any]]:
+    """One option dict per cell of the product of the axes (later axes win on a shared option)."""
+    return [{k: v for part in parts for k, v in part.items()} for parts in itertools.product(*grid.values())]
+
+
+def tune_plan(spec: SuiteSpec, tune: TuneSpec) -> Tuple[SuitePlan, List[Dict[str, Any]]]:
+    """The plan (one pruner per grid cell, each cell's options checked) and the cells' option overrides."""
+    tune.validate()
+    base = dict(spec.method_options.get(tune.method, {}))
+    spec.sweep.methods, spec.sweep.sparsities = [tune.method], list(tune.at_sparsities)
+    plan = plan_suite(spec)
+    cells = [{**base, **cell} for cell in grid_cells(read_grid(tune, tune.method))]
+    pruners = []
+    for cell in cells:
+        try:
+            pruners.append(make_pruner(tune.method, cell))
+        except ConfigError as exc:
+            raise ConfigError(f"tuning grid cell {cell}: {exc}") from None
+    return replace(plan, pruners=pruners), cells
+
+
+def _loss(model, state: SuiteState, seed: int) -> float:
+    return evaluate(model, state.diagnostic_batches(seed), state.device)["loss"]
+
+
+def _measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: int) -> Dict[str, Any]:
+    """Prune, the held-out loss, REFLOW, the held-out loss again."""
+    reflow = state.spec.reflow
+    ledger = CostLedger()
+    model, _, _ = prune_fresh(state, pruner, sparsity, seed, ledger)
+    pruned = _loss(model, state, seed)
+    calibration = state.data.train.batches(state.subsets(seed)["calibration"], reflow.calib_batch_size, shuffle=True, augment=reflow.calib_augment, seed=seed)
+    recalibrate_bn(
+        model, calibration, reflow.calib_batches, reflow.reflow_mode, reflow.reflow_momentum, reset=reflow.reflow_mode == "cumulative", device=state.device
+    )
+    return {"loss_pruned": pruned, "loss_reflow": _loss(model, state, seed), "prune_seconds": ledger.get("prune").seconds}
+
+
+def rank_cells(results: List[Dict[str, Any]], criterion: str) -> List[Tuple[str, float, float]]:
+    """(cell id, mean rank, mean loss) per cell, best first: ranked per (sparsity, seed) by ``loss_<criterion>``
+    (non-finite losses last), then averaged; ties broken by the mean loss."""
+    key = f"loss_{criterion}"
+    by_point: Dict[Tuple[float, int], List[Dict[str, Any]]] = {}
+    for result in results:
+        by_point.setdefault((result["sparsity"], result["seed"]), []).append(result)
+    ranks: Dict[str, List[float]] = {}
+    losses: Dict[str, List[float]] = {}
+    for entries in by_point.values():
+        ordered = sorted(entries, key=lambda r: r[key] if math.isfinite(r[key]) else math.inf)
+        for position, result in enumerate(ordered):
+            ranks.setdefault(result["cell"], []).append(position + 1)
+            losses.setdefault(result["cell"], []).append(result[key])
+    table = [(cell, sum(r) / len(r), sum(losses[cell]) / len(losses[cell])) for cell, r in ranks.items()]
+    return sorted(table, key=lambda t: (t[1], t[2] if math.isfinite(t[2]) else math.inf))
+
+
+def run_tuning(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec, log: Log = print) -> Dict[str, Any]:
+    """Score every cell (resuming from the results file), then write the table and the chosen config; returns
+    their paths ("results", "markdown", "config") and the chosen options ("chosen")."""
+    spec = plan.spec
+    state = SuiteState(plan, log)
+    folder = Path(spec.sweep.out) / "tuning"
+    stem = f"{spec.model.model}_{tune.method}"
+    results_path = folder / f"{stem}.json"
+    key = stable_hash({**state.settings, "method": tune.method})
+    record = _read(results_path, key) or {
+        "kind": "tuning",
+        "key": key,
+        "model": spec.model.model,
+        "method": tune.method,
+        "settings": state.settings,
+        "results": [],
+    }
+    done = {(r["cell"], r["sparsity"], r["seed"]) for r in record["results"]}
+    ids = [stable_hash(asdict(pruner.options), 8) for pruner in plan.pruners]
+    for seed in spec.sweep.seeds:
+        for cell_id, cell, pruner in zip(ids, cells, plan.pruners):
+            for sparsity in tune.at_sparsities:
+                if (cell_id, sparsity, seed) in done:
+                    continue
+                result = {"cell": cell_id, "options": cell, "sparsity": sparsity, "seed": seed, **_measure(state, pruner, sparsity, seed)}
+                record["results"].append(result)
+                record["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+                atomic_write_json(results_path, record)
+                log(f"seed {seed} s={sparsity:g} {cell}: held-out loss {result['loss_pruned']:.4g} pruned, {result['loss_reflow']:.4g} after REFLOW")
+    return _write_outputs(folder, stem, record, cells, ids, tune)
+
+
+def _read(path: Path, key: str) -> Dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) and record.get("key") == key and isinstance(record.get("results"), list) else {}
+
+
+def _write_outputs(folder: Path, stem: str, record: Dict[str, Any], cells: List[Dict[str, Any]], ids: List[str], tune: TuneSpec) -> Dict[str, Any]:
+    options_of = dict(zip(ids, cells))
+    results = [r for r in record["results"] if r["cell"] in options_of and r["sparsity"] in tune.at_sparsities]
+    ranking = rank_cells(results, tune.criterion)
+    chosen = ranking[0][0]
+    header = ["rank", "options", "mean rank", *[f"loss {stage} s={s:g}" for s in tune.at_sparsities for stage in ("pruned", "reflow")], "prune s"]
+    rows = []
+    for place, (cell, mean_rank, _) in enumerate(ranking, start=1):
+        mine = [r for r in results if r["cell"] == cell]
+        losses = [
+            f"{sum(r[f'loss_{stage}'] for r in mine if r['sparsity'] == s) / max(1, sum(r['sparsity'] == s for r in mine)):.4g}"
+            for s in tune.at_sparsities
+            for stage in ("pruned", "reflow")
+        ]
+        rows.append(
+            [
+                str(place) + (" (chosen)" if cell == chosen else ""),
+                json.dumps(options_of[cell], sort_keys=True),
+                f"{mean_rank:.2f}",
+                *losses,
+                f"{sum(r['prune_seconds'] for r in mine) / len(mine):.1f}",
+            ]
+        )
+    seeds = sorted({r["seed"] for r in results})
+    md = [
+        f"# Tuning {record['method']} on {record['model']}",
+        "",
+        f"Held-out training loss (cross-entropy on the held-out subset, never the test split), seeds {seeds}; cells ranked per (sparsity, seed) "
+        f"by the loss {'right after pruning' if tune.criterion == 'pruned' else 'after REFLOW'}; rows in order of the mean rank (ties: the lower mean loss).",
+        "",
+        markdown_table(header, rows),
+        "",
+        f"Chosen: `{json.dumps(options_of[chosen], sort_keys=True)}`; run it with `--config {folder / (stem + '.config.json')}`.",
+        "",
+    ]
+    markdown, config = folder / f"{stem}.md", folder / f"{stem}.config.json"
+    atomic_write_text(markdown, "\n".join(md))
+    atomic_write_json(config, {"method_options": {record["method"]: options_of[chosen]}})
+    return {"results": folder / f"{stem}.json", "markdown": markdown, "config": config, "chosen": options_of[chosen]}

@@ -1,0 +1,74 @@
+"""`reflowbench tune`: grid cells scored on the held-out training loss, resume, ranking, the tuned config, bad input."""
+
+import json
+
+import pytest
+
+from reflowbench.cli import main
+from reflowbench.harness.tuning import grid_cells, rank_cells
+
+QUICK = ["--calib-batches", "2", "--calib-batch-size", "32", "--diag-images", "64", "--seeds", "0", "--no-progress"]
+GRID = {"damping": [{"damp": 1e-5}, {"damp": 1e-2, "damp_mode": "relative"}], "num_grads": [{"num_grads": 16}, {"num_grads": 32}]}
+
+
+def test_grid_cells_are_the_product_of_the_axes():
+    cells = grid_cells(GRID)
+    assert len(cells) == 4 and {"damp": 1e-2, "damp_mode": "relative", "num_grads": 32} in cells
+
+
+def test_rank_cells_ranks_per_point_then_averages():
+    results = [
+        {"cell": "a", "sparsity": 0.7, "seed": 0, "loss_pruned": 1.0},
+        {"cell": "b", "sparsity": 0.7, "seed": 0, "loss_pruned": 2.0},
+        {"cell": "a", "sparsity": 0.9, "seed": 0, "loss_pruned": 9.0},
+        {"cell": "b", "sparsity": 0.9, "seed": 0, "loss_pruned": float("nan")},  # a non-finite loss ranks last
+    ]
+    assert [c for c, _, _ in rank_cells(results, "pruned")] == ["a", "b"]
+    results[0]["loss_pruned"] = 3.0  # now one win each: the tie goes to the lower mean loss
+    results[3]["loss_pruned"] = 8.0
+    assert [c for c, _, _ in rank_cells(results, "pruned")] == ["b", "a"]
+
+
+def test_tune_scores_every_cell_resumes_and_its_config_runs(tmp_path, capsys):
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(GRID))
+    out = tmp_path / "out"
+    args = ["tune", "--out", str(out), "--grid", str(grid), "--at-sparsities", "0.7,0.9", "--woodfisher-chunk-images", "16", *QUICK]
+    assert main(args) == 0
+    record = json.loads((out / "tuning" / "smallcnn_woodfisher.json").read_text())
+    assert len(record["results"]) == 8 and all(r["loss_pruned"] > 0 and r["loss_reflow"] > 0 for r in record["results"])
+    config = json.loads((out / "tuning" / "smallcnn_woodfisher.config.json").read_text())
+    chosen = config["method_options"]["woodfisher"]
+    assert chosen in [{**cell, "chunk_images": 16} for cell in grid_cells(GRID)]
+    table = (out / "tuning" / "smallcnn_woodfisher.md").read_text()
+    assert "(chosen)" in table and table.count("\n| ") == 5  # header + 4 cells
+    record["results"] = record["results"][:-1]  # as if interrupted before the last cell
+    (out / "tuning" / "smallcnn_woodfisher.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("held-out loss") == 1  # only the missing cell ran again
+    runs = tmp_path / "runs"
+    config_path = out / "tuning" / "smallcnn_woodfisher.config.json"
+    assert main(["run", "--config", str(config_path), "--methods", "woodfisher", "--sparsities", "0.7", "--out", str(runs), "--no-report", *QUICK]) == 0
+    (run,) = (runs / "runs").glob("*.json")
+    assert all(json.loads(run.read_text())["options"][k] == v for k, v in chosen.items())  # the tuned settings are recorded in the result
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "mp"], "has no settings grid"),
+        (["--criterion", "test"], "--criterion must be one of"),
+        (["--at-sparsities", "0.7,1.2"], "sparsity must be in [0, 1)"),
+        (["--sparsities", "0.5"], "use --method and --at-sparsities"),
+        (["--grid", "GRID_MISSING"], "cannot read the file"),
+        (["--grid", "GRID_BAD_CELL"], "tuning grid cell"),
+    ],
+)
+def test_tune_bad_input_is_a_clear_error(tmp_path, capsys, extra, message):
+    bad_cell = tmp_path / "bad.json"
+    bad_cell.write_text(json.dumps({"damping": [{"damp": -1.0}]}))
+    extra = [str(tmp_path / "none.json") if e == "GRID_MISSING" else str(bad_cell) if e == "GRID_BAD_CELL" else e for e in extra]
+    assert main(["tune", "--out", str(tmp_path / "out"), *extra, *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
