@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -90,3 +92,31 @@ def test_variance_ratio_is_one_for_the_dense_model_and_drops_when_weights_shrink
     assert ratios["bn1"] < 0.5
     recalibrate_bn(tiny_model, data, num_batches=len(data))
     assert abs(variance_ratios(bn_output_variances(tiny_model, data), dense)["bn1"] - 1) < 0.05
+
+
+def test_channels_last_calibration_matches_nchw_and_restores_the_weights():
+    """On CPU REFLOW runs in channels-last; its statistics equal an NCHW pass to float rounding and every weight
+    is back in its own memory format afterwards (a channels-last weight stays channels-last)."""
+    from reflowbench.models import build_model
+    from reflowbench.reflow.recalibrate import batchnorm_layers, channels_last
+
+    torch.manual_seed(0)
+    model = build_model("resnet20").eval()
+    first = next(p for p in model.parameters() if p.dim() == 4)
+    first.data = first.data.contiguous(memory_format=torch.channels_last)  # a user's own channels-last weight
+    batches = [(torch.randn(16, 3, 32, 32), None) for _ in range(3)]
+    reference = copy.deepcopy(model)
+    with channels_last(reference, enabled=False):
+        for _, m in batchnorm_layers(reference):
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        with torch.no_grad():
+            for x, _ in batches:
+                reference(x)
+    recalibrate_bn(model, batches, num_batches=3)
+    for (_, ours), (_, theirs) in zip(batchnorm_layers(model), batchnorm_layers(reference)):
+        assert torch.allclose(ours.running_mean, theirs.running_mean, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(ours.running_var, theirs.running_var, rtol=1e-4, atol=1e-6)
+    assert first.is_contiguous(memory_format=torch.channels_last)
+    assert all(p.is_contiguous() for p in model.parameters() if p.dim() == 4 and p is not first)

@@ -6,12 +6,18 @@ any other stateful layer untouched). Two estimators:
   (PyTorch's ``momentum=None`` cumulative moving average);
 - ``ema``: exponential moving average with ``momentum``, starting from reset or from the old statistics.
 The returned handle restores the original statistics with ``undo()``.
+
+On CPU the calibration pass runs in channels-last memory format (convolution weights and inputs converted
+for the pass, the weights' own format restored afterwards): PyTorch's CPU BatchNorm in training mode is
+slow on NCHW tensors (ResNet-20, 2 cores: 1.40x an eval-mode forward pass in NCHW, 1.05x in channels-last).
+The statistics agree with an NCHW pass to float rounding.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -64,6 +70,27 @@ class RecalibrationHandle:
                 item.module.momentum = item.momentum
 
 
+@contextmanager
+def channels_last(model: nn.Module, enabled: bool) -> Iterator[bool]:
+    """Within the block, every 4-D parameter of ``model`` is channels-last (when ``enabled`` and the model has
+    any); afterwards each is back in the format it had. Yields whether the conversion happened."""
+    params = [p for p in model.parameters() if p.dim() == 4]
+    if not enabled or not params:
+        yield False
+        return
+    was_contiguous = [p.is_contiguous() for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield True
+    finally:
+        with torch.no_grad():
+            for p, contiguous in zip(params, was_contiguous):
+                if contiguous:
+                    p.data = p.data.contiguous()
+
+
 def recalibrate_bn(
     model: nn.Module,
     batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
@@ -84,7 +111,7 @@ def recalibrate_bn(
     if mode == "cumulative" and not reset:
         raise ConfigError("cumulative REFLOW averages from scratch and needs reset=True; use mode='ema' to keep the old statistics")
     layers = require_batchnorm(model, "REFLOW")
-    device = device or next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     saved = [
         _SavedBN(m, m.running_mean.clone(), m.running_var.clone(), None if m.num_batches_tracked is None else m.num_batches_tracked.clone(), m.momentum)
         for _, m in layers
@@ -98,9 +125,10 @@ def recalibrate_bn(
         module.train()
     seen_batches = seen_images = 0
     try:
-        with torch.no_grad():
+        with torch.no_grad(), channels_last(model, enabled=device.type == "cpu") as converted:
             for x, _ in batches:
-                model(x.to(device, non_blocking=True))
+                x = x.to(device, non_blocking=True)
+                model(x.contiguous(memory_format=torch.channels_last) if converted and x.dim() == 4 else x)
                 seen_batches += 1
                 seen_images += len(x)
                 if seen_batches >= num_batches:
