@@ -33,7 +33,9 @@ def test_suite_runs_its_jobs_resumes_and_writes_the_combined_report(tmp_path, ca
     report = (out / "tiny-suite" / "report.md").read_text()
     assert "## Best method at each sparsity" in report and "| smallcnn | 0.9 |" in report and "woodfisher" in report
     assert (out / "tiny-suite" / "figures" / "accuracy_vs_sparsity.png").exists() and (out / "small" / "report.md").exists()
-    assert "[options.update=none]" not in report.split("## Cost")[0]  # the one-sparsity ablation cell stays out of the main tables
+    main_tables = report.split("## Cost")[0]
+    assert "[options.update=none]" not in main_tables  # the one-sparsity ablation cell stays out of the main tables
+    assert "## Ablation cells" in report and "| smallcnn | woodfisher [options.update=none] | 0.7 | 1 |" in report
     capsys.readouterr()
     assert main(["suite", suite, "--out", str(out), "--no-progress"]) == 0  # resumed: nothing left to run
     assert "7 runs, 7 already complete, ran 0" in capsys.readouterr().out
@@ -45,7 +47,7 @@ def test_suite_runs_its_jobs_resumes_and_writes_the_combined_report(tmp_path, ca
 
 def test_named_suite_is_well_formed_and_fills_the_models_dir():
     suite = load_suite("cifar10")
-    assert {job["folder"] for job in suite["jobs"]} == {"cifar10-resnet20", "cifar10-resnet56", "cifar10-mobilenetv1"}
+    assert {job["folder"] for job in suite["jobs"]} == {"cifar10-resnet20", "cifar10-resnet56", "cifar10-mobilenetv1", "cifar10-resnet20-objective"}
     main_jobs = [job for job in suite["jobs"] if job.get("role", "sweep") == "sweep"]
     assert all(set(job["settings"]["sweep"]["methods"]) >= {"mp", "woodfisher", "cbs", "chita"} for job in main_jobs)
     filled = fill_placeholders(suite["jobs"][0]["settings"], "/models")
@@ -85,4 +87,4 @@ def test_cifar10_suite_plans_against_the_shared_files(tmp_path):
 
     command = SuiteCommandSpec(out=str(tmp_path), models_dir=str(SHARED_MODELS), data=str(SHARED_DATA), dry_run=True)
     planned = plan_jobs("cifar10", command)
-    assert sum(len(job.plan.pruners) for job in planned) == 3 * 5 + 7
+    assert sum(len(job.plan.pruners) for job in planned) == 3 * 5 + 7 + 8  # main sweeps, selection x update cells, objective cells

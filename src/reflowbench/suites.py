@@ -2,7 +2,9 @@
 
 A suite is a list of jobs; each job is one ``reflowbench run`` (a preset plus settings, in the format of a
 ``--config`` file) whose results go to ``<out>/<folder>``. Jobs that share a folder share its runs and its
-report (e.g. a model's main sweep and its selection x update ablation). In strings, ``{models}`` stands for
+report (e.g. a model's main sweep and its selection x update ablation). A job's ``role`` is ``sweep`` (the
+default: a main sweep, whose seeds and sparsities ``--seeds``/``--sparsities`` override), ``ablation`` or
+``objective`` (extra cells, kept as defined). In strings, ``{models}`` stands for
 ``--models-dir``. A JSON file of the same shape (``{"description": ..., "jobs": [...]}``) is a suite too.
 
 Per-model settings that differ from a pruner's published defaults are here, each with its reason.
@@ -27,8 +29,8 @@ class SuiteCommandSpec:
     data: Optional[str] = None  # the dataset path for every job (a CIFAR-10 .tar.gz, ImageFolder tree or torchvision root)
     download: bool = False  # let torchvision download CIFAR-10 into --data
     only: List[str] = field(default_factory=list)  # run only the jobs of these folders (default: all)
-    seeds: List[int] = field(default_factory=list)  # override every job's seeds (default: the suite's)
-    sparsities: List[float] = field(default_factory=list)  # override every job's sparsities (default: the suite's)
+    seeds: List[int] = field(default_factory=list)  # override the seeds of the main sweeps (default: the suite's; ablation jobs keep theirs)
+    sparsities: List[float] = field(default_factory=list)  # override the sparsities of the main sweeps (default: the suite's)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     dry_run: bool = False  # list every job with its finished and missing runs, run nothing
@@ -64,10 +66,31 @@ def _ablation_jobs(folder: str, checkpoint: str, model: str) -> List[Dict[str, A
     ]
 
 
+def _objective_jobs(folder: str, checkpoint: str, model: str) -> List[Dict[str, Any]]:
+    """The quadratic-model diagnostic at 0.7 and 0.9, seed 0: every pruner and every CHITA solver measured under one
+    reference whole-network Fisher (N = 500 x 16, lam = 1e-4)."""
+    variants = [("mp", {}), ("woodfisher", {}), ("chita", {}), ("mp-hessian", {}), ("cbs", {})]
+    variants += [("chita", {"solver": solver}) for solver in ("active-set", "backsolve", "block-backsolve")]
+    return [
+        {
+            "folder": folder,
+            "preset": "cifar10",
+            "settings": {
+                "model": {"model": model, "checkpoint": checkpoint},
+                "sweep": {"methods": [method], "sparsities": [0.7, 0.9], "seeds": [0]},
+                "objective": {"objective_grads": 500},
+                "method_options": {method: options} if options else {},
+            },
+            "role": "objective",
+        }
+        for method, options in variants
+    ]
+
+
 SUITES: Dict[str, Dict[str, Any]] = {
     "cifar10": {
         "description": "MP, WoodFisher, CBS, CHITA and CHITA++ at their published defaults on the three CIFAR-10 _jpeg checkpoints, "
-        "sparsities 0.5-0.95, seeds 0-2, with and without REFLOW; the selection x update ablation on ResNet-20",
+        "sparsities 0.5-0.95, seeds 0-2, with and without REFLOW; on ResNet-20 the selection x update ablation and the quadratic-model diagnostic",
         "jobs": [
             {
                 "folder": "cifar10-resnet20",
@@ -75,6 +98,7 @@ SUITES: Dict[str, Dict[str, Any]] = {
                 "settings": {"model": {"model": "resnet20", "checkpoint": R20}, "sweep": {"methods": FOUR}, "method_options": CHITA_PP},
             },
             *_ablation_jobs("cifar10-resnet20", R20, "resnet20"),
+            *_objective_jobs("cifar10-resnet20-objective", R20, "resnet20"),
             {
                 "folder": "cifar10-resnet56",
                 "preset": "cifar10",

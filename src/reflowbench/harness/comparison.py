@@ -24,7 +24,7 @@ Log = Callable[[str], None]
 @dataclass
 class PlannedJob:
     folder: str
-    role: str  # "sweep" (a method's main rows) or "ablation" (extra option cells)
+    role: str  # "sweep" (a method's main rows), "ablation" or "objective" (extra cells)
     plan: SuitePlan
 
 
@@ -37,10 +37,9 @@ def job_spec(job: Dict, command: SuiteCommandSpec, index: int) -> SuiteSpec:
     if command.data is not None:
         spec.data.data = command.data
     spec.data.download = command.download or spec.data.download
-    if command.seeds:
-        spec.sweep.seeds = list(command.seeds)
-    if command.sparsities and job.get("role", "sweep") == "sweep":
-        spec.sweep.sparsities = list(command.sparsities)
+    if job.get("role", "sweep") == "sweep":
+        spec.sweep.seeds = list(command.seeds) or spec.sweep.seeds
+        spec.sweep.sparsities = list(command.sparsities) or spec.sweep.sparsities
     return spec
 
 

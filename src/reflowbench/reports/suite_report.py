@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from reflowbench.errors import ReflowbenchError
-from reflowbench.reports.aggregate import cost_table, group, markdown_table, mean_std
+from reflowbench.reports.aggregate import cost_table, fmt, group, markdown_table, mean_std, objective_table
 from reflowbench.reports.figures import accuracy_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
 from reflowbench.schema.results import load_runs
 from reflowbench.utils.io import atomic_write_text
@@ -77,11 +77,34 @@ def best_method_rows(records: List[Dict[str, Any]]) -> Tuple[List[str], List[Lis
     return header, rows
 
 
+def extra_cells(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]]]:
+    """The configurations run at fewer than 3 sparsities without the quadratic-model diagnostic (the ablation
+    cells): model, label, sparsity, seeds, top-1 after pruning → after REFLOW."""
+    main = {id(r) for r in sweep_records(records)}
+    cells = [r for r in records if id(r) not in main and not r.get("objective")]
+    rows = [
+        [
+            model,
+            label,
+            f"{sparsity:g}",
+            str(len(runs)),
+            f"{fmt(*mean_std([r['pruned']['top1'] for r in runs]))} → {fmt(*mean_std([r['reflow']['top1'] for r in runs]))}",
+        ]
+        for (model, label, sparsity), runs in group(cells).items()
+    ]
+    return ["model", "configuration", "sparsity", "seeds", "top-1 pruned → + REFLOW (%)"], rows
+
+
 def _hardware(records: List[Dict[str, Any]]) -> List[str]:
     seen = sorted(
         {(r["environment"].get("device", "?"), r["environment"].get("torch_threads", "?"), r["environment"].get("platform", "?")) for r in records}, key=str
     )
     return [f"- hardware: device {device}, {threads} torch threads, {platform}" for device, threads, platform in seen]
+
+
+def _optional_table(title: str, caption: str, table: Tuple[List[str], List[List[str]]]) -> List[str]:
+    header, rows = table
+    return [f"## {title}", "", caption, "", markdown_table(header, rows), ""] if rows else []
 
 
 def write_suite_report(out: Path, name: str, folders: List[str], description: str = "") -> Dict[str, Path]:
@@ -138,6 +161,17 @@ def write_suite_report(out: Path, name: str, folders: List[str], description: st
         "",
         markdown_table(cost_header, cost_rows),
         "",
+        *_optional_table(
+            "Ablation cells",
+            "Configurations run at one or two sparsities (the selection × update grid); labels name the setting that differs.",
+            extra_cells(records),
+        ),
+        *_optional_table(
+            "Quadratic model",
+            "Q(w) = ½ (w − w̄)ᵀ F (w − w̄) of each pruner's output under one reference whole-network Fisher per seed, the best Q on its support, "
+            "the overlap of its support with magnitude's, and its accuracy: does the objective a pruner reaches predict its accuracy?",
+            objective_table(records),
+        ),
         "## Per-model reports",
         "",
         *[f"- [{folder}](../{folder}/report.md)" for folder in found],
