@@ -36,6 +36,8 @@ def test_suite_runs_its_jobs_resumes_and_writes_the_combined_report(tmp_path, ca
     main_tables = report.split("## Cost")[0]
     assert "[options.update=none]" not in main_tables  # the one-sparsity ablation cell stays out of the main tables
     assert "## Ablation cells" in report and "| smallcnn | woodfisher [options.update=none] | 0.7 | 1 |" in report
+    timing = json.loads((out / "tiny-suite" / "timing.json").read_text())
+    assert timing["runs"] == 7 and 0 < timing["floor_seconds"] <= timing["wall_seconds"] and "## Time of the last invocation" in report
     capsys.readouterr()
     assert main(["suite", suite, "--out", str(out), "--no-progress"]) == 0  # resumed: nothing left to run
     assert "7 runs, 7 already complete, ran 0" in capsys.readouterr().out
@@ -88,3 +90,15 @@ def test_cifar10_suite_plans_against_the_shared_files(tmp_path):
     command = SuiteCommandSpec(out=str(tmp_path), models_dir=str(SHARED_MODELS), data=str(SHARED_DATA), dry_run=True)
     planned = plan_jobs("cifar10", command)
     assert sum(len(job.plan.pruners) for job in planned) == 3 * 5 + 7 + 8  # main sweeps, selection x update cells, objective cells
+
+
+def test_spent_seconds_counts_shared_gradients_once():
+    from reflowbench.reports.suite_report import spent_seconds, suite_timing
+
+    cost = {"gradients": {"seconds": 5.0}, "curvature": {"seconds": 3.0}, "prune": {"seconds": 10.0}, "eval_pruned": {"seconds": 2.0}}
+    first = {"cost": cost, "notes": {}}
+    reused = {"cost": cost, "notes": {"gradients_reused": True}}
+    assert spent_seconds(first, "prune") == 10.0 and spent_seconds(reused, "prune") == 2.0
+    assert spent_seconds(reused, "gradients") == 0.0 and spent_seconds(reused, "eval_pruned") == 2.0
+    timing = suite_timing([first, reused], wall_seconds=20.0)
+    assert timing["floor_seconds"] == 4.0 and timing["wall_over_floor"] == 5.0 and timing["outside_runs_seconds"] == 4.0

@@ -114,6 +114,15 @@ SUITES: Dict[str, Dict[str, Any]] = {
 }
 
 
+SUITES["resnet20-four"] = {
+    "description": "the four pruners (MP, WoodFisher, CBS, CHITA) at their published defaults on the ResNet-20 _jpeg checkpoint, "
+    "sparsities 0.5-0.95, seeds 0-2, with and without REFLOW: 72 runs, the end-to-end timing target (wall time against the floor)",
+    "jobs": [
+        {"folder": "cifar10-resnet20", "preset": "cifar10", "settings": {"model": {"model": "resnet20", "checkpoint": R20}, "sweep": {"methods": FOUR[:4]}}}
+    ],
+}
+
+
 def load_suite(name: str) -> Dict[str, Any]:
     """The suite called ``name``, or the one in JSON file ``name``; checked for shape (settings are checked when planned)."""
     if name in SUITES:

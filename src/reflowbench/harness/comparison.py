@@ -8,6 +8,8 @@ missing runs instead.
 
 from __future__ import annotations
 
+import datetime as _dt
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -16,7 +18,9 @@ from reflowbench.config import SuiteSpec, merge_into, preset
 from reflowbench.errors import ConfigError
 from reflowbench.harness.plan import SuitePlan, plan_suite
 from reflowbench.harness.sweep import count_complete, run_suite
+from reflowbench.schema.results import load_runs
 from reflowbench.suites import SuiteCommandSpec, fill_placeholders, load_suite, suite_name
+from reflowbench.utils.io import atomic_write_json
 
 Log = Callable[[str], None]
 
@@ -64,9 +68,11 @@ def plan_jobs(name: str, command: SuiteCommandSpec) -> List[PlannedJob]:
 
 
 def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Dict[str, int]:
-    """Run (or, with ``dry_run``, list) every job, then write the combined report (``report_only``: only that);
+    """Run (or, with ``dry_run``, list) every job, then write the combined report (``report_only``: only that) and,
+    when runs were made, ``<name>-suite/timing.json`` (wall time against the floor of the runs made now);
     returns {"done", "skipped", "total"} summed over the jobs run or listed."""
     planned = plan_jobs(name, command)
+    started, started_iso = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     totals = {"done": 0, "skipped": 0, "total": 0}
     for index, job in enumerate(planned):
         sweep = job.plan.spec.sweep
@@ -89,6 +95,22 @@ def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Di
         from reflowbench.reports.suite_report import write_suite_report
 
         folders = list(dict.fromkeys(job.folder for job in planned))
+        if totals["done"]:
+            _write_timing(Path(command.out), suite_name(name), folders, started_iso, time.perf_counter() - started, log)
         paths = write_suite_report(Path(command.out), suite_name(name), folders, load_suite(name).get("description", ""))
         log(f"suite report: {paths['markdown']}")
     return totals
+
+
+def _write_timing(out: Path, name: str, folders: List[str], started_iso: str, wall_seconds: float, log: Log) -> None:
+    """``<out>/<name>-suite/timing.json``: where this invocation's wall time went (the runs it created)."""
+    from reflowbench.reports.suite_report import suite_timing
+
+    records = [r for folder in folders for r in load_runs(out / folder) if r.get("created", "") >= started_iso]
+    timing = suite_timing(records, wall_seconds)
+    atomic_write_json(out / f"{name}-suite" / "timing.json", {**timing, "started": started_iso})
+    ratio = timing["wall_over_floor"]
+    log(
+        f"suite time: {wall_seconds:.0f} s for {len(records)} runs; floor (test evaluations + REFLOW) {timing['floor_seconds']:.0f} s"
+        + (f", {ratio:.2f}x" if ratio else "")
+    )

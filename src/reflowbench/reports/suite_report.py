@@ -4,6 +4,7 @@ with the hardware named, and a link to each folder's own report (tables, signal 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -95,6 +96,57 @@ def extra_cells(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str
     return ["model", "configuration", "sparsity", "seeds", "top-1 pruned → + REFLOW (%)"], rows
 
 
+FLOOR_PHASES = ("eval_pruned", "eval_reflow", "recalibrate")  # the work no implementation of the comparison can skip
+
+
+def spent_seconds(record: Dict[str, Any], phase: str) -> float:
+    """Seconds a run really spent in ``phase``: a run that reused its seed's dense gradients and curvature is
+    charged their cost in its record (so every run shows what it needs), but did not spend it again."""
+    cost = record["cost"].get(phase, {}).get("seconds", 0.0)
+    if not record.get("notes", {}).get("gradients_reused"):
+        return cost
+    if phase in ("gradients", "curvature"):
+        return 0.0
+    if phase == "prune":
+        return max(cost - sum(record["cost"].get(p, {}).get("seconds", 0.0) for p in ("gradients", "curvature")), 0.0)
+    return cost
+
+
+def suite_timing(records: List[Dict[str, Any]], wall_seconds: float) -> Dict[str, Any]:
+    """Where the wall time of one suite invocation went, for the ``records`` it produced: the floor (test-set
+    evaluations and REFLOW passes), pruning and diagnostics as really spent, the rest (loading, dense model,
+    reports), and wall / floor."""
+    phases = sorted({p for r in records for p in r["cost"]})
+    spent = {p: sum(spent_seconds(r, p) for r in records) for p in phases}
+    floor = sum(spent.get(p, 0.0) for p in FLOOR_PHASES)
+    in_runs = sum(v for p, v in spent.items() if p not in ("gradients", "curvature", "selection", "update"))  # prune holds those four
+    return {
+        "runs": len(records),
+        "wall_seconds": wall_seconds,
+        "floor_seconds": floor,
+        "wall_over_floor": wall_seconds / floor if floor > 0 else None,
+        "spent_seconds": spent,
+        "outside_runs_seconds": max(wall_seconds - in_runs, 0.0),
+    }
+
+
+def timing_lines(timing: Dict[str, Any]) -> List[str]:
+    """Markdown for :func:`suite_timing`'s result."""
+    spent = timing["spent_seconds"]
+    ratio = timing["wall_over_floor"]
+    rows = [[p, f"{spent[p]:.1f}"] for p in ("prune", *FLOOR_PHASES, "diagnostics", "objective") if p in spent]
+    rows.append(["outside the runs (data, dense model, reports)", f"{timing['outside_runs_seconds']:.1f}"])
+    return [
+        "## Time of the last invocation",
+        "",
+        f"{timing['runs']} runs in {timing['wall_seconds']:.0f} s wall; the floor (every test-set evaluation and REFLOW pass of those runs) "
+        f"is {timing['floor_seconds']:.0f} s" + (f": {ratio:.2f}x the floor." if ratio else "."),
+        "",
+        markdown_table(["phase", "seconds spent (shared gradients counted once)"], rows),
+        "",
+    ]
+
+
 def _hardware(records: List[Dict[str, Any]]) -> List[str]:
     seen = sorted(
         {(r["environment"].get("device", "?"), r["environment"].get("torch_threads", "?"), r["environment"].get("platform", "?")) for r in records}, key=str
@@ -120,6 +172,7 @@ def write_suite_report(out: Path, name: str, folders: List[str], description: st
     if not records:
         raise ReflowbenchError(f"no complete runs in any of {[str(out / f) for f in folders]}: run `reflowbench suite {name} --out {out}` first")
     target = out / f"{name}-suite"
+    timing_path = target / "timing.json"
     figures = target / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     accuracy = accuracy_vs_sparsity(records, figures / "accuracy_vs_sparsity.png")
@@ -172,6 +225,7 @@ def write_suite_report(out: Path, name: str, folders: List[str], description: st
             "the overlap of its support with magnitude's, and its accuracy: does the objective a pruner reaches predict its accuracy?",
             objective_table(records),
         ),
+        *(timing_lines(json.loads(timing_path.read_text())) if timing_path.exists() else []),
         "## Per-model reports",
         "",
         *[f"- [{folder}](../{folder}/report.md)" for folder in found],
