@@ -45,6 +45,8 @@ def test_tune_scores_every_cell_resumes_and_its_config_runs(tmp_path, capsys):
     record["results"] = record["results"][:-1]  # as if interrupted before the last cell
     (out / "tuning" / "smallcnn_woodfisher.json").write_text(json.dumps(record))
     capsys.readouterr()
+    assert main([*args, "--report-only"]) == 0  # the table from what is scored, saying it is partial
+    assert "held-out loss" not in capsys.readouterr().out and "Partial search**: 7 of 8" in (out / "tuning" / "smallcnn_woodfisher.md").read_text()
     assert main(args) == 0
     assert capsys.readouterr().out.count("held-out loss") == 1  # only the missing cell ran again
     runs = tmp_path / "runs"

@@ -224,7 +224,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         f"tuning {tune.method}: {len(cells)} settings x sparsities {','.join(f'{s:g}' for s in tune.at_sparsities)} x seeds {','.join(map(str, plan.spec.sweep.seeds))}"
     )
     paths = run_tuning(plan, cells, tune, log=_log)
-    _log(f"chosen {tune.method} settings: {json.dumps(paths['chosen'], sort_keys=True)}")
+    _log(f"chosen {tune.method} settings{' (partial search)' if paths['partial'] else ''}: {json.dumps(paths['chosen'], sort_keys=True)}")
     _log(f"table: {paths['markdown']}; run the tuned row with --config {paths['config']}")
     return 0
 

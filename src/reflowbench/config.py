@@ -139,6 +139,7 @@ class TuneSpec:
     at_sparsities: List[float] = field(default_factory=lambda: [0.7, 0.9])  # sparsities each cell is scored at
     criterion: str = "pruned"  # which held-out loss picks the cell: pruned (right after pruning) or reflow (after REFLOW)
     grid: Optional[str] = None  # JSON file {"axis": [{option: value, ...}, ...], ...} replacing the pruner's grid
+    report_only: bool = False  # write the table and the config from the cells already scored (a partial search says so), score nothing
 
     def validate(self) -> "TuneSpec":
         _unique(self.at_sparsities, "--at-sparsities")

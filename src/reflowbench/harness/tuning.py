@@ -131,7 +131,7 @@ def run_tuning(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec, log
     }
     done = {(r["cell"], r["sparsity"], r["seed"]) for r in record["results"]}
     ids = [stable_hash(asdict(pruner.options), 8) for pruner in plan.pruners]
-    for seed in spec.sweep.seeds:
+    for seed in [] if tune.report_only else spec.sweep.seeds:
         for cell_id, cell, pruner in zip(ids, cells, plan.pruners):
             for sparsity in tune.at_sparsities:
                 if (cell_id, sparsity, seed) in done:
@@ -141,7 +141,8 @@ def run_tuning(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec, log
                 record["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
                 atomic_write_json(results_path, record)
                 log(f"seed {seed} s={sparsity:g} {cell}: held-out loss {result['loss_pruned']:.4g} pruned, {result['loss_reflow']:.4g} after REFLOW")
-    return _write_outputs(folder, stem, record, cells, ids, tune)
+    expected = len(cells) * len(tune.at_sparsities) * len(spec.sweep.seeds)
+    return _write_outputs(folder, stem, record, cells, ids, tune, expected)
 
 
 def _read(path: Path, key: str) -> Dict[str, Any]:
@@ -152,9 +153,14 @@ def _read(path: Path, key: str) -> Dict[str, Any]:
     return record if isinstance(record, dict) and record.get("key") == key and isinstance(record.get("results"), list) else {}
 
 
-def _write_outputs(folder: Path, stem: str, record: Dict[str, Any], cells: List[Dict[str, Any]], ids: List[str], tune: TuneSpec) -> Dict[str, Any]:
+def _write_outputs(
+    folder: Path, stem: str, record: Dict[str, Any], cells: List[Dict[str, Any]], ids: List[str], tune: TuneSpec, expected: int
+) -> Dict[str, Any]:
     options_of = dict(zip(ids, cells))
     results = [r for r in record["results"] if r["cell"] in options_of and r["sparsity"] in tune.at_sparsities]
+    if not results:
+        raise ConfigError(f"no tuning cell of {record['method']} has been scored yet in {folder}: run `reflowbench tune` without --report-only first")
+    partial = len(results) < expected
     ranking = rank_cells(results, tune.criterion)
     chosen = ranking[0][0]
     header = ["rank", "options", "mean rank", *[f"loss {stage} s={s:g}" for s in tune.at_sparsities for stage in ("pruned", "reflow")], "prune s"]
@@ -184,10 +190,15 @@ def _write_outputs(folder: Path, stem: str, record: Dict[str, Any], cells: List[
         "",
         markdown_table(header, rows),
         "",
-        f"Chosen: `{json.dumps(options_of[chosen], sort_keys=True)}`; run it with `--config {folder / (stem + '.config.json')}`.",
+        *(
+            [f"**Partial search**: {len(results)} of {expected} (cell, sparsity, seed) scores; a cell's mean rank covers only the points it has.", ""]
+            if partial
+            else []
+        ),
+        f"Chosen{' so far' if partial else ''}: `{json.dumps(options_of[chosen], sort_keys=True)}`; run it with `--config {folder / (stem + '.config.json')}`.",
         "",
     ]
     markdown, config = folder / f"{stem}.md", folder / f"{stem}.config.json"
     atomic_write_text(markdown, "\n".join(md))
     atomic_write_json(config, {"method_options": {record["method"]: options_of[chosen]}})
-    return {"results": folder / f"{stem}.json", "markdown": markdown, "config": config, "chosen": options_of[chosen]}
+    return {"results": folder / f"{stem}.json", "markdown": markdown, "config": config, "chosen": options_of[chosen], "partial": partial}
