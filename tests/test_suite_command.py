@@ -89,7 +89,8 @@ def test_cifar10_suite_plans_against_the_shared_files(tmp_path):
 
     command = SuiteCommandSpec(out=str(tmp_path), models_dir=str(SHARED_MODELS), data=str(SHARED_DATA), dry_run=True)
     planned = plan_jobs("cifar10", command)
-    assert sum(len(job.plan.pruners) for job in planned) == 3 * 5 + 7 + 8  # main sweeps, selection x update cells, objective cells
+    assert sum(len(job.plan.pruners) for job in planned) == 3 * 5 + 7 + 8 + 3  # main sweeps, selection x update, objective, tuned
+    assert [job.tune.method for job in planned if job.tune] == ["woodfisher", "cbs", "chita"]
 
 
 def test_spent_seconds_counts_shared_gradients_once():
@@ -102,3 +103,21 @@ def test_spent_seconds_counts_shared_gradients_once():
     assert spent_seconds(reused, "gradients") == 0.0 and spent_seconds(reused, "eval_pruned") == 2.0
     timing = suite_timing([first, reused], wall_seconds=20.0)
     assert timing["floor_seconds"] == 4.0 and timing["wall_over_floor"] == 5.0 and timing["outside_runs_seconds"] == 4.0
+
+
+def test_tuned_job_searches_its_settings_then_runs_them(tmp_path, capsys):
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"damping": [{"damp": 1e-5}, {"damp": 1e-2, "damp_mode": "relative"}]}))
+    job = _job("small", ["woodfisher"], [0.7, 0.9], {"woodfisher": WF}, role="tuned")
+    job["tune"] = {"method": "woodfisher", "at_sparsities": [0.8], "grid": str(grid), "seeds": [0]}
+    suite, out = _suite_file(tmp_path, [job]), tmp_path / "out"
+    assert main(["suite", suite, "--out", str(out), "--dry-run"]) == 0
+    assert "chooses first" in capsys.readouterr().out and not (out / "small" / "tuning").exists()
+    assert main(["suite", suite, "--out", str(out), "--no-progress"]) == 0
+    chosen = json.loads((out / "small" / "tuning" / "smallcnn_woodfisher.config.json").read_text())["method_options"]["woodfisher"]
+    runs = [json.loads(p.read_text()) for p in (out / "small" / "runs").glob("*.json")]
+    assert len(runs) == 2 and all(r["options"]["damp"] == chosen["damp"] and r["options"]["num_grads"] == 16 for r in runs)
+    bad = _job("small", ["woodfisher"], [0.7], role="tuned")
+    bad["tune"] = {"method": "mp", "seeds": [0]}
+    assert main(["suite", _suite_file(tmp_path, [bad]), "--out", str(out)]) == 2
+    assert "job 1 (small)" in capsys.readouterr().err

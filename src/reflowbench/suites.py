@@ -3,8 +3,9 @@
 A suite is a list of jobs; each job is one ``reflowbench run`` (a preset plus settings, in the format of a
 ``--config`` file) whose results go to ``<out>/<folder>``. Jobs that share a folder share its runs and its
 report (e.g. a model's main sweep and its selection x update ablation). A job's ``role`` is ``sweep`` (the
-default: a main sweep, whose seeds and sparsities ``--seeds``/``--sparsities`` override), ``ablation`` or
-``objective`` (extra cells, kept as defined). In strings, ``{models}`` stands for
+default: a main sweep, whose seeds and sparsities ``--seeds``/``--sparsities`` override), ``tuned`` (a main sweep
+whose method's options come from a settings search first: the job's ``tune`` entry, see :class:`~reflowbench.config.TuneSpec`),
+``ablation`` or ``objective`` (extra cells, kept as defined). In strings, ``{models}`` stands for
 ``--models-dir``. A JSON file of the same shape (``{"description": ..., "jobs": [...]}``) is a suite too.
 
 Per-model settings that differ from a pruner's published defaults are here, each with its reason.
@@ -87,10 +88,26 @@ def _objective_jobs(folder: str, checkpoint: str, model: str) -> List[Dict[str, 
     ]
 
 
+def _tuned_jobs(folder: str, checkpoint: str, model: str, methods: List[str]) -> List[Dict[str, Any]]:
+    """Per method: its settings grid searched on the held-out training loss after pruning (seed 0, at 0.7 and 0.9; the
+    results in <folder>/tuning/), then the main sweep with the chosen settings (the tuned row beside the defaults' row)."""
+    return [
+        {
+            "folder": folder,
+            "preset": "cifar10",
+            "settings": {"model": {"model": model, "checkpoint": checkpoint}, "sweep": {"methods": [method]}},
+            "role": "tuned",
+            "tune": {"method": method, "at_sparsities": [0.7, 0.9], "criterion": "pruned", "seeds": [0]},
+        }
+        for method in methods
+    ]
+
+
 SUITES: Dict[str, Dict[str, Any]] = {
     "cifar10": {
         "description": "MP, WoodFisher, CBS, CHITA and CHITA++ at their published defaults on the three CIFAR-10 _jpeg checkpoints, "
-        "sparsities 0.5-0.95, seeds 0-2, with and without REFLOW; on ResNet-20 the selection x update ablation and the quadratic-model diagnostic",
+        "sparsities 0.5-0.95, seeds 0-2, with and without REFLOW; on ResNet-20 also WoodFisher, CBS and CHITA with settings tuned on the "
+        "held-out training loss, the selection x update ablation and the quadratic-model diagnostic",
         "jobs": [
             {
                 "folder": "cifar10-resnet20",
@@ -99,6 +116,7 @@ SUITES: Dict[str, Dict[str, Any]] = {
             },
             *_ablation_jobs("cifar10-resnet20", R20, "resnet20"),
             *_objective_jobs("cifar10-resnet20-objective", R20, "resnet20"),
+            *_tuned_jobs("cifar10-resnet20", R20, "resnet20", ["woodfisher", "cbs", "chita"]),
             {
                 "folder": "cifar10-resnet56",
                 "preset": "cifar10",

@@ -8,16 +8,18 @@ missing runs instead.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
-from reflowbench.config import SuiteSpec, merge_into, preset
+from reflowbench.config import SuiteSpec, TuneSpec, merge_into, preset
 from reflowbench.errors import ConfigError
 from reflowbench.harness.plan import SuitePlan, plan_suite
 from reflowbench.harness.sweep import count_complete, run_suite
+from reflowbench.harness.tuning import run_tuning, tune_plan
 from reflowbench.schema.results import load_runs
 from reflowbench.suites import SuiteCommandSpec, fill_placeholders, load_suite, suite_name
 from reflowbench.utils.io import atomic_write_json
@@ -28,8 +30,10 @@ Log = Callable[[str], None]
 @dataclass
 class PlannedJob:
     folder: str
-    role: str  # "sweep" (a method's main rows), "ablation" or "objective" (extra cells)
+    role: str  # "sweep" (a method's main rows), "tuned" (the same after a settings search), "ablation" or "objective" (extra cells)
     plan: SuitePlan
+    tune: Optional[TuneSpec] = None  # the settings search run before a "tuned" job (its chosen options replace the method's)
+    tune_seeds: Optional[List[int]] = None
 
 
 def job_spec(job: Dict, command: SuiteCommandSpec, index: int) -> SuiteSpec:
@@ -41,7 +45,7 @@ def job_spec(job: Dict, command: SuiteCommandSpec, index: int) -> SuiteSpec:
     if command.data is not None:
         spec.data.data = command.data
     spec.data.download = command.download or spec.data.download
-    if job.get("role", "sweep") == "sweep":
+    if job.get("role", "sweep") in ("sweep", "tuned"):
         spec.sweep.seeds = list(command.seeds) or spec.sweep.seeds
         spec.sweep.sparsities = list(command.sparsities) or spec.sweep.sparsities
     return spec
@@ -59,12 +63,40 @@ def plan_jobs(name: str, command: SuiteCommandSpec) -> List[PlannedJob]:
     for index, job in enumerate(jobs):
         if command.only and job["folder"] not in command.only:
             continue
+        check_out = not (command.dry_run or command.report_only)
         try:
-            plan = plan_suite(job_spec(job, command, index), check_out=not (command.dry_run or command.report_only))
+            plan = plan_suite(job_spec(job, command, index), check_out=check_out)
+            tune, tune_seeds = _job_tuning(job, command, index, check_out)
         except ConfigError as exc:
             raise type(exc)(f"suite {name}, job {index + 1} ({job['folder']}): {exc}") from None
-        planned.append(PlannedJob(job["folder"], job.get("role", "sweep"), plan))
+        planned.append(PlannedJob(job["folder"], job.get("role", "sweep"), plan, tune, tune_seeds))
     return planned
+
+
+def _job_tuning(job: Dict, command: SuiteCommandSpec, index: int, check_out: bool):
+    """(TuneSpec, its seeds) of a job with a ``tune`` entry ({"method", "at_sparsities", "criterion", "seeds"}), checked
+    with its grid; (None, None) for any other job."""
+    if "tune" not in job:
+        return None, None
+    settings = dict(job["tune"])
+    seeds = settings.pop("seeds", [0])
+    tune = TuneSpec(**settings)
+    spec = job_spec(job, command, index)
+    spec.sweep.seeds = list(seeds)
+    tune_plan(spec, tune, check_out=check_out)  # the method, the grid and every cell's options
+    return tune, list(seeds)
+
+
+def _tuned_plan(job: PlannedJob, command: SuiteCommandSpec, log: Log) -> SuitePlan:
+    """Run (or resume) the job's settings search, then its sweep planned with the chosen options."""
+    spec = copy.deepcopy(job.plan.spec)
+    spec.sweep.seeds = list(job.tune_seeds or [0])
+    tune_spec_plan, cells = tune_plan(spec, copy.deepcopy(job.tune))
+    chosen = run_tuning(tune_spec_plan, cells, job.tune, log=log)["chosen"]
+    log(f"{job.folder}: tuned {job.tune.method}: {chosen}")
+    tuned = copy.deepcopy(job.plan.spec)
+    tuned.method_options[job.tune.method] = chosen
+    return plan_suite(tuned)
 
 
 def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Dict[str, int]:
@@ -82,13 +114,17 @@ def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Di
         if command.report_only:
             continue
         if command.dry_run:
+            if job.tune is not None:
+                log(f"{header}: with the settings `reflowbench tune --method {job.tune.method}` chooses first (runs counted once it has)")
+                continue
             complete, total = count_complete(job.plan)
             log(f"{header}: {complete} of {total} runs finished, {total - complete} to run")
             totals["skipped"] += complete
             totals["total"] += total
             continue
         log(header)
-        counts = run_suite(job.plan, log=log, report=index == len(planned) - 1 or planned[index + 1].folder != job.folder)
+        plan = _tuned_plan(job, command, log) if job.tune is not None else job.plan
+        counts = run_suite(plan, log=log, report=index == len(planned) - 1 or planned[index + 1].folder != job.folder)
         for key in totals:
             totals[key] += counts[key]
     if not command.dry_run:

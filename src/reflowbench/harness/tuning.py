@@ -61,12 +61,13 @@ def grid_cells(grid: Grid) -> List[Dict[str, Any]]:
     return [{k: v for part in parts for k, v in part.items()} for parts in itertools.product(*grid.values())]
 
 
-def tune_plan(spec: SuiteSpec, tune: TuneSpec) -> Tuple[SuitePlan, List[Dict[str, Any]]]:
-    """The plan (one pruner per grid cell, each cell's options checked) and the cells' option overrides."""
+def tune_plan(spec: SuiteSpec, tune: TuneSpec, check_out: bool = True) -> Tuple[SuitePlan, List[Dict[str, Any]]]:
+    """The plan (one pruner per grid cell, each cell's options checked) and the cells' option overrides.
+    ``spec``'s sweep is narrowed to the method and the tuning sparsities in place."""
     tune.validate()
     base = dict(spec.method_options.get(tune.method, {}))
     spec.sweep.methods, spec.sweep.sparsities = [tune.method], list(tune.at_sparsities)
-    plan = plan_suite(spec)
+    plan = plan_suite(spec, check_out=check_out)
     cells = [{**base, **cell} for cell in grid_cells(read_grid(tune, tune.method))]
     pruners = []
     for cell in cells:
