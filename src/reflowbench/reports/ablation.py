@@ -80,7 +80,7 @@ def ablation_figure(grouped: Series, path: Path) -> Path:
         ax.set_xlabel(name)
         ax.set_ylabel("test top-1 after REFLOW (%)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
+    axes[0].legend(fontsize=7, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
@@ -124,6 +124,7 @@ def write_ablation_report(out: Path) -> Dict[str, Path]:
     figure = ablation_figure(grouped, figures / "reflow_ablation.png")
     first = next(iter(grouped.values()))[0]
     env = first["environment"]
+    revisions = sorted({str(r["environment"].get("git_revision") or "n/a")[:12] for records in grouped.values() for r in records})
     md = [
         "# REFLOW ablation",
         "",
@@ -131,7 +132,7 @@ def write_ablation_report(out: Path) -> Dict[str, Path]:
         "(at the fixed number of batches); each REFLOW starts from the statistics right after pruning, on the first "
         "batches × batch size images of the seed's calibration range. Bands and ± : one std over seeds.",
         "",
-        f"- environment: reflowbench {env['reflowbench']} (git {env.get('git_revision') or 'n/a'}), torch {env['torch']}, device {env['device']}, "
+        f"- environment: reflowbench {env['reflowbench']} (git {', '.join(revisions)}), torch {env['torch']}, device {env['device']}, "
         f"{env['torch_threads']} threads; REFLOW mode {first['settings']['reflow']['reflow_mode']}",
         "",
         f"![REFLOW ablation](figures/{figure.name})",
