@@ -121,3 +121,10 @@ def test_tuned_job_searches_its_settings_then_runs_them(tmp_path, capsys):
     bad["tune"] = {"method": "mp", "seeds": [0]}
     assert main(["suite", _suite_file(tmp_path, [bad]), "--out", str(out)]) == 2
     assert "job 1 (small)" in capsys.readouterr().err
+
+
+def test_a_run_found_in_two_folders_counts_once():
+    from reflowbench.reports.suite_report import _unique_runs
+
+    run = {"key": "abc", "seed": 0}
+    assert _unique_runs([run, dict(run), {"key": "def", "seed": 1}]) == [run, {"key": "def", "seed": 1}]

@@ -159,6 +159,14 @@ def _optional_table(title: str, caption: str, table: Tuple[List[str], List[List[
     return [f"## {title}", "", caption, "", markdown_table(header, rows), ""] if rows else []
 
 
+def _unique_runs(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One record per run key (the same run found in two folders counts once, never as two seeds)."""
+    seen: Dict[str, Dict[str, Any]] = {}
+    for record in records:
+        seen.setdefault(record.get("key") or id(record), record)
+    return list(seen.values())
+
+
 def write_suite_report(out: Path, name: str, folders: List[str], description: str = "") -> Dict[str, Path]:
     """Write ``out/<name>-suite/report.md`` and its figures from the runs in ``out/<folder>`` for each folder."""
     out = Path(out)
@@ -171,6 +179,8 @@ def write_suite_report(out: Path, name: str, folders: List[str], description: st
             found.append(folder)
     if not records:
         raise ReflowbenchError(f"no complete runs in any of {[str(out / f) for f in folders]}: run `reflowbench suite {name} --out {out}` first")
+    diagnostic = [r for r in records if r.get("objective")]
+    records = _unique_runs([r for r in records if not r.get("objective")])  # the objective folder repeats main-sweep runs (same keys)
     target = out / f"{name}-suite"
     timing_path = target / "timing.json"
     figures = target / "figures"
@@ -186,7 +196,9 @@ def write_suite_report(out: Path, name: str, folders: List[str], description: st
         "",
         description,
         "",
-        f"- runs: {len(records)} in {', '.join(found)}; code revisions {', '.join(revisions)}",
+        f"- runs: {len(records)} in {', '.join(found)}"
+        + (f", and {len(diagnostic)} quadratic-model runs" if diagnostic else "")
+        + f"; code revisions {', '.join(revisions)}",
         *_hardware(records),
         "",
         "## Accuracy vs sparsity",
@@ -223,7 +235,7 @@ def write_suite_report(out: Path, name: str, folders: List[str], description: st
             "Quadratic model",
             "Q(w) = ½ (w − w̄)ᵀ F (w − w̄) of each pruner's output under one reference whole-network Fisher per seed, the best Q on its support, "
             "the overlap of its support with magnitude's, and its accuracy: does the objective a pruner reaches predict its accuracy?",
-            objective_table(records),
+            objective_table(diagnostic),
         ),
         *(timing_lines(json.loads(timing_path.read_text())) if timing_path.exists() else []),
         "## Per-model reports",
