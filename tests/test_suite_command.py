@@ -128,3 +128,11 @@ def test_a_run_found_in_two_folders_counts_once():
 
     run = {"key": "abc", "seed": 0}
     assert _unique_runs([run, dict(run), {"key": "def", "seed": 1}]) == [run, {"key": "def", "seed": 1}]
+
+
+def test_run_suite_is_the_suite_command_and_refuses_other_flags(tmp_path, capsys):
+    assert main(["run", "--suite", "nosuch", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown suite 'nosuch'" in capsys.readouterr().err
+    assert main(["run", "--suite", "cifar10", "--model", "resnet20", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "takes --out, --data" in err and "['model']" in err and not (tmp_path / "o").exists()

@@ -96,11 +96,31 @@ def _log(message: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from reflowbench.harness import plan_suite, run_suite
 
+    if args.suite is not None:
+        return _run_named_suite(args)
     plan = plan_suite(_spec_from_args(args))
     for line in spec_summary(plan.spec):
         _log(line)
     counts = run_suite(plan, log=_log, report=not args.no_report)
     _log(f"done: {counts['done']} runs now, {counts['skipped']} skipped as already complete, {counts['total']} in the suite")
+    return 0
+
+
+def _run_named_suite(args: argparse.Namespace) -> int:
+    """``run --suite NAME``: the same as ``reflowbench suite NAME`` with the run flags a suite takes."""
+    from reflowbench.harness.comparison import run_comparison
+    from reflowbench.suites import SuiteCommandSpec
+
+    sweep, data = given(args, "sweep__"), given(args, "data__")
+    taken = {"out", "seeds", "sparsities", "device", "threads", "progress"}
+    ignored = sorted(set(sweep) - taken) + sorted(set(data) - {"data", "download"}) + sorted(given(args, "model__"))
+    if ignored:
+        raise ConfigError(
+            f"--suite runs the suite's own models and methods; it takes --out, --data, --download, --seeds, --sparsities, --device, --threads, not {ignored}"
+        )
+    command = SuiteCommandSpec(**{k: v for k, v in sweep.items() if k in taken}, **{k: v for k, v in data.items() if k in ("data", "download")})
+    counts = run_comparison(args.suite, command, log=_log)
+    _log(f"suite {args.suite}: {counts['total']} runs, {counts['skipped']} already complete, ran {counts['total'] - counts['skipped']}")
     return 0
 
 
@@ -173,6 +193,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if regressions else 0
 
 
+def _refuse_sweep_flags(args: argparse.Namespace, instead: str) -> None:
+    """A one-method command given --methods or --sparsities: a ConfigError saying ``instead`` and naming the flag."""
+    for flag, dest in (("--methods", "methods"), ("--sparsities", "sparsities")):
+        if dest in given(args, "sweep__"):
+            raise ConfigError(f"{instead} instead of {flag}")
+
+
 def cmd_ablate_reflow(args: argparse.Namespace) -> int:
     from reflowbench.config import ReflowAblationSpec
     from reflowbench.harness import plan_suite
@@ -180,9 +207,7 @@ def cmd_ablate_reflow(args: argparse.Namespace) -> int:
     from reflowbench.reports.ablation import write_ablation_report
     from reflowbench.utils.cli_args import build_dataclass
 
-    for flag, dest in (("--methods", "methods"), ("--sparsities", "sparsities")):
-        if dest in given(args, "sweep__"):
-            raise ConfigError(f"ablate-reflow prunes with one method at one sparsity: use --method and --sparsity instead of {flag}")
+    _refuse_sweep_flags(args, "ablate-reflow prunes with one method at one sparsity: use --method and --sparsity")
     ablation = build_dataclass(ReflowAblationSpec, given(args, "ablation__"), "ablation settings")
     plan = plan_suite(ablation_spec(_spec_from_args(args), ablation))
     for line in spec_summary(plan.spec)[:1]:
@@ -214,9 +239,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from reflowbench.harness.tuning import run_tuning, tune_plan
     from reflowbench.utils.cli_args import build_dataclass
 
-    for flag, dest in (("--methods", "methods"), ("--sparsities", "sparsities")):
-        if dest in given(args, "sweep__"):
-            raise ConfigError(f"tune searches one method's settings: use --method and --at-sparsities instead of {flag}")
+    _refuse_sweep_flags(args, "tune searches one method's settings: use --method and --at-sparsities")
     tune = build_dataclass(TuneSpec, given(args, "tune__"), "tune settings")
     plan, cells = tune_plan(_spec_from_args(args), tune)
     _log(spec_summary(plan.spec)[0])
@@ -303,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = suite_command("run", "run a suite (methods x sparsities x seeds), skipping finished runs, then write results.csv and the report")
     run.add_argument("--no-report", action="store_true", help="skip the report (results.csv is still written)")
+    run.add_argument("--suite", metavar="NAME", default=None, help="run a named comparison suite instead (the same as `reflowbench suite NAME`)")
     run.set_defaults(handler=cmd_run, interrupted="finished runs are saved; run the same command again to resume")
 
     prune = suite_command("prune", "prune one model once, optionally REFLOW, and save the weights")
@@ -346,25 +370,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(suite.add_argument_group("suite settings"), SuiteCommandSpec, "suite__")
     suite.set_defaults(handler=cmd_suite, interrupted="finished runs are saved; run the same command again to resume")
 
-    tune = suite_command(
-        "tune",
-        "fair settings: search a Hessian pruner's settings grid on the held-out training loss (never the test split); "
-        "resumable; writes tuning/<model>_<method>.md and a --config file with the chosen options into --out",
+    from reflowbench.config import ReflowAblationSpec, TuneSpec
+
+    one_method_commands = (
+        (
+            "tune",
+            "fair settings: search a Hessian pruner's settings grid on the held-out training loss (never the test split); "
+            "resumable; writes tuning/<model>_<method>.md and a --config file with the chosen options into --out",
+            TuneSpec,
+            "tune__",
+            cmd_tune,
+            "finished cells are saved; run the same command again to resume",
+        ),
+        (
+            "ablate-reflow",
+            "REFLOW ablation: prune once per seed, then REFLOW with each number of calibration batches and each batch size, "
+            "evaluating each; resumable; writes reflow-ablation.md and figures/reflow_ablation.png into --out",
+            ReflowAblationSpec,
+            "ablation__",
+            cmd_ablate_reflow,
+            "finished REFLOW cells are saved; run the same command again to resume",
+        ),
     )
-    from reflowbench.config import TuneSpec
-
-    add_dataclass_arguments(tune.add_argument_group("tune settings"), TuneSpec, "tune__")
-    tune.set_defaults(handler=cmd_tune, interrupted="finished cells are saved; run the same command again to resume")
-
-    ablate = suite_command(
-        "ablate-reflow",
-        "REFLOW ablation: prune once per seed, then REFLOW with each number of calibration batches and each batch size, "
-        "evaluating each; resumable; writes reflow-ablation.md and figures/reflow_ablation.png into --out",
-    )
-    from reflowbench.config import ReflowAblationSpec
-
-    add_dataclass_arguments(ablate.add_argument_group("ablation settings"), ReflowAblationSpec, "ablation__")
-    ablate.set_defaults(handler=cmd_ablate_reflow, interrupted="finished REFLOW cells are saved; run the same command again to resume")
+    for name, help_text, spec_cls, dest_prefix, handler, interrupted in one_method_commands:
+        sub = suite_command(name, help_text)
+        add_dataclass_arguments(sub.add_argument_group(f"{name} settings"), spec_cls, dest_prefix)
+        sub.set_defaults(handler=handler, interrupted=interrupted)
 
     train = suite_command("train", "train a dense model (SGD Nesterov, one-cycle) and save its state_dict", sections=("model", "data"), with_pruners=False)
     train.add_argument("--device", dest="sweep__device", metavar="DEVICE", default=argparse.SUPPRESS, help="auto, cpu, cuda or cuda:N (default: auto)")

@@ -47,24 +47,22 @@ CHITA_PP = {"chita++": {"iht_iters": 20}}
 MNV1_OPTIONS = {**CHITA_PP, "woodfisher": {"num_grads": 400}, "cbs": {"num_grads": 400}}
 
 
+def _job(folder: str, model: str, checkpoint: str, role: str, sweep: Dict[str, Any], options: Dict[str, Dict[str, Any]], **extra: Any) -> Dict[str, Any]:
+    """One suite job on the cifar10 preset: ``extra`` adds settings sections (e.g. ``objective``) or, with key ``tune``, the search."""
+    tune = extra.pop("tune", None)
+    settings = {"model": {"model": model, "checkpoint": checkpoint}, "sweep": sweep, **extra, "method_options": options}
+    return {"folder": folder, "preset": "cifar10", "settings": settings, "role": role, **({"tune": tune} if tune else {})}
+
+
+CELLS = {"sparsities": [0.7, 0.9], "seeds": [0]}  # the extra cells of ablation and diagnostic jobs
+
+
 def _ablation_jobs(folder: str, checkpoint: str, model: str) -> List[Dict[str, Any]]:
     """The selection x update grid at 0.7 and 0.9, seed 0 (the default-update cells are the main sweep's runs)."""
     grid = (
         [("mp-hessian", u) for u in ("none", "obs-sum", "joint")] + [("woodfisher", u) for u in ("none", "joint")] + [("cbs", u) for u in ("none", "obs-sum")]
     )
-    return [
-        {
-            "folder": folder,
-            "preset": "cifar10",
-            "settings": {
-                "model": {"model": model, "checkpoint": checkpoint},
-                "sweep": {"methods": [method], "sparsities": [0.7, 0.9], "seeds": [0]},
-                "method_options": {method: {"update": update}},
-            },
-            "role": "ablation",
-        }
-        for method, update in grid
-    ]
+    return [_job(folder, model, checkpoint, "ablation", {"methods": [method], **CELLS}, {method: {"update": update}}) for method, update in grid]
 
 
 def _objective_jobs(folder: str, checkpoint: str, model: str) -> List[Dict[str, Any]]:
@@ -73,17 +71,7 @@ def _objective_jobs(folder: str, checkpoint: str, model: str) -> List[Dict[str, 
     variants = [("mp", {}), ("woodfisher", {}), ("chita", {}), ("mp-hessian", {}), ("cbs", {})]
     variants += [("chita", {"solver": solver}) for solver in ("active-set", "backsolve", "block-backsolve")]
     return [
-        {
-            "folder": folder,
-            "preset": "cifar10",
-            "settings": {
-                "model": {"model": model, "checkpoint": checkpoint},
-                "sweep": {"methods": [method], "sparsities": [0.7, 0.9], "seeds": [0]},
-                "objective": {"objective_grads": 500},
-                "method_options": {method: options} if options else {},
-            },
-            "role": "objective",
-        }
+        _job(folder, model, checkpoint, "objective", {"methods": [method], **CELLS}, {method: options} if options else {}, objective={"objective_grads": 500})
         for method, options in variants
     ]
 
@@ -92,13 +80,15 @@ def _tuned_jobs(folder: str, checkpoint: str, model: str, methods: List[str]) ->
     """Per method: its settings grid searched on the held-out training loss after pruning (seed 0, at 0.7 and 0.9; the
     results in <folder>/tuning/), then the main sweep with the chosen settings (the tuned row beside the defaults' row)."""
     return [
-        {
-            "folder": folder,
-            "preset": "cifar10",
-            "settings": {"model": {"model": model, "checkpoint": checkpoint}, "sweep": {"methods": [method]}},
-            "role": "tuned",
-            "tune": {"method": method, "at_sparsities": [0.7, 0.9], "criterion": "pruned", "seeds": [0]},
-        }
+        _job(
+            folder,
+            model,
+            checkpoint,
+            "tuned",
+            {"methods": [method]},
+            {},
+            tune={"method": method, "at_sparsities": [0.7, 0.9], "criterion": "pruned", "seeds": [0]},
+        )
         for method in methods
     ]
 

@@ -14,7 +14,6 @@ atomically after every cell: an interrupted ablation resumes at the first cell i
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,7 +28,7 @@ from reflowbench.harness.run import SuiteState, prune_fresh
 from reflowbench.reflow import recalibrate_bn
 from reflowbench.reports.ablation import FOLDER as ABLATION_FOLDER
 from reflowbench.utils.cost import CostLedger
-from reflowbench.utils.io import atomic_write_json, stable_hash
+from reflowbench.utils.io import atomic_write_json, read_keyed_json, stable_hash
 
 Log = Callable[[str], None]
 
@@ -57,15 +56,6 @@ def _pool_sizes(state: SuiteState, ablation: ReflowAblationSpec) -> SubsetSizes:
     return sizes
 
 
-def _read_record(path: Path, key: str) -> Dict[str, Any]:
-    """The cells already finished under ``key`` in ``path`` (an unreadable file or other settings: none)."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) and record.get("key") == key and isinstance(record.get("cells"), list) else {}
-
-
 def run_reflow_ablation(plan: SuitePlan, ablation: ReflowAblationSpec, log: Log = print) -> List[Path]:
     """Run (or resume) the ablation for every seed of ``plan`` (whose one method and sparsity are
     ``ablation.method`` and ``.sparsity``: see :func:`ablation_spec`); returns the result files."""
@@ -80,7 +70,7 @@ def run_reflow_ablation(plan: SuitePlan, ablation: ReflowAblationSpec, log: Log 
         pool = disjoint_subsets(len(state.data.train), sizes, seed)["calibration"]
         key = stable_hash({**state.settings, "method": pruner.name, "options": asdict(pruner.options), "sparsity": ablation.sparsity, "seed": seed})
         path = ablation_path(Path(spec.sweep.out), spec.model.model, pruner.name, ablation.sparsity, seed)
-        record = _read_record(path, key)
+        record = read_keyed_json(path, key, "cells")
         done = {(c["batches"], c["batch_size"]) for c in record.get("cells", [])}
         if done >= set(cells):
             log(f"seed {seed}: all {len(cells)} REFLOW cells already in {path}")

@@ -31,7 +31,7 @@ from reflowbench.pruners import Pruner, make_pruner
 from reflowbench.reflow import recalibrate_bn
 from reflowbench.reports.aggregate import markdown_table
 from reflowbench.utils.cost import CostLedger
-from reflowbench.utils.io import atomic_write_json, atomic_write_text, stable_hash
+from reflowbench.utils.io import atomic_write_json, atomic_write_text, read_keyed_json, stable_hash
 
 Log = Callable[[str], None]
 Grid = Dict[str, List[Dict[str, Any]]]
@@ -122,7 +122,7 @@ def run_tuning(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec, log
     stem = f"{spec.model.model}_{tune.method}"
     results_path = folder / f"{stem}.json"
     key = stable_hash({**state.settings, "method": tune.method})
-    record = _read(results_path, key) or {
+    record = read_keyed_json(results_path, key, "results") or {
         "kind": "tuning",
         "key": key,
         "model": spec.model.model,
@@ -144,14 +144,6 @@ def run_tuning(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec, log
                 log(f"seed {seed} s={sparsity:g} {cell}: held-out loss {result['loss_pruned']:.4g} pruned, {result['loss_reflow']:.4g} after REFLOW")
     expected = len(cells) * len(tune.at_sparsities) * len(spec.sweep.seeds)
     return _write_outputs(folder, stem, record, cells, ids, tune, expected)
-
-
-def _read(path: Path, key: str) -> Dict[str, Any]:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) and record.get("key") == key and isinstance(record.get("results"), list) else {}
 
 
 def _write_outputs(

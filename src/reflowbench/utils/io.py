@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict
 
 
 def current_umask() -> int:
@@ -88,3 +88,13 @@ def cache_dir() -> Path:
         root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "reflowbench"
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def read_keyed_json(path: Path, key: str, list_field: str) -> Dict[str, Any]:
+    """The JSON object in ``path`` when its ``key`` equals ``key`` and its ``list_field`` is a list (a resumable
+    results file written under the same settings); ``{}`` for a missing, unreadable or foreign file."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) and record.get("key") == key and isinstance(record.get(list_field), list) else {}
