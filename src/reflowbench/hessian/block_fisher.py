@@ -20,19 +20,22 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 from reflowbench.errors import ConfigError, FisherError
 from reflowbench.hessian.gradients import GradientMatrix
 from reflowbench.hessian.memory import check_budget, resolve_dtype
+from reflowbench.utils.cost import release_freed_memory
 
 DAMP_MODES = ("absolute", "relative")
 FORMS = ("auto", "dual", "primal")
 MAX_DAMP_ESCALATIONS = 6
 POWER_ITERATIONS = 50  # power-iteration steps for lam_max(F)
-DIAG_CHUNK_ELEMENTS = 1 << 23  # elements of L^-1 G computed at once in diag_inverse (32 MiB in float32)
+CHUNK_ELEMENTS = 1 << 23  # elements of G converted (or of L^-1 G computed) at once: 32 MiB in float32
+DIAG_CHUNK_ELEMENTS = CHUNK_ELEMENTS  # the name the whole-network Fisher imports
+FACTOR_GROUP_ELEMENTS = 1 << 22  # elements of the float64 Grams factorised at once (32 MiB)
 
 
 @dataclass
@@ -55,10 +58,18 @@ class FisherSpec:
             raise ConfigError(f"damping must be a positive finite number, got {self.damp}: the damped Fisher lam*I + G^T G/N needs lam > 0")
         if self.block_size < 0:
             raise ConfigError(f"block_size must be >= 0 (0 = whole layer), got {self.block_size}")
+        for field_name in ("compute_dtype", "factor_dtype"):
+            if getattr(self, field_name) not in ("float32", "float64"):
+                raise ConfigError(
+                    f"{field_name} must be float32 or float64, got {getattr(self, field_name)!r} (the storage dtype of G is the gradients' dtype)"
+                )
 
 
-def _cholesky_with_escalation(matrix: torch.Tensor, name: str, add_identity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], damp: torch.Tensor) -> tuple:
-    """Batched Cholesky; where a block is not positive definite, multiply its damping by 10 (with a warning)."""
+def _cholesky_with_escalation(
+    matrix: torch.Tensor, name: str, add_identity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], damp: torch.Tensor, first_block: int = 0
+) -> tuple:
+    """Batched Cholesky; where a block is not positive definite, multiply its damping by 10 (with a warning).
+    ``first_block``: the layer's index of the first block of ``matrix`` (for the warning)."""
     for attempt in range(MAX_DAMP_ESCALATIONS + 1):
         factor, info = torch.linalg.cholesky_ex(matrix)
         failed = info != 0
@@ -66,7 +77,7 @@ def _cholesky_with_escalation(matrix: torch.Tensor, name: str, add_identity: Cal
             return factor, damp
         if attempt == MAX_DAMP_ESCALATIONS:
             break
-        bad = failed.nonzero().flatten().tolist()
+        bad = [first_block + b for b in failed.nonzero().flatten().tolist()]
         warnings.warn(
             f"Fisher block(s) {bad[:8]} of {name} are not positive definite at damping {damp[failed].max().item():.3g}; "
             "multiplying their damping by 10 (more gradients or a larger --<pruner>-damp avoids this)",
@@ -83,9 +94,25 @@ def _cholesky_with_escalation(matrix: torch.Tensor, name: str, add_identity: Cal
 
 
 class LayerFisher:
-    """The blocks of one target layer, factorised once; all operations take and return flat (d,) vectors."""
+    """The blocks of one target layer, factorised once; all operations take and return flat (d,) vectors.
 
-    def __init__(self, name: str, rows: torch.Tensor, spec: FisherSpec, device: torch.device, before_factorise: Optional[Callable[[], None]] = None) -> None:
+    G stays as collected: in its storage dtype (``--<pruner>-dtype``: float32, bfloat16, float16) and on its storage
+    device (host memory with ``offload``). Every product with G runs over column chunks upcast to the compute dtype on
+    the compute device, at most :data:`CHUNK_ELEMENTS` elements at a time, so no float32 or on-device copy of a whole
+    layer is ever made; when G already is in the compute dtype on the compute device, products use it directly.
+    Factors are computed in ``factor_dtype`` (float64) one group of blocks at a time and kept in the compute dtype
+    (half the memory); solves upcast one group's factors at a time.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        rows: torch.Tensor,
+        spec: FisherSpec,
+        device: torch.device,
+        before_factorise: Optional[Callable[[], None]] = None,
+        storage: Optional[torch.Tensor] = None,
+    ) -> None:
         self.name = name
         self.num_grads, self.numel = rows.shape
         self.block = self.numel if spec.block_size in (0, None) or spec.block_size >= self.numel else spec.block_size
@@ -94,52 +121,131 @@ class LayerFisher:
         self.compute_dtype = resolve_dtype(spec.compute_dtype)
         self.factor_dtype = resolve_dtype(spec.factor_dtype)
         self.device = device
-        if self.numel % self.block == 0:  # no padding: a view of the rows (a copy only on dtype/device change)
-            padded = rows.to(device=device, dtype=self.compute_dtype)
-        else:
-            padded = torch.zeros(self.num_grads, self.num_blocks * self.block, dtype=self.compute_dtype, device=device)
-            padded[:, : self.numel] = rows.to(device=device, dtype=self.compute_dtype)
-        self.grads = padded.view(self.num_grads, self.num_blocks, self.block).transpose(0, 1)  # (nb, N, B)
-        if not torch.isfinite(self.grads).all():
+        self.grads, self.copied_bytes = _padded_blocks(rows, storage, self.num_blocks, self.block)  # (nb, N, B), storage dtype and device
+        self._direct = self.grads.device == device and self.grads.dtype == self.compute_dtype
+        if not all(bool(torch.isfinite(g).all()) for _, g in self._chunks(whole_if_direct=False)):
             raise FisherError(f"the gradients of {name} contain non-finite values: recollect them (check inputs and checkpoint)")
         self.damp = self._damping(spec)  # (nb,)
         self._factor: Optional[torch.Tensor] = None  # factorised on first use (restricted solves and products never need it)
         self._before_factorise = before_factorise
         self._diag_inverse: Optional[torch.Tensor] = None
 
+    # -- G in chunks -----------------------------------------------------------------------------
+    def _chunks(self, blocks: slice = slice(None), whole_if_direct: bool = True) -> Iterator[Tuple[int, torch.Tensor]]:
+        """(first column, (nb', N, c) columns of G in the compute dtype on the compute device) covering every column of
+        ``blocks``; the whole of G at once (a view) when it needs no conversion and ``whole_if_direct``."""
+        grads = self.grads[blocks]
+        if self._direct and whole_if_direct:
+            yield 0, grads
+            return
+        step = max(1, CHUNK_ELEMENTS // max(1, grads.shape[0] * self.num_grads))
+        for start in range(0, self.block, step):
+            piece = grads[:, :, start : start + step]
+            yield start, piece if self._direct else piece.to(device=self.device, dtype=self.compute_dtype)
+
+    def _block_groups(self, side: int) -> List[slice]:
+        """Groups of consecutive blocks whose side x side float64 temporaries stay within :data:`FACTOR_GROUP_ELEMENTS`."""
+        group = max(1, FACTOR_GROUP_ELEMENTS // (side * side))
+        return [slice(b, min(b + group, self.num_blocks)) for b in range(0, self.num_blocks, group)]
+
+    def _g_times(self, v: torch.Tensor, blocks: slice = slice(None)) -> torch.Tensor:
+        """G_b v_b for the blocks in ``blocks``: (nb', B) -> (nb', N), factor dtype."""
+        out = torch.zeros(v.shape[0], self.num_grads, dtype=self.factor_dtype, device=self.device)
+        for start, g in self._chunks(blocks):
+            part = v[:, start : start + g.shape[2]].to(g.dtype).unsqueeze(2)
+            out += torch.bmm(g, part).squeeze(2).to(self.factor_dtype)
+        return out
+
+    def _gt_times(self, u: torch.Tensor, blocks: slice = slice(None)) -> torch.Tensor:
+        """G_b^T u_b for the blocks in ``blocks``: (nb', N) -> (nb', B), factor dtype."""
+        out = torch.empty(u.shape[0], self.block, dtype=self.factor_dtype, device=self.device)
+        for start, g in self._chunks(blocks):
+            out[:, start : start + g.shape[2]] = torch.bmm(g.transpose(1, 2), u.to(g.dtype).unsqueeze(2)).squeeze(2).to(self.factor_dtype)
+        return out
+
+    def _row_gram(self, blocks: slice, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """G_b G_b^T (with columns off ``keep`` zeroed when given, (nb', B)) for the blocks in ``blocks``, (nb', N, N), factor dtype."""
+        count = len(range(*blocks.indices(self.num_blocks)))
+        gram = torch.zeros(count, self.num_grads, self.num_grads, dtype=self.factor_dtype, device=self.device)
+        for start, g in self._chunks(blocks, whole_if_direct=keep is None):
+            if keep is not None:
+                g = g * keep[:, start : start + g.shape[2]].to(g.dtype).unsqueeze(1)
+            gram += _gram_rows(g).to(self.factor_dtype)
+        return gram
+
+    def _column_gram(self, blocks: slice) -> torch.Tensor:
+        """G_b^T G_b / N for the blocks in ``blocks`` (the primal form, B <= N), (nb', B, B), factor dtype."""
+        grads = self.grads[blocks].to(device=self.device, dtype=self.compute_dtype)
+        return torch.bmm(grads.transpose(1, 2), grads).to(self.factor_dtype) / self.num_grads
+
+    def column_norms2(self) -> torch.Tensor:
+        """|g_q|^2 of every column (sum over the N rows), (nb, B), factor dtype."""
+        out = torch.empty(self.num_blocks, self.block, dtype=self.factor_dtype, device=self.device)
+        for start, g in self._chunks(whole_if_direct=False):
+            out[:, start : start + g.shape[2]] = g.to(self.factor_dtype).pow(2).sum(1)
+        return out
+
+    def columns(self, local: torch.Tensor) -> torch.Tensor:
+        """The gradient columns of flat weights ``local`` (m,) of this layer, (N, m) in the factor dtype."""
+        index = local.to(self.grads.device)
+        return self.grads[index // self.block, :, index % self.block].T.to(device=self.device, dtype=self.factor_dtype)
+
+    # -- the factors -----------------------------------------------------------------------------
     @property
     def factor(self) -> torch.Tensor:
-        """Cholesky factor of K_b (dual, (nb, N, N)) or F_b (primal, (nb, B, B)), computed on first use;
-        a block that is not positive definite has its damping raised (with a warning) before this returns."""
+        """Cholesky factor of K_b (dual, (nb, N, N)) or F_b (primal, (nb, B, B)) in the compute dtype, computed on first
+        use; a block that is not positive definite has its damping raised (with a warning) before this returns."""
         if self._factor is None:
             if self._before_factorise is not None:
                 self._before_factorise()
-            self._factor, self.damp = self._factorise(self.grads, self.damp)
+            self._factor, self.damp = self._factorise()
+            release_freed_memory()
         return self._factor
 
+    def _side(self) -> int:
+        return self.num_grads if self.form == "dual" else self.block
+
     def factor_bytes(self) -> int:
-        """Bytes of the factor of this layer (allocated or not)."""
-        side = self.num_grads if self.form == "dual" else self.block
-        return self.num_blocks * side * side * torch.empty((), dtype=self.factor_dtype).element_size()
+        """Bytes of the factors of this layer (allocated or not), kept in the compute dtype."""
+        return self.num_blocks * self._side() ** 2 * _itemsize(self.compute_dtype)
+
+    def transient_bytes(self) -> int:
+        """Bytes of the largest temporary of this layer's factorisation and diagonal: one group's float64 Gram and
+        Cholesky factor, a chunk product, and a converted chunk of G."""
+        side = self._side()
+        group = min(self.num_blocks, max(1, FACTOR_GROUP_ELEMENTS // (side * side)))
+        chunk = 0 if self._direct else 2 * CHUNK_ELEMENTS * _itemsize(self.compute_dtype)
+        primal_copy = group * self.num_grads * self.block * _itemsize(self.compute_dtype) if self.form == "primal" else 0
+        return group * side * side * (2 * _itemsize(self.factor_dtype) + _itemsize(self.compute_dtype)) + chunk + primal_copy
 
     def _damping(self, spec: FisherSpec) -> torch.Tensor:
         if spec.damp_mode == "absolute":
             return torch.full((self.num_blocks,), spec.damp, dtype=self.factor_dtype, device=self.device)
-        mean_diag = self.grads.to(self.factor_dtype).pow(2).sum(dim=(1, 2)) / (self.num_grads * self.block)
-        damp = spec.damp * mean_diag
+        damp = spec.damp * self.column_norms2().sum(1) / (self.num_grads * self.block)
         return torch.where(damp > 0, damp, torch.full_like(damp, spec.damp))
 
-    def _factorise(self, grads: torch.Tensor, damp: torch.Tensor) -> tuple:
-        n = self.num_grads
-        if self.form == "dual":
-            gram = _gram_rows(grads).to(self.factor_dtype)  # (nb, N, N)
-            eye = torch.eye(n, dtype=self.factor_dtype, device=self.device)
-            matrix = gram + (n * damp).view(-1, 1, 1) * eye
-            return _cholesky_with_escalation(matrix, self.name, lambda m, extra: m + (n * extra).view(-1, 1, 1) * eye, damp)
-        gram = torch.bmm(grads.transpose(1, 2), grads).to(self.factor_dtype) / n  # (nb, B, B)
-        eye = torch.eye(self.block, dtype=self.factor_dtype, device=self.device)
-        matrix = gram + damp.view(-1, 1, 1) * eye
-        return _cholesky_with_escalation(matrix, self.name, lambda m, extra: m + extra.view(-1, 1, 1) * eye, damp)
+    def _factorise(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The factors of every block (compute dtype) and the damping after any escalation, one group of blocks at a time."""
+        side, dual = self._side(), self.form == "dual"
+        scale = float(self.num_grads) if dual else 1.0  # K = N lam I + G G^T (dual), F = lam I + G^T G / N (primal)
+        eye = torch.eye(side, dtype=self.factor_dtype, device=self.device)
+        factor = torch.empty(self.num_blocks, side, side, dtype=self.compute_dtype, device=self.device)
+        damp = self.damp.clone()
+        for blocks in self._block_groups(side):
+            matrix = self._row_gram(blocks) if dual else self._column_gram(blocks)
+            matrix.diagonal(dim1=1, dim2=2).add_((scale * damp[blocks]).view(-1, 1))
+            lower, damp[blocks] = _cholesky_with_escalation(
+                matrix, self.name, lambda m, extra: m + (scale * extra).view(-1, 1, 1) * eye, damp[blocks], first_block=blocks.start
+            )
+            factor[blocks] = lower.to(self.compute_dtype)
+            del matrix, lower
+        return factor, damp
+
+    def _factor_groups(self) -> Iterator[Tuple[slice, torch.Tensor]]:
+        """(blocks, their factors upcast to the factor dtype), one group at a time."""
+        factor = self.factor
+        for blocks in self._block_groups(self._side()):
+            yield blocks, factor[blocks].to(self.factor_dtype)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _blocks(self, vector: torch.Tensor) -> torch.Tensor:
@@ -171,12 +277,11 @@ class LayerFisher:
     # -- products with G and F -------------------------------------------------------------------
     def grads_times(self, vector: torch.Tensor) -> torch.Tensor:
         """G_b v_b for every block: (d,) -> (nb, N), factor dtype."""
-        v = self._blocks(vector)
-        return torch.bmm(self.grads, v.to(self.grads.dtype).unsqueeze(2)).squeeze(2).to(self.factor_dtype)
+        return self._g_times(self._blocks(vector))
 
     def grads_t_times(self, rows: torch.Tensor) -> torch.Tensor:
         """G_b^T u_b for every block: (nb, N) -> (d,), factor dtype."""
-        return self._flat(torch.bmm(self.grads.transpose(1, 2), rows.to(self.grads.dtype).unsqueeze(2)).squeeze(2).to(self.factor_dtype))
+        return self._flat(self._gt_times(rows))
 
     def fisher_times(self, vector: torch.Tensor) -> torch.Tensor:
         """F v = lam v + G^T (G v) / N per block, (d,) -> (d,), factor dtype; F is never formed."""
@@ -186,10 +291,9 @@ class LayerFisher:
     def largest_eigenvalue(self, iterations: int = POWER_ITERATIONS) -> float:
         """lam_max(F) over the layer's blocks: max_b lam_b + sigma_max(G_b)^2 / N, by batched power iteration
         on G_b^T G_b (a lower estimate that converges from below; 2 N B flops per block and iteration)."""
-        sigma2 = power_iteration(
-            lambda v: torch.bmm(self.grads.transpose(1, 2), torch.bmm(self.grads, v)), (self.num_blocks, self.block, 1), iterations, self.grads
-        )
-        return float((self.damp + sigma2.to(self.factor_dtype) / self.num_grads).max())
+        like = torch.empty(0, dtype=self.factor_dtype, device=self.device)
+        sigma2 = power_iteration(lambda v: self._gt_times(self._g_times(v.squeeze(2))).unsqueeze(2), (self.num_blocks, self.block, 1), iterations, like)
+        return float((self.damp + sigma2 / self.num_grads).max())
 
     # -- operations ------------------------------------------------------------------------------
     def diag_inverse(self) -> torch.Tensor:
@@ -200,30 +304,26 @@ class LayerFisher:
 
     def _compute_diag_inverse(self) -> torch.Tensor:
         factor = self.factor  # first: factorising may raise the damping
-        lam = self.damp.view(-1, 1)
         if self.form == "dual":
             # colsum((L^-1 G_b)^2) in column chunks: the N^2 B work in the compute dtype, O(N * chunk) temporaries
-            factor = factor.to(self.compute_dtype)
             captured = torch.empty(self.num_blocks, self.block, dtype=self.factor_dtype, device=self.device)
-            step = max(1, DIAG_CHUNK_ELEMENTS // (self.num_blocks * self.num_grads))
-            for start in range(0, self.block, step):
-                z = torch.linalg.solve_triangular(factor, self.grads[:, :, start : start + step], upper=False)  # (nb, N, c)
-                z = z if z.dtype in (torch.float32, torch.float64) else z.float()
-                captured[:, start : start + step] = z.square_().sum(1, dtype=self.factor_dtype)
-                del z
-            return self._flat(self._clamp_to_lower_bound((1.0 - captured) / lam))
-        inverse = torch.cholesky_inverse(self.factor)
-        return self._flat(torch.diagonal(inverse, dim1=1, dim2=2))
+            for blocks in self._block_groups(self.num_grads):
+                lower = factor[blocks]
+                for start, g in self._chunks(blocks, whole_if_direct=False):
+                    z = torch.linalg.solve_triangular(lower, g, upper=False)  # (nb', N, c)
+                    captured[blocks, start : start + g.shape[2]] = z.square_().sum(1, dtype=self.factor_dtype)
+                    del z
+            return self._flat(self._clamp_to_lower_bound((1.0 - captured) / self.damp.view(-1, 1)))
+        diagonal = torch.empty(self.num_blocks, self.block, dtype=self.factor_dtype, device=self.device)
+        for blocks, lower in self._factor_groups():
+            diagonal[blocks] = torch.diagonal(torch.cholesky_inverse(lower), dim1=1, dim2=2)
+        return self._flat(diagonal)
 
     def _clamp_to_lower_bound(self, diag: torch.Tensor) -> torch.Tensor:
         """Keep the dual diagonal (1 - sum z^2) / lam, a difference of nearly equal numbers when lam is small,
         at or above its exact lower bound [F^-1]_qq >= 1 / F_qq = 1 / (lam + ||g_q||^2 / N) (diagonal of an
         SPD inverse), which cancellation can cross and even make non-positive; (nb, B) in, (nb, B) out."""
-        col_norm2 = torch.zeros_like(diag)
-        step = max(1, DIAG_CHUNK_ELEMENTS // (self.num_blocks * self.num_grads))
-        for start in range(0, self.block, step):
-            col_norm2[:, start : start + step] = self.grads[:, :, start : start + step].to(self.factor_dtype).pow(2).sum(1)
-        lower = 1.0 / (self.damp.view(-1, 1) + col_norm2 / self.num_grads)
+        lower = 1.0 / (self.damp.view(-1, 1) + self.column_norms2() / self.num_grads)
         below = diag < lower
         if bool(below.any()):
             warnings.warn(
@@ -234,29 +334,27 @@ class LayerFisher:
             )
         return torch.where(below, lower, diag)
 
-    def _solve(self, grads: torch.Tensor, factor: torch.Tensor, damp: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """(lam I + G^T G / N)^-1 v per block, for (nb, B) v and a factor of :meth:`_factorise`."""
-        if self.form == "dual":  # products with G in the compute dtype, the N x N solve in the factor dtype
-            gv = torch.bmm(grads, v.to(grads.dtype).unsqueeze(2)).to(self.factor_dtype)  # (nb, N, 1)
-            solved = torch.cholesky_solve(gv, factor)
-            correction = torch.bmm(grads.transpose(1, 2), solved.to(grads.dtype)).squeeze(2).to(self.factor_dtype)
-            return (v - correction) / damp.view(-1, 1)
-        return torch.cholesky_solve(v.unsqueeze(2), factor).squeeze(2)
-
     def inverse_times(self, vector: torch.Tensor) -> torch.Tensor:
-        """F^-1 v for v of shape (d,)."""
-        return self._flat(self._solve(self.grads, self.factor, self.damp, self._blocks(vector)))
+        """F^-1 v for v of shape (d,): per group of blocks, (lam I + G^T G / N)^-1 v through the dual (Woodbury) or primal factor."""
+        v = self._blocks(vector)
+        out = torch.empty_like(v)
+        for blocks, lower in self._factor_groups():
+            if self.form == "dual":  # products with G in the compute dtype, the N x N solve in the factor dtype
+                solved = torch.cholesky_solve(self._g_times(v[blocks], blocks).unsqueeze(2), lower).squeeze(2)
+                out[blocks] = (v[blocks] - self._gt_times(solved, blocks)) / self.damp[blocks].view(-1, 1)
+            else:
+                out[blocks] = torch.cholesky_solve(v[blocks].unsqueeze(2), lower).squeeze(2)
+        return self._flat(out)
 
     def restricted_solve(self, support: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
         """x_S = (lam I + G_S^T G_S / N)^-1 r_S on support S (bool (d,)), x = 0 off S; shape (d,).
 
-        Per block (block-diagonal F), all blocks of the layer in one batched factorisation, never
-        refactorising the layer's F and never copying all of G. Coordinates off S decouple (F = lam
-        there, r zero). Two exact forms, chosen by the largest kept count m of a block:
+        Per block (block-diagonal F), never refactorising the layer's F and never copying all of G. Coordinates
+        off S decouple (F = lam there, r zero). Two exact forms, chosen by the largest kept count m of a block:
         - m <= N (gathered primal): the kept columns of each block gathered into (nb, N, m), one m x m
           Cholesky per block (padded columns of blocks with fewer kept weights are zero and decouple);
-        - m > N (dual): K_S = N lam I + G_S G_S^T (N x N) built in column chunks; with r zero off S,
-          G_S r_S = G r and G_S^T u = (G^T u) on S.
+        - m > N (dual): per group of blocks, K_S = N lam I + G_S G_S^T (N x N) built in column chunks; with r
+          zero off S, G_S r_S = G r and G_S^T u = (G^T u) on S.
         """
         keep = self._blocks(support.to(self.factor_dtype))  # (nb, B) of 0/1
         r = self._blocks(rhs) * keep
@@ -268,38 +366,55 @@ class LayerFisher:
             return self._flat(self._gathered_solve(keep, kept_counts, widest, r))
         n = self.num_grads
         eye = torch.eye(n, dtype=self.factor_dtype, device=self.device)
-        matrix = self._masked_gram_rows(keep) + (n * self.damp).view(-1, 1, 1) * eye
-        factor, damp = _cholesky_with_escalation(matrix, self.name, lambda m, extra: m + (n * extra).view(-1, 1, 1) * eye, self.damp.clone())
-        gr = torch.bmm(self.grads, r.to(self.grads.dtype).unsqueeze(2)).to(self.factor_dtype)  # (nb, N, 1)
-        solved = torch.cholesky_solve(gr, factor)
-        correction = torch.bmm(self.grads.transpose(1, 2), solved.to(self.grads.dtype)).squeeze(2).to(self.factor_dtype) * keep
-        return self._flat((r - correction) / damp.view(-1, 1) * keep)
+        out = torch.empty_like(r)
+        for blocks in self._block_groups(n):
+            matrix = self._row_gram(blocks, keep[blocks])
+            matrix.diagonal(dim1=1, dim2=2).add_((n * self.damp[blocks]).view(-1, 1))
+            lower, damp = _cholesky_with_escalation(
+                matrix, self.name, lambda m, extra: m + (n * extra).view(-1, 1, 1) * eye, self.damp[blocks].clone(), first_block=blocks.start
+            )
+            solved = torch.cholesky_solve(self._g_times(r[blocks], blocks).unsqueeze(2), lower).squeeze(2)
+            out[blocks] = (r[blocks] - self._gt_times(solved, blocks) * keep[blocks]) / damp.view(-1, 1) * keep[blocks]
+        return self._flat(out)
 
     def _gathered_solve(self, keep: torch.Tensor, kept_counts: torch.Tensor, widest: int, r: torch.Tensor) -> torch.Tensor:
         """The restricted solve on the gathered kept columns, (nb, B) in and out (see :meth:`restricted_solve`)."""
         order = torch.argsort((keep == 0).to(torch.int8), dim=1, stable=True)[:, :widest]  # kept indices first, (nb, m)
         valid = (torch.arange(widest, device=self.device).view(1, -1) < kept_counts.view(-1, 1)).to(self.factor_dtype)  # (nb, m)
-        gathered = torch.gather(self.grads, 2, order.unsqueeze(1).expand(-1, self.num_grads, -1)).to(self.factor_dtype) * valid.unsqueeze(1)
+        index = order.to(self.grads.device).unsqueeze(1).expand(-1, self.num_grads, -1)
+        gathered = torch.gather(self.grads, 2, index).to(device=self.device, dtype=self.factor_dtype) * valid.unsqueeze(1)
         eye = torch.eye(widest, dtype=self.factor_dtype, device=self.device)
         matrix = torch.bmm(gathered.transpose(1, 2), gathered) / self.num_grads + self.damp.view(-1, 1, 1) * eye
         factor, _ = _cholesky_with_escalation(matrix, self.name, lambda m, extra: m + extra.view(-1, 1, 1) * eye, self.damp.clone())
         solved = torch.cholesky_solve((torch.gather(r, 1, order) * valid).unsqueeze(2), factor).squeeze(2) * valid  # (nb, m)
         return torch.zeros_like(r).scatter_add_(1, order, solved) * keep
 
-    def _masked_gram_rows(self, keep: torch.Tensor) -> torch.Tensor:
-        """G_S G_S^T per block, (nb, N, N) in the factor dtype, accumulated over column chunks (no copy of G)."""
-        gram = torch.zeros(self.num_blocks, self.num_grads, self.num_grads, dtype=self.factor_dtype, device=self.device)
-        step = max(1, DIAG_CHUNK_ELEMENTS // (self.num_blocks * self.num_grads))
-        for start in range(0, self.block, step):
-            chunk = self.grads[:, :, start : start + step] * keep[:, start : start + step].to(self.grads.dtype).unsqueeze(1)
-            gram += torch.bmm(chunk, chunk.transpose(1, 2)).to(self.factor_dtype)
-        return gram
-
     def quadratic(self, delta: torch.Tensor) -> float:
         """0.5 * delta^T F delta (block-diagonal F) for delta of shape (d,)."""
         d = self._blocks(delta)
-        projected = torch.bmm(self.grads, d.to(self.grads.dtype).unsqueeze(2)).squeeze(2).to(self.factor_dtype)  # (nb, N)
+        projected = self._g_times(d)  # (nb, N)
         return float(0.5 * ((self.damp.view(-1, 1) * d.pow(2)).sum() + projected.pow(2).sum() / self.num_grads))
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _padded_blocks(rows: torch.Tensor, storage: Optional[torch.Tensor], num_blocks: int, block: int) -> Tuple[torch.Tensor, int]:
+    """The (nb, N, B) block view of a layer's rows (N, d) zero-padded to nb * B columns, and the bytes copied to make it:
+    none when d = nb * B or when ``storage`` is the padded tensor ``rows`` was cut from (gradients collected with
+    ``pad_to`` = B); else one padded copy in the rows' own dtype and device."""
+    num_grads, numel = rows.shape
+    width = num_blocks * block
+    if numel == width and rows.is_contiguous():
+        base = rows
+    elif storage is not None and tuple(storage.shape) == (num_grads, width) and storage.data_ptr() == rows.data_ptr() and storage.is_contiguous():
+        base = storage
+    else:
+        base = rows.new_zeros(num_grads, width)
+        base[:, :numel] = rows
+    copied = 0 if base.data_ptr() == rows.data_ptr() else base.numel() * base.element_size()
+    return base.view(num_grads, num_blocks, block).transpose(0, 1), copied
 
 
 def power_iteration(apply: Callable[[torch.Tensor], torch.Tensor], shape: tuple, iterations: int, like: torch.Tensor) -> torch.Tensor:
@@ -348,9 +463,15 @@ class BlockFisher:
         self._budget_gb, self._log, self._option_prefix = budget_gb, log, option_prefix
         self._budget_checked = False
         self._gradients_bytes = gradients.nbytes()
-        self.layers: Dict[str, LayerFisher] = {
-            name: LayerFisher(name, rows, spec, device, before_factorise=self._check_factor_budget) for name, rows in gradients.rows.items()
-        }
+        layer_specs = [(name, rows, gradients.storage.get(name)) for name, rows in gradients.rows.items()]
+        self.layers: Dict[str, LayerFisher] = {}
+        copies = sum(_padding_copy_bytes(rows, storage, spec) for _, rows, storage in layer_specs)
+        if copies:
+            check_budget(copies, budget_gb, "zero-padded copies of the gradients of layers whose size is not a multiple of the block size",
+                         f"{option_prefix}block-size 0 or a size that divides the layers", log)  # fmt: skip
+        for name, rows, storage in layer_specs:
+            self.layers[name] = LayerFisher(name, rows, spec, device, before_factorise=self._check_factor_budget, storage=storage)
+        self.copied_bytes = sum(layer.copied_bytes for layer in self)
         self.sizes = [layer.numel for layer in self.layers.values()]
         self.numel = sum(self.sizes)
 
@@ -358,9 +479,9 @@ class BlockFisher:
         if self._budget_checked:
             return
         check_budget(
-            sum(layer.factor_bytes() for layer in self) + _largest_factor_temporary(self),
+            self.copied_bytes + sum(layer.factor_bytes() for layer in self) + max(layer.transient_bytes() for layer in self),
             self._budget_gb,
-            "the block Fisher factors and the largest per-layer temporary",
+            "the block Fisher factors, the padded gradient copies and the largest per-layer temporary",
             f"a smaller {self._option_prefix}block-size (when N >= B) or fewer gradients ({self._option_prefix}num-grads, when N < B)",
             self._log,
         )
@@ -417,10 +538,13 @@ class BlockFisher:
         return max(layer.largest_eigenvalue() for layer in self)
 
 
-def _largest_factor_temporary(fisher: "BlockFisher") -> int:
-    """Bytes of the largest per-layer temporary while factorising (the Gram before its Cholesky, and the diagonal's chunks)."""
-    largest = 0
-    for layer in fisher:
-        dual = layer.form == "dual"
-        largest = max(largest, layer.factor_bytes() * (2 if dual else 1) + (2 * 4 * DIAG_CHUNK_ELEMENTS if dual else layer.factor_bytes()))
-    return largest
+def _padding_copy_bytes(rows: torch.Tensor, storage: Optional[torch.Tensor], spec: FisherSpec) -> int:
+    """Bytes :func:`_padded_blocks` will copy for a layer's rows (N, d) under ``spec``'s block size."""
+    num_grads, numel = rows.shape
+    block = numel if spec.block_size in (0, None) or spec.block_size >= numel else spec.block_size
+    width = -(-numel // block) * block
+    if numel == width and rows.is_contiguous():
+        return 0
+    if storage is not None and tuple(storage.shape) == (num_grads, width) and storage.data_ptr() == rows.data_ptr():
+        return 0
+    return num_grads * width * rows.element_size()

@@ -10,7 +10,7 @@ values several times faster); rows are written straight into preallocated storag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
@@ -39,6 +39,9 @@ class GradientSpec:
     dtype: str = "float32"  # storage dtype of G: float32, float64, float16, bfloat16
     offload: bool = False  # keep G in host memory when computing on CUDA
     engine: str = "auto"  # vmap (per-group grad under vmap), hooks (one batched backward, group sums per module), auto: hooks when minibatch > 1
+    pad_to: int = (
+        0  # allocate each layer's rows zero-padded to a multiple of this many columns (the Fisher block size), so the block Fisher needs no padded copy
+    )
 
     @property
     def images(self) -> int:
@@ -53,18 +56,32 @@ class GradientSpec:
 
 @dataclass
 class GradientMatrix:
-    """rows[name]: (N, d_l) gradient rows for target ``name`` (flattened weight order)."""
+    """rows[name]: (N, d_l) gradient rows for target ``name`` (flattened weight order), in the storage dtype;
+    storage[name], where present: the zero-padded (N, d_l') tensor whose first d_l columns ``rows[name]`` views."""
 
     rows: Dict[str, torch.Tensor]
     num_grads: int
     minibatch: int
+    storage: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.rows.values())
+        return sum(t.numel() * t.element_size() for t in {**self.rows, **self.storage}.values())
+
+
+def padded_width(numel: int, pad_to: int) -> int:
+    """d rounded up to a multiple of ``pad_to`` (``pad_to`` 0, or at least d: d itself: one whole-layer block)."""
+    return numel if pad_to <= 0 or pad_to >= numel else -(-numel // pad_to) * pad_to
 
 
 def gradient_bytes(targets: "TargetSet", spec: GradientSpec) -> int:
-    return spec.num_grads * targets.num_weights * torch.empty((), dtype=resolve_dtype(spec.dtype)).element_size()
+    """Bytes of G as :func:`collect_gradients` allocates it (padding included)."""
+    width = sum(padded_width(t.numel, spec.pad_to) for t in targets)
+    return spec.num_grads * width * torch.empty((), dtype=resolve_dtype(spec.dtype)).element_size()
+
+
+def chunk_gradient_bytes(targets: "TargetSet", spec: GradientSpec) -> int:
+    """Bytes of the float32 gradients of one chunk of images before they are stored (the collection's largest temporary besides activations)."""
+    return max(1, spec.chunk_images // spec.minibatch) * targets.num_weights * 4
 
 
 def _group_loss(model: nn.Module, frozen: Dict[str, torch.Tensor]) -> Callable:
@@ -116,14 +133,22 @@ def collect_gradients(
     store_device = torch.device("cpu") if spec.offload else device
     dtype = resolve_dtype(spec.dtype)
     check_budget(
-        gradient_bytes(targets, spec),
+        gradient_bytes(targets, spec) + chunk_gradient_bytes(targets, spec),
         budget_gb,
-        f"the gradient matrix ({spec.num_grads} x {targets.num_weights:,} weights, {spec.dtype})",
-        f"a smaller {option_prefix}num-grads, {option_prefix}dtype bfloat16/float16, fewer target layers"
+        f"the gradient matrix ({spec.num_grads} x {targets.num_weights:,} weights, {spec.dtype}) and one chunk's float32 gradients",
+        f"a smaller {option_prefix}num-grads, {option_prefix}dtype bfloat16/float16 (half the bytes), a smaller {option_prefix}chunk-images, fewer target layers"
         + (f", or {option_prefix}offload (keep G in host memory)" if device.type == "cuda" and not spec.offload else ""),
         log,
     )
-    rows = {t.param_name: torch.empty(spec.num_grads, t.numel, dtype=dtype, device=store_device) for t in targets}
+    storage = {
+        t.param_name: torch.zeros(spec.num_grads, padded_width(t.numel, spec.pad_to), dtype=dtype, device=store_device)
+        for t in targets
+        if padded_width(t.numel, spec.pad_to) > t.numel
+    }
+    rows = {
+        t.param_name: storage[t.param_name][:, : t.numel] if t.param_name in storage else torch.empty(spec.num_grads, t.numel, dtype=dtype, device=store_device)
+        for t in targets
+    }
     flat_masks = {name: m.reshape(-1).to(device=device, dtype=torch.float32) for name, m in (masks or {}).items()}
     param_names = {id(p): n for n, p in model.named_parameters()}
     target_keys = {t.param_name: param_names[id(t.weight)] for t in targets}
@@ -183,4 +208,4 @@ def collect_gradients(
         model.train(was_training)
     if filled < spec.num_grads:
         raise ConfigError(f"only {filled * spec.minibatch} Fisher images were available, {spec.images} needed (N={spec.num_grads} x m={spec.minibatch})")
-    return GradientMatrix(rows=rows, num_grads=spec.num_grads, minibatch=spec.minibatch)
+    return GradientMatrix(rows=rows, num_grads=spec.num_grads, minibatch=spec.minibatch, storage=storage)

@@ -16,7 +16,7 @@ with K_S built in column chunks of each layer (no masked copy of G). All methods
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -45,21 +45,18 @@ class NetworkFisher:
         self.compute_dtype = resolve_dtype(spec.compute_dtype)
         self.factor_dtype = resolve_dtype(spec.factor_dtype)
         self.device = device
-        copy_bytes = 0 if all(r.device == device and r.dtype == self.compute_dtype for r in gradients.rows.values()) else gradients.nbytes()
+        self._direct = all(r.device == device and r.dtype == self.compute_dtype for r in gradients.rows.values())
         check_budget(
-            copy_bytes + 3 * self.num_grads**2 * torch.empty((), dtype=self.factor_dtype).element_size(),
+            3 * self.num_grads**2 * torch.empty((), dtype=self.factor_dtype).element_size() + (0 if self._direct else 2 * DIAG_CHUNK_ELEMENTS * 4),
             budget_gb,
-            f"the whole-network Fisher ({self.num_grads} x {self.num_grads} dual systems"
-            + (", and G moved to the compute device/dtype)" if copy_bytes else ")"),
+            f"the whole-network Fisher ({self.num_grads} x {self.num_grads} dual systems and their temporaries)",
             f"fewer gradients ({option_prefix}num-grads)",
             log,
         )
-        self.rows: Dict[str, torch.Tensor] = {}
-        for name, rows in gradients.rows.items():
-            moved = rows.to(device=device, dtype=self.compute_dtype)
-            if not torch.isfinite(moved).all():
+        self.rows: Dict[str, torch.Tensor] = dict(gradients.rows)  # storage dtype and device, as collected (no copy)
+        for name, rows in self.rows.items():
+            if not all(bool(torch.isfinite(chunk).all()) for _, chunk in self._column_chunks(rows)):
                 raise FisherError(f"the gradients of {name} contain non-finite values: recollect them (check inputs and checkpoint)")
-            self.rows[name] = moved
         self.sizes = [r.shape[1] for r in self.rows.values()]
         self.numel = sum(self.sizes)
         self.damp = self._damping(spec)
@@ -75,7 +72,8 @@ class NetworkFisher:
     def _damping(self, spec: FisherSpec) -> float:
         if spec.damp_mode == "absolute":
             return float(spec.damp)
-        mean_diag = sum(float(r.to(self.factor_dtype).pow(2).sum()) for r in self.rows.values()) / (self.num_grads * self.numel)
+        total = sum(float(chunk.to(self.factor_dtype).pow(2).sum()) for r in self.rows.values() for _, chunk in self._column_chunks(r))
+        mean_diag = total / (self.num_grads * self.numel)
         return float(spec.damp * mean_diag) if mean_diag > 0 else float(spec.damp)
 
     # -- geometry --------------------------------------------------------------------------------
@@ -91,13 +89,14 @@ class NetworkFisher:
         """G v = sum_l G_l v_l, (p,) -> (N,)."""
         out = torch.zeros(self.num_grads, dtype=self.factor_dtype, device=self.device)
         for rows, piece in zip(self.rows.values(), self.split(vector)):
-            out += (rows @ piece.to(self.compute_dtype)).to(self.factor_dtype)
+            for start, chunk in self._column_chunks(rows, whole_if_direct=True):
+                out += (chunk @ piece[start : start + chunk.shape[1]].to(self.compute_dtype)).to(self.factor_dtype)
         return out
 
     def grads_t_times(self, projected: torch.Tensor) -> torch.Tensor:
         """G^T u, (N,) -> (p,)."""
         u = projected.to(device=self.device, dtype=self.compute_dtype)
-        return torch.cat([(u @ rows).to(self.factor_dtype) for rows in self.rows.values()])
+        return torch.cat([(u @ chunk).to(self.factor_dtype) for rows in self.rows.values() for _, chunk in self._column_chunks(rows, whole_if_direct=True)])
 
     def fisher_times(self, vector: torch.Tensor) -> torch.Tensor:
         """F v = lam v + G^T (G v) / N, (p,) -> (p,)."""
@@ -120,10 +119,17 @@ class NetworkFisher:
         return float(self.damp + sigma2[0] / self.num_grads)
 
     # -- the dual system -------------------------------------------------------------------------
-    def _column_chunks(self, rows: torch.Tensor):
+    def _column_chunks(self, rows: torch.Tensor, whole_if_direct: bool = False) -> Iterator[Tuple[int, torch.Tensor]]:
+        """(first column, (N, c) columns of ``rows`` in the compute dtype on the compute device): the storage (bfloat16,
+        host memory with offload) is converted one chunk at a time, never a whole layer; all of ``rows`` at once when
+        no conversion is needed and ``whole_if_direct``."""
+        if whole_if_direct and self._direct:
+            yield 0, rows
+            return
         step = max(1, DIAG_CHUNK_ELEMENTS // self.num_grads)
         for start in range(0, rows.shape[1], step):
-            yield start, rows[:, start : start + step]
+            chunk = rows[:, start : start + step]
+            yield start, chunk if self._direct else chunk.to(device=self.device, dtype=self.compute_dtype)
 
     def _dual_factor(self, support: Optional[torch.Tensor]) -> tuple:
         """Cholesky of K_S = N lam I + G_S G_S^T (all columns when support is None), with its damping."""

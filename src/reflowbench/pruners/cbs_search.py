@@ -62,7 +62,7 @@ class SelectionObjective:
             block_start += layer.num_blocks
         self.block_of = torch.cat(block_ids)  # (p,) global block id of each weight
         self.lam = torch.cat([layer.damp_vector() for layer in self.layers])  # (p,)
-        self.col_norm2 = torch.cat([layer.from_blocks(layer.grads.to(self.dtype).pow(2).sum(1)) for layer in self.layers])  # (p,)
+        self.col_norm2 = torch.cat([layer.from_blocks(layer.column_norms2()) for layer in self.layers])  # (p,)
 
     def _split(self, vector: torch.Tensor) -> List[torch.Tensor]:
         return [vector[self.offsets[k] : self.offsets[k + 1]] for k in range(len(self.layers))]
@@ -97,7 +97,7 @@ class SelectionObjective:
             inside = (indices >= self.offsets[k]) & (indices < self.offsets[k + 1])
             if bool(inside.any()):
                 local = indices[inside] - self.offsets[k]
-                out[:, inside] = layer.grads[local // layer.block, :, local % layer.block].T.to(self.dtype)
+                out[:, inside] = layer.columns(local)
         return out
 
     def gamma(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -104,6 +104,9 @@ class CHITAPruner(HessianPruner):
             spec.block_size = 0  # not used by the network form; kept out of its cache key
         return spec
 
+    def gradient_padding(self) -> int:
+        return 0 if self.effective_form == "network" else self.options.block_size
+
     def build_curvature(self, gradients: GradientMatrix, ctx: PruneContext) -> Curvature:
         prefix = f"--{self.name}-"
         if self.effective_form == "network":

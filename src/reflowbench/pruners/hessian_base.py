@@ -37,7 +37,7 @@ from reflowbench.pruners.base import PruneContext, Pruner
 from reflowbench.pruners.masks import Masks
 from reflowbench.pruners.updates import UPDATES, apply_update, flat_masks, flat_weights, write_weights
 from reflowbench.schema.targets import TargetSet
-from reflowbench.utils.cost import PhaseCost
+from reflowbench.utils.cost import PhaseCost, release_freed_memory
 
 SCHEDULES = ("geometric", "cubic", "linear")
 DENSE_FISHER = "dense-fisher"  # first element of the suite-cache key of a seed's dense block Fisher
@@ -56,7 +56,7 @@ class HessianOptions:
     schedule: str = "geometric"  # sparsity schedule of the R steps: geometric (in density), cubic, linear
     scope: str = "global"  # global selection across all targets, or layer (same sparsity per layer)
     update: str = "obs-sum"  # update of the kept weights: none, obs-sum (summed single-weight OBS), joint (exact multi-weight OBS per block)
-    dtype: str = "float32"  # storage dtype of the gradients while collecting (the block Fisher works in float32)
+    dtype: str = "float32"  # storage dtype of G (bfloat16/float16 halve its memory; products upcast column chunks to float32)
     chunk_images: int = 128  # images per vmap call when collecting gradients
     offload: bool = False  # on CUDA: keep the gradients in host memory
 
@@ -125,7 +125,14 @@ class HessianPruner(Pruner):
 
     def gradient_spec(self) -> GradientSpec:
         o = self.options
-        return GradientSpec(num_grads=o.num_grads, minibatch=o.minibatch, chunk_images=o.chunk_images, dtype=o.dtype, offload=o.offload)
+        return GradientSpec(
+            num_grads=o.num_grads, minibatch=o.minibatch, chunk_images=o.chunk_images, dtype=o.dtype, offload=o.offload, pad_to=self.gradient_padding()
+        )
+
+    def gradient_padding(self) -> int:
+        """Columns each layer's gradient rows are padded to a multiple of: the block size, so the block Fisher views G
+        without a padded copy (a subclass with another curvature form returns 0)."""
+        return self.options.block_size
 
     def fisher_spec(self) -> FisherSpec:
         o = self.options
@@ -223,6 +230,7 @@ class HessianPruner(Pruner):
                 model, targets, ctx.fisher_batches(min(256, spec.images), spec.images), spec,
                 masks=masks, device=ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log, progress=ctx.progress, option_prefix=prefix,
             )  # fmt: skip
+        release_freed_memory()  # the gradient pass's temporaries, before the curvature allocates
         with ctx.phase("curvature"):
             fisher = self.build_curvature(gradients, ctx)
             self.prepare(fisher)

@@ -35,6 +35,26 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def release_freed_memory() -> None:
+    """Hand memory freed by large temporaries back to the OS (glibc's ``malloc_trim``; a no-op elsewhere). glibc keeps
+    freed blocks below its (adaptive) mmap threshold in the heap, so without this the gradient pass's temporaries stay
+    resident under the factors that follow (about 0.4 GiB on ResNet-20 with N = 1000)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
+
+
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter (Linux ``clear_refs``); False where unsupported."""
     try:

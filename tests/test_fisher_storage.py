@@ -1,0 +1,107 @@
+"""How the curvature backend holds G: in its storage dtype (bfloat16/float16), pre-padded at collection (no
+padded copy), converted one column chunk at a time, factorised one group of blocks at a time — each path
+against the plain float path on the same values, and the memory estimate against what is allocated."""
+
+import pytest
+import torch
+
+import reflowbench.hessian.block_fisher as block_fisher
+from reflowbench.errors import MemoryBudgetError
+from reflowbench.hessian import BlockFisher, FisherSpec, GradientMatrix, GradientSpec, LayerFisher, NetworkFisher, collect_gradients
+from reflowbench.hessian.gradients import gradient_bytes, padded_width
+from reflowbench.pruners import select_targets
+
+CPU = torch.device("cpu")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300))
+
+
+def _operations(fisher, d: int, seed: int = 1) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    v = torch.randn(d, generator=generator, dtype=torch.float64)
+    support = torch.rand(d, generator=generator) < 0.6
+    return {
+        "diag": fisher.diag_inverse(),
+        "inverse": fisher.inverse_times(v),
+        "restricted": fisher.restricted_solve(support, v),
+        "fisher": fisher.fisher_times(v),
+        "quadratic": torch.tensor(fisher.quadratic(v)),
+        "eig": torch.tensor(fisher.largest_eigenvalue()),
+    }
+
+
+def _assert_same(a: dict, b: dict, tol: float) -> None:
+    for key in a:
+        assert _rel(a[key], b[key]) < tol, key
+
+
+@pytest.mark.parametrize("n, d, block", [(6, 40, 0), (6, 40, 15), (30, 40, 8)])  # dual whole layer, dual blocks (padded), primal blocks
+@pytest.mark.parametrize("storage", [torch.bfloat16, torch.float16])
+def test_half_precision_storage_equals_the_float_path_on_the_same_values(n, d, block, storage):
+    G = torch.randn(n, d, generator=torch.Generator().manual_seed(d + n), dtype=torch.float64).to(storage)
+    spec = FisherSpec(block_size=block, damp=0.05, compute_dtype="float64")
+    stored = LayerFisher("w", G, spec, CPU)
+    upcast = LayerFisher("w", G.double(), spec, CPU)
+    assert stored.grads.dtype == storage  # kept as stored: no full-precision copy of the layer
+    _assert_same(_operations(stored, d), _operations(upcast, d), 1e-10)
+
+
+def test_chunked_and_grouped_paths_equal_the_direct_path(monkeypatch):
+    G = torch.randn(5, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    spec = FisherSpec(block_size=12, damp=0.02, compute_dtype="float64")
+    direct = _operations(LayerFisher("w", G, spec, CPU), 64)
+    monkeypatch.setattr(block_fisher, "CHUNK_ELEMENTS", 7)  # a few columns per chunk
+    monkeypatch.setattr(block_fisher, "FACTOR_GROUP_ELEMENTS", 30)  # one 5 x 5 block per group
+    chunked = LayerFisher("w", G.float(), spec, CPU)  # float32 storage under a float64 compute dtype: the chunked path
+    assert not chunked._direct
+    _assert_same(_operations(chunked, 64), direct, 1e-6)
+
+
+def test_network_fisher_on_bfloat16_storage_equals_the_float_path():
+    rows = {"a": torch.randn(7, 30, dtype=torch.float64).to(torch.bfloat16), "b": torch.randn(7, 11, dtype=torch.float64).to(torch.bfloat16)}
+    spec = FisherSpec(damp=0.03, compute_dtype="float64")
+    stored = NetworkFisher(GradientMatrix(rows, 7, 1), spec, CPU)
+    upcast = NetworkFisher(GradientMatrix({k: v.double() for k, v in rows.items()}, 7, 1), spec, CPU)
+    assert all(r.dtype == torch.bfloat16 for r in stored.rows.values())
+    _assert_same(_operations(stored, 41), _operations(upcast, 41), 1e-10)
+
+
+def _images(n: int):
+    generator = torch.Generator().manual_seed(0)
+    return [(torch.randn(n, 1, 8, 8, generator=generator), torch.randint(0, 10, (n,), generator=generator))]
+
+
+def test_gradients_collected_pre_padded_are_viewed_without_a_copy(tiny_model):
+    targets = select_targets(tiny_model)
+    block = 7  # divides none of the tiny model's layers
+    padded = collect_gradients(tiny_model, targets, iter(_images(16)), GradientSpec(num_grads=16, pad_to=block))
+    plain = collect_gradients(tiny_model, targets, iter(_images(16)), GradientSpec(num_grads=16))
+    assert padded.nbytes() == gradient_bytes(targets, GradientSpec(num_grads=16, pad_to=block))
+    assert all(padded.storage[t.param_name].shape[1] == padded_width(t.numel, block) for t in targets if t.numel % block)
+    spec = FisherSpec(block_size=block, damp=0.01, compute_dtype="float32")
+    viewed, copied = BlockFisher(padded, spec, CPU), BlockFisher(plain, spec, CPU)
+    assert viewed.copied_bytes == 0 and copied.copied_bytes > 0
+    for layer in viewed:
+        assert layer.grads.data_ptr() == padded.storage.get(layer.name, padded.rows[layer.name]).data_ptr()
+    d = viewed.numel
+    _assert_same(_operations(viewed, d), _operations(copied, d), 1e-6)
+
+
+def test_factor_budget_counts_the_padded_copies_and_names_the_block_size(tiny_model):
+    targets = select_targets(tiny_model)
+    plain = collect_gradients(tiny_model, targets, iter(_images(16)), GradientSpec(num_grads=16))
+    spec = FisherSpec(block_size=7, damp=0.01)
+    with pytest.raises(MemoryBudgetError, match="block-size"):
+        BlockFisher(plain, spec, CPU, budget_gb=1e-7)
+
+
+def test_factors_are_kept_in_the_compute_dtype_and_the_estimate_counts_them():
+    G = torch.randn(20, 300, dtype=torch.float32)
+    fisher = BlockFisher(GradientMatrix({"w": G}, 20, 1), FisherSpec(block_size=50, damp=0.1), CPU)
+    layer = fisher["w"]
+    layer.diag_inverse()
+    assert layer.factor.dtype == torch.float32
+    assert layer.factor.numel() * layer.factor.element_size() == layer.factor_bytes()
+    assert layer.transient_bytes() > 0
