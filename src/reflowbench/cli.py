@@ -18,6 +18,7 @@ from reflowbench.config import (
     MODEL_OR_DATA_FIELDS,
     PRESETS,
     SECTIONS,
+    ExecutorSpec,
     SuiteSpec,
     describe_preset,
     merge_into,
@@ -98,11 +99,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.suite is not None:
         return _run_named_suite(args)
+    executor = build_dataclass(ExecutorSpec, given(args, "executor__"), "executor settings")
+    executor.validate()
     plan = plan_suite(_spec_from_args(args))
     for line in spec_summary(plan.spec):
         _log(line)
+    if executor.executor == "submitit":
+        return _submit(plan, executor)
     counts = run_suite(plan, log=_log, report=not args.no_report)
     _log(f"done: {counts['done']} runs now, {counts['skipped']} skipped as already complete, {counts['total']} in the suite")
+    return 0
+
+
+def _submit(plan: Any, executor: Any) -> int:
+    from reflowbench.harness.executor import JobsFailed, submit_suite
+
+    result = submit_suite(plan, executor, log=_log)
+    if not executor.wait:
+        _log(f"submitted {len(result['jobs'])} jobs; `reflowbench report {plan.spec.sweep.out}` collects what has finished")
+        return 0
+    if result["failed"]:
+        raise JobsFailed(f"{len(result['failed'])} of {len(result['jobs'])} jobs failed (listed above); run the same command again to re-run their runs")
+    _log(
+        f"done: {result['runs']} runs in {len(result['jobs'])} jobs, {result['total'] - result['runs']} skipped as already complete, {result['total']} in the suite"
+    )
     return 0
 
 
@@ -327,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = suite_command("run", "run a suite (methods x sparsities x seeds), skipping finished runs, then write results.csv and the report")
     run.add_argument("--no-report", action="store_true", help="skip the report (results.csv is still written)")
     run.add_argument("--suite", metavar="NAME", default=None, help="run a named comparison suite instead (the same as `reflowbench suite NAME`)")
+    add_dataclass_arguments(
+        run.add_argument_group("executor settings (in this process, or submitit jobs: a Slurm job array or local subprocesses)"), ExecutorSpec, "executor__"
+    )
     run.set_defaults(handler=cmd_run, interrupted="finished runs are saved; run the same command again to resume")
 
     prune = suite_command("prune", "prune one model once, optionally REFLOW, and save the weights")

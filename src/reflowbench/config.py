@@ -149,6 +149,40 @@ class TuneSpec:
         return self
 
 
+EXECUTORS = ("local", "submitit")
+SUBMITIT_CLUSTERS = ("auto", "slurm", "local", "debug")
+JOB_UNITS = ("seed", "run")
+
+
+@dataclass
+class ExecutorSpec:
+    """Where the runs of ``reflowbench run`` execute: in this process (local), or as jobs of submitit (a Slurm job
+    array, or local subprocesses where there is no Slurm). Jobs write each run's JSON atomically into --out and claim it
+    while they run, so a re-submission skips finished runs and re-runs only those whose job died."""
+
+    executor: str = "local"  # local (in this process) or submitit (one job per --job-unit: a Slurm job array, or local subprocesses)
+    submitit_cluster: str = "auto"  # auto (Slurm where sbatch is found, else local subprocesses), slurm, local, debug (in this process)
+    submitit_folder: str = ""  # submitit's job scripts, pickles and logs (default: OUT/submitit/<job id>)
+    job_unit: str = "seed"  # seed: one job per method and seed (its sparsities share the dense Fisher); run: one job per run
+    slurm_partition: str = ""  # Slurm partition (empty: the cluster's default)
+    slurm_gpus: int = 0  # GPUs per job
+    slurm_cpus: int = 4  # CPU cores per job
+    slurm_mem_gb: int = 16  # host memory per job, GB
+    slurm_time_min: int = 120  # wall-time limit per job, minutes
+    slurm_array_parallelism: int = 64  # jobs of the array running at once at most
+    wait: bool = True  # wait for every job, then write results.csv and the report (--no-wait: print the job ids and return)
+
+    def validate(self) -> None:
+        for name, allowed in (("executor", EXECUTORS), ("submitit_cluster", SUBMITIT_CLUSTERS), ("job_unit", JOB_UNITS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("slurm_cpus", "slurm_mem_gb", "slurm_time_min", "slurm_array_parallelism"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.slurm_gpus < 0:
+            raise ConfigError(f"--slurm-gpus must be >= 0, got {self.slurm_gpus}")
+
+
 @dataclass
 class SuiteSpec:
     model: ModelSpec = field(default_factory=ModelSpec)

@@ -21,7 +21,7 @@ Log = Callable[[str], None]
 Todo = Tuple[Pruner, float, int, str, Path]  # pruner, sparsity, seed, run key, run file
 
 
-def _plan_runs(state: SuiteState, plan: SuitePlan) -> Tuple[List[Todo], int]:
+def pending_runs(state: SuiteState, plan: SuitePlan) -> Tuple[List[Todo], int]:
     """The runs still to do, seed-major (a seed's dense gradients are collected once for all its
     sparsities), and the number of runs in the suite."""
     sweep = plan.spec.sweep
@@ -42,7 +42,7 @@ def _plan_runs(state: SuiteState, plan: SuitePlan) -> Tuple[List[Todo], int]:
 def count_complete(plan: SuitePlan) -> Tuple[int, int]:
     """(finished runs, runs in the suite) of ``plan`` in its ``--out`` (loads the data and the model to key the runs)."""
     state = SuiteState(plan, log=lambda message: None)
-    todo, total = _plan_runs(state, plan)
+    todo, total = pending_runs(state, plan)
     return total - len(todo), total
 
 
@@ -58,7 +58,7 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
     state = SuiteState(plan, log)
     log(f"targets: {state.targets_record['description']}: {state.targets_record['num_layers']} tensors, {state.targets_record['num_weights']:,} weights")
     atomic_write_json(out / "suite.json", {"spec": asdict(spec), "settings": state.settings, "targets": state.targets_record})
-    todo, total = _plan_runs(state, plan)
+    todo, total = pending_runs(state, plan)
     log(f"{total} runs in the suite, {total - len(todo)} already complete in {out}, {len(todo)} to run")
     progress = _progress(len(todo), spec.sweep.progress)
     done = elsewhere = 0

@@ -1,0 +1,144 @@
+"""Runs as submitit jobs (submitit's local executor: real subprocesses), collected into the same --out."""
+
+import csv
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from reflowbench.config import ExecutorSpec, merge_into, preset
+from reflowbench.errors import ConfigError
+from reflowbench.harness import plan_suite, run_suite
+from reflowbench.harness.executor import group_runs, submit_suite
+
+pytest.importorskip("submitit")
+
+# Columns that a run's work decides (not its timing, host or memory).
+RESULT_COLUMNS = ("model", "method", "variant", "sparsity", "seed", "reflow", "top1", "top5", "loss", "sparsity_actual", "last_bn_ratio", "min_bn_ratio", "key")
+
+SLOW_PRUNER = """
+import os, time
+from reflowbench.pruners.base import register_pruner
+from reflowbench.pruners.magnitude import MagnitudePruner
+
+@register_pruner("slowmp", "magnitude pruning that waits while a marker file exists at 0.9 (a job to kill mid-run)")
+class SlowMagnitude(MagnitudePruner):
+    def prune(self, model, targets, sparsity, ctx):
+        while sparsity == 0.9 and os.path.exists(os.environ["SLOWMP_MARKER"]):
+            time.sleep(0.2)
+        return super().prune(model, targets, sparsity, ctx)
+"""
+
+
+def _spec(out: Path, checkpoint: Path, methods=("mp",)):
+    spec = preset("embedded")
+    merge_into(
+        spec,
+        {
+            "model": {"checkpoint": str(checkpoint)},
+            "reflow": {"calib_batches": 4, "calib_batch_size": 64, "diag_images": 128},
+            "sweep": {"methods": list(methods), "sparsities": [0.5, 0.9], "seeds": [0, 1], "out": str(out), "progress": False, "threads": 1},
+        },
+        "test",
+    )
+    return spec
+
+
+@pytest.fixture
+def checkpoint(tmp_path, trained_smallcnn):
+    path = tmp_path / "smallcnn.pt"
+    torch.save(trained_smallcnn, path)
+    return path
+
+
+def _results(out: Path):
+    with open(out / "results.csv") as handle:
+        return sorted(tuple(row[c] for c in RESULT_COLUMNS) for row in csv.DictReader(handle))
+
+
+def _local(**kwargs) -> ExecutorSpec:
+    return ExecutorSpec(executor="submitit", submitit_cluster="local", slurm_cpus=1, **kwargs)
+
+
+def test_local_submitit_jobs_collect_the_results_of_the_serial_run(tmp_path, checkpoint):
+    run_suite(plan_suite(_spec(tmp_path / "serial", checkpoint)), log=lambda m: None, report=False)
+    from reflowbench.schema.results import write_csv
+
+    write_csv(tmp_path / "serial")
+    result = submit_suite(plan_suite(_spec(tmp_path / "jobs", checkpoint)), _local(), log=lambda m: None)
+    assert len(result["jobs"]) == 2 and result["runs"] == 4 and not result["failed"]  # one job per seed, its two sparsities
+    assert _results(tmp_path / "jobs") == _results(tmp_path / "serial")
+    assert (tmp_path / "jobs" / "report.md").exists()
+    again = submit_suite(plan_suite(_spec(tmp_path / "jobs", checkpoint)), _local(), log=lambda m: None)
+    assert again["runs"] == 0 and again["jobs"] == []  # re-submission: nothing left to run
+
+
+def test_a_job_killed_mid_run_is_rerun_on_resubmission_and_nothing_finished_is_lost(tmp_path, checkpoint, monkeypatch):
+    (tmp_path / "plugin").mkdir()
+    (tmp_path / "plugin" / "slowmp_plugin.py").write_text(SLOW_PRUNER)
+    marker = tmp_path / "hold"
+    marker.write_text("")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "plugin"), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("REFLOWBENCH_PLUGINS", "slowmp_plugin")
+    monkeypatch.setenv("SLOWMP_MARKER", str(marker))
+    monkeypatch.syspath_prepend(str(tmp_path / "plugin"))
+    from reflowbench.pruners.base import PRUNERS, load_plugins
+
+    load_plugins()
+    try:
+        _kill_and_resubmit(tmp_path, checkpoint, marker)
+    finally:
+        PRUNERS.pop("slowmp", None)
+        sys.modules.pop("slowmp_plugin", None)
+
+
+def _kill_and_resubmit(tmp_path: Path, checkpoint: Path, marker: Path) -> None:
+    out = tmp_path / "out"
+    spec = _spec(out, checkpoint, methods=("slowmp",))
+    spec.sweep.seeds = [0]
+    first = submit_suite(plan_suite(spec), _local(job_unit="run", wait=False), log=lambda m: None)
+    held = next(h for h, g in zip(first["jobs"], first["groups"]) if g.sparsities == [0.9])
+    others = [h for h in first["jobs"] if h is not held]
+    for handle in others:
+        handle.result()
+    deadline = time.time() + 120
+    while not list((out / "runs").glob("*0.9*.claim")) and time.time() < deadline:  # the held job is inside its run
+        time.sleep(0.2)
+    assert list((out / "runs").glob("*0.9*.claim")), "the held job never claimed its run"
+    os.kill(held._process.pid, signal.SIGKILL)  # killed mid-run, as a node failure or a Slurm time limit would
+    held._process.wait()
+    finished = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    assert len(finished) == 1 and all("0.5" in p.name for p in finished)
+    marker.unlink()
+    second = submit_suite(plan_suite(spec), _local(job_unit="run"), log=lambda m: None)
+    assert second["runs"] == 1 and not second["failed"]  # only the killed run
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # nothing finished was redone or lost
+    runs = sorted((out / "runs").glob("*.json"))
+    assert len(runs) == 2 and not list((out / "runs").glob("*.claim"))
+    assert all(json.loads(p.read_text())["status"] == "complete" for p in runs)
+
+
+def test_jobs_are_one_per_method_and_seed_or_one_per_run():
+    todo = [(0, "mp", 0.5, 0), (0, "mp", 0.9, 0), (1, "woodfisher", 0.5, 0), (0, "mp", 0.5, 1)]
+    by_seed = group_runs(todo, "seed")
+    assert [(g.method, g.seed, g.sparsities) for g in by_seed] == [("mp", 0, [0.5, 0.9]), ("woodfisher", 0, [0.5]), ("mp", 1, [0.5])]
+    assert len(group_runs(todo, "run")) == 4
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"executor": "slurmish"}, "--executor must be one of local, submitit"),
+        ({"job_unit": "layer"}, "--job-unit must be one of seed, run"),
+        ({"slurm_cpus": 0}, "--slurm-cpus must be >= 1"),
+        ({"submitit_cluster": "pbs"}, "--submitit-cluster must be one of"),
+    ],
+)
+def test_bad_executor_settings_name_the_flag(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        ExecutorSpec(**settings).validate()
