@@ -49,6 +49,10 @@ class CBSPruner(HessianPruner):
     """Combinatorial Brain Surgeon: combinatorial selection and the exact joint update on the block Fisher."""
 
     Options = CBSOptions
+
+    def streams(self) -> bool:
+        return False  # the swap search reads G at every step
+
     # CBS's selection costs ~1 CPU minute a run on ResNet-20: a smaller grid (damping x block size, N = 1000).
     TUNING_GRID = {
         "damping": [{"damp": 1e-5, "damp_mode": "absolute"}, {"damp": 1e-4, "damp_mode": "absolute"}, {"damp": 1e-2, "damp_mode": "relative"}],

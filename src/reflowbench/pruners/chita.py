@@ -104,6 +104,9 @@ class CHITAPruner(HessianPruner):
             spec.block_size = 0  # not used by the network form; kept out of its cache key
         return spec
 
+    def streams(self) -> bool:
+        return self.options.solver == "block-backsolve"  # IHT and the active set read G at every iteration; the network form couples layers
+
     def gradient_padding(self) -> int:
         return 0 if self.effective_form == "network" else self.options.block_size
 

@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 from reflowbench.errors import ConfigError, FisherError
-from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, collect_gradients, loss_is_finite
+from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, collect_gradients, gradient_bytes, loss_is_finite
 from reflowbench.hessian.block_fisher import DAMP_MODES
-from reflowbench.hessian.memory import DTYPES
+from reflowbench.hessian.memory import DTYPES, resolve_dtype
+from reflowbench.hessian.streamed import StreamedBlockFisher, partition_layers
 from reflowbench.pruners.base import PruneContext, Pruner
 from reflowbench.pruners.masks import Masks
 from reflowbench.pruners.updates import UPDATES, apply_update, flat_masks, flat_weights, write_weights
@@ -59,6 +60,7 @@ class HessianOptions:
     dtype: str = "float32"  # storage dtype of G (bfloat16/float16 halve its memory; products upcast column chunks to float32)
     chunk_images: int = 128  # images per vmap call when collecting gradients
     offload: bool = False  # on CUDA: keep the gradients in host memory
+    layer_groups: int = 1  # 1: G of all layers at once; K > 1: layer-group streaming, G of one of K groups of layers at a time (about K x less memory; every Fisher operation re-collects the gradients group by group: WoodFisher makes 2 gradient passes instead of 1, and no dense Fisher is shared between sparsities); 0: the fewest groups whose G fits in half of --memory-budget-gb
 
 
 def step_sparsities(target: float, steps: int, schedule: str) -> List[float]:
@@ -118,6 +120,7 @@ class HessianPruner(Pruner):
             ("schedule", o.schedule in SCHEDULES, f"one of {SCHEDULES}"),
             ("update", o.update in UPDATES, f"one of {UPDATES}"),
             ("dtype", o.dtype in DTYPES, f"one of {tuple(DTYPES)}"),
+            ("layer_groups", o.layer_groups >= 0, "an integer >= 0 (1: no streaming, 0: from the memory budget)"),
         )
         for name, ok, rule in rules:
             if not ok:
@@ -146,6 +149,25 @@ class HessianPruner(Pruner):
     def build_curvature(self, gradients: GradientMatrix, ctx: PruneContext) -> Curvature:
         """The curvature the pruner works with, from the gradient matrix: the block Fisher by default."""
         return BlockFisher(gradients, self.fisher_spec(), ctx.device, ctx.memory_budget_gb, ctx.log, option_prefix=f"--{self.name}-")
+
+    def streams(self) -> bool:
+        """Whether this pruner works on a layer-group-streamed Fisher (each Fisher operation is a gradient pass: fine for a
+        few operations, not for a search that reads G at every step)."""
+        return True
+
+    def layer_groups(self, targets: TargetSet, ctx: PruneContext) -> List[List[str]]:
+        """The groups of target layers G is collected for at a time (one group: no streaming), from ``layer_groups``."""
+        spec = self.gradient_spec()
+        sizes = {t.param_name: gradient_bytes(targets.subset([t.param_name]), spec) for t in targets}
+        wanted = self.options.layer_groups or max(1, math.ceil(sum(sizes.values()) / (0.5 * ctx.memory_budget_gb * 2**30)))
+        groups = partition_layers(sizes, wanted)
+        if len(groups) > 1 and not self.streams():
+            raise ConfigError(
+                f"{self.flag('layer-groups')} {self.options.layer_groups} (layer-group streaming, {len(groups)} groups) is not supported by {self.name}: "
+                "its selection reads the gradients at every step; use 1, or shrink G with a smaller "
+                f"{self.flag('num-grads')} or {self.flag('dtype')} bfloat16"
+            )
+        return groups
 
     def prepare(self, fisher: Curvature) -> None:
         """Work on a fresh Fisher that belongs with the curvature (charged to it, kept with a shared Fisher)."""
@@ -212,6 +234,9 @@ class HessianPruner(Pruner):
     def curvature_at(self, model: nn.Module, targets: TargetSet, masks: Masks, ctx: PruneContext, dense: bool) -> Curvature:
         """F at the current weights and mask. The dense F (first step) of a seed is kept in the suite
         cache and reused by the other sparsities; a reuse is charged the measured gradient and curvature cost."""
+        groups = self.layer_groups(targets, ctx)
+        if len(groups) > 1:
+            return self._streamed_curvature(model, targets, masks, ctx, groups)
         key = self._cache_key(targets, ctx)
         if dense and key in ctx.cache:
             fisher, costs = ctx.cache[key]
@@ -241,4 +266,30 @@ class HessianPruner(Pruner):
                 after = ctx.ledger.get(phase)
                 costs[phase] = PhaseCost(after.seconds - before[phase].seconds, after.peak_rss_mb, after.peak_cuda_mb)
             ctx.cache[key] = (fisher, costs)
+        return fisher
+
+    def _streamed_curvature(self, model: nn.Module, targets: TargetSet, masks: Masks, ctx: PruneContext, groups: List[List[str]]) -> Curvature:
+        """The block Fisher streamed over ``groups`` of layers: each operation collects one group's gradients at a time at
+        the weights and masks of now (not cached: the model object changes between runs)."""
+        spec, fixed_masks, prefix = self.gradient_spec(), dict(masks), f"--{self.name}-"
+
+        def group_fisher(names: List[str]) -> BlockFisher:
+            subset = targets.subset(names)
+            with ctx.phase("gradients"):
+                gradients = collect_gradients(
+                    model, subset, ctx.fisher_batches(min(256, spec.images), spec.images), spec,
+                    masks={n: fixed_masks[n] for n in names}, device=ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log, option_prefix=prefix,
+                )  # fmt: skip
+            release_freed_memory()
+            with ctx.phase("curvature"):
+                return BlockFisher(gradients, self.fisher_spec(), ctx.device, ctx.memory_budget_gb, ctx.log, option_prefix=prefix)
+
+        if ctx.log is not None:
+            ctx.log(f"{self.name}: layer-group streaming over {len(groups)} groups ({', '.join(str(len(g)) for g in groups)} layers)")
+        fisher = StreamedBlockFisher(
+            targets.names, [t.numel for t in targets], groups, group_fisher, resolve_dtype(self.fisher_spec().factor_dtype), ctx.device
+        )
+        ctx.notes["layer_groups"] = len(groups)
+        with ctx.phase("curvature"):
+            self.prepare(fisher)
         return fisher

@@ -40,14 +40,12 @@ class WoodFisherPruner(HessianPruner):
 
     def prepare(self, fisher: BlockFisher) -> None:
         """diag(F^-1) of every layer, computed with the curvature (and kept with a shared Fisher)."""
-        for layer in fisher:
-            layer.diag_inverse()
+        fisher.diag_inverse()
 
     def select(self, model: nn.Module, targets: TargetSet, fisher: BlockFisher, masks: Masks, sparsity: float, ctx: PruneContext) -> Masks:
         """Prune the lowest rho = w^2 / (2 diag(F^-1)); weights already pruned stay pruned."""
         scores = {}
-        for t in targets:
-            diag = fisher[t.param_name].diag_inverse()
+        for t, diag in zip(targets, fisher.split(fisher.diag_inverse())):
             w = t.weight.detach().reshape(-1).to(diag.dtype)
             rho = w.pow(2) / (2.0 * diag)
             rho = torch.where(masks[t.param_name].reshape(-1).to(rho.device), rho, torch.full_like(rho, -1.0))  # pruned stay pruned

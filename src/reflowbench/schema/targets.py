@@ -79,6 +79,11 @@ class TargetSet:
     def weights(self) -> Dict[str, torch.Tensor]:
         return {t.param_name: t.weight for t in self.targets}
 
+    def subset(self, names: List[str]) -> "TargetSet":
+        """The targets named in ``names``, in this set's order (the same live parameters)."""
+        wanted = set(names)
+        return TargetSet([t for t in self.targets if t.param_name in wanted], self.policy)
+
     def record(self) -> Dict[str, object]:
         """What every result stores about the target set."""
         return {

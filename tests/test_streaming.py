@@ -1,0 +1,64 @@
+"""Layer-group streaming (G of one group of layers at a time) gives the one-pass results."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TinyBNNet
+from reflowbench.errors import ConfigError
+from reflowbench.hessian.streamed import partition_layers
+from reflowbench.pruners import PruneContext, make_pruner, select_targets
+
+CPU = torch.device("cpu")
+
+
+def _prune(digits, name, options, sparsity=0.6, budget_gb=8.0):
+    torch.manual_seed(7)
+    model = TinyBNNet().eval()
+    targets = select_targets(model)
+    pruner = make_pruner(name, {"num_grads": 24, "minibatch": 2, "chunk_images": 16, **options})
+    ctx = PruneContext(device=CPU, seed=0, train=digits.train, fisher_indices=np.arange(pruner.fisher_images()), memory_budget_gb=budget_gb)
+    masks = pruner.prune(model, targets, sparsity, ctx)
+    return masks, {t.param_name: t.weight.detach().clone() for t in targets}, ctx
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("woodfisher", {"block_size": 10}),  # saliency pass, then the summed OBS update pass
+        ("woodfisher", {"recompute_steps": 2}),  # two steps: damping and the divergence probe on the streamed Fisher
+        ("mp-hessian", {"block_size": 0}),  # fisher_times + restricted solve (joint update)
+        ("chita", {"solver": "block-backsolve", "block_size": 16}),
+    ],
+)
+def test_streamed_groups_give_the_one_pass_masks_and_weights(digits, name, options):
+    masks, weights, _ = _prune(digits, name, options)
+    streamed_masks, streamed_weights, ctx = _prune(digits, name, {**options, "layer_groups": 3})
+    assert ctx.notes["layer_groups"] == 3
+    for key in masks:
+        assert torch.equal(masks[key], streamed_masks[key]), key
+        assert torch.allclose(weights[key], streamed_weights[key], atol=1e-6, rtol=1e-5), key
+
+
+def test_layer_groups_zero_streams_when_the_budget_is_small(digits):
+    _, _, ctx = _prune(
+        digits, "woodfisher", {"layer_groups": 0}, budget_gb=4e-5
+    )  # 42 KiB: all of G (29 KiB) is over half of it, its largest layer (20 KiB + a chunk) fits
+    assert ctx.notes["layer_groups"] > 1
+    _, _, ctx = _prune(digits, "woodfisher", {"layer_groups": 0})
+    assert "layer_groups" not in ctx.notes  # fits: one pass
+
+
+def test_pruners_whose_search_reads_g_every_step_refuse_streaming(digits):
+    with pytest.raises(ConfigError, match="--cbs-layer-groups"):
+        _prune(digits, "cbs", {"layer_groups": 2, "candidates": 5})
+    with pytest.raises(ConfigError, match="--chita-layer-groups"):
+        _prune(digits, "chita", {"layer_groups": 2, "iht_iters": 3})
+
+
+def test_partition_keeps_order_and_balances_bytes():
+    sizes = {"a": 10, "b": 10, "c": 30, "d": 5, "e": 5}
+    groups = partition_layers(sizes, 3)
+    assert [n for g in groups for n in g] == list(sizes) and len(groups) <= 3
+    assert partition_layers(sizes, 1) == [list(sizes)]
+    assert len(partition_layers(sizes, 10)) <= 5 and all(partition_layers(sizes, 10))
