@@ -479,9 +479,9 @@ class BlockFisher:
         if self._budget_checked:
             return
         check_budget(
-            self.copied_bytes + sum(layer.factor_bytes() for layer in self) + max(layer.transient_bytes() for layer in self),
+            self._gradients_bytes + self.copied_bytes + sum(layer.factor_bytes() for layer in self) + max(layer.transient_bytes() for layer in self),
             self._budget_gb,
-            "the block Fisher factors, the padded gradient copies and the largest per-layer temporary",
+            "the gradients, the block Fisher factors, the padded gradient copies and the largest per-layer temporary",
             f"a smaller {self._option_prefix}block-size (when N >= B) or fewer gradients ({self._option_prefix}num-grads, when N < B)",
             self._log,
         )
@@ -505,7 +505,12 @@ class BlockFisher:
         """(p,) -> the per-layer (d_l,) pieces, target order."""
         return list(torch.split(flat.reshape(-1), self.sizes))
 
-    def _per_layer(self, op: Callable[[LayerFisher, torch.Tensor], torch.Tensor], *flats: torch.Tensor) -> torch.Tensor:
+    def map_layers(self, op: Callable[..., torch.Tensor], *flats: torch.Tensor) -> torch.Tensor:
+        """``op(layer, *pieces)`` on every layer with the layer's pieces of the (p,) ``flats``, concatenated (p,): any
+        per-layer computation on the block-diagonal F (the layer-group-streamed Fisher runs it in one pass)."""
+        return self._per_layer(op, *flats)
+
+    def _per_layer(self, op: Callable[..., torch.Tensor], *flats: torch.Tensor) -> torch.Tensor:
         pieces = [self.split(f) for f in flats]
         return torch.cat([op(layer, *(p[i] for p in pieces)) for i, layer in enumerate(self)])
 

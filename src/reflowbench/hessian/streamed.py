@@ -45,7 +45,14 @@ class StreamedBlockFisher:
     """The block Fisher of all targets, built one group of layers at a time for each operation (see the module)."""
 
     def __init__(
-        self, names: List[str], sizes: List[int], groups: List[List[str]], group_fisher: GroupFisher, dtype: torch.dtype, device: torch.device
+        self,
+        names: List[str],
+        sizes: List[int],
+        groups: List[List[str]],
+        group_fisher: GroupFisher,
+        dtype: torch.dtype,
+        device: torch.device,
+        absolute_damp: Optional[float] = None,
     ) -> None:
         self._names, self.sizes, self.groups = list(names), list(sizes), groups
         self.numel = sum(sizes)
@@ -54,6 +61,7 @@ class StreamedBlockFisher:
         self._diag: Dict[str, torch.Tensor] = {}
         self._damp: Dict[str, torch.Tensor] = {}
         self._layout: Dict[str, str] = {}
+        self._absolute_damp = absolute_damp  # lam before any factorisation (absolute damping): no pass needed for it
         self.passes = 0  # gradient passes over all groups so far
 
     @property
@@ -81,8 +89,13 @@ class StreamedBlockFisher:
             release_freed_memory()
         self.passes += 1
 
-    def _per_layer(self, op: Callable[[LayerFisher, torch.Tensor], torch.Tensor], *flats: torch.Tensor) -> torch.Tensor:
-        pieces = [self.split(f) for f in flats]
+    def map_layers(self, op: Callable[..., torch.Tensor], *flats: torch.Tensor) -> torch.Tensor:
+        """``op(layer, *pieces)`` on every layer with the layer's pieces of the (p,) ``flats``, concatenated: one pass for
+        any per-layer computation (e.g. a whole weight update), where its separate Fisher operations would take one each."""
+        return self._per_layer(op, *flats)
+
+    def _per_layer(self, op: Callable[..., torch.Tensor], *flats: torch.Tensor) -> torch.Tensor:
+        pieces = [torch.split(f.reshape(-1), self.sizes) for f in flats]  # dtypes kept (bool supports stay bool)
         out: List[Optional[torch.Tensor]] = [None] * len(self._names)
 
         def apply(layer: LayerFisher, i: int) -> None:
@@ -116,7 +129,10 @@ class StreamedBlockFisher:
         return torch.cat([self._diag[name] for name in self._names])
 
     def damp_vector(self) -> torch.Tensor:
-        """lam of each weight's block, (p,): as of the last pass (one pass if none ran yet)."""
+        """lam of each weight's block, (p,): as of the last pass (with absolute damping and no pass yet, the damping given;
+        else one pass)."""
+        if not self._damp and self._absolute_damp is not None:
+            return torch.full((self.numel,), self._absolute_damp, dtype=self._dtype, device=self._device)
         if len(self._damp) < len(self._names):
             self._each_layer(lambda layer, i: None)
         return torch.cat([self._damp[name] for name in self._names])

@@ -286,9 +286,11 @@ class HessianPruner(Pruner):
 
         if ctx.log is not None:
             ctx.log(f"{self.name}: layer-group streaming over {len(groups)} groups ({', '.join(str(len(g)) for g in groups)} layers)")
+        fisher_spec = self.fisher_spec()
         fisher = StreamedBlockFisher(
-            targets.names, [t.numel for t in targets], groups, group_fisher, resolve_dtype(self.fisher_spec().factor_dtype), ctx.device
-        )
+            targets.names, [t.numel for t in targets], groups, group_fisher, resolve_dtype(fisher_spec.factor_dtype), ctx.device,
+            absolute_damp=fisher_spec.damp if fisher_spec.damp_mode == "absolute" else None,
+        )  # fmt: skip
         ctx.notes["layer_groups"] = len(groups)
         with ctx.phase("curvature"):
             self.prepare(fisher)
