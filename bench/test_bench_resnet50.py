@@ -41,10 +41,19 @@ def _images(n: int, size: int = 64) -> TensorImageSet:
 @pytest.mark.parametrize(
     "method, options",
     [
-        ("woodfisher", {"num_grads": 400, "block_size": 2000, "dtype": "bfloat16", "layer_groups": 0, "chunk_images": 32}),
+        ("woodfisher", {"num_grads": 400, "block_size": 2000, "dtype": "bfloat16", "layer_groups": 0, "chunk_images": 32, "grad_engine": "hooks"}),
         (
             "chita",
-            {"num_grads": 400, "minibatch": 1, "solver": "block-backsolve", "block_size": 500, "dtype": "bfloat16", "layer_groups": 0, "chunk_images": 32},
+            {
+                "num_grads": 400,
+                "minibatch": 1,
+                "solver": "block-backsolve",
+                "block_size": 500,
+                "dtype": "bfloat16",
+                "layer_groups": 0,
+                "chunk_images": 32,
+                "grad_engine": "hooks",
+            },
         ),
     ],
 )

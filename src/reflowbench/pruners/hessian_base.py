@@ -32,6 +32,7 @@ from torch import nn
 from reflowbench.errors import ConfigError, FisherError
 from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, collect_gradients, gradient_bytes, loss_is_finite
 from reflowbench.hessian.block_fisher import DAMP_MODES
+from reflowbench.hessian.gradients import ENGINES
 from reflowbench.hessian.memory import DTYPES, resolve_dtype
 from reflowbench.hessian.streamed import StreamedBlockFisher, partition_layers
 from reflowbench.pruners.base import PruneContext, Pruner
@@ -60,6 +61,7 @@ class HessianOptions:
     dtype: str = "float32"  # storage dtype of G (bfloat16/float16 halve its memory; products upcast column chunks to float32)
     chunk_images: int = 128  # images per vmap call when collecting gradients
     offload: bool = False  # on CUDA: keep the gradients in host memory
+    grad_engine: str = "auto"  # how per-group gradients are computed: vmap (torch.func), hooks (one batched backward, per-group weight products), auto (hooks when minibatch > 1)
     layer_groups: int = 1  # 1: G of all layers at once; K > 1: layer-group streaming, G of one of K groups of layers at a time (about K x less memory; every Fisher operation re-collects the gradients group by group: WoodFisher makes 2 gradient passes instead of 1, and no dense Fisher is shared between sparsities); 0: the fewest groups whose G fits in half of --memory-budget-gb
 
 
@@ -120,6 +122,7 @@ class HessianPruner(Pruner):
             ("schedule", o.schedule in SCHEDULES, f"one of {SCHEDULES}"),
             ("update", o.update in UPDATES, f"one of {UPDATES}"),
             ("dtype", o.dtype in DTYPES, f"one of {tuple(DTYPES)}"),
+            ("grad_engine", o.grad_engine in ENGINES, f"one of {ENGINES}"),
             ("layer_groups", o.layer_groups >= 0, "an integer >= 0 (1: no streaming, 0: from the memory budget)"),
         )
         for name, ok, rule in rules:
@@ -129,7 +132,13 @@ class HessianPruner(Pruner):
     def gradient_spec(self) -> GradientSpec:
         o = self.options
         return GradientSpec(
-            num_grads=o.num_grads, minibatch=o.minibatch, chunk_images=o.chunk_images, dtype=o.dtype, offload=o.offload, pad_to=self.gradient_padding()
+            num_grads=o.num_grads,
+            minibatch=o.minibatch,
+            chunk_images=o.chunk_images,
+            dtype=o.dtype,
+            offload=o.offload,
+            pad_to=self.gradient_padding(),
+            engine=o.grad_engine,
         )
 
     def gradient_padding(self) -> int:
