@@ -90,8 +90,12 @@ def _spec_from_args(args: argparse.Namespace) -> SuiteSpec:
     return spec
 
 
+_QUIET = False  # ranks other than 0 under torchrun print nothing
+
+
 def _log(message: str) -> None:
-    print(message, flush=True)
+    if not _QUIET:
+        print(message, flush=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -148,6 +152,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
     from reflowbench.harness import SuiteState, plan_suite, prune_and_measure
+    from reflowbench.harness.distributed import is_main_rank
     from reflowbench.harness.plan import check_output_file
 
     spec = _spec_from_args(args)
@@ -162,6 +167,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.no_reflow:
         reflow_handle.undo()  # back to the BN statistics right after pruning
     _log(f"{args.method} at sparsity {args.sparsity:g}: top-1 {record['pruned']['top1']:.2f}% after pruning, {record['reflow']['top1']:.2f}% after REFLOW")
+    if not is_main_rank():
+        return 0  # under torchrun: every rank pruned the same model; rank 0 writes
     if args.save:
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, args.save)
         _log(f"saved the {'' if args.no_reflow else 'REFLOW-recalibrated '}pruned weights to {args.save}")
@@ -443,6 +450,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in ("run", "prune") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from reflowbench.harness.distributed import init_from_env, is_main_rank
+
+            init_from_env()
+            if not is_main_rank():
+                global _QUIET
+                _QUIET = True
         return args.handler(args)
     except ReflowbenchError as exc:
         print(f"reflowbench: error: {exc}", file=sys.stderr)

@@ -33,12 +33,21 @@ from reflowbench.utils.io import cache_dir, content_sha256, stable_hash
 Log = Callable[[str], None]
 
 
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"  # dense weights of the embedded default, in the package
+
+
 def default_checkpoint(spec: SuiteSpec, data: DataBundle, device: torch.device, log: Log) -> Path:
-    """The embedded default has no shipped weights: train the small CNN on digits once and cache it."""
+    """The embedded default's dense weights: the ones shipped with the package for this model, data and recipe
+    (the same weights on every machine: trained once, since training on another CPU's float kernels gives other
+    weights), else trained once here and cached."""
     from reflowbench.harness.train import TrainSpec, train_dense
 
     recipe = TrainSpec(epochs=40, batch_size=64, lr=0.1, seed=0, augment=False)
-    path = cache_dir() / f"dense-{spec.model.model}-{data.name}-{stable_hash(asdict(recipe), 8)}.pt"
+    name = f"dense-{spec.model.model}-{data.name}-{stable_hash(asdict(recipe), 8)}.pt"
+    shipped = SHIPPED_WEIGHTS / name
+    if shipped.exists():
+        return shipped
+    path = cache_dir() / name
     if not path.exists():
         log(f"training the dense {spec.model.model} on {data.name} once ({recipe.epochs} epochs); cached at {path}")
         torch.manual_seed(recipe.seed)

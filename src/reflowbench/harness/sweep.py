@@ -6,11 +6,13 @@ each runs what nobody else has finished or is running.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 from reflowbench.harness.claims import try_claim
+from reflowbench.harness.distributed import from_main_rank, is_main_rank
 from reflowbench.harness.plan import SuitePlan
 from reflowbench.harness.run import SuiteState, run_one
 from reflowbench.pruners import Pruner
@@ -57,31 +59,41 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
     out = Path(spec.sweep.out)
     state = SuiteState(plan, log)
     log(f"targets: {state.targets_record['description']}: {state.targets_record['num_layers']} tensors, {state.targets_record['num_weights']:,} weights")
-    atomic_write_json(out / "suite.json", {"spec": asdict(spec), "settings": state.settings, "targets": state.targets_record})
+    if is_main_rank():
+        atomic_write_json(out / "suite.json", {"spec": asdict(spec), "settings": state.settings, "targets": state.targets_record})
     todo, total = pending_runs(state, plan)
+    left = set(from_main_rank([key for _, _, _, key, _ in todo]))  # every rank runs rank 0's list, in the same order
+    todo = [run for run in todo if run[3] in left]
     log(f"{total} runs in the suite, {total - len(todo)} already complete in {out}, {len(todo)} to run")
-    progress = _progress(len(todo), spec.sweep.progress)
+    progress = _progress(len(todo), spec.sweep.progress and is_main_rank())
     done = elsewhere = 0
+    main = is_main_rank()  # under torchrun every rank runs the same runs; rank 0 alone claims and writes
     for pruner, sparsity, seed, key, path in todo:
-        claim = try_claim(path)
-        if claim is None or is_complete(path, key):
+        claim = try_claim(path) if main else None
+        skip = from_main_rank(claim is None or is_complete(path, key))
+        if skip:
             if claim is not None:
                 claim.release()
             elsewhere += claim is None
             progress.update(1)
             continue
-        with claim:
+        with claim or nullcontext():
             progress.set_description(f"{pruner.name} s={sparsity:g} seed={seed}")
             record = run_one(state, pruner, sparsity, seed, key)
-            write_run(path, record)
+            if main:
+                write_run(path, record)
         done += 1
-        progress.write(
-            f"{pruner.name:>12} s={sparsity:<5g} seed={seed}: top-1 {record['pruned']['top1']:6.2f}% -> REFLOW {record['reflow']['top1']:6.2f}%"
-            f"  (prune {record['cost']['prune']['seconds']:.1f}s, last-BN var ratio {record['variance']['pruned']['last']:.3g} -> {record['variance']['reflow']['last']:.3g})"
-        )
+        if main:
+            progress.write(
+                f"{pruner.name:>12} s={sparsity:<5g} seed={seed}: top-1 {record['pruned']['top1']:6.2f}% -> REFLOW {record['reflow']['top1']:6.2f}%"
+                f"  (prune {record['cost']['prune']['seconds']:.1f}s, last-BN var ratio {record['variance']['pruned']['last']:.3g} -> {record['variance']['reflow']['last']:.3g})"
+            )
         progress.update(1)
-        write_csv(out)
+        if main:
+            write_csv(out)
     progress.close()
+    if not main:
+        return {"done": done, "skipped": total - len(todo), "elsewhere": elsewhere, "total": total}
     if elsewhere:
         log(f"{elsewhere} runs were being run by another worker sharing {out}; run the command again after it finishes to collect them")
     csv_path = write_csv(out)

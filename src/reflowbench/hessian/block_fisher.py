@@ -479,7 +479,10 @@ class BlockFisher:
         if self._budget_checked:
             return
         check_budget(
-            self._gradients_bytes + self.copied_bytes + sum(layer.factor_bytes() for layer in self) + max(layer.transient_bytes() for layer in self),
+            self._gradients_bytes
+            + self.copied_bytes
+            + sum(layer.factor_bytes() for layer in self)
+            + max((layer.transient_bytes() for layer in self), default=0),
             self._budget_gb,
             "the gradients, the block Fisher factors, the padded gradient copies and the largest per-layer temporary",
             f"a smaller {self._option_prefix}block-size (when N >= B) or fewer gradients ({self._option_prefix}num-grads, when N < B)",

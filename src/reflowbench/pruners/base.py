@@ -54,11 +54,11 @@ class PruneContext:
         with self.ledger.phase(name, self.device):
             yield
 
-    def fisher_batches(self, batch_size: int, count: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of the first ``count`` Fisher images (fixed order, no augmentation)."""
+    def fisher_batches(self, batch_size: int, count: Optional[int] = None, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of ``count`` Fisher images from the ``start``-th on (fixed order, no augmentation)."""
         if self.train is None or self.fisher_indices is None:
             raise ConfigError("this pruner needs training images for gradients, but the context has no Fisher subset")
-        indices = self.fisher_indices if count is None else self.fisher_indices[:count]
+        indices = self.fisher_indices[start:] if count is None else self.fisher_indices[start : start + count]
         if count is not None and len(indices) < count:
             raise ConfigError(f"the pruner asked for {count} Fisher images but only {len(self.fisher_indices)} were reserved")
         return self.train.batches(indices, batch_size, shuffle=False, augment=False, seed=self.seed)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from reflowbench.errors import ConfigError, FisherError
@@ -34,6 +35,7 @@ from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatr
 from reflowbench.hessian.block_fisher import DAMP_MODES
 from reflowbench.hessian.gradients import ENGINES
 from reflowbench.hessian.memory import DTYPES, resolve_dtype
+from reflowbench.hessian.sharded import assign_layers, build_sharded, gather_owned_rows, is_distributed, row_shares
 from reflowbench.hessian.streamed import StreamedBlockFisher, partition_layers
 from reflowbench.pruners.base import PruneContext, Pruner
 from reflowbench.pruners.masks import Masks
@@ -160,8 +162,9 @@ class HessianPruner(Pruner):
         return BlockFisher(gradients, self.fisher_spec(), ctx.device, ctx.memory_budget_gb, ctx.log, option_prefix=f"--{self.name}-")
 
     def streams(self) -> bool:
-        """Whether this pruner works on a layer-group-streamed Fisher (each Fisher operation is a gradient pass: fine for a
-        few operations, not for a search that reads G at every step)."""
+        """Whether this pruner works on a Fisher held layer by layer elsewhere: streamed in layer groups (each Fisher
+        operation is a gradient pass: fine for a few operations, not for a search that reads G at every step) or sharded
+        across torch.distributed ranks (each operation is a collective)."""
         return True
 
     def layer_groups(self, targets: TargetSet, ctx: PruneContext) -> List[List[str]]:
@@ -252,23 +255,37 @@ class HessianPruner(Pruner):
             for phase, cost in costs.items():
                 ctx.ledger.add(phase, cost)
             ctx.notes["gradients_reused"] = True
+            if is_distributed() and self.streams():
+                ctx.notes["sharded_ranks"] = dist.get_world_size()
             return fisher
         if dense:  # one dense Fisher alive at a time: drop another seed's or setting's before building a new one
             for stale in [k for k in ctx.cache if isinstance(k, tuple) and k and k[0] == DENSE_FISHER]:
                 del ctx.cache[stale]
         before = {phase: PhaseCost(**vars(ctx.ledger.get(phase))) for phase in ("gradients", "curvature")}
         prefix = f"--{self.name}-"
+        sharded = is_distributed() and self.streams()
         with ctx.phase("gradients"):
             spec = self.gradient_spec()
-            gradients = collect_gradients(
-                model, targets, ctx.fisher_batches(min(256, spec.images), spec.images), spec,
-                masks=masks, device=ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log, progress=ctx.progress, option_prefix=prefix,
-            )  # fmt: skip
+            if sharded:
+                owned, owner = self._sharded_gradients(model, targets, masks, ctx)
+            else:
+                gradients = collect_gradients(
+                    model, targets, ctx.fisher_batches(min(256, spec.images), spec.images), spec,
+                    masks=masks, device=ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log, progress=ctx.progress, option_prefix=prefix,
+                )  # fmt: skip
         release_freed_memory()  # the gradient pass's temporaries, before the curvature allocates
         with ctx.phase("curvature"):
-            fisher = self.build_curvature(gradients, ctx)
+            if sharded:
+                sizes = [t.numel for t in targets]
+                fisher = build_sharded(
+                    targets.names, sizes, owned, owner, self.fisher_spec(), ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log, option_prefix=prefix
+                )
+                ctx.notes["sharded_ranks"] = dist.get_world_size()
+                del owned
+            else:
+                fisher = self.build_curvature(gradients, ctx)
+                del gradients
             self.prepare(fisher)
-        del gradients
         if dense:
             costs = {}
             for phase in ("gradients", "curvature"):
@@ -304,3 +321,19 @@ class HessianPruner(Pruner):
         with ctx.phase("curvature"):
             self.prepare(fisher)
         return fisher
+
+    def _sharded_gradients(self, model: nn.Module, targets: TargetSet, masks: Masks, ctx: PruneContext) -> Tuple[GradientMatrix, Dict[str, int]]:
+        """This rank's share of the gradient rows for every layer, then all rows of the layers this rank owns
+        (:mod:`reflowbench.hessian.sharded`); returns (the owned rows, layer -> owning rank)."""
+        spec = self.gradient_spec()
+        world, rank = dist.get_world_size(), dist.get_rank()
+        share = row_shares(spec.num_grads, world)
+        mine = share[rank]
+        local_spec = GradientSpec(**{**vars(spec), "num_grads": max(1, len(mine)), "pad_to": 0})
+        images = len(mine) * spec.minibatch
+        local = collect_gradients(
+            model, targets, ctx.fisher_batches(min(256, max(1, images)), images, start=mine.start * spec.minibatch), local_spec,
+            masks=masks, device=ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log, progress=ctx.progress, option_prefix=f"--{self.name}-",
+        )  # fmt: skip
+        owner = assign_layers({t.param_name: t.numel for t in targets}, world)
+        return gather_owned_rows(local, owner, spec.num_grads, share), owner

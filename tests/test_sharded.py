@@ -1,0 +1,68 @@
+"""Gradients sharded across torch.distributed ranks (gloo, 2 CPU processes): the single-process masks and weights."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import TinyBNNet
+from reflowbench.hessian.sharded import assign_layers, row_shares
+
+CASES = [
+    ("woodfisher", {"block_size": 10}),  # saliencies gathered for the global selection, summed OBS update
+    ("mp-hessian", {"block_size": 0}),  # joint update (restricted solves) on each owner
+    ("chita", {"solver": "block-backsolve", "block_size": 16}),
+]
+OPTIONS = {"num_grads": 24, "minibatch": 2, "chunk_images": 16, "grad_engine": "vmap"}
+
+
+def _prune(name: str, options: dict):
+    from reflowbench.datasets import load_dataset
+    from reflowbench.pruners import PruneContext, make_pruner, select_targets
+
+    digits = load_dataset("digits")
+    torch.manual_seed(7)
+    model = TinyBNNet().eval()
+    targets = select_targets(model)
+    pruner = make_pruner(name, {**OPTIONS, **options})
+    ctx = PruneContext(device=torch.device("cpu"), seed=0, train=digits.train, fisher_indices=np.arange(pruner.fisher_images()))
+    masks = pruner.prune(model, targets, 0.6, ctx)
+    return {k: v.clone() for k, v in masks.items()}, {t.param_name: t.weight.detach().clone() for t in targets}, ctx.notes
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        for name, options in CASES:
+            masks, weights, notes = _prune(name, options)
+            torch.save({"masks": masks, "weights": weights, "ranks": notes.get("sharded_ranks")}, os.path.join(out_dir, f"{name}-{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def sharded_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sharded")
+    mp.spawn(_worker, args=(2, str(out / "init"), str(out)), nprocs=2, join=True)
+    return out
+
+
+@pytest.mark.parametrize("name, options", CASES)
+def test_two_gloo_ranks_give_the_single_process_masks_and_weights(sharded_results, name, options):
+    masks, weights, _ = _prune(name, options)
+    for rank in (0, 1):
+        result = torch.load(sharded_results / f"{name}-{rank}.pt")
+        assert result["ranks"] == 2  # the sharded path ran
+        for key in masks:
+            assert torch.equal(result["masks"][key], masks[key]), (rank, key)
+            assert torch.allclose(result["weights"][key], weights[key], atol=1e-6, rtol=1e-5), (rank, key)
+
+
+def test_rows_and_layers_are_split_evenly():
+    assert [len(r) for r in row_shares(10, 3)] == [4, 3, 3] and row_shares(10, 3)[1].start == 4
+    owner = assign_layers({"a": 100, "b": 60, "c": 50, "d": 10}, 2)
+    assert owner == {"a": 0, "b": 1, "c": 1, "d": 0}
