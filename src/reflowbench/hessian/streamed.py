@@ -24,21 +24,32 @@ from reflowbench.utils.cost import release_freed_memory
 GroupFisher = Callable[[List[str]], BlockFisher]  # the names of a group's targets -> its block Fisher at the current weights and masks
 
 
-def partition_layers(sizes: Dict[str, int], groups: int) -> List[List[str]]:
-    """``sizes`` (target name -> bytes of its rows of G, in target order) cut into at most ``groups`` runs of
-    consecutive targets of about equal bytes; a target larger than the share is a group of its own."""
-    names = list(sizes)
-    groups = max(1, min(groups, len(names)))
-    share = sum(sizes.values()) / groups
+def cut_layers(sizes: Dict[str, int], cap: float) -> List[List[str]]:
+    """``sizes`` (target name -> bytes of its rows of G, in target order) cut greedily into runs of consecutive targets
+    of at most ``cap`` bytes each (a target larger than ``cap`` is a group of its own): the fewest groups under ``cap``."""
     out: List[List[str]] = [[]]
     filled = 0.0
-    for name in names:
-        if out[-1] and filled + sizes[name] > share * 1.0001 and len(out) < groups:
+    for name, size in sizes.items():
+        if out[-1] and filled + size > cap:
             out.append([])
             filled = 0.0
         out[-1].append(name)
-        filled += sizes[name]
+        filled += size
     return out
+
+
+def partition_layers(sizes: Dict[str, int], groups: int) -> List[List[str]]:
+    """``sizes`` cut into at most ``groups`` runs of consecutive targets whose largest run is as small as it can be
+    (a binary search over the cap of :func:`cut_layers`)."""
+    groups = max(1, min(groups, len(sizes)))
+    low, high = max(sizes.values()), sum(sizes.values())
+    while low < high:
+        middle = (low + high) // 2
+        if len(cut_layers(sizes, middle)) <= groups:
+            high = middle
+        else:
+            low = middle + 1
+    return cut_layers(sizes, low)
 
 
 class StreamedBlockFisher:
@@ -151,4 +162,4 @@ class StreamedBlockFisher:
         return largest[0]
 
 
-__all__ = ["StreamedBlockFisher", "partition_layers"]
+__all__ = ["StreamedBlockFisher", "cut_layers", "partition_layers"]

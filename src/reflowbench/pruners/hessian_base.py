@@ -36,7 +36,7 @@ from reflowbench.hessian.block_fisher import DAMP_MODES
 from reflowbench.hessian.gradients import ENGINES
 from reflowbench.hessian.memory import DTYPES, resolve_dtype
 from reflowbench.hessian.sharded import assign_layers, build_sharded, gather_owned_rows, is_distributed, row_shares
-from reflowbench.hessian.streamed import StreamedBlockFisher, partition_layers
+from reflowbench.hessian.streamed import StreamedBlockFisher, cut_layers, partition_layers
 from reflowbench.pruners.base import PruneContext, Pruner
 from reflowbench.pruners.masks import Masks
 from reflowbench.pruners.updates import UPDATES, apply_update, flat_masks, flat_weights, write_weights
@@ -171,8 +171,10 @@ class HessianPruner(Pruner):
         """The groups of target layers G is collected for at a time (one group: no streaming), from ``layer_groups``."""
         spec = self.gradient_spec()
         sizes = {t.param_name: gradient_bytes(targets.subset([t.param_name]), spec) for t in targets}
-        wanted = self.options.layer_groups or max(1, math.ceil(sum(sizes.values()) / (0.5 * ctx.memory_budget_gb * 2**30)))
-        groups = partition_layers(sizes, wanted)
+        if self.options.layer_groups:
+            groups = partition_layers(sizes, self.options.layer_groups)
+        else:  # from the budget: the fewest groups whose G fits in half of it (the other half: factors and temporaries)
+            groups = partition_layers(sizes, len(cut_layers(sizes, 0.5 * ctx.memory_budget_gb * 2**30)))
         if len(groups) > 1 and not self.streams():
             raise ConfigError(
                 f"{self.flag('layer-groups')} {self.options.layer_groups} (layer-group streaming, {len(groups)} groups) is not supported by {self.name}: "
