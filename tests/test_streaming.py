@@ -62,3 +62,10 @@ def test_partition_keeps_order_and_balances_bytes():
     assert [n for g in groups for n in g] == list(sizes) and len(groups) <= 3
     assert partition_layers(sizes, 1) == [list(sizes)]
     assert len(partition_layers(sizes, 10)) <= 5 and all(partition_layers(sizes, 10))
+
+
+def test_streaming_and_the_gradient_engine_leave_a_run_key_unchanged():
+    from reflowbench.pruners.base import key_options
+
+    assert key_options(make_pruner("woodfisher", {"layer_groups": 3, "grad_engine": "hooks"})) == key_options(make_pruner("woodfisher"))
+    assert key_options(make_pruner("woodfisher", {"block_size": 7})) != key_options(make_pruner("woodfisher"))

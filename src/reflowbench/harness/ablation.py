@@ -25,6 +25,7 @@ from reflowbench.errors import DatasetError
 from reflowbench.harness.evaluate import evaluate
 from reflowbench.harness.plan import SuitePlan
 from reflowbench.harness.run import SuiteState, prune_fresh
+from reflowbench.pruners.base import key_options
 from reflowbench.reflow import recalibrate_bn
 from reflowbench.reports.ablation import FOLDER as ABLATION_FOLDER
 from reflowbench.utils.cost import CostLedger
@@ -68,7 +69,7 @@ def run_reflow_ablation(plan: SuitePlan, ablation: ReflowAblationSpec, log: Log 
     paths = []
     for seed in spec.sweep.seeds:
         pool = disjoint_subsets(len(state.data.train), sizes, seed)["calibration"]
-        key = stable_hash({**state.settings, "method": pruner.name, "options": asdict(pruner.options), "sparsity": ablation.sparsity, "seed": seed})
+        key = stable_hash({**state.settings, "method": pruner.name, "options": key_options(pruner), "sparsity": ablation.sparsity, "seed": seed})
         path = ablation_path(Path(spec.sweep.out), spec.model.model, pruner.name, ablation.sparsity, seed)
         record = read_keyed_json(path, key, "cells")
         done = {(c["batches"], c["batch_size"]) for c in record.get("cells", [])}

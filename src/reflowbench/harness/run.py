@@ -24,6 +24,7 @@ from reflowbench.harness.objective import measure_objective, objective_images, r
 from reflowbench.harness.plan import SuitePlan
 from reflowbench.models import BUILTIN_MODELS, build_model, check_model_fits_data
 from reflowbench.pruners import PruneContext, Pruner, apply_masks, select_targets, verify_masks
+from reflowbench.pruners.base import key_options
 from reflowbench.reflow import RecalibrationHandle, bn_output_variances, recalibrate_bn, require_batchnorm, summarize_ratios, variance_ratios
 from reflowbench.schema.results import SCHEMA_VERSION
 from reflowbench.utils.cost import CostLedger
@@ -126,7 +127,7 @@ class SuiteState:
         return {"checkpoint": self.checkpoint, "data": self.spec.data.data}
 
     def run_key(self, pruner: Pruner, sparsity: float, seed: int) -> str:
-        return stable_hash({**self.settings, "method": pruner.name, "options": asdict(pruner.options), "sparsity": sparsity, "seed": seed})
+        return stable_hash({**self.settings, "method": pruner.name, "options": key_options(pruner), "sparsity": sparsity, "seed": seed})
 
     def fresh_model(self) -> nn.Module:
         return copy.deepcopy(self.dense).eval()

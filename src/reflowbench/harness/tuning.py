@@ -18,7 +18,7 @@ import datetime as _dt
 import itertools
 import json
 import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -28,6 +28,7 @@ from reflowbench.harness.evaluate import evaluate
 from reflowbench.harness.plan import SuitePlan, plan_suite
 from reflowbench.harness.run import SuiteState, prune_fresh
 from reflowbench.pruners import Pruner, make_pruner
+from reflowbench.pruners.base import key_options
 from reflowbench.reflow import recalibrate_bn
 from reflowbench.reports.aggregate import markdown_table
 from reflowbench.utils.cost import CostLedger
@@ -131,7 +132,7 @@ def run_tuning(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec, log
         "results": [],
     }
     done = {(r["cell"], r["sparsity"], r["seed"]) for r in record["results"]}
-    ids = [stable_hash(asdict(pruner.options), 8) for pruner in plan.pruners]
+    ids = [stable_hash(key_options(pruner), 8) for pruner in plan.pruners]
     for seed in [] if tune.report_only else spec.sweep.seeds:
         for cell_id, cell, pruner in zip(ids, cells, plan.pruners):
             for sparsity in tune.at_sparsities:

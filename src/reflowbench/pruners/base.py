@@ -75,6 +75,7 @@ class Pruner(ABC):
     description: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = False
     Options: ClassVar[Type[Any]] = NoOptions
+    KEY_NEUTRAL: ClassVar[Tuple[str, ...]] = ()  # options left out of a run's key (see :func:`key_options`)
 
     def __init__(self, options: Optional[Any] = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -108,6 +109,14 @@ class Pruner(ABC):
 
 
 PRUNERS: Dict[str, Type[Pruner]] = {}
+
+
+def key_options(pruner: "Pruner") -> Dict[str, Any]:
+    """The pruner's options as they enter a run's key: all but those in ``KEY_NEUTRAL`` (settings of how the work is
+    done that leave its result unchanged), so that adding such a setting keeps every finished run's key."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(pruner.options).items() if k not in pruner.KEY_NEUTRAL}
 
 
 def register_pruner(name: str, description: str = ""):

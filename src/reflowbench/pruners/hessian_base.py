@@ -92,6 +92,9 @@ class HessianPruner(Pruner):
 
     Options = HessianOptions
     needs_gradients = True
+    # Streaming gives the one-pass results exactly, the gradient engines the same rows up to rounding: a finished run
+    # stays finished whichever was used.
+    KEY_NEUTRAL = ("layer_groups", "grad_engine")
     # The fair-settings grid searched by ``reflowbench tune``: each axis lists option sets, a cell merges one
     # set per axis (the product of the axes is searched). Damping and its mode move together.
     TUNING_GRID: ClassVar[Dict[str, List[Dict[str, Any]]]] = {
@@ -329,6 +332,8 @@ class HessianPruner(Pruner):
         (:mod:`reflowbench.hessian.sharded`); returns (the owned rows, layer -> owning rank)."""
         spec = self.gradient_spec()
         world, rank = dist.get_world_size(), dist.get_rank()
+        if spec.num_grads < world:
+            raise ConfigError(f"{self.flag('num-grads')} {spec.num_grads} is fewer than the {world} ranks sharing the gradient rows: use at least {world}")
         share = row_shares(spec.num_grads, world)
         mine = share[rank]
         local_spec = GradientSpec(**{**vars(spec), "num_grads": max(1, len(mine)), "pad_to": 0})
