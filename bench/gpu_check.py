@@ -1,8 +1,11 @@
 """One prepared GPU check (the same code as on CPU): run with `python bench/gpu_check.py --device cuda`.
 
-1. WoodFisher on ResNet-20 (N=1000 per-sample gradients, whole-layer blocks, lam=1e-5, sparsity 0.9);
-2. WoodFisher on torchvision ResNet-50 (random weights, synthetic 224x224 batches), N=400 x m=32, blocks of 2,000.
-Prints one JSON line per check: seconds and peak memory per phase. ``--small`` shrinks both for a smoke test.
+1. the four pruners on ResNet-20 at their published defaults (MP; WoodFisher N=1000 per-sample, whole layers;
+   CBS N=1000; CHITA IHT on the whole-network Fisher, N=500 x 16), sparsity 0.9; WoodFisher twice, to check that
+   the masks of a fixed seed are the same on the device (``masks_repeat_identical``);
+2. WoodFisher and CHITA block backsolve on torchvision ResNet-50 (random weights, synthetic 224x224 batches),
+   N=400 x m=32, blocks of 2,000 (CHITA: 500).
+Prints one JSON line per check: seconds and peak memory per phase. ``--small`` shrinks all for a smoke test.
 """
 
 from __future__ import annotations
@@ -25,27 +28,39 @@ def synthetic(n: int, size: int) -> TensorImageSet:
     return TensorImageSet(rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8), rng.integers(0, 10, n), 10, (0.5,) * 3, (0.25,) * 3)
 
 
-def check(name: str, model: torch.nn.Module, data: TensorImageSet, options: dict, device: torch.device, budget_gb: float) -> dict:
+HELDOUT = 256  # held-out images at the end of each synthetic set
+
+
+def check(name: str, model: torch.nn.Module, data: TensorImageSet, method: str, options: dict, device: torch.device, budget_gb: float) -> dict:
     model = model.to(device).eval()
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
     targets = select_targets(model)
-    pruner = make_pruner("woodfisher", options)
+    pruner = make_pruner(method, options)
     ledger = CostLedger()
     ctx = PruneContext(
-        device=device, seed=0, ledger=ledger, train=data, fisher_indices=np.arange(pruner.fisher_images()), memory_budget_gb=budget_gb, progress=False
-    )
+        device=device, seed=0, ledger=ledger, train=data, fisher_indices=np.arange(pruner.fisher_images()), memory_budget_gb=budget_gb, progress=False,
+        heldout_indices=np.arange(len(data) - HELDOUT, len(data)),  # CBS scores candidates on held-out images
+    )  # fmt: skip
     start = time.perf_counter()
     with ledger.phase("prune", device):
         masks = pruner.prune(model, targets, 0.9, ctx)
         apply_masks(targets, masks)
     verify_masks(targets, masks, 0.9)
-    return {
-        "check": name,
+    result = {
+        "check": f"{name}-{method}",
         "device": str(device),
         "weights": targets.num_weights,
         "options": options,
         "total_s": round(time.perf_counter() - start, 2),
         "phases": ledger.as_dict(),
     }
+    if method == "woodfisher" and name == "resnet20":  # the same seed again: identical masks?
+        model.load_state_dict(dense)
+        again = pruner.prune(
+            model, select_targets(model), 0.9, PruneContext(device=device, seed=0, train=data, fisher_indices=np.arange(pruner.fisher_images()))
+        )
+        result["masks_repeat_identical"] = all(torch.equal(again[k], masks[k]) for k in masks)
+    return result
 
 
 def main() -> None:
@@ -56,18 +71,17 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     n20, n50, m50, size50, chunk = (16, 2, 2, 32, 4) if args.small else (1000, 400, 32, 224, 64)
-    r20 = check("resnet20", build_model("resnet20"), synthetic(max(n20, 64), 32), {"num_grads": n20}, device, args.budget_gb)
-    print(json.dumps(r20), flush=True)
+    chita20 = {"num_grads": 8, "minibatch": 2, "iht_iters": 5} if args.small else {}
+    r20_data = synthetic(max(n20, 8000 if not args.small else 64) + HELDOUT, 32)
+    for method, options in (("mp", {}), ("woodfisher", {"num_grads": n20}), ("cbs", {"num_grads": n20}), ("chita", chita20)):
+        print(json.dumps(check("resnet20", build_model("resnet20"), r20_data, method, options, device, args.budget_gb)), flush=True)
     big = "resnet18" if args.small else "resnet50"
-    r50 = check(
-        big,
-        build_model(big, num_classes=10),
-        synthetic(n50 * m50, size50),
-        {"num_grads": n50, "minibatch": m50, "block_size": 2000, "chunk_images": chunk},
-        device,
-        args.budget_gb,
-    )
-    print(json.dumps(r50), flush=True)
+    big_data = synthetic(n50 * m50, size50)
+    for method, options in (
+        ("woodfisher", {"num_grads": n50, "minibatch": m50, "block_size": 2000, "chunk_images": chunk}),
+        ("chita", {"num_grads": n50, "minibatch": m50, "block_size": 500, "solver": "block-backsolve", "chunk_images": chunk}),
+    ):
+        print(json.dumps(check(big, build_model(big, num_classes=10), big_data, method, options, device, args.budget_gb)), flush=True)
 
 
 if __name__ == "__main__":
