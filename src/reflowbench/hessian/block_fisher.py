@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -469,8 +470,15 @@ class BlockFisher:
         if copies:
             check_budget(copies, budget_gb, "zero-padded copies of the gradients of layers whose size is not a multiple of the block size",
                          f"{option_prefix}block-size 0 or a size that divides the layers", log)  # fmt: skip
+        check = weakref.WeakMethod(self._check_factor_budget)  # no reference cycle: the Fisher (and G) is freed when dropped
+
+        def before_factorise() -> None:
+            method = check()
+            if method is not None:
+                method()
+
         for name, rows, storage in layer_specs:
-            self.layers[name] = LayerFisher(name, rows, spec, device, before_factorise=self._check_factor_budget, storage=storage)
+            self.layers[name] = LayerFisher(name, rows, spec, device, before_factorise=before_factorise, storage=storage)
         self.copied_bytes = sum(layer.copied_bytes for layer in self)
         self.sizes = [layer.numel for layer in self.layers.values()]
         self.numel = sum(self.sizes)

@@ -14,6 +14,7 @@ collection; peak memory is that of the largest group.
 
 from __future__ import annotations
 
+import gc
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -97,6 +98,7 @@ class StreamedBlockFisher:
                 self._damp[layer.name] = layer.damp_vector()
                 self._layout[layer.name] = f"{layer.name}: {layer.num_blocks} x {layer.block} ({layer.form})"
             del fisher
+            gc.collect()  # anything else that still held the group's G
             release_freed_memory()
         self.passes += 1
 
