@@ -69,3 +69,9 @@ def test_streaming_and_the_gradient_engine_leave_a_run_key_unchanged():
 
     assert key_options(make_pruner("woodfisher", {"layer_groups": 3, "grad_engine": "hooks"})) == key_options(make_pruner("woodfisher"))
     assert key_options(make_pruner("woodfisher", {"block_size": 7})) != key_options(make_pruner("woodfisher"))
+
+
+@pytest.mark.parametrize("options, flag", [({"layer_groups": -1}, "--woodfisher-layer-groups"), ({"grad_engine": "jax"}, "--woodfisher-grad-engine")])
+def test_bad_streaming_and_engine_settings_name_their_flag(options, flag):
+    with pytest.raises(ConfigError, match=flag):
+        make_pruner("woodfisher", options)
