@@ -79,9 +79,19 @@ def gradient_bytes(targets: "TargetSet", spec: GradientSpec) -> int:
     return spec.num_grads * width * torch.empty((), dtype=resolve_dtype(spec.dtype)).element_size()
 
 
+CHUNK_GRADIENT_BYTES = 256 * 2**20  # float32 per-group gradients computed at once at most (fewer groups per call on large models)
+
+
+def groups_per_call(targets: "TargetSet", spec: GradientSpec) -> int:
+    """Groups (rows) whose gradients one vmap/hooks call computes: ``chunk_images // minibatch``, capped so that their
+    float32 gradients stay within :data:`CHUNK_GRADIENT_BYTES` (MobileNetV1, 3.2 M weights: 20 per-sample rows, not 128)."""
+    return max(1, min(spec.chunk_images // spec.minibatch, CHUNK_GRADIENT_BYTES // (4 * max(1, targets.num_weights))))
+
+
 def chunk_gradient_bytes(targets: "TargetSet", spec: GradientSpec) -> int:
-    """Bytes of the float32 gradients of one chunk of images before they are stored (the collection's largest temporary besides activations)."""
-    return max(1, spec.chunk_images // spec.minibatch) * targets.num_weights * 4
+    """Bytes of one call's float32 gradients, twice (the engine's output and the masked copy stored from it): the
+    collection's largest temporary besides the activations."""
+    return 2 * groups_per_call(targets, spec) * targets.num_weights * 4
 
 
 def _group_loss(model: nn.Module, frozen: Dict[str, torch.Tensor]) -> Callable:
@@ -159,7 +169,7 @@ def collect_gradients(
     module_of = {target_keys[t.param_name]: t.module_name for t in targets}
     use_hooks = spec.engine == "hooks" or (spec.engine == "auto" and spec.minibatch > 1)
     use_hooks = use_hooks and supports_group_hooks(model, list(module_of.values()))
-    groups_per_call = max(1, spec.chunk_images // spec.minibatch)
+    per_call = groups_per_call(targets, spec)
     was_training = model.training
     model.eval()
     filled = 0
@@ -176,7 +186,7 @@ def collect_gradients(
             buffered = sum(len(b) for b in pending_y)
             while buffered >= spec.minibatch and filled < spec.num_grads:
                 xs, ys = torch.cat(pending_x), torch.cat(pending_y)
-                groups = min(groups_per_call, len(ys) // spec.minibatch, spec.num_grads - filled)
+                groups = min(per_call, len(ys) // spec.minibatch, spec.num_grads - filled)
                 used = groups * spec.minibatch
                 gx = xs[:used].to(device).view(groups, spec.minibatch, *xs.shape[1:])
                 gy = ys[:used].to(device).view(groups, spec.minibatch)
