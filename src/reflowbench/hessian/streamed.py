@@ -92,15 +92,16 @@ class StreamedBlockFisher:
         """One pass: ``apply(layer, target index)`` for every layer, group by group (each group's G freed before the next)."""
         index = {name: i for i, name in enumerate(self._names)}
         for group in self.groups:
-            fisher = self._group_fisher(group)
-            for layer in fisher:
-                apply(layer, index[layer.name])
-                self._damp[layer.name] = layer.damp_vector()
-                self._layout[layer.name] = f"{layer.name}: {layer.num_blocks} x {layer.block} ({layer.form})"
-            del fisher
+            self._apply_to_group(group, apply, index)  # a call of its own: no local outlives the group's G
             gc.collect()  # anything else that still held the group's G
             release_freed_memory()
         self.passes += 1
+
+    def _apply_to_group(self, group: List[str], apply: Callable[[LayerFisher, int], None], index: Dict[str, int]) -> None:
+        for layer in self._group_fisher(group):
+            apply(layer, index[layer.name])
+            self._damp[layer.name] = layer.damp_vector()
+            self._layout[layer.name] = f"{layer.name}: {layer.num_blocks} x {layer.block} ({layer.form})"
 
     def map_layers(self, op: Callable[..., torch.Tensor], *flats: torch.Tensor) -> torch.Tensor:
         """``op(layer, *pieces)`` on every layer with the layer's pieces of the (p,) ``flats``, concatenated: one pass for
