@@ -457,6 +457,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not is_main_rank():
                 global _QUIET
                 _QUIET = True
+                os.environ["TQDM_DISABLE"] = "1"  # progress bars on rank 0 only
         return args.handler(args)
     except ReflowbenchError as exc:
         print(f"reflowbench: error: {exc}", file=sys.stderr)
