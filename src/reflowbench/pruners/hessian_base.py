@@ -40,6 +40,7 @@ from reflowbench.hessian.streamed import StreamedBlockFisher, cut_layers, partit
 from reflowbench.pruners.base import PruneContext, Pruner
 from reflowbench.pruners.masks import Masks
 from reflowbench.pruners.updates import UPDATES, apply_update, flat_masks, flat_weights, write_weights
+from reflowbench.schema.results import RESULT_NEUTRAL_OPTIONS
 from reflowbench.schema.targets import TargetSet
 from reflowbench.utils.cost import PhaseCost, release_freed_memory
 
@@ -92,9 +93,7 @@ class HessianPruner(Pruner):
 
     Options = HessianOptions
     needs_gradients = True
-    # Streaming gives the one-pass results exactly, the gradient engines the same rows up to rounding: a finished run
-    # stays finished whichever was used.
-    KEY_NEUTRAL = ("layer_groups", "grad_engine")
+    KEY_NEUTRAL = RESULT_NEUTRAL_OPTIONS  # streaming and the gradient engine: a finished run stays finished whichever was used
     # The fair-settings grid searched by ``reflowbench tune``: each axis lists option sets, a cell merges one
     # set per axis (the product of the axes is searched). Damping and its mode move together.
     TUNING_GRID: ClassVar[Dict[str, List[Dict[str, Any]]]] = {

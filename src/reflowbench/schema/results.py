@@ -80,6 +80,12 @@ def load_runs(out: Path) -> List[Dict[str, Any]]:
     return annotate_variants(records)
 
 
+# Pruner options that change how the work is done but not its result (layer-group streaming gives the one-pass
+# results; the gradient engines the same rows up to rounding): left out of run keys and of configurations, so runs
+# recorded before such an option existed and runs after it stay one configuration.
+RESULT_NEUTRAL_OPTIONS = ("layer_groups", "grad_engine")
+
+
 def config_fields(record: Dict[str, Any]) -> Dict[str, Any]:
     """Every setting of a run that changes its result except the seed, flattened to ``section.field``.
 
@@ -93,7 +99,8 @@ def config_fields(record: Dict[str, Any]) -> Dict[str, Any]:
         else:
             flat[section] = values
     for name, value in record.get("options", {}).items():
-        flat[f"options.{name}"] = value
+        if name not in RESULT_NEUTRAL_OPTIONS:
+            flat[f"options.{name}"] = value
     return flat
 
 
