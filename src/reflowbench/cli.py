@@ -116,7 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _submit(plan: Any, executor: Any) -> int:
-    from reflowbench.harness.executor import JobsFailed, submit_suite
+    from reflowbench.errors import JobsFailed
+    from reflowbench.harness.executor import submit_suite
 
     result = submit_suite(plan, executor, log=_log)
     if not executor.wait:

@@ -35,3 +35,7 @@ class MemoryBudgetError(ReflowbenchError, MemoryError):
 
 class MaskError(ReflowbenchError):
     """A pruning mask does not hold after pruning (weights not zero, wrong sparsity)."""
+
+
+class JobsFailed(ReflowbenchError):
+    """Some submitit jobs failed; their runs are unfinished and a re-submission re-runs them."""

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 from reflowbench.config import ExecutorSpec, SuiteSpec
-from reflowbench.errors import ConfigError, ReflowbenchError
+from reflowbench.errors import ConfigError
 from reflowbench.harness.plan import SuitePlan, plan_suite
 from reflowbench.harness.run import SuiteState
-from reflowbench.harness.sweep import pending_runs, run_suite
-from reflowbench.schema.results import write_csv
+from reflowbench.harness.sweep import pending_runs, run_suite, write_results
 
 Log = Callable[[str], None]
 
@@ -130,17 +129,8 @@ def submit_suite(plan: SuitePlan, executor: ExecutorSpec, log: Log = print) -> D
             except Exception as exc:  # a job's failure (its traceback is in its submitit log) must not lose the others' results
                 failed.append((job, _first_line(exc)))
                 log(f"job {handle.job_id} ({job.describe()}) failed: {_first_line(exc)}; its log: {handle.paths.stderr}")
-        collect(out, plan, log)
+        write_results(out, log, True, plan.spec.sweep.report_sparsity)
     return {"jobs": handles, "groups": jobs, "runs": len(todo), "failed": failed, "total": total}
-
-
-def collect(out: Path, plan: SuitePlan, log: Log = print) -> None:
-    """results.csv and the report from every run JSON in ``out`` (what ``reflowbench report OUT`` does)."""
-    from reflowbench.reports import write_report
-
-    log(f"results: {write_csv(out)}")
-    paths = write_report(out, signal_sparsity=plan.spec.sweep.report_sparsity)
-    log(f"report: {paths['markdown']} and {paths['html']}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -149,7 +139,3 @@ def _first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()[:300]
     return type(exc).__name__
-
-
-class JobsFailed(ReflowbenchError):
-    """Some submitit jobs failed; their runs are unfinished and a re-submission re-runs them."""

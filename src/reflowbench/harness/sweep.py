@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from reflowbench.harness.claims import try_claim
 from reflowbench.harness.distributed import from_main_rank, is_main_rank
@@ -65,9 +65,9 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
     left = set(from_main_rank([key for _, _, _, key, _ in todo]))  # every rank runs rank 0's list, in the same order
     todo = [run for run in todo if run[3] in left]
     log(f"{total} runs in the suite, {total - len(todo)} already complete in {out}, {len(todo)} to run")
-    progress = _progress(len(todo), spec.sweep.progress and is_main_rank())
-    done = elsewhere = 0
     main = is_main_rank()  # under torchrun every rank runs the same runs; rank 0 alone claims and writes
+    progress = _progress(len(todo), spec.sweep.progress and main)
+    done = elsewhere = 0
     for pruner, sparsity, seed, key, path in todo:
         claim = try_claim(path) if main else None
         skip = from_main_rank(claim is None or is_complete(path, key))
@@ -92,18 +92,22 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
         if main:
             write_csv(out)
     progress.close()
-    if not main:
-        return {"done": done, "skipped": total - len(todo), "elsewhere": elsewhere, "total": total}
-    if elsewhere:
-        log(f"{elsewhere} runs were being run by another worker sharing {out}; run the command again after it finishes to collect them")
-    csv_path = write_csv(out)
-    log(f"results: {csv_path}")
+    if main:
+        if elsewhere:
+            log(f"{elsewhere} runs were being run by another worker sharing {out}; run the command again after it finishes to collect them")
+        write_results(out, log, report, spec.sweep.report_sparsity)
+    return {"done": done, "skipped": total - len(todo), "elsewhere": elsewhere, "total": total}
+
+
+def write_results(out: Path, log: Log, report: bool = True, signal_sparsity: Optional[float] = None) -> None:
+    """results.csv from every run JSON in ``out``, and (``report``) the report: what a sweep ends with and what
+    ``reflowbench report OUT`` does."""
+    log(f"results: {write_csv(out)}")
     if report:
         from reflowbench.reports import write_report
 
-        paths = write_report(out, signal_sparsity=spec.sweep.report_sparsity)
+        paths = write_report(out, signal_sparsity=signal_sparsity)
         log(f"report: {paths['markdown']} and {paths['html']}")
-    return {"done": done, "skipped": total - len(todo), "elsewhere": elsewhere, "total": total}
 
 
 def _progress(total: int, enabled: bool):

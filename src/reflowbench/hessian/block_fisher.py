@@ -26,7 +26,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from reflowbench.errors import ConfigError, FisherError
-from reflowbench.hessian.gradients import GradientMatrix
+from reflowbench.hessian.gradients import GradientMatrix, padded_width
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 from reflowbench.utils.cost import release_freed_memory
 
@@ -116,7 +116,7 @@ class LayerFisher:
     ) -> None:
         self.name = name
         self.num_grads, self.numel = rows.shape
-        self.block = self.numel if spec.block_size in (0, None) or spec.block_size >= self.numel else spec.block_size
+        self.block = block_of(self.numel, spec.block_size)
         self.num_blocks = -(-self.numel // self.block)
         self.form = spec.form if spec.form != "auto" else ("dual" if self.num_grads < self.block else "primal")
         self.compute_dtype = resolve_dtype(spec.compute_dtype)
@@ -407,11 +407,8 @@ def _padded_blocks(rows: torch.Tensor, storage: Optional[torch.Tensor], num_bloc
     ``pad_to`` = B); else one padded copy in the rows' own dtype and device."""
     num_grads, numel = rows.shape
     width = num_blocks * block
-    if numel == width and rows.is_contiguous():
-        base = rows
-    elif storage is not None and tuple(storage.shape) == (num_grads, width) and storage.data_ptr() == rows.data_ptr() and storage.is_contiguous():
-        base = storage
-    else:
+    base = _padded_view(rows, storage, width)
+    if base is None:
         base = rows.new_zeros(num_grads, width)
         base[:, :numel] = rows
     copied = 0 if base.data_ptr() == rows.data_ptr() else base.numel() * base.element_size()
@@ -554,13 +551,22 @@ class BlockFisher:
         return max(layer.largest_eigenvalue() for layer in self)
 
 
+def block_of(numel: int, block_size: Optional[int]) -> int:
+    """B of a layer of ``numel`` weights: ``block_size``, or the whole layer (0, None, or at least ``numel``)."""
+    return numel if block_size in (0, None) or block_size >= numel else block_size
+
+
+def _padded_view(rows: torch.Tensor, storage: Optional[torch.Tensor], width: int) -> Optional[torch.Tensor]:
+    """The (N, width) zero-padded tensor holding ``rows`` (N, d) without a copy: ``rows`` itself when d = width, the
+    ``storage`` it was cut from when that is it (gradients collected with ``pad_to``); None when a copy is needed."""
+    if rows.shape[1] == width and rows.is_contiguous():
+        return rows
+    if storage is not None and tuple(storage.shape) == (rows.shape[0], width) and storage.data_ptr() == rows.data_ptr() and storage.is_contiguous():
+        return storage
+    return None
+
+
 def _padding_copy_bytes(rows: torch.Tensor, storage: Optional[torch.Tensor], spec: FisherSpec) -> int:
     """Bytes :func:`_padded_blocks` will copy for a layer's rows (N, d) under ``spec``'s block size."""
-    num_grads, numel = rows.shape
-    block = numel if spec.block_size in (0, None) or spec.block_size >= numel else spec.block_size
-    width = -(-numel // block) * block
-    if numel == width and rows.is_contiguous():
-        return 0
-    if storage is not None and tuple(storage.shape) == (num_grads, width) and storage.data_ptr() == rows.data_ptr():
-        return 0
-    return num_grads * width * rows.element_size()
+    width = padded_width(rows.shape[1], block_of(rows.shape[1], spec.block_size))
+    return 0 if _padded_view(rows, storage, width) is not None else rows.shape[0] * width * rows.element_size()

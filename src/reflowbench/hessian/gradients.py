@@ -73,10 +73,14 @@ def padded_width(numel: int, pad_to: int) -> int:
     return numel if pad_to <= 0 or pad_to >= numel else -(-numel // pad_to) * pad_to
 
 
+def layer_gradient_bytes(numel: int, spec: GradientSpec) -> int:
+    """Bytes of one layer's rows of G (N x its padded width) as :func:`collect_gradients` allocates them."""
+    return spec.num_grads * padded_width(numel, spec.pad_to) * torch.empty((), dtype=resolve_dtype(spec.dtype)).element_size()
+
+
 def gradient_bytes(targets: "TargetSet", spec: GradientSpec) -> int:
     """Bytes of G as :func:`collect_gradients` allocates it (padding included)."""
-    width = sum(padded_width(t.numel, spec.pad_to) for t in targets)
-    return spec.num_grads * width * torch.empty((), dtype=resolve_dtype(spec.dtype)).element_size()
+    return sum(layer_gradient_bytes(t.numel, spec) for t in targets)
 
 
 CHUNK_GRADIENT_BYTES = 256 * 2**20  # float32 per-group gradients computed at once at most (fewer groups per call on large models)

@@ -106,11 +106,11 @@ class ShardedBlockFisher:
 
     def diag_inverse(self) -> torch.Tensor:
         if self._diag is None:
-            self._diag = self.map_layers(lambda layer, w: layer.diag_inverse(), torch.zeros(self.numel))
+            self._diag = self.map_layers(lambda layer: layer.diag_inverse())
         return self._diag
 
     def damp_vector(self) -> torch.Tensor:
-        return self.map_layers(lambda layer, w: layer.damp_vector(), torch.zeros(self.numel))
+        return self.map_layers(lambda layer: layer.damp_vector())
 
     def quadratic(self, delta: torch.Tensor) -> float:
         pieces = dict(zip(self._names, self.split(delta)))

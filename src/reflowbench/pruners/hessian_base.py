@@ -31,9 +31,9 @@ import torch.distributed as dist
 from torch import nn
 
 from reflowbench.errors import ConfigError, FisherError
-from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, collect_gradients, gradient_bytes, loss_is_finite
+from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, collect_gradients, loss_is_finite
 from reflowbench.hessian.block_fisher import DAMP_MODES
-from reflowbench.hessian.gradients import ENGINES
+from reflowbench.hessian.gradients import ENGINES, layer_gradient_bytes
 from reflowbench.hessian.memory import DTYPES, resolve_dtype
 from reflowbench.hessian.sharded import assign_layers, build_sharded, gather_owned_rows, is_distributed, row_shares
 from reflowbench.hessian.streamed import StreamedBlockFisher, cut_layers, partition_layers
@@ -172,7 +172,7 @@ class HessianPruner(Pruner):
     def layer_groups(self, targets: TargetSet, ctx: PruneContext) -> List[List[str]]:
         """The groups of target layers G is collected for at a time (one group: no streaming), from ``layer_groups``."""
         spec = self.gradient_spec()
-        sizes = {t.param_name: gradient_bytes(targets.subset([t.param_name]), spec) for t in targets}
+        sizes = {t.param_name: layer_gradient_bytes(t.numel, spec) for t in targets}
         if self.options.layer_groups:
             groups = partition_layers(sizes, self.options.layer_groups)
         else:  # from the budget: the fewest groups whose G fits in half of it (the other half: factors and temporaries)
@@ -259,7 +259,7 @@ class HessianPruner(Pruner):
             for phase, cost in costs.items():
                 ctx.ledger.add(phase, cost)
             ctx.notes["gradients_reused"] = True
-            if is_distributed() and self.streams():
+            if self._sharded():
                 ctx.notes["sharded_ranks"] = dist.get_world_size()
             return fisher
         if dense:  # one dense Fisher alive at a time: drop another seed's or setting's before building a new one
@@ -267,16 +267,12 @@ class HessianPruner(Pruner):
                 del ctx.cache[stale]
         before = {phase: PhaseCost(**vars(ctx.ledger.get(phase))) for phase in ("gradients", "curvature")}
         prefix = f"--{self.name}-"
-        sharded = is_distributed() and self.streams()
+        sharded = self._sharded()
         with ctx.phase("gradients"):
-            spec = self.gradient_spec()
             if sharded:
                 owned, owner = self._sharded_gradients(model, targets, masks, ctx)
             else:
-                gradients = collect_gradients(
-                    model, targets, ctx.fisher_batches(min(256, spec.images), spec.images), spec,
-                    masks=masks, device=ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log, progress=ctx.progress, option_prefix=prefix,
-                )  # fmt: skip
+                gradients = self._collect(model, targets, masks, ctx, self.gradient_spec())
         release_freed_memory()  # the gradient pass's temporaries, before the curvature allocates
         with ctx.phase("curvature"):
             if sharded:
@@ -301,18 +297,14 @@ class HessianPruner(Pruner):
     def _streamed_curvature(self, model: nn.Module, targets: TargetSet, masks: Masks, ctx: PruneContext, groups: List[List[str]]) -> Curvature:
         """The block Fisher streamed over ``groups`` of layers: each operation collects one group's gradients at a time at
         the weights and masks of now (not cached: the model object changes between runs)."""
-        spec, fixed_masks, prefix = self.gradient_spec(), dict(masks), f"--{self.name}-"
+        spec, fixed_masks = self.gradient_spec(), dict(masks)
 
         def group_fisher(names: List[str]) -> BlockFisher:
-            subset = targets.subset(names)
             with ctx.phase("gradients"):
-                gradients = collect_gradients(
-                    model, subset, ctx.fisher_batches(min(256, spec.images), spec.images), spec,
-                    masks={n: fixed_masks[n] for n in names}, device=ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log, option_prefix=prefix,
-                )  # fmt: skip
+                gradients = self._collect(model, targets.subset(names), fixed_masks, ctx, spec, progress=False)
             release_freed_memory()
             with ctx.phase("curvature"):
-                return BlockFisher(gradients, self.fisher_spec(), ctx.device, ctx.memory_budget_gb, ctx.log, option_prefix=prefix)
+                return self.build_curvature(gradients, ctx)  # a block Fisher: only pruners that stream get here
 
         if ctx.log is not None:
             ctx.log(f"{self.name}: layer-group streaming over {len(groups)} groups ({', '.join(str(len(g)) for g in groups)} layers)")
@@ -335,11 +327,21 @@ class HessianPruner(Pruner):
             raise ConfigError(f"{self.flag('num-grads')} {spec.num_grads} is fewer than the {world} ranks sharing the gradient rows: use at least {world}")
         share = row_shares(spec.num_grads, world)
         mine = share[rank]
-        local_spec = GradientSpec(**{**vars(spec), "num_grads": max(1, len(mine)), "pad_to": 0})
-        images = len(mine) * spec.minibatch
-        local = collect_gradients(
-            model, targets, ctx.fisher_batches(min(256, max(1, images)), images, start=mine.start * spec.minibatch), local_spec,
-            masks=masks, device=ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log, progress=ctx.progress, option_prefix=f"--{self.name}-",
-        )  # fmt: skip
+        local_spec = GradientSpec(**{**vars(spec), "num_grads": len(mine), "pad_to": 0})
+        local = self._collect(model, targets, masks, ctx, local_spec, first_image=mine.start * spec.minibatch)
         owner = assign_layers({t.param_name: t.numel for t in targets}, world)
         return gather_owned_rows(local, owner, spec.num_grads, share), owner
+
+    def _sharded(self) -> bool:
+        """Whether this process shares the Fisher with other torch.distributed ranks (see :mod:`reflowbench.hessian.sharded`)."""
+        return is_distributed() and self.streams()
+
+    def _collect(
+        self, model: nn.Module, targets: TargetSet, masks: Masks, ctx: PruneContext, spec: GradientSpec, first_image: int = 0, progress: bool = True
+    ) -> GradientMatrix:
+        """G of ``targets`` (``spec.num_grads`` rows) from the Fisher images from ``first_image`` on, rows masked by ``masks``."""
+        return collect_gradients(
+            model, targets, ctx.fisher_batches(min(256, spec.images), spec.images, start=first_image), spec,
+            masks={t.param_name: masks[t.param_name] for t in targets}, device=ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log,
+            progress=ctx.progress and progress, option_prefix=f"--{self.name}-",
+        )  # fmt: skip
