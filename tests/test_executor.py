@@ -142,3 +142,23 @@ def test_jobs_are_one_per_method_and_seed_or_one_per_run():
 def test_bad_executor_settings_name_the_flag(settings, message):
     with pytest.raises(ConfigError, match=message):
         ExecutorSpec(**settings).validate()
+
+
+def test_submitit_missing_or_no_sbatch_is_a_clear_error(tmp_path, monkeypatch):
+    from reflowbench.harness.executor import make_executor
+
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(ConfigError, match="sbatch is not on PATH"):
+        make_executor(ExecutorSpec(executor="submitit", submitit_cluster="slurm"), tmp_path)
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
+    with pytest.raises(ConfigError, match="pip install submitit"):
+        make_executor(ExecutorSpec(executor="submitit"), tmp_path)
+
+
+def test_cli_refuses_a_bad_executor_before_writing_anything(tmp_path, capsys):
+    from reflowbench.cli import main
+
+    out = tmp_path / "out"
+    assert main(["run", "--executor", "slurmish", "--out", str(out)]) == 2
+    assert "--executor must be one of local, submitit" in capsys.readouterr().err
+    assert not out.exists()

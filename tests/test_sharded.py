@@ -9,6 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import TinyBNNet
+from reflowbench.errors import ConfigError
 from reflowbench.hessian.sharded import assign_layers, row_shares
 
 CASES = [
@@ -40,6 +41,13 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         for name, options in CASES:
             masks, weights, notes = _prune(name, options)
             torch.save({"masks": masks, "weights": weights, "ranks": notes.get("sharded_ranks")}, os.path.join(out_dir, f"{name}-{rank}.pt"))
+        try:  # fewer gradient rows than ranks: refused by name on every rank
+            _prune("woodfisher", {"num_grads": 1, "minibatch": 1})
+            refusal = ""
+        except ConfigError as exc:
+            refusal = str(exc)
+        with open(os.path.join(out_dir, f"refusal-{rank}.txt"), "w") as handle:
+            handle.write(refusal)
     finally:
         dist.destroy_process_group()
 
@@ -60,6 +68,11 @@ def test_two_gloo_ranks_give_the_single_process_masks_and_weights(sharded_result
         for key in masks:
             assert torch.equal(result["masks"][key], masks[key]), (rank, key)
             assert torch.allclose(result["weights"][key], weights[key], atol=1e-6, rtol=1e-5), (rank, key)
+
+
+def test_fewer_gradient_rows_than_ranks_is_refused_by_name(sharded_results):
+    for rank in (0, 1):
+        assert "--woodfisher-num-grads 1 is fewer than the 2 ranks" in (sharded_results / f"refusal-{rank}.txt").read_text()
 
 
 def test_rows_and_layers_are_split_evenly():
