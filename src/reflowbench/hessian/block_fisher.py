@@ -35,7 +35,6 @@ FORMS = ("auto", "dual", "primal")
 MAX_DAMP_ESCALATIONS = 6
 POWER_ITERATIONS = 50  # power-iteration steps for lam_max(F)
 CHUNK_ELEMENTS = 1 << 23  # elements of G converted (or of L^-1 G computed) at once: 32 MiB in float32
-DIAG_CHUNK_ELEMENTS = CHUNK_ELEMENTS  # the name the whole-network Fisher imports
 FACTOR_GROUP_ELEMENTS = 1 << 22  # elements of the float64 Grams factorised at once (32 MiB)
 
 

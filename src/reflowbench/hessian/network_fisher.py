@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from reflowbench.errors import FisherError
-from reflowbench.hessian.block_fisher import DIAG_CHUNK_ELEMENTS, POWER_ITERATIONS, FisherSpec, _cholesky_with_escalation, power_iteration
+from reflowbench.hessian.block_fisher import CHUNK_ELEMENTS, POWER_ITERATIONS, FisherSpec, _cholesky_with_escalation, power_iteration
 from reflowbench.hessian.gradients import GradientMatrix
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 
@@ -47,7 +47,7 @@ class NetworkFisher:
         self.device = device
         self._direct = all(r.device == device and r.dtype == self.compute_dtype for r in gradients.rows.values())
         check_budget(
-            3 * self.num_grads**2 * torch.empty((), dtype=self.factor_dtype).element_size() + (0 if self._direct else 2 * DIAG_CHUNK_ELEMENTS * 4),
+            3 * self.num_grads**2 * torch.empty((), dtype=self.factor_dtype).element_size() + (0 if self._direct else 2 * CHUNK_ELEMENTS * 4),
             budget_gb,
             f"the whole-network Fisher ({self.num_grads} x {self.num_grads} dual systems and their temporaries)",
             f"fewer gradients ({option_prefix}num-grads)",
@@ -126,7 +126,7 @@ class NetworkFisher:
         if whole_if_direct and self._direct:
             yield 0, rows
             return
-        step = max(1, DIAG_CHUNK_ELEMENTS // self.num_grads)
+        step = max(1, CHUNK_ELEMENTS // self.num_grads)
         for start in range(0, rows.shape[1], step):
             chunk = rows[:, start : start + step]
             yield start, chunk if self._direct else chunk.to(device=self.device, dtype=self.compute_dtype)
