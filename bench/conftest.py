@@ -77,6 +77,41 @@ def benchmark_prune(benchmark, pruner, dense, train, sparsity: float, notes_key:
     benchmark.extra_info.update({f"{notes_key}_{k}": v for k, v in last.items()})
 
 
+def synthetic_imagenet(n: int, size: int = 64):
+    """``n`` random size x size RGB images with ImageNet labels and normalisation (G's size does not depend on them)."""
+    from reflowbench.datasets.imagesets import TensorImageSet
+
+    rng = np.random.default_rng(0)
+    return TensorImageSet(
+        rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8), rng.integers(0, 1000, n), 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    )
+
+
+def benchmark_large_model(benchmark, model, pruner, sparsity: float, budget_gib: float) -> dict:
+    """One timed round of ``pruner`` on ``model`` (in place, CPU, seed 0) with synthetic ImageNet images as its Fisher
+    images; returns the PruneContext notes; extra_info gets seconds and peak RSS per phase and the whole-process peak."""
+    from reflowbench.pruners import PruneContext, apply_masks, select_targets, verify_masks
+    from reflowbench.utils.cost import CostLedger, peak_rss_mb, reset_peak_rss
+
+    targets = select_targets(model)
+    ledger, notes = CostLedger(), {}
+    ctx = PruneContext(device=torch.device("cpu"), seed=0, ledger=ledger, train=synthetic_imagenet(pruner.fisher_images()),
+                       fisher_indices=np.arange(pruner.fisher_images()), memory_budget_gb=budget_gib, notes=notes, log=print)  # fmt: skip
+
+    def prune():
+        reset_peak_rss()
+        with ledger.phase("prune"):
+            masks = pruner.prune(model, targets, sparsity, ctx)
+            apply_masks(targets, masks)
+        verify_masks(targets, masks, sparsity)
+
+    benchmark.pedantic(prune, rounds=1, iterations=1)
+    peak = max(peak_rss_mb(), *(cost.peak_rss_mb for cost in ledger.phases.values()))  # phases reset the kernel's high-water mark
+    benchmark.extra_info.update(phase_info(ledger))
+    benchmark.extra_info.update({"process_peak_rss_mb": round(peak, 1), "weights": targets.num_weights})
+    return notes
+
+
 def phase_info(ledger) -> dict:
     """pytest-benchmark extra_info: seconds and peak RSS (MiB) per phase."""
     return {

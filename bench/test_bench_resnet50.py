@@ -16,26 +16,16 @@ Each benchmark records seconds per phase, the peak RSS of the whole process (``p
 
 import os
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import phase_info
-from reflowbench.datasets.imagesets import TensorImageSet
+from conftest import benchmark_large_model
 from reflowbench.models import build_model
-from reflowbench.pruners import PruneContext, apply_masks, make_pruner, select_targets, verify_masks
-from reflowbench.utils.cost import CostLedger, peak_rss_mb, reset_peak_rss
+from reflowbench.pruners import make_pruner
 
 pytestmark = pytest.mark.skipif(not os.environ.get("REFLOWBENCH_BENCH_RESNET50"), reason="opt in with REFLOWBENCH_BENCH_RESNET50=1 (15-25 CPU minutes)")
 
 BUDGET_GIB = 8.0
-
-
-def _images(n: int, size: int = 64) -> TensorImageSet:
-    rng = np.random.default_rng(0)
-    return TensorImageSet(
-        rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8), rng.integers(0, 1000, n), 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    )
 
 
 @pytest.mark.parametrize(
@@ -60,24 +50,8 @@ def _images(n: int, size: int = 64) -> TensorImageSet:
 def test_resnet50_within_the_default_budget(benchmark, method, options):
     torch.manual_seed(0)
     model = build_model("resnet50", num_classes=1000).eval()
-    targets = select_targets(model)
-    pruner = make_pruner(method, options)
-    data = _images(pruner.fisher_images())
-    ledger = CostLedger()
-    notes: dict = {}
-    ctx = PruneContext(device=torch.device("cpu"), seed=0, ledger=ledger, train=data, fisher_indices=np.arange(pruner.fisher_images()),
-                       memory_budget_gb=BUDGET_GIB, notes=notes, log=print)  # fmt: skip
-
-    def prune():
-        reset_peak_rss()
-        with ledger.phase("prune"):
-            masks = pruner.prune(model, targets, 0.9, ctx)
-            apply_masks(targets, masks)
-        verify_masks(targets, masks, 0.9)
-
-    benchmark.pedantic(prune, rounds=1, iterations=1)
-    peak = max(peak_rss_mb(), *(cost.peak_rss_mb for cost in ledger.phases.values()))  # phases reset the kernel's high-water mark
-    benchmark.extra_info.update(phase_info(ledger))
-    benchmark.extra_info.update({"process_peak_rss_mb": round(peak, 1), "layer_groups": notes.get("layer_groups", 1), "weights": targets.num_weights})
-    print(f"{method}: {notes.get('layer_groups', 1)} layer groups, process peak RSS {peak:.0f} MiB, phases {phase_info(ledger)}")
+    notes = benchmark_large_model(benchmark, model, make_pruner(method, options), 0.9, BUDGET_GIB)
+    peak = benchmark.extra_info["process_peak_rss_mb"]
+    benchmark.extra_info["layer_groups"] = notes.get("layer_groups", 1)
+    print(f"{method}: {notes.get('layer_groups', 1)} layer groups, process peak RSS {peak:.0f} MiB, extra_info {benchmark.extra_info}")
     assert peak <= BUDGET_GIB * 1024, f"peak RSS {peak:.0f} MiB over the {BUDGET_GIB} GiB budget"

@@ -44,6 +44,18 @@ def test_lowest_k_breaks_ties_by_index():
     assert lowest_k_mask(scores, 2).tolist() == [True, False, False, True, True]
 
 
+@pytest.mark.parametrize("k", [0, 1, 7, 50, 199, 200])
+def test_lowest_k_equals_the_stable_sort_with_many_ties_and_nans(k):
+    generator = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 5, (200,), generator=generator).double()  # five distinct values: ties everywhere
+    with_nan = scores.clone()
+    with_nan[::17] = float("nan")
+    for values in (scores, with_nan, scores.view(10, 20)):
+        expected = torch.ones(values.numel(), dtype=torch.bool)
+        expected[torch.argsort(values.reshape(-1), stable=True)[:k]] = False
+        assert torch.equal(lowest_k_mask(values, k).reshape(-1), expected)
+
+
 @pytest.mark.parametrize("scope", ["global", "layer"])
 @pytest.mark.parametrize("sparsity", [0.0, 0.37, 0.9, 0.999])
 def test_magnitude_exact_sparsity(tiny_model, scope, sparsity):

@@ -123,7 +123,8 @@ class LayerFisher:
         self.device = device
         self.grads, self.copied_bytes = _padded_blocks(rows, storage, self.num_blocks, self.block)  # (nb, N, B), storage dtype and device
         self._direct = self.grads.device == device and self.grads.dtype == self.compute_dtype
-        if not all(bool(torch.isfinite(g).all()) for _, g in self._chunks(whole_if_direct=False)):
+        self._column_norms2 = self._measure_column_norms2()  # (nb, B): one pass over G, which also checks it is finite
+        if not bool(torch.isfinite(self._column_norms2).all()):
             raise FisherError(f"the gradients of {name} contain non-finite values: recollect them (check inputs and checkpoint)")
         self.damp = self._damping(spec)  # (nb,)
         self._factor: Optional[torch.Tensor] = None  # factorised on first use (restricted solves and products never need it)
@@ -179,10 +180,15 @@ class LayerFisher:
         return torch.bmm(grads.transpose(1, 2), grads).to(self.factor_dtype) / self.num_grads
 
     def column_norms2(self) -> torch.Tensor:
-        """|g_q|^2 of every column (sum over the N rows), (nb, B), factor dtype."""
+        """|g_q|^2 of every column (sum over the N rows), (nb, B), factor dtype; measured once, when the layer is built."""
+        return self._column_norms2
+
+    def _measure_column_norms2(self) -> torch.Tensor:
+        """|g_q|^2 of every column in the factor dtype, (nb, B): one pass over G (non-finite where a column holds a
+        non-finite value). Converted, then squared in place and summed: ``sum(dtype=)`` is several times slower on CPU."""
         out = torch.empty(self.num_blocks, self.block, dtype=self.factor_dtype, device=self.device)
         for start, g in self._chunks(whole_if_direct=False):
-            out[:, start : start + g.shape[2]] = g.to(self.factor_dtype).pow(2).sum(1)
+            out[:, start : start + g.shape[2]] = g.to(self.factor_dtype, copy=True).square_().sum(1)
         return out
 
     def columns(self, local: torch.Tensor) -> torch.Tensor:
@@ -208,6 +214,10 @@ class LayerFisher:
     def factor_bytes(self) -> int:
         """Bytes of the factors of this layer (allocated or not), kept in the compute dtype."""
         return self.num_blocks * self._side() ** 2 * _itemsize(self.compute_dtype)
+
+    def norms_bytes(self) -> int:
+        """Bytes of the column norms held since the layer was built (factor dtype)."""
+        return self._column_norms2.numel() * self._column_norms2.element_size()
 
     def transient_bytes(self) -> int:
         """Bytes of the largest temporary of this layer's factorisation and diagonal: one group's float64 Gram and
@@ -311,7 +321,7 @@ class LayerFisher:
                 lower = factor[blocks]
                 for start, g in self._chunks(blocks, whole_if_direct=False):
                     z = torch.linalg.solve_triangular(lower, g, upper=False)  # (nb', N, c)
-                    captured[blocks, start : start + g.shape[2]] = z.square_().sum(1, dtype=self.factor_dtype)
+                    captured[blocks, start : start + g.shape[2]] = z.square_().to(self.factor_dtype).sum(1)  # = sum(1, dtype=), faster
                     del z
             return self._flat(self._clamp_to_lower_bound((1.0 - captured) / self.damp.view(-1, 1)))
         diagonal = torch.empty(self.num_blocks, self.block, dtype=self.factor_dtype, device=self.device)
@@ -485,10 +495,10 @@ class BlockFisher:
         check_budget(
             self._gradients_bytes
             + self.copied_bytes
-            + sum(layer.factor_bytes() for layer in self)
+            + sum(layer.factor_bytes() + layer.norms_bytes() for layer in self)
             + max((layer.transient_bytes() for layer in self), default=0),
             self._budget_gb,
-            "the gradients, the block Fisher factors, the padded gradient copies and the largest per-layer temporary",
+            "the gradients, the block Fisher factors and column norms, the padded gradient copies and the largest per-layer temporary",
             f"a smaller {self._option_prefix}block-size (when N >= B) or fewer gradients ({self._option_prefix}num-grads, when N < B)",
             self._log,
         )

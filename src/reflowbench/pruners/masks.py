@@ -29,9 +29,17 @@ def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Keep-mask (same shape as scores) that prunes the ``k`` lowest scores; ties go to the lower flat index."""
     flat = scores.detach().reshape(-1)
     keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
-    if k > 0:
-        order = torch.argsort(flat, stable=True)
-        keep[order[:k]] = False
+    if k <= 0:
+        return keep.view_as(scores)
+    if bool(torch.isnan(flat).any()):  # NaN sorts last: the stable order decides
+        keep[torch.argsort(flat, stable=True)[:k]] = False
+        return keep.view_as(scores)
+    # the k-th smallest value (a selection, not a sort): everything below it, then the lowest indices among its ties
+    threshold = torch.kthvalue(flat, k).values
+    below = flat < threshold
+    tied = (flat == threshold).nonzero().flatten()
+    keep[below] = False
+    keep[tied[: k - int(below.sum())]] = False
     return keep.view_as(scores)
 
 
