@@ -4,7 +4,7 @@ in target order. Updates and sparse-regression solvers are written against it, n
 
 from __future__ import annotations
 
-from typing import List, Protocol
+from typing import Callable, List, Protocol
 
 import torch
 
@@ -33,3 +33,8 @@ class Curvature(Protocol):
     def largest_eigenvalue(self) -> float: ...
 
     def describe(self) -> List[str]: ...
+
+    def map_layers(self, op: Callable[..., torch.Tensor], *flats: torch.Tensor) -> torch.Tensor:
+        """``op(part, *its pieces of the (p,) flats)`` on every independent part of F, concatenated (p,): each layer of a
+        block-diagonal F (one gradient pass when streamed), the whole of a whole-network F."""
+        ...

@@ -81,6 +81,10 @@ class NetworkFisher:
         """(p,) -> the per-layer (d_l,) pieces, target order."""
         return list(torch.split(flat.reshape(-1).to(device=self.device, dtype=self.factor_dtype), self.sizes))
 
+    def map_layers(self, op: Callable[..., torch.Tensor], *flats: torch.Tensor) -> torch.Tensor:
+        """``op(self, *flats)``: the whole-network F has one part, itself (cross-layer terms couple every layer)."""
+        return op(self, *flats)
+
     def damp_vector(self) -> torch.Tensor:
         return torch.full((self.numel,), self.damp, dtype=self.factor_dtype, device=self.device)
 

@@ -70,10 +70,6 @@ def apply_update(kind: str, targets: TargetSet, curvature: Curvature, old: Masks
     if not bool(newly.any()):
         return
     w = flat_weights(targets, like)
-    if kind not in DELTAS:
-        delta = torch.zeros_like(w)
-    elif hasattr(curvature, "map_layers"):  # block-diagonal F: the update is per layer (one gradient pass when streamed)
-        delta = curvature.map_layers(DELTAS[kind], w, newly, kept)
-    else:
-        delta = DELTAS[kind](curvature, w, newly, kept)
+    # per independent part of F: per layer when block-diagonal (one gradient pass when streamed), else the whole network
+    delta = curvature.map_layers(DELTAS[kind], w, newly, kept) if kind in DELTAS else torch.zeros_like(w)
     write_weights(targets, (w + delta) * kept)
