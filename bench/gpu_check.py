@@ -21,6 +21,7 @@ from reflowbench.datasets.imagesets import TensorImageSet
 from reflowbench.models import build_model
 from reflowbench.pruners import PruneContext, apply_masks, make_pruner, select_targets, verify_masks
 from reflowbench.utils.cost import CostLedger
+from reflowbench.utils.env import use_deterministic
 
 
 def synthetic(n: int, size: int) -> TensorImageSet:
@@ -68,7 +69,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--small", action="store_true", help="tiny sizes (smoke test on CPU)")
     parser.add_argument("--budget-gb", type=float, default=100.0)
+    parser.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (as reflowbench run --deterministic)")
     args = parser.parse_args()
+    use_deterministic(args.deterministic)
     device = torch.device(args.device)
     n20, n50, m50, size50, chunk = (16, 2, 2, 32, 4) if args.small else (1000, 400, 32, 224, 64)
     chita20 = {"num_grads": 8, "minibatch": 2, "iht_iters": 5} if args.small else {}

@@ -92,3 +92,25 @@ def test_config_rejects_unknown_settings():
         merge_into(preset("embedded"), {"calib_batchez": 3}, "test")
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("imagenet-huge")
+
+
+def test_deterministic_switch_is_recorded_and_changes_no_cpu_result(tmp_path):
+    import torch
+
+    few_grads = {"woodfisher": {"num_grads": 256}}
+    plain = _quick(tmp_path / "plain", methods=["woodfisher"], sparsities=[0.9])
+    plain.method_options = few_grads
+    run_suite(plan_suite(plain), log=lambda m: None)
+    strict = _quick(tmp_path / "strict", methods=["woodfisher"], sparsities=[0.9], deterministic=True)
+    strict.method_options = few_grads
+    try:
+        run_suite(plan_suite(strict), log=lambda m: None)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    (first,), (second,) = (list((tmp_path / name / "runs").glob("*.json")) for name in ("plain", "strict"))
+    first, second = json.loads(first.read_text()), json.loads(second.read_text())
+    assert first["key"] == second["key"]  # the switch is not a setting of the result: same run, same key
+    assert (first["environment"]["deterministic"], second["environment"]["deterministic"]) == (False, True)
+    assert first["pruned"] == second["pruned"] and first["reflow"] == second["reflow"]  # CPU kernels are deterministic already

@@ -288,11 +288,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from reflowbench.harness.plan import check_output_file, resolve_dataset
     from reflowbench.harness.train import TrainSpec, train_dense
     from reflowbench.models import build_model
-    from reflowbench.utils.env import resolve_device
+    from reflowbench.utils.env import resolve_device, use_deterministic
 
     spec = validate_spec(_spec_from_args(args))
     recipe = build_dataclass(TrainSpec, given(args, "train__"), "train settings").validate()
     check_output_file(args.save, "--save")
+    use_deterministic(spec.sweep.deterministic)
     device = resolve_device(spec.sweep.device)
     if spec.sweep.threads:
         torch.set_num_threads(spec.sweep.threads)

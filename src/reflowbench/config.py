@@ -81,6 +81,7 @@ class SweepSpec:
     seeds: List[int] = field(default_factory=lambda: [0])
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int = 0  # torch CPU threads (0: leave torch's default)
+    deterministic: bool = False  # deterministic CUDA kernels (cuDNN, cuBLAS workspace, scatter adds): the same weights on every rerun, somewhat slower; CPU runs are reproducible at a fixed --threads already
     out: str = "reflowbench-out"
     memory_budget_gb: float = 8.0  # largest single allocation a pruner may plan (gradients, curvature)
     report_sparsity: Optional[float] = None  # sparsity of the signal-collapse figure (default: the highest)

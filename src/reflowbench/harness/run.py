@@ -28,7 +28,7 @@ from reflowbench.pruners.base import key_options
 from reflowbench.reflow import RecalibrationHandle, bn_output_variances, recalibrate_bn, require_batchnorm, summarize_ratios, variance_ratios
 from reflowbench.schema.results import SCHEMA_VERSION
 from reflowbench.utils.cost import CostLedger
-from reflowbench.utils.env import environment
+from reflowbench.utils.env import environment, use_deterministic
 from reflowbench.utils.io import cache_dir, content_sha256, stable_hash
 
 Log = Callable[[str], None]
@@ -73,6 +73,7 @@ class SuiteState:
         self.log = log
         if spec.sweep.threads:
             torch.set_num_threads(spec.sweep.threads)
+        use_deterministic(spec.sweep.deterministic)
         self.device = plan.device
         dataset = spec.data.dataset
         if plan.dataset_inferred:

@@ -141,7 +141,8 @@ def local_search(
     a summary dict). J never increases from one iteration to the next.
     """
     pruned = pruned.clone()
-    current_j = objective.value(pruned)
+    residuals = objective.residuals(pruned)  # of the current mask, carried from the accepted trial (one pass over G saved per iteration)
+    current_j = objective.value(pruned, residuals)
     history = [current_j]
     best_mask, best_loss, since_best = pruned.clone(), (measure_loss(~pruned) if measure_loss else None), 0
     losses = [best_loss] if best_loss is not None else []
@@ -149,7 +150,6 @@ def local_search(
     movable = ~frozen
     iterations = 0
     for _ in range(settings.max_iters):
-        residuals = objective.residuals(pruned)
         alpha, beta = objective.alpha_beta(pruned, objective.correlations(residuals))
         candidates_in = torch.nonzero(pruned & movable).flatten()
         candidates_out = torch.nonzero(~pruned).flatten()
@@ -162,13 +162,15 @@ def local_search(
         if not swaps:
             break
         trial = _swapped(pruned, rows, cols, swaps)
-        trial_j = objective.value(trial)
+        trial_residuals = objective.residuals(trial)
+        trial_j = objective.value(trial, trial_residuals)
         if trial_j > current_j - settings.epsilon and len(swaps) > 1:  # interactions undid the batch: the best single swap
             trial = _swapped(pruned, rows, cols, swaps[:1])
-            trial_j = objective.value(trial)
+            trial_residuals = objective.residuals(trial)
+            trial_j = objective.value(trial, trial_residuals)
         if trial_j > current_j:
             break
-        pruned, current_j = trial, trial_j
+        pruned, current_j, residuals = trial, trial_j, trial_residuals
         history.append(current_j)
         iterations += 1
         if measure_loss is not None:

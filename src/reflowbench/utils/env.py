@@ -41,12 +41,27 @@ def environment(device: torch.device) -> Dict[str, object]:
         "numpy": numpy.__version__,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
         "cpu_count": os.cpu_count(),
     }
     if device.type == "cuda":
         info["cuda_device"] = torch.cuda.get_device_name(device)
         info["cuda_version"] = torch.version.cuda
     return info
+
+
+def use_deterministic(enabled: bool) -> None:
+    """With ``enabled``, deterministic kernels wherever PyTorch has them, for the rest of the process: on CUDA,
+    cuDNN's deterministic convolution algorithms without benchmark autotuning, cuBLAS with a fixed workspace
+    (``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set) and sort-based scatter/index additions instead of atomics; an op
+    with no deterministic kernel warns with its name instead of failing. CPU kernels are already deterministic for
+    a fixed thread count. Off: PyTorch's defaults, untouched. Call before the first CUDA operation."""
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def resolve_device(name: str) -> torch.device:
