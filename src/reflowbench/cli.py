@@ -179,15 +179,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from reflowbench.reports import write_report
-    from reflowbench.schema.results import write_csv
+    from reflowbench.harness.sweep import write_results
 
     out = Path(args.out)
     if not out.is_dir():
         raise ConfigError(f"results folder {out} does not exist: pass the --out folder of a `reflowbench run`")
-    write_csv(out)
-    paths = write_report(out, signal_sparsity=args.signal_sparsity)
-    _log(f"report: {paths['markdown']} and {paths['html']}")
+    write_results(out, _log, signal_sparsity=args.signal_sparsity)
     return 0
 
 

@@ -65,6 +65,20 @@ class FisherSpec:
                 )
 
 
+def column_chunks(tensor: torch.Tensor, direct: bool, whole: bool, device: torch.device, dtype: torch.dtype) -> Iterator[Tuple[int, torch.Tensor]]:
+    """(first index, ``tensor[..., start:start + c]`` in ``dtype`` on ``device``) covering the last dimension, c chosen so
+    a piece holds at most :data:`CHUNK_ELEMENTS` elements: storage in another dtype or on another device is converted one
+    piece at a time. ``direct`` (already in ``dtype`` on ``device``): the pieces are views, and with ``whole`` the
+    whole tensor is one piece."""
+    if direct and whole:
+        yield 0, tensor
+        return
+    step = max(1, CHUNK_ELEMENTS // max(1, tensor.numel() // max(1, tensor.shape[-1])))
+    for start in range(0, tensor.shape[-1], step):
+        piece = tensor[..., start : start + step]
+        yield start, piece if direct else piece.to(device=device, dtype=dtype)
+
+
 def _cholesky_with_escalation(
     matrix: torch.Tensor, name: str, add_identity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], damp: torch.Tensor, first_block: int = 0
 ) -> tuple:
@@ -135,14 +149,7 @@ class LayerFisher:
     def _chunks(self, blocks: slice = slice(None), whole_if_direct: bool = True) -> Iterator[Tuple[int, torch.Tensor]]:
         """(first column, (nb', N, c) columns of G in the compute dtype on the compute device) covering every column of
         ``blocks``; the whole of G at once (a view) when it needs no conversion and ``whole_if_direct``."""
-        grads = self.grads[blocks]
-        if self._direct and whole_if_direct:
-            yield 0, grads
-            return
-        step = max(1, CHUNK_ELEMENTS // max(1, grads.shape[0] * self.num_grads))
-        for start in range(0, self.block, step):
-            piece = grads[:, :, start : start + step]
-            yield start, piece if self._direct else piece.to(device=self.device, dtype=self.compute_dtype)
+        return column_chunks(self.grads[blocks], self._direct, whole_if_direct, self.device, self.compute_dtype)
 
     def _block_groups(self, side: int) -> List[slice]:
         """Groups of consecutive blocks whose side x side float64 temporaries stay within :data:`FACTOR_GROUP_ELEMENTS`."""

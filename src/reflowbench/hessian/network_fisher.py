@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from reflowbench.errors import FisherError
-from reflowbench.hessian.block_fisher import CHUNK_ELEMENTS, POWER_ITERATIONS, FisherSpec, _cholesky_with_escalation, power_iteration
+from reflowbench.hessian.block_fisher import CHUNK_ELEMENTS, POWER_ITERATIONS, FisherSpec, _cholesky_with_escalation, column_chunks, power_iteration
 from reflowbench.hessian.gradients import GradientMatrix
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 
@@ -127,13 +127,7 @@ class NetworkFisher:
         """(first column, (N, c) columns of ``rows`` in the compute dtype on the compute device): the storage (bfloat16,
         host memory with offload) is converted one chunk at a time, never a whole layer; all of ``rows`` at once when
         no conversion is needed and ``whole_if_direct``."""
-        if whole_if_direct and self._direct:
-            yield 0, rows
-            return
-        step = max(1, CHUNK_ELEMENTS // self.num_grads)
-        for start in range(0, rows.shape[1], step):
-            chunk = rows[:, start : start + step]
-            yield start, chunk if self._direct else chunk.to(device=self.device, dtype=self.compute_dtype)
+        return column_chunks(rows, self._direct, whole_if_direct, self.device, self.compute_dtype)
 
     def _dual_factor(self, support: Optional[torch.Tensor]) -> tuple:
         """Cholesky of K_S = N lam I + G_S G_S^T (all columns when support is None), with its damping."""
