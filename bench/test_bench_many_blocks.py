@@ -14,6 +14,7 @@ extra_info: seconds and peak RSS per phase, the number of blocks, G's size, the 
 import torch
 
 from conftest import benchmark_large_model
+from reflowbench.hessian.block_fisher import block_of
 from reflowbench.models import build_model
 from reflowbench.pruners import make_pruner
 
@@ -28,7 +29,7 @@ def test_woodfisher_resnet18_many_blocks(benchmark):
     benchmark_large_model(benchmark, model, pruner, 0.9, 8.0)
     weights = benchmark.extra_info["weights"]
     sizes = [module.weight.numel() for module in model.modules() if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))]
-    blocks = sum(-(-size // BLOCK_SIZE) for size in sizes)  # the last block of a layer may be shorter
+    blocks = sum(-(-size // block_of(size, BLOCK_SIZE)) for size in sizes)  # the backend's rule; a layer's last block is padded
     gradient_gib = NUM_GRADS * weights * 4 / 2**30
     benchmark.extra_info.update({"blocks": blocks, "gradient_gib": round(gradient_gib, 3)})
     print(f"ResNet-18 WoodFisher: {blocks} blocks, G {gradient_gib:.2f} GiB, extra_info {benchmark.extra_info}")
