@@ -1,11 +1,13 @@
-"""Where a Hessian pruner's memory goes: resident memory after each step of one pruning, and the peak within it.
+"""Where a Hessian pruner's memory goes: one pruning by the pruner itself (``pruner.prune``, the code a run executes),
+its cost ledger's seconds and peak resident memory per phase, and resident memory before and after.
 
     python bench/memory_profile.py --model resnet20 --checkpoint ../shared/models/resnet20_cifar10_distiller.pth.tar \
         --method woodfisher --options '{"num_grads": 1000, "block_size": 2000}'
 
 Synthetic 32 x 32 images stand in for the data (the sizes of G and of the factors do not depend on the images;
-the dataset a real run holds comes on top: see the run's ``cost`` record). Prints one line per step (RSS now and
-the peak since the previous step, MiB) and a JSON summary with the estimates the pruner checked against its budget.
+the dataset a real run holds comes on top: see the run's ``cost`` record). Prints one line per step and per phase
+(MiB) and a JSON summary with the estimates the pruner checked against its budget. The curvature is not kept for a
+later run (``keep_curvature=False``), as in a sweep's last run of a seed: "after" is what the pruning left behind.
 """
 
 from __future__ import annotations
@@ -19,10 +21,9 @@ import numpy as np
 import torch
 
 from reflowbench.datasets.imagesets import TensorImageSet
-from reflowbench.hessian import collect_gradients
 from reflowbench.models import build_model
 from reflowbench.pruners import PruneContext, make_pruner, select_targets
-from reflowbench.utils.cost import CostLedger, current_rss_mb, peak_rss_mb, release_freed_memory, reset_peak_rss
+from reflowbench.utils.cost import CostLedger, current_rss_mb, peak_rss_mb, reset_peak_rss
 
 
 def synthetic(n: int, size: int, classes: int = 10) -> TensorImageSet:
@@ -69,29 +70,14 @@ def main() -> None:
     estimates: List[str] = []
     ctx = PruneContext(
         device=torch.device("cpu"), seed=0, ledger=CostLedger(), train=data, fisher_indices=np.arange(pruner.fisher_images()),
-        memory_budget_gb=args.budget_gb, log=estimates.append,
+        memory_budget_gb=args.budget_gb, log=estimates.append, keep_curvature=False,
     )  # fmt: skip
-    masks = {t.param_name: torch.ones_like(t.weight, dtype=torch.bool) for t in targets}
-    spec = pruner.gradient_spec()
-    gradients = collect_gradients(
-        model, targets, ctx.fisher_batches(min(256, spec.images), spec.images), spec, masks=masks, budget_gb=args.budget_gb, log=estimates.append
-    )
-    steps.mark(f"gradients ({gradients.nbytes() / 2**20:.0f} MiB of G)")
-    release_freed_memory()
-    fisher = pruner.build_curvature(gradients, ctx)
-    del gradients
-    steps.mark("curvature built")
-    pruner.prepare(fisher)
-    steps.mark("curvature prepared (factors)")
-    new_masks = pruner.select(model, targets, fisher, masks, args.sparsity, ctx)
-    steps.mark("selection")
-    from reflowbench.pruners.updates import apply_update
-
-    apply_update(pruner.options.update, targets, fisher, masks, new_masks)
-    steps.mark("update")
-    del fisher
-    steps.mark("curvature freed")
-    phases = {k: round(v.peak_rss_mb, 1) for k, v in ctx.ledger.phases.items()}
+    with ctx.phase("prune"):  # the whole pruning's peak, as a run records it
+        pruner.prune(model, targets, args.sparsity, ctx)
+    steps.mark("pruning, all phases")
+    phases = {name: {"seconds": round(cost.seconds, 2), "peak_rss_mb": round(cost.peak_rss_mb, 1)} for name, cost in ctx.ledger.phases.items()}
+    for name, cost in phases.items():
+        print(f"  phase {name:<26} peak {cost['peak_rss_mb']:>8.1f} MiB   {cost['seconds']:>7.2f} s", flush=True)
     print(
         json.dumps(
             {
@@ -99,7 +85,7 @@ def main() -> None:
                 "method": args.method,
                 "options": pruner.options.__dict__,
                 "steps": steps.rows,
-                "phases_peak_mb": phases,
+                "phases": phases,
                 "estimates": estimates,
             }
         )

@@ -89,6 +89,24 @@ def test_gradients_collected_pre_padded_are_viewed_without_a_copy(tiny_model):
     _assert_same(_operations(viewed, d), _operations(copied, d), 1e-6)
 
 
+def test_the_gradient_pass_computes_fewer_rows_a_call_for_large_activations_with_the_same_gradients(tiny_model, monkeypatch):
+    import reflowbench.hessian.gradients as gradients
+
+    targets = select_targets(tiny_model)
+    spec = GradientSpec(num_grads=16, chunk_images=16)
+    per_image = gradients.image_activation_bytes(tiny_model, _images(16)[0][0])
+    assert per_image > 0
+    assert gradients.groups_per_call(targets, spec, per_image) == 16  # the tiny model's activations are far under the cap
+    monkeypatch.setattr(gradients, "CHUNK_ACTIVATION_BYTES", 3 * per_image)
+    assert gradients.groups_per_call(targets, spec, per_image) == 3
+    assert gradients.groups_per_call(targets, GradientSpec(num_grads=4, minibatch=4, chunk_images=16), per_image) == 1  # at least one group
+    capped = collect_gradients(tiny_model, targets, iter(_images(16)), spec)
+    monkeypatch.setattr(gradients, "CHUNK_ACTIVATION_BYTES", 1 << 40)
+    uncapped = collect_gradients(tiny_model, targets, iter(_images(16)), spec)
+    for t in targets:
+        torch.testing.assert_close(capped.rows[t.param_name], uncapped.rows[t.param_name], rtol=1e-5, atol=1e-7)
+
+
 def test_factor_budget_counts_the_padded_copies_and_names_the_block_size(tiny_model):
     targets = select_targets(tiny_model)
     plain = collect_gradients(tiny_model, targets, iter(_images(16)), GradientSpec(num_grads=16))

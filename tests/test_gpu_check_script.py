@@ -17,3 +17,15 @@ def test_gpu_check_script_smoke_on_cpu():
     ]  # fmt: skip
     assert lines[1]["masks_repeat_identical"] is True
     assert {"gradients", "curvature", "selection", "update"} <= set(lines[4]["phases"])
+
+
+def test_memory_profile_script_reports_every_phase_of_the_pruners_own_run():
+    options = json.dumps({"num_grads": 16, "block_size": 500})
+    command = [sys.executable, str(REPO / "bench" / "memory_profile.py"), "--options", options, "--threads", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    phases = summary["phases"]
+    assert {"gradients", "curvature", "update", "prune"} <= set(phases)
+    assert phases["prune"]["peak_rss_mb"] >= max(cost["peak_rss_mb"] for cost in phases.values())
+    assert any("gradient matrix" in line for line in summary["estimates"])  # the budget estimate the pruner checked

@@ -120,3 +120,16 @@ def test_channels_last_calibration_matches_nchw_and_restores_the_weights():
         assert torch.allclose(ours.running_var, theirs.running_var, rtol=1e-4, atol=1e-6)
     assert first.is_contiguous(memory_format=torch.channels_last)
     assert all(p.is_contiguous() for p in model.parameters() if p.dim() == 4 and p is not first)
+
+
+def test_bn_output_moments_merged_over_uneven_batches_equal_one_float64_pass():
+    from reflowbench.reflow.diagnostics import _MomentAccumulator
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [5.0 + 0.1 * torch.randn(n, 3, 4, 4, generator=generator) for n in (7, 1, 32, 5)]  # offset mean: cancellation
+    accumulator = _MomentAccumulator()
+    for batch in batches:
+        accumulator(None, None, batch)
+    everything = torch.cat(batches).double().transpose(0, 1).reshape(3, -1)
+    assert accumulator.variance() == pytest.approx(float(everything.var(dim=1, unbiased=True).mean()), rel=1e-5)
+    assert _MomentAccumulator().variance() != _MomentAccumulator().variance()  # nan before any batch

@@ -140,6 +140,33 @@ def test_dense_gradients_are_shared_per_seed_and_charged_to_every_run(digits):
     assert len([k for k in cache if k[0] == "dense-fisher"]) == 1  # only the latest seed's dense Fisher stays alive
 
 
+def test_the_last_run_of_a_seed_frees_the_dense_curvature(digits):
+    """keep_curvature=False: the run neither stores the seed's dense Fisher nor leaves a stored one in the cache."""
+    from reflowbench.datasets import SubsetSizes, disjoint_subsets
+
+    cache = {}
+    reused = []
+    for keep in (True, False, False):
+        torch.manual_seed(5)
+        model = TinyBNNet().eval()
+        targets = select_targets(model)
+        pruner = make_pruner("woodfisher", {"num_grads": 16, "chunk_images": 8})
+        subsets = disjoint_subsets(len(digits.train), SubsetSizes(0, pruner.fisher_images(), 0), seed=0)
+        ctx = PruneContext(device=torch.device("cpu"), seed=0, train=digits.train, fisher_indices=subsets["fisher"], cache=cache, keep_curvature=keep)
+        pruner.prune(model, targets, 0.5, ctx)
+        reused.append(ctx.notes.get("gradients_reused", False))
+        assert len([k for k in cache if k[0] == "dense-fisher"]) == (1 if keep else 0)
+    assert reused == [False, True, False]  # the second run took the stored Fisher out; the third had to collect again
+
+
+def test_the_sweep_keeps_a_seeds_curvature_only_while_a_later_run_needs_it():
+    from reflowbench.harness.sweep import _reused_later
+
+    wf, cbs = object(), object()
+    todo = [(wf, 0.5, 0, "a", None), (wf, 0.7, 0, "b", None), (cbs, 0.5, 0, "c", None), (wf, 0.5, 1, "d", None)]
+    assert [_reused_later(todo, i) for i in range(len(todo))] == [True, False, False, False]
+
+
 def test_credited_cost_counts_in_the_enclosing_phase():
     from reflowbench.utils.cost import CostLedger, PhaseCost
 

@@ -27,7 +27,7 @@ from reflowbench.pruners import PruneContext, Pruner, apply_masks, select_target
 from reflowbench.pruners.base import key_options
 from reflowbench.reflow import RecalibrationHandle, bn_output_variances, recalibrate_bn, require_batchnorm, summarize_ratios, variance_ratios
 from reflowbench.schema.results import SCHEMA_VERSION
-from reflowbench.utils.cost import CostLedger
+from reflowbench.utils.cost import CostLedger, release_freed_memory
 from reflowbench.utils.env import environment, use_deterministic
 from reflowbench.utils.io import cache_dir, content_sha256, stable_hash
 
@@ -154,12 +154,15 @@ class SuiteState:
         return self._dense_variances[seed]
 
 
-def run_one(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str) -> Dict[str, Any]:
-    """Prune a fresh copy of the dense model and return the run record (see ``schema/results.py``)."""
-    return prune_and_measure(state, pruner, sparsity, seed, key)[0]
+def run_one(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str, keep_curvature: bool = False) -> Dict[str, Any]:
+    """Prune a fresh copy of the dense model and return the run record (see ``schema/results.py``); ``keep_curvature``:
+    whether a later run reuses the seed's dense curvature (see :class:`PruneContext`)."""
+    return prune_and_measure(state, pruner, sparsity, seed, key, keep_curvature)[0]
 
 
-def prune_fresh(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, ledger: CostLedger) -> Tuple[nn.Module, float, PruneContext]:
+def prune_fresh(
+    state: SuiteState, pruner: Pruner, sparsity: float, seed: int, ledger: CostLedger, keep_curvature: bool = True
+) -> Tuple[nn.Module, float, PruneContext]:
     """Prune a fresh copy of the dense model with the seed's subsets (phase ``prune`` in ``ledger``), masks
     applied and verified; returns (pruned model, its actual sparsity, the pruner's context with its notes)."""
     torch.manual_seed(seed)
@@ -177,7 +180,9 @@ def prune_fresh(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, l
         cache=state.cache,
         progress=state.spec.sweep.progress,
         log=state.log,
+        keep_curvature=keep_curvature,
     )
+    release_freed_memory()  # what the previous run's evaluations left in the allocator, before the pruner allocates
     with ledger.phase("prune", state.device):
         masks = pruner.prune(model, targets, sparsity, ctx)
         apply_masks(targets, masks)
@@ -185,17 +190,20 @@ def prune_fresh(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, l
     return model, actual, ctx
 
 
-def prune_and_measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str) -> Tuple[Dict[str, Any], nn.Module, RecalibrationHandle]:
+def prune_and_measure(
+    state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str, keep_curvature: bool = False
+) -> Tuple[Dict[str, Any], nn.Module, RecalibrationHandle]:
     """The run itself: returns (record, the pruned + recalibrated model, the REFLOW undo handle).
 
-    ``sparsity`` and ``seed`` come from a validated plan; ``key`` is :meth:`SuiteState.run_key` of this run.
+    ``sparsity`` and ``seed`` come from a validated plan; ``key`` is :meth:`SuiteState.run_key` of this run;
+    ``keep_curvature``: whether a later run reuses the seed's dense curvature (else it is freed before the evaluations).
     """
     spec = state.spec
     ledger = CostLedger()
     subsets = state.subsets(seed)
     dense = state.dense_metrics()
     dense_var = state.dense_variances(seed)
-    model, actual, ctx = prune_fresh(state, pruner, sparsity, seed, ledger)
+    model, actual, ctx = prune_fresh(state, pruner, sparsity, seed, ledger, keep_curvature)
     objective = None
     if spec.objective.objective_grads:
         with ledger.phase("objective", state.device):

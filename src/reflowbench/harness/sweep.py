@@ -41,6 +41,12 @@ def pending_runs(state: SuiteState, plan: SuitePlan) -> Tuple[List[Todo], int]:
     return todo, total
 
 
+def _reused_later(todo: List[Todo], index: int) -> bool:
+    """Whether a run after ``todo[index]`` has its pruner and seed (and so may reuse the seed's dense curvature)."""
+    pruner, _, seed, _, _ = todo[index]
+    return any(later[0] is pruner and later[2] == seed for later in todo[index + 1 :])
+
+
 def count_complete(plan: SuitePlan) -> Tuple[int, int]:
     """(finished runs, runs in the suite) of ``plan`` in its ``--out`` (loads the data and the model to key the runs)."""
     state = SuiteState(plan, log=lambda message: None)
@@ -68,7 +74,7 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
     main = is_main_rank()  # under torchrun every rank runs the same runs; rank 0 alone claims and writes
     progress = _progress(len(todo), spec.sweep.progress and main)
     done = elsewhere = 0
-    for pruner, sparsity, seed, key, path in todo:
+    for index, (pruner, sparsity, seed, key, path) in enumerate(todo):
         claim = try_claim(path) if main else None
         skip = from_main_rank(claim is None or is_complete(path, key))
         if skip:
@@ -79,7 +85,7 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
             continue
         with claim or nullcontext():
             progress.set_description(f"{pruner.name} s={sparsity:g} seed={seed}")
-            record = run_one(state, pruner, sparsity, seed, key)
+            record = run_one(state, pruner, sparsity, seed, key, _reused_later(todo, index))
             if main:
                 write_run(path, record)
         done += 1

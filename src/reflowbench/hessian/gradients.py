@@ -84,12 +84,41 @@ def gradient_bytes(targets: "TargetSet", spec: GradientSpec) -> int:
 
 
 CHUNK_GRADIENT_BYTES = 256 * 2**20  # float32 per-group gradients computed at once at most (fewer groups per call on large models)
+# Activations of the images one call computes gradients for, at most: the allocator keeps the pass's small temporaries
+# after it, so they set the resident memory every later phase starts from (ResNet-20: 54 per-sample rows a call, not 128).
+CHUNK_ACTIVATION_BYTES = 96 * 2**20
 
 
-def groups_per_call(targets: "TargetSet", spec: GradientSpec) -> int:
+def groups_per_call(targets: "TargetSet", spec: GradientSpec, activation_bytes: int = 0) -> int:
     """Groups (rows) whose gradients one vmap/hooks call computes: ``chunk_images // minibatch``, capped so that their
-    float32 gradients stay within :data:`CHUNK_GRADIENT_BYTES` (MobileNetV1, 3.2 M weights: 20 per-sample rows, not 128)."""
-    return max(1, min(spec.chunk_images // spec.minibatch, CHUNK_GRADIENT_BYTES // (4 * max(1, targets.num_weights))))
+    float32 gradients stay within :data:`CHUNK_GRADIENT_BYTES` (MobileNetV1, 3.2 M weights: 20 per-sample rows, not 128)
+    and, given the forward activations of one image (bytes, :func:`image_activation_bytes`), their images' activations
+    within :data:`CHUNK_ACTIVATION_BYTES`; at least one group."""
+    by_images = spec.chunk_images // spec.minibatch
+    by_gradients = CHUNK_GRADIENT_BYTES // (4 * max(1, targets.num_weights))
+    by_activations = CHUNK_ACTIVATION_BYTES // (activation_bytes * spec.minibatch) if activation_bytes > 0 else by_images
+    return max(1, min(by_images, by_gradients, by_activations))
+
+
+def image_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the outputs of every leaf module in one no-grad forward of one image (``x``: (B, ...), its first is
+    used), the model's mode unchanged: what a call's backward keeps per image, up to a small factor."""
+    total = [0]
+
+    def count(module: nn.Module, inputs, output) -> None:
+        for tensor in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(tensor, torch.Tensor):
+                total[0] += tensor.numel() * tensor.element_size()
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total[0]
 
 
 def chunk_gradient_bytes(targets: "TargetSet", spec: GradientSpec) -> int:
@@ -173,7 +202,7 @@ def collect_gradients(
     module_of = {target_keys[t.param_name]: t.module_name for t in targets}
     use_hooks = spec.engine == "hooks" or (spec.engine == "auto" and spec.minibatch > 1)
     use_hooks = use_hooks and supports_group_hooks(model, list(module_of.values()))
-    per_call = groups_per_call(targets, spec)
+    per_call = 0  # set from the first batch's activations
     was_training = model.training
     model.eval()
     filled = 0
@@ -188,6 +217,8 @@ def collect_gradients(
             pending_x.append(x)
             pending_y.append(y)
             buffered = sum(len(b) for b in pending_y)
+            if per_call == 0:
+                per_call = groups_per_call(targets, spec, image_activation_bytes(model, x.to(device)))
             while buffered >= spec.minibatch and filled < spec.num_grads:
                 xs, ys = torch.cat(pending_x), torch.cat(pending_y)
                 groups = min(per_call, len(ys) // spec.minibatch, spec.num_grads - filled)

@@ -48,6 +48,9 @@ class PruneContext:
     progress: bool = False
     notes: Dict[str, Any] = field(default_factory=dict)
     log: Optional[Callable[[str], None]] = None  # where pruners announce large allocations
+    # whether a later run of this suite reuses this seed's dense curvature (the harness knows its plan): when False the
+    # pruner neither keeps it in ``cache`` nor leaves it there, so it is freed before the evaluations of this run
+    keep_curvature: bool = True
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

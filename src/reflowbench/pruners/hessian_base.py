@@ -249,13 +249,14 @@ class HessianPruner(Pruner):
 
     def curvature_at(self, model: nn.Module, targets: TargetSet, masks: Masks, ctx: PruneContext, dense: bool) -> Curvature:
         """F at the current weights and mask. The dense F (first step) of a seed is kept in the suite
-        cache and reused by the other sparsities; a reuse is charged the measured gradient and curvature cost."""
+        cache and reused by the other sparsities (while ``ctx.keep_curvature``: the last run that needs it takes it out,
+        so it is freed when the pruning ends); a reuse is charged the measured gradient and curvature cost."""
         groups = self.layer_groups(targets, ctx)
         if len(groups) > 1:
             return self._streamed_curvature(model, targets, masks, ctx, groups)
         key = self._cache_key(targets, ctx)
         if dense and key in ctx.cache:
-            fisher, costs = ctx.cache[key]
+            fisher, costs = ctx.cache[key] if ctx.keep_curvature else ctx.cache.pop(key)
             for phase, cost in costs.items():
                 ctx.ledger.add(phase, cost)
             ctx.notes["gradients_reused"] = True
@@ -286,7 +287,7 @@ class HessianPruner(Pruner):
                 fisher = self.build_curvature(gradients, ctx)
                 del gradients
             self.prepare(fisher)
-        if dense:
+        if dense and ctx.keep_curvature:
             costs = {}
             for phase in ("gradients", "curvature"):
                 after = ctx.ledger.get(phase)

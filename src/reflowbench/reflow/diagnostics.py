@@ -11,29 +11,35 @@ from reflowbench.reflow.recalibrate import require_batchnorm
 
 
 class _MomentAccumulator:
-    """Running per-channel sum and sum of squares (float64) of a BN output (N, C, *)."""
+    """Per-channel count, mean and sum of squared deviations (float64) of a BN output (N, C, *), merged batch by batch:
+    each batch's mean and variance come from one float32 reduction in the output's own layout (no float64 or
+    channel-first copy of the activations), and batches are combined exactly (Chan et al.'s pairwise update)."""
 
     def __init__(self) -> None:
         self.count = 0
-        self.total: Optional[torch.Tensor] = None
-        self.total_sq: Optional[torch.Tensor] = None
+        self.mean: Optional[torch.Tensor] = None
+        self.m2: Optional[torch.Tensor] = None
 
     def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
-        values = output.detach().double().transpose(0, 1).reshape(output.shape[1], -1)  # (C, N*spatial)
-        if self.total is None:
-            self.total = torch.zeros(values.shape[0], dtype=torch.float64, device=values.device)
-            self.total_sq = torch.zeros_like(self.total)
-        self.total += values.sum(1)
-        self.total_sq += (values * values).sum(1)
-        self.count += values.shape[1]
+        values = output.detach()
+        dims = [0, *range(2, values.dim())]
+        var, mean = torch.var_mean(values.float(), dim=dims, correction=0)  # (C,) each
+        n = values.numel() // values.shape[1]
+        mean, m2 = mean.double(), var.double() * n
+        if self.mean is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.m2 = self.m2 + m2 + delta * delta * (self.count * n / total)
+        self.mean = self.mean + delta * (n / total)
+        self.count = total
 
     def variance(self) -> float:
-        """Mean over channels of the per-channel variance over images and positions."""
-        if self.total is None or self.count < 2:
+        """Mean over channels of the per-channel variance over images and positions (unbiased)."""
+        if self.m2 is None or self.count < 2:
             return float("nan")
-        mean = self.total / self.count
-        var = (self.total_sq / self.count - mean * mean).clamp_min(0) * self.count / (self.count - 1)
-        return float(var.mean())
+        return float((self.m2 / (self.count - 1)).clamp_min(0).mean())
 
 
 def bn_output_variances(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], device: Optional[torch.device] = None) -> Dict[str, float]:
