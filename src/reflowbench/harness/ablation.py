@@ -78,7 +78,7 @@ def run_reflow_ablation(plan: SuitePlan, ablation: ReflowAblationSpec, log: Log 
             paths.append(path)
             continue
         ledger = CostLedger()
-        model, actual, _ = prune_fresh(state, pruner, ablation.sparsity, seed, ledger)
+        model, actual, _ = prune_fresh(state, pruner, ablation.sparsity, seed, ledger, keep_curvature=True)
         if not done:
             record = _new_record(state, pruner.name, asdict(pruner.options), ablation, seed, key, actual)
             record["pruned"] = evaluate(model, state.test_batches(), state.device)

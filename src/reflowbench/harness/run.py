@@ -161,7 +161,7 @@ def run_one(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: 
 
 
 def prune_fresh(
-    state: SuiteState, pruner: Pruner, sparsity: float, seed: int, ledger: CostLedger, keep_curvature: bool = True
+    state: SuiteState, pruner: Pruner, sparsity: float, seed: int, ledger: CostLedger, keep_curvature: bool = False
 ) -> Tuple[nn.Module, float, PruneContext]:
     """Prune a fresh copy of the dense model with the seed's subsets (phase ``prune`` in ``ledger``), masks
     applied and verified; returns (pruned model, its actual sparsity, the pruner's context with its notes)."""

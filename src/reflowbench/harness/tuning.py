@@ -87,7 +87,7 @@ def _measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: int) -> D
     """Prune, the held-out loss, REFLOW, the held-out loss again."""
     reflow = state.spec.reflow
     ledger = CostLedger()
-    model, _, _ = prune_fresh(state, pruner, sparsity, seed, ledger)
+    model, _, _ = prune_fresh(state, pruner, sparsity, seed, ledger, keep_curvature=True)
     pruned = _loss(model, state, seed)
     calibration = state.data.train.batches(state.subsets(seed)["calibration"], reflow.calib_batch_size, shuffle=True, augment=reflow.calib_augment, seed=seed)
     recalibrate_bn(
