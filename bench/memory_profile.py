@@ -47,6 +47,17 @@ class Steps:
         self.start = time.perf_counter()
 
 
+def _parse_options(parser: argparse.ArgumentParser, text: str) -> Dict[str, object]:
+    """The pruner options from ``--options``: a JSON object, or a usage error saying what is wrong with it."""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        parser.error(f"--options must be a JSON object such as '{{\"num_grads\": 1000}}': {error.msg} at character {error.pos} of {text!r}")
+    if not isinstance(options, dict):
+        parser.error(f"--options must be a JSON object (name: value), got {text!r}")
+    return options
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet20")
@@ -58,13 +69,14 @@ def main() -> None:
     parser.add_argument("--budget-gb", type=float, default=8.0)
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
+    options = _parse_options(parser, args.options)
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = Steps()
     steps.mark("start (python + torch)")
     model = build_model(args.model, checkpoint=args.checkpoint).eval()
     targets = select_targets(model)
-    pruner = make_pruner(args.method, json.loads(args.options))
+    pruner = make_pruner(args.method, options)
     data = synthetic(pruner.fisher_images(), args.image_size)
     steps.mark("model + synthetic images")
     estimates: List[str] = []

@@ -107,6 +107,19 @@ def test_the_gradient_pass_computes_fewer_rows_a_call_for_large_activations_with
         torch.testing.assert_close(capped.rows[t.param_name], uncapped.rows[t.param_name], rtol=1e-5, atol=1e-7)
 
 
+def test_the_activation_probe_counts_what_backward_saves_but_not_the_weights():
+    import reflowbench.hessian.gradients as gradients
+
+    model = torch.nn.Sequential(torch.nn.Linear(1000, 4), torch.nn.ReLU())  # 16 kB of weights, tiny activations
+    x = torch.randn(3, 1000)
+    counted = gradients.image_activation_bytes(model, x)
+    outputs = 2 * 4 * 4  # the Linear's and the ReLU's outputs of one image, float32
+    saved_input = 1000 * 4  # the Linear saves its input for the weight gradient
+    assert counted >= outputs + saved_input
+    assert counted < outputs + saved_input + 1000 * 4 * 4  # the weight the Linear saves is not counted
+    assert model[0].weight.grad is None and model.training
+
+
 def test_factor_budget_counts_the_padded_copies_and_names_the_block_size(tiny_model):
     targets = select_targets(tiny_model)
     plain = collect_gradients(tiny_model, targets, iter(_images(16)), GradientSpec(num_grads=16))
@@ -123,3 +136,48 @@ def test_factors_are_kept_in_the_compute_dtype_and_the_estimate_counts_them():
     assert layer.factor.dtype == torch.float32
     assert layer.factor.numel() * layer.factor.element_size() == layer.factor_bytes()
     assert layer.transient_bytes() > 0
+
+
+@pytest.mark.parametrize("block_size, form", [(50, "dual"), (10, "primal")])
+def test_packed_factors_hold_the_lower_triangles_of_the_block_cholesky_factors(block_size, form):
+    """Factors are kept packed (lower triangles only, about half a square): unpacked they are the Cholesky factors of
+    K_b = N lam I + G_b G_b^T (dual) or F_b = lam I + G_b^T G_b / N (primal), computed densely here."""
+    torch.manual_seed(0)
+    n, lam = 20, 0.1
+    G = torch.randn(n, 100, dtype=torch.float64)
+    fisher = BlockFisher(GradientMatrix({"w": G}, n, 1), FisherSpec(block_size=block_size, damp=lam, compute_dtype="float64"), CPU)
+    layer = fisher["w"]
+    assert layer.form == form
+    side = n if form == "dual" else block_size
+    assert layer.factor.shape == (100 // block_size, side * (side + 1) // 2)
+    squares = layer.unpacked_factor()
+    for b in range(layer.num_blocks):
+        g = G[:, b * block_size : (b + 1) * block_size]
+        dense = n * lam * torch.eye(n, dtype=G.dtype) + g @ g.T if form == "dual" else lam * torch.eye(side, dtype=G.dtype) + g.T @ g / n
+        torch.testing.assert_close(squares[b], torch.linalg.cholesky(dense), rtol=1e-10, atol=1e-10)
+        assert bool((squares[b].triu(1) == 0).all())
+
+
+def test_per_sample_gradients_by_default_never_import_torch_dynamo():
+    """The default engine computes per-sample rows with the hooks, not torch.func (whose first grad call imports
+    torch._dynamo: ~160 MiB resident for the rest of the process); same rows as the vmap engine."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from reflowbench.hessian import GradientSpec, collect_gradients\n"
+        "from reflowbench.models import build_model\n"
+        "from reflowbench.pruners import select_targets\n"
+        "model = build_model('resnet20').eval()\n"
+        "targets = select_targets(model)\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "batch = (torch.randn(6, 3, 32, 32, generator=g), torch.randint(0, 10, (6,), generator=g))\n"
+        "hooks = collect_gradients(model, targets, iter([batch]), GradientSpec(num_grads=6))\n"
+        "assert 'torch._dynamo' not in sys.modules, 'the default gradient engine imported torch._dynamo'\n"
+        "vmap = collect_gradients(model, targets, iter([batch]), GradientSpec(num_grads=6, engine='vmap'))\n"
+        "worst = max(float((hooks.rows[k] - vmap.rows[k]).norm() / vmap.rows[k].norm()) for k in hooks.rows)\n"
+        "assert worst < 1e-4, worst\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]

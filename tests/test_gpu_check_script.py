@@ -29,3 +29,10 @@ def test_memory_profile_script_reports_every_phase_of_the_pruners_own_run():
     assert {"gradients", "curvature", "update", "prune"} <= set(phases)
     assert phases["prune"]["peak_rss_mb"] >= max(cost["peak_rss_mb"] for cost in phases.values())
     assert any("gradient matrix" in line for line in summary["estimates"])  # the budget estimate the pruner checked
+
+
+def test_memory_profile_script_names_a_malformed_options_argument():
+    command = [sys.executable, str(REPO / "bench" / "memory_profile.py"), "--options", "{num_grads: 16}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2
+    assert "--options must be a JSON object" in done.stderr and "Traceback" not in done.stderr

@@ -1,6 +1,7 @@
 """The curvature backend every Hessian-based pruner shares.
 
-- :mod:`gradients`: the gradient matrix G (N x d per layer) with torch.func, mask-aware, chunked;
+- :mod:`gradients`: the gradient matrix G (N x d per layer), mask-aware, chunked: per-group weight products from one
+  batched backward (:mod:`group_gradients`), torch.func where a model needs it;
 - :mod:`block_fisher`: the damped block-diagonal empirical Fisher lam I + G^T G / N, dual (N x N
   Woodbury) or primal (B x B) per layer, with diag(F^-1), F^-1 v, restricted solves and the quadratic model;
 - :mod:`network_fisher`: the whole-network low-rank Fisher (cross-layer terms kept), N x N dual solves only;

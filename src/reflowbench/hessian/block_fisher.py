@@ -12,11 +12,14 @@ Two equivalent forms, chosen per layer by cost:
 
 Blocks of one layer are batched: the layer's (N, d) rows are zero-padded to nb * B columns and viewed as
 (nb, N, B). Padded columns are exact zeros, which decouple (F = lam there) and are cut off on return.
-Factorisations run in ``factor_dtype`` (float64 by default: the dual diagonal is a difference 1 - |z|^2).
+Factorisations run in ``factor_dtype`` (float64 by default: the dual diagonal is a difference 1 - |z|^2); the
+factors are kept packed, their lower triangles only (side (side + 1) / 2 numbers a block, half a square), in the
+compute dtype, and unpacked one group of blocks at a time where a solve needs them.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 import weakref
@@ -34,8 +37,8 @@ DAMP_MODES = ("absolute", "relative")
 FORMS = ("auto", "dual", "primal")
 MAX_DAMP_ESCALATIONS = 6
 POWER_ITERATIONS = 50  # power-iteration steps for lam_max(F)
-CHUNK_ELEMENTS = 1 << 23  # elements of G converted (or of L^-1 G computed) at once: 32 MiB in float32
-FACTOR_GROUP_ELEMENTS = 1 << 22  # elements of the float64 Grams factorised at once (32 MiB)
+CHUNK_ELEMENTS = 1 << 21  # elements of G converted (or of L^-1 G computed, or of column norms measured) at once: 8 MiB in float32
+FACTOR_GROUP_ELEMENTS = 1 << 21  # elements of the float64 Grams factorised (or factors unpacked) at once (16 MiB)
 
 
 @dataclass
@@ -114,8 +117,9 @@ class LayerFisher:
     device (host memory with ``offload``). Every product with G runs over column chunks upcast to the compute dtype on
     the compute device, at most :data:`CHUNK_ELEMENTS` elements at a time, so no float32 or on-device copy of a whole
     layer is ever made; when G already is in the compute dtype on the compute device, products use it directly.
-    Factors are computed in ``factor_dtype`` (float64) one group of blocks at a time and kept in the compute dtype
-    (half the memory); solves upcast one group's factors at a time.
+    Factors are computed in ``factor_dtype`` (float64) one group of blocks at a time and kept packed (lower triangles
+    only) in the compute dtype: a quarter of the square float64 factors' memory; solves unpack and upcast one group's
+    factors at a time.
     """
 
     def __init__(
@@ -206,7 +210,8 @@ class LayerFisher:
     # -- the factors -----------------------------------------------------------------------------
     @property
     def factor(self) -> torch.Tensor:
-        """Cholesky factor of K_b (dual, (nb, N, N)) or F_b (primal, (nb, B, B)) in the compute dtype, computed on first
+        """Cholesky factors of K_b (dual, side N) or F_b (primal, side B), packed: (nb, side (side + 1) / 2), the lower
+        triangle of each in row-major order (:meth:`unpacked_factor` gives the squares), compute dtype; computed on first
         use; a block that is not positive definite has its damping raised (with a warning) before this returns."""
         if self._factor is None:
             if self._before_factorise is not None:
@@ -219,8 +224,18 @@ class LayerFisher:
         return self.num_grads if self.form == "dual" else self.block
 
     def factor_bytes(self) -> int:
-        """Bytes of the factors of this layer (allocated or not), kept in the compute dtype."""
-        return self.num_blocks * self._side() ** 2 * _itemsize(self.compute_dtype)
+        """Bytes of the packed factors of this layer (allocated or not), kept in the compute dtype."""
+        side = self._side()
+        return self.num_blocks * (side * (side + 1) // 2) * _itemsize(self.compute_dtype)
+
+    def unpacked_factor(self, blocks: slice = slice(None), dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The lower-triangular Cholesky factors of ``blocks`` as squares, (nb', side, side), zeros above the diagonal,
+        in ``dtype`` (default: the compute dtype)."""
+        packed = self.factor[blocks]
+        side = self._side()
+        square = torch.zeros(packed.shape[0], side * side, dtype=dtype or self.compute_dtype, device=self.device)
+        square.index_copy_(1, _lower_positions(side, self.device), packed.to(square.dtype))
+        return square.view(-1, side, side)
 
     def norms_bytes(self) -> int:
         """Bytes of the column norms held since the layer was built (factor dtype)."""
@@ -228,12 +243,13 @@ class LayerFisher:
 
     def transient_bytes(self) -> int:
         """Bytes of the largest temporary of this layer's factorisation and diagonal: one group's float64 Gram and
-        Cholesky factor, a chunk product, and a converted chunk of G."""
+        Cholesky factor, its unpacked square in the compute dtype, a chunk product, a converted chunk of G, and the
+        layer's lower-triangle positions (int64)."""
         side = self._side()
         group = min(self.num_blocks, max(1, FACTOR_GROUP_ELEMENTS // (side * side)))
         chunk = 0 if self._direct else 2 * CHUNK_ELEMENTS * _itemsize(self.compute_dtype)
         primal_copy = group * self.num_grads * self.block * _itemsize(self.compute_dtype) if self.form == "primal" else 0
-        return group * side * side * (2 * _itemsize(self.factor_dtype) + _itemsize(self.compute_dtype)) + chunk + primal_copy
+        return group * side * side * (2 * _itemsize(self.factor_dtype) + _itemsize(self.compute_dtype)) + chunk + primal_copy + 4 * side * (side + 1)
 
     def _damping(self, spec: FisherSpec) -> torch.Tensor:
         if spec.damp_mode == "absolute":
@@ -246,7 +262,8 @@ class LayerFisher:
         side, dual = self._side(), self.form == "dual"
         scale = float(self.num_grads) if dual else 1.0  # K = N lam I + G G^T (dual), F = lam I + G^T G / N (primal)
         eye = torch.eye(side, dtype=self.factor_dtype, device=self.device)
-        factor = torch.empty(self.num_blocks, side, side, dtype=self.compute_dtype, device=self.device)
+        positions = _lower_positions(side, self.device)
+        factor = torch.empty(self.num_blocks, side * (side + 1) // 2, dtype=self.compute_dtype, device=self.device)
         damp = self.damp.clone()
         for blocks in self._block_groups(side):
             matrix = self._row_gram(blocks) if dual else self._column_gram(blocks)
@@ -254,15 +271,15 @@ class LayerFisher:
             lower, damp[blocks] = _cholesky_with_escalation(
                 matrix, self.name, lambda m, extra: m + (scale * extra).view(-1, 1, 1) * eye, damp[blocks], first_block=blocks.start
             )
-            factor[blocks] = lower.to(self.compute_dtype)
+            factor[blocks] = lower.reshape(lower.shape[0], -1).index_select(1, positions).to(self.compute_dtype)
             del matrix, lower
         return factor, damp
 
     def _factor_groups(self) -> Iterator[Tuple[slice, torch.Tensor]]:
-        """(blocks, their factors upcast to the factor dtype), one group at a time."""
-        factor = self.factor
+        """(blocks, their factors unpacked and upcast to the factor dtype), one group at a time."""
+        _ = self.factor  # first: factorising may raise the damping
         for blocks in self._block_groups(self._side()):
-            yield blocks, factor[blocks].to(self.factor_dtype)
+            yield blocks, self.unpacked_factor(blocks, self.factor_dtype)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _blocks(self, vector: torch.Tensor) -> torch.Tensor:
@@ -317,15 +334,16 @@ class LayerFisher:
         """diag(F^-1), shape (d,), factor dtype; computed once and remembered (the Fisher does not change)."""
         if self._diag_inverse is None:
             self._diag_inverse = self._compute_diag_inverse()
+            release_freed_memory()
         return self._diag_inverse
 
     def _compute_diag_inverse(self) -> torch.Tensor:
-        factor = self.factor  # first: factorising may raise the damping
+        _ = self.factor  # first: factorising may raise the damping
         if self.form == "dual":
             # colsum((L^-1 G_b)^2) in column chunks: the N^2 B work in the compute dtype, O(N * chunk) temporaries
             captured = torch.empty(self.num_blocks, self.block, dtype=self.factor_dtype, device=self.device)
             for blocks in self._block_groups(self.num_grads):
-                lower = factor[blocks]
+                lower = self.unpacked_factor(blocks)
                 for start, g in self._chunks(blocks, whole_if_direct=False):
                     z = torch.linalg.solve_triangular(lower, g, upper=False)  # (nb', N, c)
                     captured[blocks, start : start + g.shape[2]] = z.square_().to(self.factor_dtype).sum(1)  # = sum(1, dtype=), faster
@@ -413,6 +431,14 @@ class LayerFisher:
         return float(0.5 * ((self.damp.view(-1, 1) * d.pow(2)).sum() + projected.pow(2).sum() / self.num_grads))
 
 
+@functools.lru_cache(maxsize=4)
+def _lower_positions(side: int, device: torch.device) -> torch.Tensor:
+    """(side (side + 1) / 2,) int64: the row-major flat positions in a side x side matrix of its lower triangle
+    (diagonal included), where a packed factor's numbers go."""
+    rows, cols = torch.tril_indices(side, side, device=device)
+    return rows * side + cols
+
+
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
@@ -492,6 +518,7 @@ class BlockFisher:
 
         for name, rows, storage in layer_specs:
             self.layers[name] = LayerFisher(name, rows, spec, device, before_factorise=before_factorise, storage=storage)
+        release_freed_memory()  # the column-norm pass's temporaries
         self.copied_bytes = sum(layer.copied_bytes for layer in self)
         self.sizes = [layer.numel for layer in self.layers.values()]
         self.numel = sum(self.sizes)

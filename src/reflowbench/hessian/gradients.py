@@ -3,9 +3,12 @@
 Row i of G is the gradient of the mean cross-entropy over one group of ``minibatch`` training
 images (``minibatch=1``: per-sample gradients) with respect to the target weights, multiplied by
 the current keep-mask so already-pruned weights contribute nothing. Groups are processed in
-chunks, with ``vmap(grad(loss))`` (per-sample rows) or, for mini-batch groups, one ordinary batched
-backward whose per-group weight gradients are summed per module (:mod:`.group_gradients`, the same
-values several times faster); rows are written straight into preallocated storage.
+chunks, by default with one ordinary batched backward whose per-group weight gradients are computed
+per module from the captured activations and output gradients (:mod:`.group_gradients`: the same
+values, faster, and without ``torch.func``, whose first ``grad`` call imports ``torch._dynamo`` and
+keeps ~160 MiB of modules resident for the rest of the process); ``vmap(grad(loss))`` where the hooks
+cannot be used (a target module called twice per forward, a module type they do not cover) or when
+asked for (``engine="vmap"``). Rows are written straight into preallocated storage.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class GradientSpec:
     chunk_images: int = 128  # images per vmap call (memory vs speed)
     dtype: str = "float32"  # storage dtype of G: float32, float64, float16, bfloat16
     offload: bool = False  # keep G in host memory when computing on CUDA
-    engine: str = "auto"  # vmap (per-group grad under vmap), hooks (one batched backward, group sums per module), auto: hooks when minibatch > 1
+    engine: str = "auto"  # vmap (per-group grad under vmap), hooks (one batched backward, per-group weight products per module), auto: hooks where the model allows, else vmap
     pad_to: int = (
         0  # allocate each layer's rows zero-padded to a multiple of this many columns (the Fisher block size), so the block Fisher needs no padded copy
     )
@@ -84,16 +87,17 @@ def gradient_bytes(targets: "TargetSet", spec: GradientSpec) -> int:
 
 
 CHUNK_GRADIENT_BYTES = 256 * 2**20  # float32 per-group gradients computed at once at most (fewer groups per call on large models)
-# Activations of the images one call computes gradients for, at most: the allocator keeps the pass's small temporaries
-# after it, so they set the resident memory every later phase starts from (ResNet-20: 54 per-sample rows a call, not 128).
-CHUNK_ACTIVATION_BYTES = 96 * 2**20
+# What one call keeps per image for its backward, at most: every module's output and every tensor autograd saves, besides
+# the weights. The allocator keeps the pass's small temporaries after it, so this also sets the resident memory every
+# later phase starts from (ResNet-20: 3.2 MiB an image, 20 per-sample rows a call).
+CHUNK_ACTIVATION_BYTES = 64 * 2**20
 
 
 def groups_per_call(targets: "TargetSet", spec: GradientSpec, activation_bytes: int = 0) -> int:
     """Groups (rows) whose gradients one vmap/hooks call computes: ``chunk_images // minibatch``, capped so that their
     float32 gradients stay within :data:`CHUNK_GRADIENT_BYTES` (MobileNetV1, 3.2 M weights: 20 per-sample rows, not 128)
-    and, given the forward activations of one image (bytes, :func:`image_activation_bytes`), their images' activations
-    within :data:`CHUNK_ACTIVATION_BYTES`; at least one group."""
+    and, given the activations one image keeps for its backward (bytes, :func:`image_activation_bytes`), their images'
+    activations within :data:`CHUNK_ACTIVATION_BYTES`; at least one group."""
     by_images = spec.chunk_images // spec.minibatch
     by_gradients = CHUNK_GRADIENT_BYTES // (4 * max(1, targets.num_weights))
     by_activations = CHUNK_ACTIVATION_BYTES // (activation_bytes * spec.minibatch) if activation_bytes > 0 else by_images
@@ -101,24 +105,35 @@ def groups_per_call(targets: "TargetSet", spec: GradientSpec, activation_bytes: 
 
 
 def image_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the outputs of every leaf module in one no-grad forward of one image (``x``: (B, ...), its first is
-    used), the model's mode unchanged: what a call's backward keeps per image, up to a small factor."""
-    total = [0]
+    """Bytes one image (``x``: (B, ...), its first is used) keeps alive for a backward pass: the output of every leaf
+    module plus every tensor autograd saves for the backward, each storage counted once, the model's parameters and
+    buffers not counted (they exist anyway). Measured on one forward with gradients on the input only (no backward, no
+    weight gradient); the model's mode and parameters unchanged. ResNet-20: 1.8 MiB of outputs + 1.4 MiB saved."""
+    outputs = [0]
+    saved: Dict[int, int] = {}
+    own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
 
     def count(module: nn.Module, inputs, output) -> None:
         for tensor in output if isinstance(output, (tuple, list)) else (output,):
             if isinstance(tensor, torch.Tensor):
-                total[0] += tensor.numel() * tensor.element_size()
+                outputs[0] += tensor.numel() * tensor.element_size()
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in own:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
 
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     handles = [m.register_forward_hook(count) for m in leaves]
+    probe = x[:1].detach().clone().requires_grad_(True)
     try:
-        with torch.no_grad():
-            model(x[:1])
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(probe)
     finally:
         for handle in handles:
             handle.remove()
-    return total[0]
+    return outputs[0] + sum(saved.values())
 
 
 def chunk_gradient_bytes(targets: "TargetSet", spec: GradientSpec) -> int:
@@ -200,8 +215,7 @@ def collect_gradients(
     loss = _group_loss(model, frozen)
     per_group = vmap(grad(loss), in_dims=(None, 0, 0))
     module_of = {target_keys[t.param_name]: t.module_name for t in targets}
-    use_hooks = spec.engine == "hooks" or (spec.engine == "auto" and spec.minibatch > 1)
-    use_hooks = use_hooks and supports_group_hooks(model, list(module_of.values()))
+    use_hooks = spec.engine in ("hooks", "auto") and supports_group_hooks(model, list(module_of.values()))
     per_call = 0  # set from the first batch's activations
     was_training = model.training
     model.eval()

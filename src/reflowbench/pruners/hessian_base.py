@@ -64,7 +64,7 @@ class HessianOptions:
     dtype: str = "float32"  # storage dtype of G (bfloat16/float16 halve its memory; products upcast column chunks to float32)
     chunk_images: int = 128  # images per vmap call when collecting gradients
     offload: bool = False  # on CUDA: keep the gradients in host memory
-    grad_engine: str = "auto"  # how per-group gradients are computed: vmap (torch.func), hooks (one batched backward, per-group weight products), auto (hooks when minibatch > 1)
+    grad_engine: str = "auto"  # how per-group gradients are computed: vmap (torch.func), hooks (one batched backward, per-group weight products), auto (hooks where the model allows: faster, and no torch._dynamo import, ~160 MiB)
     layer_groups: int = 1  # 1: G of all layers at once; K > 1: layer-group streaming, G of one of K groups of layers at a time (about K x less memory; every Fisher operation re-collects the gradients group by group: WoodFisher makes 2 gradient passes instead of 1, and no dense Fisher is shared between sparsities); 0: the fewest groups whose G fits in half of --memory-budget-gb
 
 
@@ -201,6 +201,7 @@ class HessianPruner(Pruner):
             ctx.notes["fisher_blocks"] = fisher.describe()
             with ctx.phase("selection"):
                 new_masks = self.select(model, targets, fisher, masks, step_sparsity, ctx)
+            release_freed_memory()  # the selection's temporaries, before the update allocates its own
             with ctx.phase("update"):
                 before = flat_weights(targets, fisher.damp_vector()) if len(schedule) > 1 else None
                 apply_update(self.options.update, targets, fisher, masks, new_masks)
