@@ -249,7 +249,7 @@ class LayerFisher:
         group = min(self.num_blocks, max(1, FACTOR_GROUP_ELEMENTS // (side * side)))
         chunk = 0 if self._direct else 2 * CHUNK_ELEMENTS * _itemsize(self.compute_dtype)
         primal_copy = group * self.num_grads * self.block * _itemsize(self.compute_dtype) if self.form == "primal" else 0
-        return group * side * side * (2 * _itemsize(self.factor_dtype) + _itemsize(self.compute_dtype)) + chunk + primal_copy + _lower_positions_bytes(side)
+        return group * side * side * (2 * _itemsize(self.factor_dtype) + _itemsize(self.compute_dtype)) + chunk + primal_copy + 4 * side * (side + 1)
 
     def _damping(self, spec: FisherSpec) -> torch.Tensor:
         if spec.damp_mode == "absolute":
@@ -437,11 +437,6 @@ def _lower_positions(side: int, device: torch.device) -> torch.Tensor:
     (diagonal included), where a packed factor's numbers go."""
     rows, cols = torch.tril_indices(side, side, device=device)
     return rows * side + cols
-
-
-def _lower_positions_bytes(side: int) -> int:
-    """Bytes of :func:`_lower_positions` for ``side``: side (side + 1) / 2 int64 positions."""
-    return 8 * (side * (side + 1) // 2)
 
 
 def _itemsize(dtype: torch.dtype) -> int:
