@@ -27,7 +27,7 @@ from reflowbench.pruners import PruneContext, Pruner, apply_masks, select_target
 from reflowbench.pruners.base import key_options
 from reflowbench.reflow import RecalibrationHandle, bn_output_variances, recalibrate_bn, require_batchnorm, summarize_ratios, variance_ratios
 from reflowbench.schema.results import SCHEMA_VERSION
-from reflowbench.utils.cost import CostLedger, release_freed_memory
+from reflowbench.utils.cost import CostLedger
 from reflowbench.utils.env import environment, use_deterministic
 from reflowbench.utils.io import cache_dir, content_sha256, stable_hash
 
@@ -182,7 +182,6 @@ def prune_fresh(
         log=state.log,
         keep_curvature=keep_curvature,
     )
-    release_freed_memory()  # what the previous run's evaluations left in the allocator, before the pruner allocates
     with ledger.phase("prune", state.device):
         masks = pruner.prune(model, targets, sparsity, ctx)
         apply_masks(targets, masks)

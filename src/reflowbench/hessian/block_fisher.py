@@ -19,7 +19,6 @@ compute dtype, and unpacked one group of blocks at a time where a solve needs th
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 import weakref
@@ -249,7 +248,7 @@ class LayerFisher:
         group = min(self.num_blocks, max(1, FACTOR_GROUP_ELEMENTS // (side * side)))
         chunk = 0 if self._direct else 2 * CHUNK_ELEMENTS * _itemsize(self.compute_dtype)
         primal_copy = group * self.num_grads * self.block * _itemsize(self.compute_dtype) if self.form == "primal" else 0
-        return group * side * side * (2 * _itemsize(self.factor_dtype) + _itemsize(self.compute_dtype)) + chunk + primal_copy + 4 * side * (side + 1)
+        return group * side * side * (2 * _itemsize(self.factor_dtype) + _itemsize(self.compute_dtype)) + chunk + primal_copy + _lower_positions_bytes(side)
 
     def _damping(self, spec: FisherSpec) -> torch.Tensor:
         if spec.damp_mode == "absolute":
@@ -431,12 +430,17 @@ class LayerFisher:
         return float(0.5 * ((self.damp.view(-1, 1) * d.pow(2)).sum() + projected.pow(2).sum() / self.num_grads))
 
 
-@functools.lru_cache(maxsize=4)
 def _lower_positions(side: int, device: torch.device) -> torch.Tensor:
     """(side (side + 1) / 2,) int64: the row-major flat positions in a side x side matrix of its lower triangle
-    (diagonal included), where a packed factor's numbers go."""
-    rows, cols = torch.tril_indices(side, side, device=device)
-    return rows * side + cols
+    (diagonal included), where a packed factor's numbers go. Made per call, not cached: a cache would hold device
+    memory past the Fisher's life, and making them costs less than the unpacking they serve (side^2 / 2 vs side^2)."""
+    rows, cols = torch.tril_indices(side, side, device=device)  # two views of one (2, side (side + 1) / 2) tensor
+    return rows.mul_(side).add_(cols)
+
+
+def _lower_positions_bytes(side: int) -> int:
+    """Bytes :func:`_lower_positions` holds for ``side``: the (2, side (side + 1) / 2) int64 tensor its result views."""
+    return 16 * (side * (side + 1) // 2)
 
 
 def _itemsize(dtype: torch.dtype) -> int:

@@ -89,7 +89,7 @@ def gradient_bytes(targets: "TargetSet", spec: GradientSpec) -> int:
 CHUNK_GRADIENT_BYTES = 256 * 2**20  # float32 per-group gradients computed at once at most (fewer groups per call on large models)
 # What one call keeps per image for its backward, at most: every module's output and every tensor autograd saves, besides
 # the weights. The allocator keeps the pass's small temporaries after it, so this also sets the resident memory every
-# later phase starts from (ResNet-20: 3.2 MiB an image, 20 per-sample rows a call).
+# later phase starts from (ResNet-20: 3.2 MiB an image, 19 per-sample rows a call).
 CHUNK_ACTIVATION_BYTES = 64 * 2**20
 
 
@@ -213,7 +213,6 @@ def collect_gradients(
     frozen = {n: p.detach() for n, p in model.named_parameters() if n not in target_keys.values()}
     frozen.update({n: b for n, b in model.named_buffers()})
     loss = _group_loss(model, frozen)
-    per_group = vmap(grad(loss), in_dims=(None, 0, 0))
     module_of = {target_keys[t.param_name]: t.module_name for t in targets}
     use_hooks = spec.engine in ("hooks", "auto") and supports_group_hooks(model, list(module_of.values()))
     per_call = 0  # set from the first batch's activations
@@ -243,7 +242,7 @@ def collect_gradients(
                 if grads is None:  # vmap engine, or a target module called twice per forward (shared weights)
                     use_hooks = False
                     with torch.no_grad():
-                        grads = per_group(params, gx, gy)
+                        grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, gx, gy)
                 for t in targets:
                     block = grads[target_keys[t.param_name]].reshape(groups, -1)
                     if t.param_name in flat_masks:

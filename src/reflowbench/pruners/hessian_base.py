@@ -42,7 +42,7 @@ from reflowbench.pruners.masks import Masks
 from reflowbench.pruners.updates import UPDATES, apply_update, flat_masks, flat_weights, write_weights
 from reflowbench.schema.results import RESULT_NEUTRAL_OPTIONS
 from reflowbench.schema.targets import TargetSet
-from reflowbench.utils.cost import PhaseCost, release_freed_memory
+from reflowbench.utils.cost import PhaseCost
 
 SCHEDULES = ("geometric", "cubic", "linear")
 DENSE_FISHER = "dense-fisher"  # first element of the suite-cache key of a seed's dense block Fisher
@@ -201,7 +201,6 @@ class HessianPruner(Pruner):
             ctx.notes["fisher_blocks"] = fisher.describe()
             with ctx.phase("selection"):
                 new_masks = self.select(model, targets, fisher, masks, step_sparsity, ctx)
-            release_freed_memory()  # the selection's temporaries, before the update allocates its own
             with ctx.phase("update"):
                 before = flat_weights(targets, fisher.damp_vector()) if len(schedule) > 1 else None
                 apply_update(self.options.update, targets, fisher, masks, new_masks)
@@ -275,7 +274,6 @@ class HessianPruner(Pruner):
                 owned, owner = self._sharded_gradients(model, targets, masks, ctx)
             else:
                 gradients = self._collect(model, targets, masks, ctx, self.gradient_spec())
-        release_freed_memory()  # the gradient pass's temporaries, before the curvature allocates
         with ctx.phase("curvature"):
             if sharded:
                 sizes = [t.numel for t in targets]
@@ -304,7 +302,6 @@ class HessianPruner(Pruner):
         def group_fisher(names: List[str]) -> BlockFisher:
             with ctx.phase("gradients"):
                 gradients = self._collect(model, targets.subset(names), fixed_masks, ctx, spec, progress=False)
-            release_freed_memory()
             with ctx.phase("curvature"):
                 return self.build_curvature(gradients, ctx)  # a block Fisher: only pruners that stream get here
 

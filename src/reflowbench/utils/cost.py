@@ -88,6 +88,10 @@ class CostLedger:
 
     Nesting: an inner phase resets the kernel's peak-RSS counter, so before it does, the peak so far
     is credited to every enclosing phase, and the inner phase's peak is credited to them when it ends.
+
+    Every phase starts by handing freed memory back to the OS (:func:`release_freed_memory`), so a phase's peak is
+    what it needs on top of what is live, not the allocator's leftovers from the phase before (the gradient pass's
+    temporaries under the curvature, the selection's under the update, the last run's evaluations under the next prune).
     """
 
     phases: Dict[str, PhaseCost] = field(default_factory=dict)
@@ -97,6 +101,7 @@ class CostLedger:
     def phase(self, name: str, device: Optional[torch.device] = None) -> Iterator[None]:
         on_cuda = device is not None and torch.device(device).type == "cuda"
         peak_before = peak_rss_mb()
+        release_freed_memory()
         for outer in self._open:
             outer.peak_rss_mb = max(outer.peak_rss_mb, peak_before)
         reset_peak_rss()
