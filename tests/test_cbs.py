@@ -157,6 +157,24 @@ def test_cbs_end_to_end_exact_zero_deterministic(digits):
     assert all(torch.equal(a.weight, b.weight) for a, b in zip(targets, again_targets))
 
 
+def test_cbs_scores_candidates_in_eval_mode_whatever_mode_the_model_is_given_in(digits):
+    """A model handed over in train mode: candidates are still scored with BN's running statistics (batch statistics
+    would silently score another network), and the mode is given back."""
+    _, targets, masks, ctx = _cbs_prune(digits, 0)
+    torch.manual_seed(7)
+    model = TinyBNNet().train()
+    trained_targets = select_targets(model)
+    pruner = make_pruner("cbs", {"num_grads": 32, "chunk_images": 16, "candidates": 5})
+    in_train_mode = pruner.prune(
+        model,
+        trained_targets,
+        0.7,
+        PruneContext(device=torch.device("cpu"), seed=0, train=digits.train, fisher_indices=ctx.fisher_indices, heldout_indices=ctx.heldout_indices),
+    )
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(masks[name], in_train_mode[name]) for name in masks)
+
+
 def test_cbs_without_search_or_candidates_is_magnitude(digits):
     _, targets, masks, _ = _cbs_prune(digits, 0, candidates=0, max_iters=0, update="none")
     torch.manual_seed(7)

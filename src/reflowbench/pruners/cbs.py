@@ -111,20 +111,22 @@ class CBSPruner(HessianPruner):
         params = dict(model.named_parameters())
         buffers = dict(model.named_buffers())
         dense = {t.param_name: t.weight.detach() for t in targets}
-        was_training = model.training
-        model.eval()
 
         def measure(keep: torch.Tensor) -> float:
             masked = masks_from_flat(targets, keep)
             weights = {**params, **buffers, **{name: dense[name] * masked[name].to(dense[name].dtype) for name in dense}}
             total, count = 0.0, 0
-            with torch.no_grad():
-                for x, y in batches:
-                    total += float(F.cross_entropy(functional_call(model, weights, (x,)), y, reduction="sum"))
-                    count += len(y)
+            was_training = model.training
+            model.eval()  # BN with its running statistics, as the pruned model is evaluated (never batch statistics)
+            try:
+                with torch.no_grad():
+                    for x, y in batches:
+                        total += float(F.cross_entropy(functional_call(model, weights, (x,)), y, reduction="sum"))
+                        count += len(y)
+            finally:
+                model.train(was_training)
             return total / count
 
-        model.train(was_training)
         return measure
 
 
