@@ -109,6 +109,21 @@ def test_iht_and_active_set_against_every_support():
         assert max(values) <= OPTIMUM_WORST, (name, values)
 
 
+def test_iht_batched_trial_steps_follow_the_one_at_a_time_path(monkeypatch):
+    """The line search's trial points are scored in batches (one pass over G for all); batches of one give the same
+    supports and objectives (float64: rounding only)."""
+    import reflowbench.pruners.chita_solvers as solvers
+
+    gradients, w_bar, _ = _problem(sizes=(20, 30), n=15, seed=3)
+    problem = SparseRidge(NetworkFisher(gradients, FisherSpec(damp=1e-2, **F64), CPU), w_bar, torch.ones(50, dtype=torch.bool))
+    batched_support, batched = solve_iht(problem, 12, IHTSettings())
+    monkeypatch.setattr(solvers, "TRIAL_BATCH_BYTES", 1)
+    single_support, single = solve_iht(problem, 12, IHTSettings())
+    assert batched.trial_steps == single.trial_steps > 0 and batched.support_changes == single.support_changes > 0
+    assert torch.equal(batched_support, single_support)
+    assert batched.objective == pytest.approx(single.objective, rel=1e-10)
+
+
 def test_iht_leaves_the_magnitude_support_where_weights_cancel():
     """w_bar = (1.0, 0.9, 0.3): the two large weights act the same way on the data and the small one is
     independent; keeping one of the pair lets it carry the other's effect, so Q is far lower keeping {0, 2}

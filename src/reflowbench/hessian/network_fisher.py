@@ -107,6 +107,30 @@ class NetworkFisher:
         v = vector.reshape(-1).to(device=self.device, dtype=self.factor_dtype)
         return self.damp * v + self.grads_t_times(self.grads_times(v)) / self.num_grads
 
+    def _project_many(self, vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(V in the factor dtype (m, p), G V^T (N, m)): one pass over G for all m rows of ``vectors`` (m, p)."""
+        v = vectors.reshape(len(vectors), -1).to(device=self.device, dtype=self.factor_dtype)
+        projected = torch.zeros(self.num_grads, len(v), dtype=self.factor_dtype, device=self.device)
+        for rows, piece in zip(self.rows.values(), torch.split(v, self.sizes, dim=1)):
+            for start, chunk in self._column_chunks(rows, whole_if_direct=True):
+                projected += (chunk @ piece[:, start : start + chunk.shape[1]].T.to(self.compute_dtype)).to(self.factor_dtype)
+        return v, projected
+
+    def fisher_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """F v_j for the m rows of ``vectors`` (m, p): (m, p), in two passes over G for all m (a pass with m vectors costs
+        less than m passes: G is read once)."""
+        v, projected = self._project_many(vectors)
+        u = projected.T.to(self.compute_dtype)  # (m, N)
+        back = torch.cat(
+            [(u @ chunk).to(self.factor_dtype) for rows in self.rows.values() for _, chunk in self._column_chunks(rows, whole_if_direct=True)], dim=1
+        )
+        return back.div_(self.num_grads).add_(v, alpha=self.damp)  # in place: one (m, p) temporary besides V
+
+    def quadratic_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """v_j^T F v_j = lam |v_j|^2 + |G v_j|^2 / N for the m rows of ``vectors`` (m, p): (m,), one pass over G."""
+        v, projected = self._project_many(vectors)
+        return self.damp * (v * v).sum(1) + projected.pow(2).sum(0) / self.num_grads
+
     def quadratic(self, delta: torch.Tensor) -> float:
         """0.5 delta^T F delta = 0.5 lam |delta|^2 + |G delta|^2 / (2N)."""
         d = delta.reshape(-1).to(device=self.device, dtype=self.factor_dtype)
