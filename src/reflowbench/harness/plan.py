@@ -89,12 +89,22 @@ def _check_checkpoint(spec: SuiteSpec) -> None:
 
 
 def check_writable_folder(folder: Path, flag: str) -> None:
-    """Create ``folder`` if needed and prove a file can be written there; else a :class:`ConfigError` naming ``flag``."""
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{flag} {folder} is a file, not a folder: choose a folder name for the results")
+    """Prove ``folder`` can hold results, creating nothing; else a :class:`ConfigError` naming ``flag``.
+
+    The folder itself is made by the first file written into it (``atomic_write_text``), so a run that
+    stops on a later check (a missing dataset, say) leaves no empty folders behind: the test write goes
+    to the deepest folder of the path that already exists.
+    """
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file, not a folder" if existing == folder else f"is under {existing}, which is a file, not a folder"
+        raise ConfigError(f"{flag} {folder} {what}: choose a folder name for the results")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
             pass
     except OSError as exc:
         raise ConfigError(f"{flag} {folder} cannot be written ({exc.strerror or exc}): choose a folder you can write to") from None
