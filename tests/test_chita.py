@@ -294,3 +294,24 @@ def test_objective_diagnostic_in_the_suite_and_the_report(tmp_path):
     assert ch["q"] < mp["q"] and "N = 12 x 2" in ch["reference"]
     report = (out / "report.md").read_text()
     assert "## Quadratic model" in report and "best Q on its support" in report
+
+
+def test_iht_working_memory_is_checked_against_the_budget(digits):
+    """The IHT solver's own vectors (iterate, gradients, a batch of trial steps) count against --memory-budget-gb: a
+    budget that holds G but not them is refused, naming the solver knob, before any iteration."""
+    from reflowbench.errors import MemoryBudgetError
+    from reflowbench.pruners.chita_solvers import TRIAL_BATCH_BYTES, IHTSettings, iht_working_bytes
+
+    settings = IHTSettings()
+    assert iht_working_bytes(1000, 4, settings) == 10 * 4000 + 4 * 4 * 4000  # all four trials in one batch
+    assert iht_working_bytes(10**8, 4, settings) == 10 * 4 * 10**8 + 4 * 4 * 10**8  # one trial is over the cap: batches of one
+    assert iht_working_bytes(10**7, 4, settings) == 10 * 4 * 10**7 + TRIAL_BATCH_BYTES  # capped
+    torch.manual_seed(7)
+    model = TinyBNNet().eval()
+    targets = select_targets(model)
+    pruner = make_pruner("chita", {"num_grads": 4, "minibatch": 2, "chunk_images": 2})
+    need = iht_working_bytes(targets.num_weights, 4, settings)
+    assert need > 3 * (4 + 2) * targets.num_weights * 4  # G and a chunk of gradients fit well within the budget below
+    ctx = PruneContext(device=CPU, seed=0, train=digits.train, fisher_indices=torch.arange(pruner.fisher_images()).numpy(), memory_budget_gb=0.9 * need / 2**30)
+    with pytest.raises(MemoryBudgetError, match="iht solver's working vectors.*--chita-solver backsolve or block-backsolve"):
+        pruner.prune(model, targets, 0.7, ctx)

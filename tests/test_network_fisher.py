@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from reflowbench.hessian import BlockFisher, FisherSpec, GradientMatrix, NetworkFisher, fisher_times_many, quadratic_many
+from reflowbench.hessian import BlockFisher, FisherSpec, GradientMatrix, NetworkFisher
 
 CPU = torch.device("cpu")
 
@@ -108,18 +108,39 @@ def test_network_fisher_rejects_non_finite_gradients():
         NetworkFisher(gradients, FisherSpec(compute_dtype="float64"), CPU)
 
 
-@pytest.mark.parametrize("form", ["network", "block"])
-def test_batched_fisher_products_match_the_dense_fisher(form):
-    """fisher_times_many and quadratic_many: F v_j and v_j^T F v_j for several rows at once (one pass over G for the whole-network form, one
-    vector at a time for the block form), against the explicitly formed F."""
-    gradients = _gradients(9, (7, 11, 4))
-    spec = FisherSpec(damp=0.02, compute_dtype="float64")
-    fisher = NetworkFisher(gradients, spec, CPU) if form == "network" else BlockFisher(gradients, spec, CPU)
-    F = _dense(gradients, 0.02)
+def _batched_form(form: str, gradients: GradientMatrix, spec: FisherSpec):
+    """The curvature form ``form`` on ``gradients`` and the block size its dense F is cut with (0 = whole layers, None = not block-diagonal)."""
+    from dataclasses import replace
+
+    from reflowbench.hessian.streamed import StreamedBlockFisher
+
+    if form == "network":
+        return NetworkFisher(gradients, spec, CPU), None
     if form == "block":
-        F = torch.block_diag(*[F[a:b, a:b] for a, b in ((0, 7), (7, 18), (18, 22))])
+        return BlockFisher(gradients, spec, CPU), 0
+    if form == "block-padded":  # blocks of 4: layer sizes 7 and 11 end in a padded block
+        return BlockFisher(gradients, replace(spec, block_size=4), CPU), 4
+    names = list(gradients.rows)
+
+    def group_fisher(group):
+        return BlockFisher(GradientMatrix({n: gradients.rows[n] for n in group}, gradients.num_grads, 1), spec, CPU)
+
+    sizes = [gradients.rows[n].shape[1] for n in names]
+    return StreamedBlockFisher(names, sizes, [names[:2], names[2:]], group_fisher, torch.float64, CPU), 0
+
+
+@pytest.mark.parametrize("form", ["network", "block", "block-padded", "streamed"])
+def test_batched_fisher_products_match_the_dense_fisher(form):
+    """fisher_products and quadratic_products (every form of the Curvature protocol): F v_j and v_j^T F v_j for several
+    rows at once, in the passes over G one vector takes, against the explicitly formed F."""
+    gradients = _gradients(9, (7, 11, 4))
+    fisher, block = _batched_form(form, gradients, FisherSpec(damp=0.02, compute_dtype="float64"))
+    F = _dense(gradients, 0.02)
+    if block is not None:
+        F = torch.block_diag(*_blocks_dense(gradients, 0.02, block))
     vectors = torch.randn(3, 22, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    products, twice_q = fisher_times_many(fisher, vectors), quadratic_many(fisher, vectors)
+    products, twice_q = fisher.fisher_products(vectors), fisher.quadratic_products(vectors)
     assert products.shape == (3, 22) and twice_q.shape == (3,)
     assert _rel(products, (F @ vectors.T).T) < 1e-12
     assert _rel(twice_q, torch.einsum("mp,pq,mq->m", vectors, F, vectors)) < 1e-12
+    assert _rel(products[1], fisher.fisher_times(vectors[1])) < 1e-12  # one row of the batch = the single product

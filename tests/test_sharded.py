@@ -34,6 +34,38 @@ def _prune(name: str, options: dict):
     return {k: v.clone() for k, v in masks.items()}, {t.param_name: t.weight.detach().clone() for t in targets}, ctx.notes
 
 
+def _product_problem():
+    """Gradients of three layers (the same on every rank), their sizes and ranks' layer owners, and three vectors."""
+    from reflowbench.hessian import GradientMatrix
+
+    generator = torch.Generator().manual_seed(3)
+    rows = {name: torch.randn(6, d, generator=generator, dtype=torch.float64) for name, d in (("a", 9), ("b", 5), ("c", 7))}
+    vectors = torch.randn(3, 21, generator=generator, dtype=torch.float64)
+    return GradientMatrix(rows, 6, 1), vectors
+
+
+def _batched_products(fisher):
+    _, vectors = _product_problem()
+    return {"products": fisher.fisher_products(vectors), "quadratics": fisher.quadratic_products(vectors)}
+
+
+def _product_spec():
+    from reflowbench.hessian import FisherSpec
+
+    return FisherSpec(damp=0.05, block_size=4, compute_dtype="float64")
+
+
+def _sharded_fisher(rank: int):
+    from reflowbench.hessian import GradientMatrix
+    from reflowbench.hessian.sharded import build_sharded
+
+    gradients, _ = _product_problem()
+    sizes = {name: rows.shape[1] for name, rows in gradients.rows.items()}
+    owner = assign_layers(sizes, 2)
+    owned = GradientMatrix({n: r for n, r in gradients.rows.items() if owner[n] == rank}, gradients.num_grads, 1)
+    return build_sharded(list(sizes), list(sizes.values()), owned, owner, _product_spec(), torch.device("cpu"))
+
+
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -48,6 +80,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             refusal = str(exc)
         with open(os.path.join(out_dir, f"refusal-{rank}.txt"), "w") as handle:
             handle.write(refusal)
+        torch.save(_batched_products(_sharded_fisher(rank)), os.path.join(out_dir, f"products-{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -68,6 +101,18 @@ def test_two_gloo_ranks_give_the_single_process_masks_and_weights(sharded_result
         for key in masks:
             assert torch.equal(result["masks"][key], masks[key]), (rank, key)
             assert torch.allclose(result["weights"][key], weights[key], atol=1e-6, rtol=1e-5), (rank, key)
+
+
+def test_batched_products_summed_across_ranks_match_one_process(sharded_results):
+    """fisher_products / quadratic_products with each layer on its owning rank: the single-process block Fisher's, on every rank."""
+    from reflowbench.hessian import BlockFisher
+
+    gradients, _ = _product_problem()
+    expected = _batched_products(BlockFisher(gradients, _product_spec(), torch.device("cpu")))
+    for rank in (0, 1):
+        result = torch.load(sharded_results / f"products-{rank}.pt")
+        for key in ("products", "quadratics"):
+            assert torch.allclose(result[key], expected[key], rtol=1e-12, atol=1e-12), (rank, key)
 
 
 def test_fewer_gradient_rows_than_ranks_is_refused_by_name(sharded_results):

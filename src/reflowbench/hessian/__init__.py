@@ -10,7 +10,7 @@
 """
 
 from reflowbench.hessian.block_fisher import BlockFisher, FisherSpec, LayerFisher
-from reflowbench.hessian.curvature import Curvature, fisher_times_many, quadratic_many
+from reflowbench.hessian.curvature import Curvature
 from reflowbench.hessian.gradients import GradientMatrix, GradientSpec, collect_gradients, gradient_bytes, loss_is_finite
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 from reflowbench.hessian.network_fisher import NetworkFisher
@@ -25,9 +25,7 @@ __all__ = [
     "NetworkFisher",
     "check_budget",
     "collect_gradients",
-    "fisher_times_many",
     "gradient_bytes",
     "loss_is_finite",
-    "quadratic_many",
     "resolve_dtype",
 ]

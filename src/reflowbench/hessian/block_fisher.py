@@ -161,17 +161,24 @@ class LayerFisher:
 
     def _g_times(self, v: torch.Tensor, blocks: slice = slice(None)) -> torch.Tensor:
         """G_b v_b for the blocks in ``blocks``: (nb', B) -> (nb', N), factor dtype."""
-        out = torch.zeros(v.shape[0], self.num_grads, dtype=self.factor_dtype, device=self.device)
-        for start, g in self._chunks(blocks):
-            part = v[:, start : start + g.shape[2]].to(g.dtype).unsqueeze(2)
-            out += torch.bmm(g, part).squeeze(2).to(self.factor_dtype)
-        return out
+        return self._g_times_many(v.unsqueeze(2), blocks).squeeze(2)
 
     def _gt_times(self, u: torch.Tensor, blocks: slice = slice(None)) -> torch.Tensor:
         """G_b^T u_b for the blocks in ``blocks``: (nb', N) -> (nb', B), factor dtype."""
-        out = torch.empty(u.shape[0], self.block, dtype=self.factor_dtype, device=self.device)
+        return self._gt_times_many(u.unsqueeze(2), blocks).squeeze(2)
+
+    def _g_times_many(self, v: torch.Tensor, blocks: slice = slice(None)) -> torch.Tensor:
+        """G_b V_b for m vectors at once: (nb', B, m) -> (nb', N, m), factor dtype; one pass over the blocks' G."""
+        out = torch.zeros(v.shape[0], self.num_grads, v.shape[2], dtype=self.factor_dtype, device=self.device)
         for start, g in self._chunks(blocks):
-            out[:, start : start + g.shape[2]] = torch.bmm(g.transpose(1, 2), u.to(g.dtype).unsqueeze(2)).squeeze(2).to(self.factor_dtype)
+            out += torch.bmm(g, v[:, start : start + g.shape[2]].to(g.dtype)).to(self.factor_dtype)
+        return out
+
+    def _gt_times_many(self, u: torch.Tensor, blocks: slice = slice(None)) -> torch.Tensor:
+        """G_b^T U_b for m vectors at once: (nb', N, m) -> (nb', B, m), factor dtype; one pass over the blocks' G."""
+        out = torch.empty(u.shape[0], self.block, u.shape[2], dtype=self.factor_dtype, device=self.device)
+        for start, g in self._chunks(blocks):
+            out[:, start : start + g.shape[2]] = torch.bmm(g.transpose(1, 2), u.to(g.dtype)).to(self.factor_dtype)
         return out
 
     def _row_gram(self, blocks: slice, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -290,6 +297,16 @@ class LayerFisher:
     def _flat(self, blocks: torch.Tensor) -> torch.Tensor:
         return blocks.reshape(-1)[: self.numel]
 
+    def _blocks_many(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(m, d) -> (nb, B, m) zero-padded, in factor dtype (a view of one padded (m, nb B) copy)."""
+        padded = torch.zeros(len(vectors), self.num_blocks * self.block, dtype=self.factor_dtype, device=self.device)
+        padded[:, : self.numel] = vectors.reshape(len(vectors), -1).to(device=self.device, dtype=self.factor_dtype)
+        return padded.view(len(vectors), self.num_blocks, self.block).permute(1, 2, 0)
+
+    def _flat_many(self, blocks: torch.Tensor) -> torch.Tensor:
+        """(nb, B, m) -> (m, d) (the padding dropped)."""
+        return blocks.permute(2, 0, 1).reshape(blocks.shape[2], -1)[:, : self.numel]
+
     # -- block geometry --------------------------------------------------------------------------
     def to_blocks(self, vector: torch.Tensor) -> torch.Tensor:
         """(d,) -> (nb, B), zero-padded, factor dtype, on the layer's device."""
@@ -320,6 +337,17 @@ class LayerFisher:
         """F v = lam v + G^T (G v) / N per block, (d,) -> (d,), factor dtype; F is never formed."""
         v = vector.reshape(-1).to(device=self.device, dtype=self.factor_dtype)
         return self.damp_vector() * v + self.grads_t_times(self.grads_times(v)) / self.num_grads
+
+    def fisher_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """F v_j for the m rows of ``vectors`` (m, d): (m, d), factor dtype, in two passes over G for all m."""
+        v = self._blocks_many(vectors)  # (nb, B, m)
+        back = self._gt_times_many(self._g_times_many(v)).div_(self.num_grads)
+        return self._flat_many(back.add_(v * self.damp.view(-1, 1, 1)))
+
+    def quadratic_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """v_j^T F v_j (twice :meth:`quadratic`) for the m rows of ``vectors`` (m, d): (m,), factor dtype, one pass over G."""
+        v = self._blocks_many(vectors)
+        return (self.damp.view(-1, 1, 1) * v * v).sum((0, 1)) + self._g_times_many(v).pow(2).sum((0, 1)) / self.num_grads
 
     def largest_eigenvalue(self, iterations: int = POWER_ITERATIONS) -> float:
         """lam_max(F) over the layer's blocks: max_b lam_b + sigma_max(G_b)^2 / N, by batched power iteration
@@ -576,6 +604,16 @@ class BlockFisher:
     def inverse_times(self, vector: torch.Tensor) -> torch.Tensor:
         """F^-1 v, (p,) -> (p,)."""
         return self._per_layer(LayerFisher.inverse_times, vector)
+
+    def fisher_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """F v_j for the m rows of ``vectors`` (m, p): (m, p), each layer's G read twice for all m."""
+        pieces = torch.split(vectors.reshape(len(vectors), -1), self.sizes, dim=1)
+        return torch.cat([layer.fisher_products(piece) for layer, piece in zip(self, pieces)], dim=1)
+
+    def quadratic_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """v_j^T F v_j for the m rows of ``vectors`` (m, p): (m,), each layer's G read once for all m."""
+        pieces = torch.split(vectors.reshape(len(vectors), -1), self.sizes, dim=1)
+        return torch.stack([layer.quadratic_products(piece) for layer, piece in zip(self, pieces)]).sum(0)
 
     def restricted_solve(self, support: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
         """(F_SS)^-1 r_S on S, zero off S; (p,) bool and (p,) -> (p,)."""

@@ -20,6 +20,15 @@ class Curvature(Protocol):
 
     def fisher_times(self, vector: torch.Tensor) -> torch.Tensor: ...
 
+    def fisher_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """F v_j for the m rows of ``vectors`` (m, p): (m, p), factor dtype. Every form reads G the same number of
+        times for all m as for one vector (two passes), so a batch of m costs well under m products."""
+        ...
+
+    def quadratic_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """v_j^T F v_j (twice :meth:`quadratic`) for the m rows of ``vectors`` (m, p): (m,), factor dtype; one pass over G."""
+        ...
+
     def inverse_times(self, vector: torch.Tensor) -> torch.Tensor: ...
 
     def restricted_solve(self, support: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor: ...
@@ -38,22 +47,3 @@ class Curvature(Protocol):
         """``op(part, *its pieces of the (p,) flats)`` on every independent part of F, concatenated (p,): each layer of a
         block-diagonal F (one gradient pass when streamed), the whole of a whole-network F."""
         ...
-
-
-def fisher_times_many(curvature: Curvature, vectors: torch.Tensor) -> torch.Tensor:
-    """F v_j for every row v_j of ``vectors`` (m, p): (m, p), factor dtype. Forms with a batched product
-    (``fisher_products``: the whole-network F, whose products are passes over all of G) serve all m in the same two
-    passes; the others one vector at a time."""
-    batched = getattr(curvature, "fisher_products", None)
-    if batched is not None:
-        return batched(vectors)
-    return torch.stack([curvature.fisher_times(v) for v in vectors])
-
-
-def quadratic_many(curvature: Curvature, vectors: torch.Tensor) -> torch.Tensor:
-    """v_j^T F v_j for every row v_j of ``vectors`` (m, p): (m,), factor dtype (twice :meth:`Curvature.quadratic`).
-    Batched like :func:`fisher_times_many` (``quadratic_products``: one pass over G for all m)."""
-    batched = getattr(curvature, "quadratic_products", None)
-    if batched is not None:
-        return batched(vectors)
-    return torch.tensor([2.0 * curvature.quadratic(v) for v in vectors], dtype=vectors.dtype, device=vectors.device)

@@ -101,6 +101,25 @@ class ShardedBlockFisher:
     def inverse_times(self, vector: torch.Tensor) -> torch.Tensor:
         return self.map_layers(lambda layer, v: layer.inverse_times(v), vector)
 
+    def fisher_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """F v_j for the m rows of ``vectors`` (m, p): this rank's layers, summed across ranks; (m, p) on every rank."""
+        out = torch.zeros(len(vectors), self.numel, dtype=self._dtype, device=self._device)
+        pieces = dict(zip(self._names, torch.split(vectors.reshape(len(vectors), -1), self.sizes, dim=1)))
+        for layer in self.local:
+            start = self._offsets[layer.name]
+            out[:, start : start + layer.numel] = layer.fisher_products(pieces[layer.name]).to(self._dtype)
+        dist.all_reduce(out)
+        return out
+
+    def quadratic_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """v_j^T F v_j for the m rows of ``vectors`` (m, p): this rank's layers' share, summed across ranks; (m,)."""
+        pieces = dict(zip(self._names, torch.split(vectors.reshape(len(vectors), -1), self.sizes, dim=1)))
+        total = torch.zeros(len(vectors), dtype=torch.float64, device=self._device)
+        for layer in self.local:
+            total += layer.quadratic_products(pieces[layer.name]).to(torch.float64)
+        dist.all_reduce(total)
+        return total.to(self._dtype)
+
     def restricted_solve(self, support: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
         return self.map_layers(lambda layer, s, r: layer.restricted_solve(s, r), support, rhs)
 

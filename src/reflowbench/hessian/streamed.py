@@ -132,6 +132,20 @@ class StreamedBlockFisher:
 
         return self._per_layer(op, vector)
 
+    def fisher_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """F v_j for the m rows of ``vectors`` (m, p): (m, p), one pass for all m."""
+        pieces = torch.split(vectors.reshape(len(vectors), -1), self.sizes, dim=1)
+        out: List[Optional[torch.Tensor]] = [None] * len(self._names)
+        self._each_layer(lambda layer, i: out.__setitem__(i, layer.fisher_products(pieces[i])))
+        return torch.cat([o for o in out if o is not None], dim=1)
+
+    def quadratic_products(self, vectors: torch.Tensor) -> torch.Tensor:
+        """v_j^T F v_j for the m rows of ``vectors`` (m, p): (m,), one pass for all m."""
+        pieces = torch.split(vectors.reshape(len(vectors), -1), self.sizes, dim=1)
+        total = [torch.zeros(len(vectors), dtype=self._dtype, device=self._device)]
+        self._each_layer(lambda layer, i: total.__setitem__(0, total[0] + layer.quadratic_products(pieces[i]).to(self._dtype)))
+        return total[0]
+
     def restricted_solve(self, support: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
         """(F_SS)^-1 r_S on S, zero off S; (p,) bool and (p,) -> (p,): one pass."""
         return self._per_layer(LayerFisher.restricted_solve, support, rhs)

@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from reflowbench.errors import ConfigError
-from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, NetworkFisher
+from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, NetworkFisher, check_budget
 from reflowbench.pruners.base import PruneContext, register_pruner
-from reflowbench.pruners.chita_solvers import IHTSettings, SparseRidge, solve_active_set, solve_iht
+from reflowbench.pruners.chita_solvers import IHTSettings, SparseRidge, iht_working_bytes, solve_active_set, solve_iht
 from reflowbench.pruners.hessian_base import HessianOptions, HessianPruner
 from reflowbench.pruners.masks import Masks, masks_from_flat, num_to_prune
 from reflowbench.pruners.updates import flat_masks, flat_weights
@@ -123,6 +123,14 @@ class CHITAPruner(HessianPruner):
         keep_count = problem.w_bar.numel() - num_to_prune(problem.w_bar.numel(), sparsity)
         magnitude = problem.magnitude_support(keep_count)
         settings = IHTSettings(max_iters=o.iht_iters, tolerance=o.tolerance)
+        if o.solver in ("iht", "active-set"):
+            check_budget(
+                iht_working_bytes(like.numel(), like.element_size(), settings),
+                ctx.memory_budget_gb,
+                f"the {o.solver} solver's working vectors ({like.numel():,} weights: the iterate, gradients and a batch of trial steps, besides G)",
+                f"--{self.name}-solver backsolve or block-backsolve (no iterations)",
+                ctx.log,
+            )
         if o.solver == "iht":
             support, trace = solve_iht(problem, keep_count, settings)
         elif o.solver == "active-set":

@@ -25,7 +25,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from reflowbench.hessian import Curvature, fisher_times_many, quadratic_many
+from reflowbench.hessian import Curvature
 from reflowbench.pruners.updates import joint_delta
 
 TRIAL_BATCH_BYTES = 512 * 2**20  # IHT trial points, with their gradients, directions and products, batched per pass over G, at most
@@ -37,6 +37,18 @@ class IHTSettings:
     tolerance: float = 1e-5  # stop when an iteration lowers Q by less than this fraction of Q
     search_steps: int = 4  # thresholded trial steps per iteration (eta_0 * 2^j)
     debias: bool = False  # start from the backsolve on the magnitude support and backsolve after each support change (one restricted solve each)
+
+
+SOLVER_VECTORS = 10  # (p,) vectors an IHT iteration holds besides its trial batch: w_bar, w, g, F(w - w_bar), the support masks, the accepted point
+
+
+def iht_working_bytes(numel: int, itemsize: int, settings: IHTSettings) -> int:
+    """Bytes IHT (and the active set) hold besides G and the Fisher's own temporaries: :data:`SOLVER_VECTORS` (p,) vectors
+    and one batch of trial points with their gradients, directions and products (4 (m, p) matrices, m capped by
+    :data:`TRIAL_BATCH_BYTES`, at least one trial)."""
+    per_trial = 4 * numel * itemsize
+    trials = max(per_trial, min(TRIAL_BATCH_BYTES, settings.search_steps * per_trial))
+    return SOLVER_VECTORS * numel * itemsize + trials
 
 
 @dataclass
@@ -194,8 +206,8 @@ def _step_search(
     trace: SolverTrace,
 ) -> Optional[Tuple[torch.Tensor, torch.Tensor, float, float]]:
     """The best support-changing thresholded step that lowers Q: (z, support, Q(z), eta), or None. The trial points'
-    gradients and their line steps' curvatures are batched (:func:`fisher_times_many`: one pass over G for all trials
-    of a batch where the form allows), so a search costs about what one trial does."""
+    gradients and their line steps' curvatures are batched (``Curvature.fisher_products``: the passes over G of one
+    product serve every trial of a batch), so a search costs about what one trial does."""
     entry = _entry_step(w, g, support, allowed)
     if not math.isfinite(entry):
         return None
@@ -208,15 +220,15 @@ def _step_search(
         eta *= 2.0
     trace.trial_steps += len(trials)
     best: Optional[Tuple[torch.Tensor, torch.Tensor, float, float]] = None
-    per_batch = max(1, TRIAL_BATCH_BYTES // max(1, 4 * w.numel() * w.element_size()))  # Z - w_bar, F (Z - w_bar), D and a product at once
+    per_batch = max(1, TRIAL_BATCH_BYTES // max(1, 4 * w.numel() * w.element_size()))  # Z - w_bar, F (Z - w_bar), D and a product at once (iht_working_bytes)
     for first in range(0, len(trials), per_batch):
         batch = trials[first : first + per_batch]
         deltas = torch.stack([z for z, _, _ in batch]).sub_(problem.w_bar)  # z - w_bar, (m, p)
-        gradients = fisher_times_many(problem.curvature, deltas)  # F (z - w_bar): two passes over G for the batch
+        gradients = problem.curvature.fisher_products(deltas)  # F (z - w_bar): two passes over G for the batch
         objectives = 0.5 * (deltas * gradients).sum(1)  # Q(z)
         del deltas
         directions = gradients * torch.stack([z_support for _, z_support, _ in batch])  # each trial's line step: along its gradient on its own support
-        curvatures = quadratic_many(problem.curvature, directions)  # d^T F d: one pass
+        curvatures = problem.curvature.quadratic_products(directions)  # d^T F d: one pass
         for j, (z, z_support, trial_eta) in enumerate(batch):
             z, q_z = _exact_step(z, directions[j], float(gradients[j] @ directions[j]), float(curvatures[j]), float(objectives[j]))
             if q_z < q and (best is None or q_z < best[2]):
@@ -224,12 +236,11 @@ def _step_search(
     return best
 
 
-def _line_step(problem: SparseRidge, w: torch.Tensor, direction: torch.Tensor, gradient: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, float]:
-    """w - alpha d with the exact minimising alpha, and Q there (one product with F for Q(w) and g unless ``gradient``
-    = F (w - w_bar) is given, one for d^T F d); see :func:`_exact_step`."""
+def _line_step(problem: SparseRidge, w: torch.Tensor, direction: torch.Tensor, gradient: torch.Tensor) -> Tuple[torch.Tensor, float]:
+    """w - alpha d with the exact minimising alpha, and Q there, given ``gradient`` = F (w - w_bar): one pass over G
+    (d^T F d); see :func:`_exact_step`."""
     delta = w - problem.w_bar
-    f_delta = problem.curvature.fisher_times(delta) if gradient is None else gradient
-    return _exact_step(w, direction, float(direction @ f_delta), 2.0 * problem.curvature.quadratic(direction), 0.5 * float(delta @ f_delta))
+    return _exact_step(w, direction, float(direction @ gradient), 2.0 * problem.curvature.quadratic(direction), 0.5 * float(delta @ gradient))
 
 
 def _exact_step(w: torch.Tensor, direction: torch.Tensor, d_g: float, curvature: float, q: float) -> Tuple[torch.Tensor, float]:
