@@ -89,8 +89,9 @@ def test_cifar10_suite_plans_against_the_shared_files(tmp_path):
 
     command = SuiteCommandSpec(out=str(tmp_path), models_dir=str(SHARED_MODELS), data=str(SHARED_DATA), dry_run=True)
     planned = plan_jobs("cifar10", command)
-    assert sum(len(job.plan.pruners) for job in planned) == 3 * 5 + 7 + 8 + 3  # main sweeps, selection x update, objective, tuned
-    assert [job.tune.method for job in planned if job.tune] == ["woodfisher", "cbs", "chita"]
+    assert sum(len(job.plan.pruners) for job in planned) == 3 * 5 + 7 + 8 + 3 * 3  # main sweeps, selection x update, objective, tuned per model
+    assert [job.tune.method for job in planned if job.tune] == ["woodfisher", "cbs", "chita"] * 3
+    assert [job.folder for job in planned if job.tune][-3:] == ["cifar10-mobilenetv1"] * 3
 
 
 def test_spent_seconds_counts_shared_gradients_once():
