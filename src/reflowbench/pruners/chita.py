@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from reflowbench.errors import ConfigError
-from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, NetworkFisher, check_budget
+from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, NetworkFisher, check_budget, gradient_bytes
 from reflowbench.pruners.base import PruneContext, register_pruner
 from reflowbench.pruners.chita_solvers import IHTSettings, SparseRidge, iht_working_bytes, solve_active_set, solve_iht
 from reflowbench.pruners.hessian_base import HessianOptions, HessianPruner
@@ -123,12 +123,13 @@ class CHITAPruner(HessianPruner):
         keep_count = problem.w_bar.numel() - num_to_prune(problem.w_bar.numel(), sparsity)
         magnitude = problem.magnitude_support(keep_count)
         settings = IHTSettings(max_iters=o.iht_iters, tolerance=o.tolerance)
-        if o.solver in ("iht", "active-set"):
+        if o.solver in ("iht", "active-set"):  # G stays resident through the iterations: it counts too
             check_budget(
-                iht_working_bytes(like.numel(), like.element_size(), settings),
+                gradient_bytes(targets, self.gradient_spec()) + iht_working_bytes(like.numel(), like.element_size(), settings),
                 ctx.memory_budget_gb,
-                f"the {o.solver} solver's working vectors ({like.numel():,} weights: the iterate, gradients and a batch of trial steps, besides G)",
-                f"--{self.name}-solver backsolve or block-backsolve (no iterations)",
+                f"G and the {o.solver} solver's working vectors ({like.numel():,} weights: the iterate, gradients and a batch of trial steps)",
+                f"--{self.name}-solver backsolve or block-backsolve (no iterations), fewer gradients (--{self.name}-num-grads), "
+                f"or G in bfloat16 (--{self.name}-dtype bfloat16)",
                 ctx.log,
             )
         if o.solver == "iht":
