@@ -28,6 +28,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from reflowbench.errors import ConfigError, FisherError
+from reflowbench.hessian.curvature import split_rows
 from reflowbench.hessian.gradients import GradientMatrix, padded_width
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 from reflowbench.utils.cost import release_freed_memory
@@ -607,12 +608,12 @@ class BlockFisher:
 
     def fisher_products(self, vectors: torch.Tensor) -> torch.Tensor:
         """F v_j for the m rows of ``vectors`` (m, p): (m, p), each layer's G read twice for all m."""
-        pieces = torch.split(vectors.reshape(len(vectors), -1), self.sizes, dim=1)
+        pieces = split_rows(vectors, self.sizes)
         return torch.cat([layer.fisher_products(piece) for layer, piece in zip(self, pieces)], dim=1)
 
     def quadratic_products(self, vectors: torch.Tensor) -> torch.Tensor:
         """v_j^T F v_j for the m rows of ``vectors`` (m, p): (m,), each layer's G read once for all m."""
-        pieces = torch.split(vectors.reshape(len(vectors), -1), self.sizes, dim=1)
+        pieces = split_rows(vectors, self.sizes)
         return torch.stack([layer.quadratic_products(piece) for layer, piece in zip(self, pieces)]).sum(0)
 
     def restricted_solve(self, support: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:

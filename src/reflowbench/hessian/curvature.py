@@ -47,3 +47,8 @@ class Curvature(Protocol):
         """``op(part, *its pieces of the (p,) flats)`` on every independent part of F, concatenated (p,): each layer of a
         block-diagonal F (one gradient pass when streamed), the whole of a whole-network F."""
         ...
+
+
+def split_rows(vectors: torch.Tensor, sizes: List[int]) -> List[torch.Tensor]:
+    """(m, p) -> the per-target (m, d_l) column blocks, target order (the batched forms' counterpart of ``split``)."""
+    return list(torch.split(vectors.reshape(len(vectors), -1), sizes, dim=1))

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from reflowbench.hessian.block_fisher import BlockFisher, FisherSpec
+from reflowbench.hessian.curvature import split_rows
 from reflowbench.hessian.gradients import GradientMatrix
 
 
@@ -104,7 +105,7 @@ class ShardedBlockFisher:
     def fisher_products(self, vectors: torch.Tensor) -> torch.Tensor:
         """F v_j for the m rows of ``vectors`` (m, p): this rank's layers, summed across ranks; (m, p) on every rank."""
         out = torch.zeros(len(vectors), self.numel, dtype=self._dtype, device=self._device)
-        pieces = dict(zip(self._names, torch.split(vectors.reshape(len(vectors), -1), self.sizes, dim=1)))
+        pieces = dict(zip(self._names, split_rows(vectors, self.sizes)))
         for layer in self.local:
             start = self._offsets[layer.name]
             out[:, start : start + layer.numel] = layer.fisher_products(pieces[layer.name]).to(self._dtype)
@@ -113,7 +114,7 @@ class ShardedBlockFisher:
 
     def quadratic_products(self, vectors: torch.Tensor) -> torch.Tensor:
         """v_j^T F v_j for the m rows of ``vectors`` (m, p): this rank's layers' share, summed across ranks; (m,)."""
-        pieces = dict(zip(self._names, torch.split(vectors.reshape(len(vectors), -1), self.sizes, dim=1)))
+        pieces = dict(zip(self._names, split_rows(vectors, self.sizes)))
         total = torch.zeros(len(vectors), dtype=torch.float64, device=self._device)
         for layer in self.local:
             total += layer.quadratic_products(pieces[layer.name]).to(torch.float64)

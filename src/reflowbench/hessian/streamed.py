@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from reflowbench.hessian.block_fisher import BlockFisher, LayerFisher
+from reflowbench.hessian.curvature import split_rows
 from reflowbench.utils.cost import release_freed_memory
 
 GroupFisher = Callable[[List[str]], BlockFisher]  # the names of a group's targets -> its block Fisher at the current weights and masks
@@ -134,14 +135,14 @@ class StreamedBlockFisher:
 
     def fisher_products(self, vectors: torch.Tensor) -> torch.Tensor:
         """F v_j for the m rows of ``vectors`` (m, p): (m, p), one pass for all m."""
-        pieces = torch.split(vectors.reshape(len(vectors), -1), self.sizes, dim=1)
+        pieces = split_rows(vectors, self.sizes)
         out: List[Optional[torch.Tensor]] = [None] * len(self._names)
         self._each_layer(lambda layer, i: out.__setitem__(i, layer.fisher_products(pieces[i])))
         return torch.cat([o for o in out if o is not None], dim=1)
 
     def quadratic_products(self, vectors: torch.Tensor) -> torch.Tensor:
         """v_j^T F v_j for the m rows of ``vectors`` (m, p): (m,), one pass for all m."""
-        pieces = torch.split(vectors.reshape(len(vectors), -1), self.sizes, dim=1)
+        pieces = split_rows(vectors, self.sizes)
         total = [torch.zeros(len(vectors), dtype=self._dtype, device=self._device)]
         self._each_layer(lambda layer, i: total.__setitem__(0, total[0] + layer.quadratic_products(pieces[i]).to(self._dtype)))
         return total[0]
