@@ -252,6 +252,51 @@ def test_multi_step_run_names_its_knobs_when_even_the_unupdated_model_diverges(d
         _chita_prune(digits, 0, name="chita++", recompute_steps=2, iht_iters=5)
 
 
+def test_a_later_step_whose_curvature_fails_is_a_divergence_the_first_step_is_not(digits, monkeypatch):
+    """A FisherError in step 2 or later (the earlier updates moved the weights there) is the method diverging on this
+    run: DivergedError naming the step, with the notes so far; in step 1 (the dense model) it stays a FisherError."""
+    from reflowbench.errors import DivergedError, FisherError
+    from reflowbench.pruners.hessian_base import HessianPruner
+
+    real_curvature = HessianPruner.curvature_at
+
+    def failing_at(step_to_fail):
+        calls = []
+
+        def curvature_at(self, model, targets, masks, ctx, dense):
+            calls.append(dense)
+            if len(calls) - 1 == step_to_fail:
+                raise FisherError("the Gram matrix G G^T of the whole-network Fisher is not finite although its gradients are")
+            return real_curvature(self, model, targets, masks, ctx, dense)
+
+        return curvature_at
+
+    monkeypatch.setattr(HessianPruner, "curvature_at", failing_at(2))
+    with pytest.raises(DivergedError, match=r"chita\+\+: step 3 of 3 \(sparsity 0\.7\) failed after the earlier steps' updates: the Gram") as caught:
+        _chita_prune(digits, 0, name="chita++", recompute_steps=3, iht_iters=5)
+    assert caught.value.notes["chita++_failed_step"] == 2 and len(caught.value.notes["chita"]) == 2
+    monkeypatch.setattr(HessianPruner, "curvature_at", failing_at(0))
+    with pytest.raises(FisherError) as caught:
+        _chita_prune(digits, 0, name="chita++", recompute_steps=3, iht_iters=5)
+    assert not isinstance(caught.value, DivergedError)
+
+
+def test_a_non_finite_gram_matrix_is_refused_at_once_as_overflow():
+    """No damping makes an overflowed G G^T definite: the error says the gradients are too large, without escalating."""
+    import warnings
+
+    from reflowbench.errors import FisherError
+    from reflowbench.hessian.block_fisher import _cholesky_with_escalation
+
+    gram = torch.eye(3).unsqueeze(0).repeat(2, 1, 1)
+    gram[1, 0, 0] = float("inf")
+    eye = torch.eye(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no damping escalation is tried
+        with pytest.raises(FisherError, match=r"not finite although its gradients are: .*torch.float32 products.*diverged"):
+            _cholesky_with_escalation(gram, "layer x", lambda m, extra: m + extra.view(-1, 1, 1) * eye, torch.full((2,), 1e-4))
+
+
 def test_bad_chita_options_are_refused_with_the_flag():
     from reflowbench.errors import ConfigError
 

@@ -26,7 +26,7 @@ def _quick(out, **sweep):
 def test_sweep_writes_runs_csv_report_and_resumes(tmp_path):
     spec = _quick(tmp_path)
     counts = run_suite(plan_suite(spec), log=lambda m: None)
-    assert counts == {"done": 2, "skipped": 0, "elsewhere": 0, "total": 2}
+    assert counts == {"done": 2, "failed": 0, "skipped": 0, "elsewhere": 0, "total": 2}
     runs = sorted((tmp_path / "runs").glob("*.json"))
     assert len(runs) == 2
     record = json.loads(runs[0].read_text())
@@ -48,7 +48,42 @@ def test_sweep_writes_runs_csv_report_and_resumes(tmp_path):
     assert run_suite(plan_suite(spec), log=lambda m: None)["done"] == 0
     runs[0].write_text("{ truncated")
     spec.sweep.sparsities = [0.5, 0.9, 0.7]
-    assert run_suite(plan_suite(spec), log=lambda m: None) == {"done": 2, "skipped": 1, "elsewhere": 0, "total": 3}
+    assert run_suite(plan_suite(spec), log=lambda m: None) == {"done": 2, "failed": 0, "skipped": 1, "elsewhere": 0, "total": 3}
+
+
+def test_a_diverged_run_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    """A pruner that diverges at one sparsity leaves a failed record (error, cost, notes), the other runs finish, the
+    report lists it, a rerun skips it and --retry-failed runs it again."""
+    from reflowbench.errors import DivergedError
+    from reflowbench.pruners.magnitude import MagnitudePruner
+
+    real_prune, calls = MagnitudePruner.prune, []
+
+    def diverging(self, model, targets, sparsity, ctx):
+        calls.append(sparsity)
+        if sparsity == 0.9:
+            ctx.notes["mp_failed_step"], ctx.notes["mp_steps"] = 1, [0.5, 0.9]
+            raise DivergedError("mp: step 2 of 2 (sparsity 0.9) failed after the earlier steps' updates: overflow", ctx.notes)
+        return real_prune(self, model, targets, sparsity, ctx)
+
+    monkeypatch.setattr(MagnitudePruner, "prune", diverging)
+    messages = []
+    spec = _quick(tmp_path)
+    assert run_suite(plan_suite(spec), log=messages.append) == {"done": 2, "failed": 1, "skipped": 0, "elsewhere": 0, "total": 2}
+    failed = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("mp_s0.9_*.json")]
+    assert len(failed) == 1 and failed[0]["status"] == "failed" and "overflow" in failed[0]["error"]
+    assert failed[0]["cost"]["prune"]["seconds"] >= 0 and failed[0]["notes"]["mp_failed_step"] == 1
+    assert any("1 runs failed" in m and "mp s=0.9 seed=0" in m for m in messages)
+    with open(tmp_path / "results.csv") as handle:
+        assert {row["sparsity"] for row in csv.DictReader(handle)} == {"0.5"}
+    report = (tmp_path / "report.md").read_text()
+    assert "## Failed runs" in report
+    failed_section = report.split("## Failed runs")[1]
+    assert "| 0.9 | 0 | 2 of 2 |" in failed_section and "overflow" in failed_section
+    assert run_suite(plan_suite(spec), log=lambda m: None)["done"] == 0 and calls == [0.5, 0.9]
+    spec.sweep.retry_failed = True
+    assert run_suite(plan_suite(spec), log=lambda m: None) == {"done": 1, "failed": 1, "skipped": 1, "elsewhere": 0, "total": 2}
+    assert calls == [0.5, 0.9, 0.9]
 
 
 def test_embedded_default_shows_signal_collapse_and_reflow_recovery(tmp_path):

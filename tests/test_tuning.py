@@ -74,3 +74,28 @@ def test_tune_bad_input_is_a_clear_error(tmp_path, capsys, extra, message):
     assert main(["tune", "--out", str(tmp_path / "out"), *extra, *QUICK]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_cell_whose_pruner_diverges_is_scored_infinite_and_not_chosen(tmp_path, monkeypatch):
+    """A setting under which the pruner diverges (DivergedError) is a result of the search, not its end: its losses are
+    infinite, the error is kept with them, and another cell is chosen."""
+    from reflowbench.errors import DivergedError
+    from reflowbench.harness import tuning
+
+    real_prune = tuning.prune_fresh
+
+    def prune_fresh(state, pruner, sparsity, seed, ledger, keep_curvature=False):
+        if pruner.options.damp == 1e-5:
+            raise DivergedError("woodfisher: step 2 of 2 (sparsity 0.9) failed after the earlier steps' updates: overflow")
+        return real_prune(state, pruner, sparsity, seed, ledger, keep_curvature)
+
+    monkeypatch.setattr(tuning, "prune_fresh", prune_fresh)
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"damping": GRID["damping"]}))
+    out = tmp_path / "out"
+    assert main(["tune", "--out", str(out), "--grid", str(grid), "--at-sparsities", "0.9", "--woodfisher-num-grads", "16", *QUICK]) == 0
+    record = json.loads((out / "tuning" / "smallcnn_woodfisher.json").read_text())
+    diverged = [r for r in record["results"] if "error" in r]
+    assert len(diverged) == 1 and diverged[0]["loss_pruned"] == float("inf") and "overflow" in diverged[0]["error"]
+    chosen = json.loads((out / "tuning" / "smallcnn_woodfisher.config.json").read_text())["method_options"]["woodfisher"]
+    assert chosen["damp"] == 1e-2

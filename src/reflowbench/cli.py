@@ -111,7 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if executor.executor == "submitit":
         return _submit(plan, executor)
     counts = run_suite(plan, log=_log, report=not args.no_report)
-    _log(f"done: {counts['done']} runs now, {counts['skipped']} skipped as already complete, {counts['total']} in the suite")
+    failed = f" ({counts['failed']} of them failed: listed above and in the report)" if counts["failed"] else ""
+    _log(f"done: {counts['done']} runs now{failed}, {counts['skipped']} skipped as already finished, {counts['total']} in the suite")
     return 0
 
 

@@ -86,6 +86,7 @@ class SweepSpec:
     memory_budget_gb: float = 8.0  # largest single allocation a pruner may plan (gradients, curvature)
     report_sparsity: Optional[float] = None  # sparsity of the signal-collapse figure (default: the highest)
     progress: bool = True
+    retry_failed: bool = False  # run again the runs recorded as failed (a multi-step pruner that diverged); without it a failed run counts as finished
 
 
 @dataclass

@@ -18,7 +18,7 @@ from torch import nn
 
 from reflowbench.config import SuiteSpec
 from reflowbench.datasets import DataBundle, SubsetSizes, check_subset_sizes, disjoint_subsets, load_dataset
-from reflowbench.errors import CheckpointError
+from reflowbench.errors import CheckpointError, DivergedError
 from reflowbench.harness.evaluate import evaluate
 from reflowbench.harness.objective import measure_objective, objective_images, reference_fisher
 from reflowbench.harness.plan import SuitePlan
@@ -156,8 +156,47 @@ class SuiteState:
 
 def run_one(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str, keep_curvature: bool = False) -> Dict[str, Any]:
     """Prune a fresh copy of the dense model and return the run record (see ``schema/results.py``); ``keep_curvature``:
-    whether a later run reuses the seed's dense curvature (see :class:`PruneContext`)."""
-    return prune_and_measure(state, pruner, sparsity, seed, key, keep_curvature)[0]
+    whether a later run reuses the seed's dense curvature (see :class:`PruneContext`).
+
+    A run whose pruner diverged (:class:`DivergedError`: a later step of a multi-step pruner could not form its
+    curvature) returns a record with status ``failed``, the message and the cost spent, so a sweep goes on."""
+    ledger = CostLedger()
+    try:
+        return prune_and_measure(state, pruner, sparsity, seed, key, keep_curvature, ledger)[0]
+    except DivergedError as error:
+        return failed_record(state, pruner, sparsity, seed, key, error, ledger)
+
+
+def run_header(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str, status: str) -> Dict[str, Any]:
+    """The fields every run record starts with, finished or failed."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "status": status,
+        "key": key,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": state.spec.model.model,
+        "dataset": state.data.name,
+        "method": pruner.name,
+        "method_description": pruner.description,
+        "options": asdict(pruner.options),
+        "sparsity": sparsity,
+        "seed": seed,
+    }
+
+
+def failed_record(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str, error: DivergedError, ledger: CostLedger) -> Dict[str, Any]:
+    """The record of a run whose pruner diverged: why (``error``), the pruner's notes and the cost spent until then."""
+    return {
+        **run_header(state, pruner, sparsity, seed, key, "failed"),
+        "error": str(error),
+        "settings": state.settings,
+        "sources": state.sources(),
+        "targets": state.targets_record,
+        "dense": state.dense_metrics(),
+        "cost": ledger.as_dict(),
+        "notes": error.notes,
+        "environment": state.environment,
+    }
 
 
 def prune_fresh(
@@ -190,15 +229,16 @@ def prune_fresh(
 
 
 def prune_and_measure(
-    state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str, keep_curvature: bool = False
+    state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str, keep_curvature: bool = False, ledger: Optional[CostLedger] = None
 ) -> Tuple[Dict[str, Any], nn.Module, RecalibrationHandle]:
     """The run itself: returns (record, the pruned + recalibrated model, the REFLOW undo handle).
 
     ``sparsity`` and ``seed`` come from a validated plan; ``key`` is :meth:`SuiteState.run_key` of this run;
-    ``keep_curvature``: whether a later run reuses the seed's dense curvature (else it is freed before the evaluations).
+    ``keep_curvature``: whether a later run reuses the seed's dense curvature (else it is freed before the evaluations);
+    ``ledger``: where the phases' costs go (a fresh one when None).
     """
     spec = state.spec
-    ledger = CostLedger()
+    ledger = ledger if ledger is not None else CostLedger()
     subsets = state.subsets(seed)
     dense = state.dense_metrics()
     dense_var = state.dense_variances(seed)
@@ -230,17 +270,7 @@ def prune_and_measure(
     with ledger.phase("diagnostics", state.device):
         reflow_ratios = variance_ratios(bn_output_variances(model, state.diagnostic_batches(seed), state.device), dense_var)
     record = {
-        "schema": SCHEMA_VERSION,
-        "status": "complete",
-        "key": key,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": spec.model.model,
-        "dataset": state.data.name,
-        "method": pruner.name,
-        "method_description": pruner.description,
-        "options": asdict(pruner.options),
-        "sparsity": sparsity,
-        "seed": seed,
+        **run_header(state, pruner, sparsity, seed, key, "complete"),
         "sparsity_actual": actual,
         "settings": state.settings,
         "sources": state.sources(),

@@ -2,6 +2,9 @@
 
 Each run is claimed before it starts (``claims.py``), so several sweeps may share one ``--out``:
 each runs what nobody else has finished or is running.
+
+A run whose pruner diverges is written as a ``failed`` record (the error, the cost spent) and the sweep goes on;
+a failed run counts as finished (a rerun of the same command does not repeat it) unless ``--retry-failed``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from reflowbench.harness.distributed import from_main_rank, is_main_rank
 from reflowbench.harness.plan import SuitePlan
 from reflowbench.harness.run import SuiteState, run_one
 from reflowbench.pruners import Pruner
-from reflowbench.schema.results import is_complete, run_path, write_csv, write_run
+from reflowbench.schema.results import is_finished, run_path, write_csv, write_run
 from reflowbench.utils.io import atomic_write_json
 
 Log = Callable[[str], None]
@@ -36,7 +39,7 @@ def pending_runs(state: SuiteState, plan: SuitePlan) -> Tuple[List[Todo], int]:
                 total += 1
                 key = state.run_key(pruner, sparsity, seed)
                 path = run_path(out, pruner.name, sparsity, seed, key)
-                if not is_complete(path, key):
+                if not is_finished(path, key, sweep.retry_failed):
                     todo.append((pruner, sparsity, seed, key, path))
     return todo, total
 
@@ -58,8 +61,8 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
     """Run every (method, sparsity, seed) of ``plan`` not already complete (or claimed by another
     live worker) in ``--out``; then write results.csv and the report.
 
-    Returns {"done": runs executed now, "skipped": runs found complete, "elsewhere": runs another
-    worker was running, "total": runs in the suite}.
+    Returns {"done": runs executed now, "failed": how many of those failed (pruner diverged), "skipped": runs found
+    finished, "elsewhere": runs another worker was running, "total": runs in the suite}.
     """
     spec = plan.spec
     out = Path(spec.sweep.out)
@@ -74,9 +77,10 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
     main = is_main_rank()  # under torchrun every rank runs the same runs; rank 0 alone claims and writes
     progress = _progress(len(todo), spec.sweep.progress and main)
     done = elsewhere = 0
+    failed: List[str] = []
     for index, (pruner, sparsity, seed, key, path) in enumerate(todo):
         claim = try_claim(path) if main else None
-        skip = from_main_rank(claim is None or is_complete(path, key))
+        skip = from_main_rank(claim is None or is_finished(path, key, spec.sweep.retry_failed))
         if skip:
             if claim is not None:
                 claim.release()
@@ -89,7 +93,11 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
             if main:
                 write_run(path, record)
         done += 1
-        if main:
+        if record["status"] == "failed":
+            failed.append(f"{pruner.name} s={sparsity:g} seed={seed}")
+            if main:
+                progress.write(f"{pruner.name:>12} s={sparsity:<5g} seed={seed}: FAILED (recorded in {path.name}): {record['error']}")
+        elif main:
             progress.write(
                 f"{pruner.name:>12} s={sparsity:<5g} seed={seed}: top-1 {record['pruned']['top1']:6.2f}% -> REFLOW {record['reflow']['top1']:6.2f}%"
                 f"  (prune {record['cost']['prune']['seconds']:.1f}s, last-BN var ratio {record['variance']['pruned']['last']:.3g} -> {record['variance']['reflow']['last']:.3g})"
@@ -101,8 +109,13 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
     if main:
         if elsewhere:
             log(f"{elsewhere} runs were being run by another worker sharing {out}; run the command again after it finishes to collect them")
+        if failed:
+            log(
+                f"{len(failed)} runs failed (their pruner diverged; the report lists them): {', '.join(failed)}. "
+                "A rerun skips them; --retry-failed runs them again"
+            )
         write_results(out, log, report, spec.sweep.report_sparsity)
-    return {"done": done, "skipped": total - len(todo), "elsewhere": elsewhere, "total": total}
+    return {"done": done, "failed": len(failed), "skipped": total - len(todo), "elsewhere": elsewhere, "total": total}
 
 
 def write_results(out: Path, log: Log, report: bool = True, signal_sparsity: Optional[float] = None) -> None:

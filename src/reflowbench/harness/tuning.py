@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 from reflowbench.config import SuiteSpec, TuneSpec
-from reflowbench.errors import ConfigError
+from reflowbench.errors import ConfigError, DivergedError
 from reflowbench.harness.evaluate import evaluate
 from reflowbench.harness.plan import SuitePlan, plan_suite
 from reflowbench.harness.run import SuiteState, prune_fresh
@@ -84,10 +84,15 @@ def _loss(model, state: SuiteState, seed: int) -> float:
 
 
 def _measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: int) -> Dict[str, Any]:
-    """Prune, the held-out loss, REFLOW, the held-out loss again."""
+    """Prune, the held-out loss, REFLOW, the held-out loss again (both infinite, with the error, when the pruner
+    diverged with this cell's settings: ranked last)."""
     reflow = state.spec.reflow
     ledger = CostLedger()
-    model, _, _ = prune_fresh(state, pruner, sparsity, seed, ledger, keep_curvature=True)
+    try:
+        model, _, _ = prune_fresh(state, pruner, sparsity, seed, ledger, keep_curvature=True)
+    except DivergedError as error:
+        state.log(f"  diverged: {error}")
+        return {"loss_pruned": math.inf, "loss_reflow": math.inf, "prune_seconds": ledger.get("prune").seconds, "error": str(error)}
     pruned = _loss(model, state, seed)
     calibration = state.data.train.batches(state.subsets(seed)["calibration"], reflow.calib_batch_size, shuffle=True, augment=reflow.calib_augment, seed=seed)
     recalibrate_bn(

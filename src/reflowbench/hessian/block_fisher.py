@@ -86,7 +86,17 @@ def _cholesky_with_escalation(
     matrix: torch.Tensor, name: str, add_identity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], damp: torch.Tensor, first_block: int = 0
 ) -> tuple:
     """Batched Cholesky; where a block is not positive definite, multiply its damping by 10 (with a warning).
-    ``first_block``: the layer's index of the first block of ``matrix`` (for the warning)."""
+    ``first_block``: the layer's index of the first block of ``matrix`` (for the warning).
+
+    A matrix with a non-finite entry is refused at once (no damping makes it definite): the gradients are finite
+    (checked when collected), so their Gram products overflowed, which happens when the weights they were taken at
+    have diverged."""
+    if not bool(torch.isfinite(matrix).all()):
+        raise FisherError(
+            f"the Gram matrix G G^T of {name} is not finite although its gradients are: the gradients are too large for "
+            f"{matrix.dtype} products, i.e. the weights they were taken at have diverged (a multi-step pruner's earlier "
+            "updates; use fewer --<pruner>-recompute-steps or a larger --<pruner>-damp)"
+        )
     for attempt in range(MAX_DAMP_ESCALATIONS + 1):
         factor, info = torch.linalg.cholesky_ex(matrix)
         failed = info != 0

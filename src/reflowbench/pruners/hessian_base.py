@@ -17,6 +17,11 @@ loss or the gradient on a probe batch of Fisher images is no longer finite (the 
 diverge), that step's update is rejected (its kept weights stay as they were, the newly pruned ones go to
 zero: update ``none`` for that step), a warning is logged and the step is listed in the run's notes
 (``<pruner>_rejected_updates``). Without this guard CHITA++ at 0.95 on ResNet-20 stops mid-way.
+
+When a later step's curvature cannot be formed at all (the weights diverged although the loss stayed finite: on
+ResNet-56, CHITA++ at 0.95 reaches gradients whose Gram products overflow float32 in its last stage), the step raises
+:class:`~reflowbench.errors.DivergedError`: the method failed on this run. A sweep records the run as failed, with the
+message, and goes on; a failure in the first step (the dense model's curvature) stops the sweep as before.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from reflowbench.errors import ConfigError, FisherError
+from reflowbench.errors import ConfigError, DivergedError, FisherError
 from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, collect_gradients, loss_is_finite
 from reflowbench.hessian.block_fisher import DAMP_MODES
 from reflowbench.hessian.gradients import ENGINES, layer_gradient_bytes
@@ -196,19 +201,32 @@ class HessianPruner(Pruner):
         masks: Masks = {t.param_name: torch.ones_like(t.weight, dtype=torch.bool) for t in targets}
         schedule = step_sparsities(sparsity, self.options.recompute_steps, self.options.schedule)
         ctx.notes[f"{self.name}_steps"] = schedule
-        for step, step_sparsity in enumerate(schedule):
-            fisher = self.curvature_at(model, targets, masks, ctx, dense=step == 0)
-            ctx.notes["fisher_blocks"] = fisher.describe()
-            with ctx.phase("selection"):
-                new_masks = self.select(model, targets, fisher, masks, step_sparsity, ctx)
-            with ctx.phase("update"):
-                before = flat_weights(targets, fisher.damp_vector()) if len(schedule) > 1 else None
-                apply_update(self.options.update, targets, fisher, masks, new_masks)
-                if before is not None:
-                    self._reject_diverged_update(model, targets, before, new_masks, step, ctx)
-            masks = new_masks
-            del fisher
+        for step in range(len(schedule)):
+            try:
+                masks = self._step(model, targets, masks, step, schedule, ctx)
+            except FisherError as error:
+                if step == 0 or isinstance(error, DivergedError):
+                    raise  # the dense model's curvature failing is a property of the inputs, not of this method's steps
+                ctx.notes[f"{self.name}_failed_step"] = step
+                raise DivergedError(
+                    f"{self.name}: step {step + 1} of {len(schedule)} (sparsity {schedule[step]:.4g}) failed after the earlier steps' updates: {error}",
+                    ctx.notes,
+                ) from error
         return masks
+
+    def _step(self, model: nn.Module, targets: TargetSet, masks: Masks, step: int, schedule: List[float], ctx: PruneContext) -> Masks:
+        """Step ``step`` of ``schedule``: the curvature at the current weights and ``masks``, the selection at
+        ``schedule[step]`` and the update (checked for divergence when more steps follow); returns the new keep-masks."""
+        fisher = self.curvature_at(model, targets, masks, ctx, dense=step == 0)
+        ctx.notes["fisher_blocks"] = fisher.describe()
+        with ctx.phase("selection"):
+            new_masks = self.select(model, targets, fisher, masks, schedule[step], ctx)
+        with ctx.phase("update"):
+            before = flat_weights(targets, fisher.damp_vector()) if len(schedule) > 1 else None
+            apply_update(self.options.update, targets, fisher, masks, new_masks)
+            if before is not None:
+                self._reject_diverged_update(model, targets, before, new_masks, step, ctx)
+        return new_masks
 
     PROBE_IMAGES = 256  # Fisher images in the batch that checks each step's update in multi-step runs
 
@@ -225,9 +243,10 @@ class HessianPruner(Pruner):
         if ctx.log is not None:
             ctx.log(f"{self.name}: step {step + 1}: the {self.options.update} update made the loss non-finite; kept the weights without it")
         if not loss_is_finite(model, targets, x, y):
-            raise FisherError(
+            raise DivergedError(
                 f"{self.name}: at step {step + 1} the pruned model's loss is not finite even without the update: "
-                f"use fewer {self.flag('recompute-steps')} or a larger {self.flag('damp')}"
+                f"use fewer {self.flag('recompute-steps')} or a larger {self.flag('damp')}",
+                ctx.notes,
             )
 
     # -- the curvature, the dense one shared per seed----------------------------------------------------

@@ -75,6 +75,30 @@ def cost_table(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]
     return header, rows
 
 
+def failed_table(failed: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]]]:
+    """One row per failed run (its pruner diverged): model, method, sparsity, seed, the step it failed at, the
+    wall seconds spent pruning until then, and the error. ``failed``: records with status ``failed``."""
+    header = ["model", "method", "sparsity", "seed", "failed at step", "prune s", "error"]
+    rows = []
+    for record in sorted(failed, key=lambda r: (r["model"], r["label"], r["sparsity"], r["seed"])):
+        step = record.get("notes", {}).get(f"{record['method']}_failed_step")
+        steps = record.get("notes", {}).get(f"{record['method']}_steps") or []
+        where = f"{step + 1} of {len(steps)}" if step is not None and steps else "n/a"
+        seconds = record.get("cost", {}).get("prune", {}).get("seconds")
+        rows.append(
+            [
+                record["model"],
+                record["label"],
+                f"{record['sparsity']:g}",
+                str(record["seed"]),
+                where,
+                f"{seconds:.0f}" if seconds is not None else "n/a",
+                record["error"].replace("|", "/").replace("\n", " "),
+            ]
+        )
+    return header, rows
+
+
 def markdown_table(header: List[str], rows: List[List[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

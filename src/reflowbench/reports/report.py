@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from reflowbench.errors import ReflowbenchError
-from reflowbench.reports.aggregate import accuracy_table, cost_table, html_table, markdown_table, objective_table
+from reflowbench.reports.aggregate import accuracy_table, cost_table, failed_table, html_table, markdown_table, objective_table
 from reflowbench.reports.figures import accuracy_vs_sparsity, cost_vs_sparsity, pick_sparsity, signal_collapse
 from reflowbench.schema.results import load_runs
 from reflowbench.utils.io import atomic_write_text
@@ -91,6 +91,13 @@ def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str
             markdown_table(objective_header, objective_rows),
             "",
         ]
+    failed_header, failed_rows = failed_table(load_runs(out, "failed"))
+    failed_caption = (
+        "Runs whose pruner diverged (a later step could not form its curvature): recorded with the error and left out "
+        "of every table and figure above; `reflowbench run ... --retry-failed` runs them again."
+    )
+    if failed_rows:
+        md += ["## Failed runs", "", failed_caption, "", markdown_table(failed_header, failed_rows), ""]
     markdown_path = out / "report.md"
     atomic_write_text(markdown_path, "\n".join(md))
 
@@ -101,6 +108,8 @@ def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str
     for title, caption, key in sections:
         body += [f"<h2>{escape(title)}</h2>", f"<p>{escape(caption)}</p>", f'<img alt="{escape(title)}" src="{embedded(images[key])}">']
     body += ["<h2>Accuracy table</h2>", html_table(acc_header, acc_rows), "<h2>Cost per phase</h2>", html_table(cost_header, cost_rows)]
+    if failed_rows:
+        body += ["<h2>Failed runs</h2>", f"<p>{escape(failed_caption)}</p>", html_table(failed_header, failed_rows)]
     style = "body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
     html = f"<!doctype html><html><head><meta charset='utf-8'><title>reflowbench report</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
     html_path = out / "report.html"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from reflowbench.errors import ReflowbenchError
-from reflowbench.reports.aggregate import cost_table, fmt, group, markdown_table, mean_std, objective_table
+from reflowbench.reports.aggregate import cost_table, failed_table, fmt, group, markdown_table, mean_std, objective_table
 from reflowbench.reports.figures import accuracy_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
 from reflowbench.schema.results import load_runs
 from reflowbench.utils.io import atomic_write_text
@@ -172,8 +172,10 @@ def write_suite_report(out: Path, name: str, folders: List[str], description: st
     out = Path(out)
     records: List[Dict[str, Any]] = []
     found = []
+    failed: List[Dict[str, Any]] = []
     for folder in folders:
         runs = load_runs(out / folder)
+        failed += load_runs(out / folder, "failed")
         if runs:
             records += runs
             found.append(folder)
@@ -230,6 +232,11 @@ def write_suite_report(out: Path, name: str, folders: List[str], description: st
             "Ablation cells",
             "Configurations run at one or two sparsities (the selection × update grid); labels name the setting that differs.",
             extra_cells(records),
+        ),
+        *_optional_table(
+            "Failed runs",
+            "Runs whose pruner diverged (a later step could not form its curvature): recorded with the error, left out of the tables and figures above.",
+            failed_table(_unique_runs(failed)),
         ),
         *_optional_table(
             "Quadratic model",

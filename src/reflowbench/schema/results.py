@@ -53,31 +53,50 @@ def run_path(out: Path, method: str, sparsity: float, seed: int, key: str) -> Pa
     return Path(out) / RUNS_FOLDER / run_filename(method, sparsity, seed, key)
 
 
-def is_complete(path: Path, key: str) -> bool:
-    """A run is done when its JSON exists, parses, carries the same key and schema, and says complete."""
+FINISHED = ("complete", "failed")  # a failed run: its pruner diverged (the record holds the error); not retried unless asked
+
+
+def run_status(path: Path, key: str) -> Optional[str]:
+    """The status of the run JSON at ``path`` (``complete`` or ``failed``) when it exists, parses and carries
+    ``key`` and this schema; else None (to run)."""
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, ValueError):
-        return False
-    return record.get("key") == key and record.get("schema") == SCHEMA_VERSION and record.get("status") == "complete"
+        return None
+    if record.get("key") != key or record.get("schema") != SCHEMA_VERSION:
+        return None
+    status = record.get("status")
+    return status if status in FINISHED else None
+
+
+def is_complete(path: Path, key: str) -> bool:
+    """A run is done when its JSON exists, parses, carries the same key and schema, and says complete."""
+    return run_status(path, key) == "complete"
+
+
+def is_finished(path: Path, key: str, retry_failed: bool = False) -> bool:
+    """Complete, or failed when ``retry_failed`` is off: nothing a sweep would run again."""
+    status = run_status(path, key)
+    return status == "complete" or (status == "failed" and not retry_failed)
 
 
 def write_run(path: Path, record: Dict[str, Any]) -> None:
     atomic_write_json(path, record)
 
 
-def load_runs(out: Path) -> List[Dict[str, Any]]:
-    """Every complete run record under ``out/runs`` (unreadable or partial files are skipped), each
-    annotated with ``config``, ``variant`` and ``label`` (see :func:`annotate_variants`)."""
+def load_runs(out: Path, status: str = "complete") -> List[Dict[str, Any]]:
+    """Every run record under ``out/runs`` with ``status`` (``complete``, or ``failed``: the runs whose pruner
+    diverged; unreadable or partial files are skipped), each annotated with ``config``, ``variant`` and ``label``
+    (see :func:`annotate_variants`; complete and failed runs are annotated together, so their labels agree)."""
     records = []
     for path in sorted((Path(out) / RUNS_FOLDER).glob("*.json")):
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if record.get("schema") == SCHEMA_VERSION and record.get("status") == "complete":
+        if record.get("schema") == SCHEMA_VERSION and record.get("status") in FINISHED:
             records.append(record)
-    return annotate_variants(records)
+    return [record for record in annotate_variants(records) if record["status"] == status]
 
 
 # Pruner options that change how the work is done but not its result (layer-group streaming gives the one-pass
