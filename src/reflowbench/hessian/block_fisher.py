@@ -463,10 +463,8 @@ class LayerFisher:
         return torch.zeros_like(r).scatter_add_(1, order, solved) * keep
 
     def quadratic(self, delta: torch.Tensor) -> float:
-        """0.5 * delta^T F delta (block-diagonal F) for delta of shape (d,)."""
-        d = self._blocks(delta)
-        projected = self._g_times(d)  # (nb, N)
-        return float(0.5 * ((self.damp.view(-1, 1) * d.pow(2)).sum() + projected.pow(2).sum() / self.num_grads))
+        """0.5 * delta^T F delta (block-diagonal F) for delta of shape (d,): :meth:`quadratic_products` of one vector."""
+        return 0.5 * float(self.quadratic_products(delta.reshape(1, -1))[0])
 
 
 def _lower_positions(side: int, device: torch.device) -> torch.Tensor:

@@ -86,13 +86,15 @@ class ShardedBlockFisher:
     def split(self, flat: torch.Tensor) -> List[torch.Tensor]:
         return list(torch.split(flat.reshape(-1).to(device=self._device, dtype=self._dtype), self.sizes))
 
-    def map_layers(self, op: Callable[..., torch.Tensor], *flats: torch.Tensor) -> torch.Tensor:
-        """``op(layer, *pieces)`` on this rank's layers, placed in a (p,) vector and summed across ranks: the whole result on every rank."""
-        out = torch.zeros(self.numel, dtype=self._dtype, device=self._device)
-        pieces = [dict(zip(self._names, torch.split(f.reshape(-1), self.sizes))) for f in flats]
+    def map_layers(self, op: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
+        """``op(layer, *pieces)`` on this rank's layers, placed in a (p,) vector, or (m, p) when ``tensors`` are (m, p)
+        (split along their last, weight axis), and summed across ranks: the whole result on every rank."""
+        lead = tuple(tensors[0].shape[:-1]) if tensors and tensors[0].dim() > 1 else ()
+        out = torch.zeros(*lead, self.numel, dtype=self._dtype, device=self._device)
+        pieces = [dict(zip(self._names, torch.split(t.reshape(*lead, -1), self.sizes, dim=-1))) for t in tensors]
         for layer in self.local:
             start = self._offsets[layer.name]
-            out[start : start + layer.numel] = op(layer, *(p[layer.name] for p in pieces)).to(self._dtype)
+            out[..., start : start + layer.numel] = op(layer, *(p[layer.name] for p in pieces)).to(self._dtype)
         dist.all_reduce(out)
         return out
 
@@ -104,13 +106,7 @@ class ShardedBlockFisher:
 
     def fisher_products(self, vectors: torch.Tensor) -> torch.Tensor:
         """F v_j for the m rows of ``vectors`` (m, p): this rank's layers, summed across ranks; (m, p) on every rank."""
-        out = torch.zeros(len(vectors), self.numel, dtype=self._dtype, device=self._device)
-        pieces = dict(zip(self._names, split_rows(vectors, self.sizes)))
-        for layer in self.local:
-            start = self._offsets[layer.name]
-            out[:, start : start + layer.numel] = layer.fisher_products(pieces[layer.name]).to(self._dtype)
-        dist.all_reduce(out)
-        return out
+        return self.map_layers(lambda layer, v: layer.fisher_products(v), vectors.reshape(len(vectors), -1))
 
     def quadratic_products(self, vectors: torch.Tensor) -> torch.Tensor:
         """v_j^T F v_j for the m rows of ``vectors`` (m, p): this rank's layers' share, summed across ranks; (m,)."""
