@@ -40,7 +40,7 @@ def test_suite_runs_its_jobs_resumes_and_writes_the_combined_report(tmp_path, ca
     assert timing["runs"] == 7 and 0 < timing["floor_seconds"] <= timing["wall_seconds"] and "## Time of the last invocation" in report
     capsys.readouterr()
     assert main(["suite", suite, "--out", str(out), "--no-progress"]) == 0  # resumed: nothing left to run
-    assert "7 runs, 7 already complete, ran 0" in capsys.readouterr().out
+    assert "7 runs, 7 already finished, ran 0" in capsys.readouterr().out
     (next((out / "small" / "runs").glob("mp_s0.9_*.json"))).unlink()
     assert main(["suite", suite, "--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
@@ -113,11 +113,15 @@ def test_tuned_job_searches_its_settings_then_runs_them(tmp_path, capsys):
     job["tune"] = {"method": "woodfisher", "at_sparsities": [0.8], "grid": str(grid), "seeds": [0]}
     suite, out = _suite_file(tmp_path, [job]), tmp_path / "out"
     assert main(["suite", suite, "--out", str(out), "--dry-run"]) == 0
-    assert "chooses first" in capsys.readouterr().out and not (out / "small" / "tuning").exists()
+    assert "settings search 0 of 2 scores in" in capsys.readouterr().out and not (out / "small" / "tuning").exists()
     assert main(["suite", suite, "--out", str(out), "--no-progress"]) == 0
     chosen = json.loads((out / "small" / "tuning" / "smallcnn_woodfisher.config.json").read_text())["method_options"]["woodfisher"]
     runs = [json.loads(p.read_text()) for p in (out / "small" / "runs").glob("*.json")]
     assert len(runs) == 2 and all(r["options"]["damp"] == chosen["damp"] and r["options"]["num_grads"] == 16 for r in runs)
+    capsys.readouterr()
+    assert main(["suite", suite, "--out", str(out), "--dry-run"]) == 0  # once chosen, the dry run counts the tuned runs
+    listed = capsys.readouterr().out
+    assert f"'damp': {chosen['damp']}" in listed.split("tuned woodfisher")[1] and "2 of 2 runs finished, 0 to run" in listed and "would run 0" in listed
     bad = _job("small", ["woodfisher"], [0.7], role="tuned")
     bad["tune"] = {"method": "mp", "seeds": [0]}
     assert main(["suite", _suite_file(tmp_path, [bad]), "--out", str(out)]) == 2

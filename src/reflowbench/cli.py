@@ -132,6 +132,11 @@ def _submit(plan: Any, executor: Any) -> int:
     return 0
 
 
+def _suite_summary(name: str, counts: Dict[str, int], verb: str) -> str:
+    failed = f" ({counts['failed']} failed: their pruner diverged, see the reports)" if counts.get("failed") else ""
+    return f"suite {name}: {counts['total']} runs, {counts['skipped']} already finished, {verb} {counts['total'] - counts['skipped']}{failed}"
+
+
 def _run_named_suite(args: argparse.Namespace) -> int:
     """``run --suite NAME``: the same as ``reflowbench suite NAME`` with the run flags a suite takes."""
     from reflowbench.harness.comparison import run_comparison
@@ -146,7 +151,7 @@ def _run_named_suite(args: argparse.Namespace) -> int:
         )
     command = SuiteCommandSpec(**{k: v for k, v in sweep.items() if k in taken}, **{k: v for k, v in data.items() if k in ("data", "download")})
     counts = run_comparison(args.suite, command, log=_log)
-    _log(f"suite {args.suite}: {counts['total']} runs, {counts['skipped']} already complete, ran {counts['total'] - counts['skipped']}")
+    _log(_suite_summary(args.suite, counts, "ran"))
     return 0
 
 
@@ -255,8 +260,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     command = build_dataclass(SuiteCommandSpec, given(args, "suite__"), "suite settings")
     counts = run_comparison(args.name, command, log=_log)
     if not command.report_only:
-        verb = "would run" if command.dry_run else "ran"
-        _log(f"suite {args.name}: {counts['total']} runs, {counts['skipped']} already complete, {verb} {counts['total'] - counts['skipped']}")
+        _log(_suite_summary(args.name, counts, "would run" if command.dry_run else "ran"))
     return 0
 
 

@@ -13,13 +13,13 @@ import datetime as _dt
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from reflowbench.config import SuiteSpec, TuneSpec, merge_into, preset
 from reflowbench.errors import ConfigError
 from reflowbench.harness.plan import SuitePlan, plan_suite
 from reflowbench.harness.sweep import count_complete, run_suite
-from reflowbench.harness.tuning import run_tuning, tune_plan
+from reflowbench.harness.tuning import run_tuning, tune_plan, tuning_status
 from reflowbench.schema.results import load_runs
 from reflowbench.suites import SuiteCommandSpec, fill_placeholders, load_suite, suite_name
 from reflowbench.utils.io import atomic_write_json
@@ -89,11 +89,23 @@ def _job_tuning(job: Dict, command: SuiteCommandSpec, index: int, check_out: boo
 
 def _tuned_plan(job: PlannedJob, command: SuiteCommandSpec, log: Log) -> SuitePlan:
     """Run (or resume) the job's settings search, then its sweep planned with the chosen options."""
+    plan, cells, tune = _tuning_plan(job)
+    chosen = run_tuning(plan, cells, tune, log=log)["chosen"]
+    log(f"{job.folder}: tuned {job.tune.method}: {chosen}")
+    return _planned_with(job, chosen)
+
+
+def _tuning_plan(job: PlannedJob) -> Tuple[SuitePlan, List[Dict[str, Any]], TuneSpec]:
+    """The job's settings search: its plan (one pruner per cell, on the tuning seeds), cells and spec."""
     spec = copy.deepcopy(job.plan.spec)
     spec.sweep.seeds = list(job.tune_seeds or [0])
-    tune_spec_plan, cells = tune_plan(spec, copy.deepcopy(job.tune))
-    chosen = run_tuning(tune_spec_plan, cells, job.tune, log=log)["chosen"]
-    log(f"{job.folder}: tuned {job.tune.method}: {chosen}")
+    tune = copy.deepcopy(job.tune)
+    plan, cells = tune_plan(spec, tune)
+    return plan, cells, tune
+
+
+def _planned_with(job: PlannedJob, chosen: Dict[str, Any]) -> SuitePlan:
+    """The job's sweep with the tuned method's options replaced by the search's ``chosen`` ones."""
     tuned = copy.deepcopy(job.plan.spec)
     tuned.method_options[job.tune.method] = chosen
     return plan_suite(tuned)
@@ -102,10 +114,11 @@ def _tuned_plan(job: PlannedJob, command: SuiteCommandSpec, log: Log) -> SuitePl
 def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Dict[str, int]:
     """Run (or, with ``dry_run``, list) every job, then write the combined report (``report_only``: only that) and,
     when runs were made, ``<name>-suite/timing.json`` (wall time against the floor of the runs made now);
-    returns {"done", "skipped", "total"} summed over the jobs run or listed."""
+    returns {"done", "failed", "skipped", "total"} summed over the jobs run or listed (a tuned job's runs are listed
+    once its settings search has chosen)."""
     planned = plan_jobs(name, command)
     started, started_iso = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-    totals = {"done": 0, "skipped": 0, "total": 0}
+    totals = {"done": 0, "failed": 0, "skipped": 0, "total": 0}
     for index, job in enumerate(planned):
         sweep = job.plan.spec.sweep
         header = f"[{index + 1}/{len(planned)}] {job.folder}: {job.plan.spec.model.model}, {','.join(sweep.methods)}" + (
@@ -114,10 +127,17 @@ def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Di
         if command.report_only:
             continue
         if command.dry_run:
+            plan = job.plan
             if job.tune is not None:
-                log(f"{header}: with the settings `reflowbench tune --method {job.tune.method}` chooses first (runs counted once it has)")
-                continue
-            complete, total = count_complete(job.plan)
+                scored, needed, chosen = tuning_status(*_tuning_plan(job))
+                if chosen is None:
+                    log(
+                        f"{header}: settings search {scored} of {needed} scores in; its runs are counted once `reflowbench tune --method {job.tune.method}` has chosen"
+                    )
+                    continue
+                header += f", tuned {job.tune.method} {chosen}"
+                plan = _planned_with(job, chosen)
+            complete, total = count_complete(plan)
             log(f"{header}: {complete} of {total} runs finished, {total - complete} to run")
             totals["skipped"] += complete
             totals["total"] += total

@@ -20,7 +20,7 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from reflowbench.config import SuiteSpec, TuneSpec
 from reflowbench.errors import ConfigError, DivergedError
@@ -124,20 +124,11 @@ def run_tuning(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec, log
     their paths ("results", "markdown", "config") and the chosen options ("chosen")."""
     spec = plan.spec
     state = SuiteState(plan, log)
-    folder = Path(spec.sweep.out) / "tuning"
-    stem = f"{spec.model.model}_{tune.method}"
+    folder, stem = _where(spec, tune)
     results_path = folder / f"{stem}.json"
-    key = stable_hash({**state.settings, "method": tune.method})
-    record = read_keyed_json(results_path, key, "results") or {
-        "kind": "tuning",
-        "key": key,
-        "model": spec.model.model,
-        "method": tune.method,
-        "settings": state.settings,
-        "results": [],
-    }
+    record = _scores(state, tune)
     done = {(r["cell"], r["sparsity"], r["seed"]) for r in record["results"]}
-    ids = [stable_hash(key_options(pruner), 8) for pruner in plan.pruners]
+    ids = _cell_ids(plan)
     for seed in [] if tune.report_only else spec.sweep.seeds:
         for cell_id, cell, pruner in zip(ids, cells, plan.pruners):
             for sparsity in tune.at_sparsities:
@@ -150,6 +141,41 @@ def run_tuning(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec, log
                 log(f"seed {seed} s={sparsity:g} {cell}: held-out loss {result['loss_pruned']:.4g} pruned, {result['loss_reflow']:.4g} after REFLOW")
     expected = len(cells) * len(tune.at_sparsities) * len(spec.sweep.seeds)
     return _write_outputs(folder, stem, record, cells, ids, tune, expected)
+
+
+def _where(spec: SuiteSpec, tune: TuneSpec) -> Tuple[Path, str]:
+    """(the tuning folder under --out, the file stem ``<model>_<method>``)."""
+    return Path(spec.sweep.out) / "tuning", f"{spec.model.model}_{tune.method}"
+
+
+def _cell_ids(plan: SuitePlan) -> List[str]:
+    return [stable_hash(key_options(pruner), 8) for pruner in plan.pruners]
+
+
+def _scores(state: SuiteState, tune: TuneSpec) -> Dict[str, Any]:
+    """The search's results file when it was written under these settings, else a new, empty record."""
+    folder, stem = _where(state.spec, tune)
+    key = stable_hash({**state.settings, "method": tune.method})
+    return read_keyed_json(folder / f"{stem}.json", key, "results") or {
+        "kind": "tuning",
+        "key": key,
+        "model": state.spec.model.model,
+        "method": tune.method,
+        "settings": state.settings,
+        "results": [],
+    }
+
+
+def tuning_status(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec) -> Tuple[int, int, Optional[Dict[str, Any]]]:
+    """(scores in, scores the search needs, the options it chooses when all are in, else None), reading the results
+    file only (``--dry-run``); ``plan`` and ``cells`` from :func:`tune_plan`."""
+    state = SuiteState(plan, log=lambda message: None)
+    options_of = dict(zip(_cell_ids(plan), cells))
+    wanted = {(cell, sparsity, seed) for cell in options_of for sparsity in tune.at_sparsities for seed in plan.spec.sweep.seeds}
+    results = [r for r in _scores(state, tune)["results"] if (r["cell"], r["sparsity"], r["seed"]) in wanted]
+    if len(results) < len(wanted):
+        return len(results), len(wanted), None
+    return len(results), len(wanted), options_of[rank_cells(results, tune.criterion)[0][0]]
 
 
 def _write_outputs(
