@@ -107,6 +107,22 @@ def test_the_gradient_pass_computes_fewer_rows_a_call_for_large_activations_with
         torch.testing.assert_close(capped.rows[t.param_name], uncapped.rows[t.param_name], rtol=1e-5, atol=1e-7)
 
 
+def test_the_gradient_budget_check_counts_the_calls_activations_at_the_rows_per_call_it_will_use(tiny_model, monkeypatch):
+    """The estimate checked before G is allocated is G + one call's gradients (twice) + its images' activations, for the
+    rows per call the activation cap allows (not the uncapped count, which over-states it)."""
+    import reflowbench.hessian.gradients as gradients
+
+    targets = select_targets(tiny_model)
+    spec = GradientSpec(num_grads=16, chunk_images=16)
+    per_image = gradients.image_activation_bytes(tiny_model.eval(), _images(16)[0][0])
+    monkeypatch.setattr(gradients, "CHUNK_ACTIVATION_BYTES", 3 * per_image)  # 3 rows a call, not 16
+    checked = []
+    monkeypatch.setattr(gradients, "check_budget", lambda need, *args: checked.append(need))
+    collect_gradients(tiny_model, targets, iter(_images(16)), spec)
+    assert checked == [gradient_bytes(targets, spec) + 3 * (2 * targets.num_weights * 4 + per_image)]
+    assert gradients.chunk_gradient_bytes(targets, spec, per_image) < gradients.chunk_gradient_bytes(targets, spec)
+
+
 def test_the_activation_probe_counts_what_backward_saves_but_not_the_weights():
     import reflowbench.hessian.gradients as gradients
 

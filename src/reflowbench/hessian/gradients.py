@@ -13,6 +13,7 @@ asked for (``engine="vmap"``). Rows are written straight into preallocated stora
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
@@ -136,10 +137,22 @@ def image_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return outputs[0] + sum(saved.values())
 
 
-def chunk_gradient_bytes(targets: "TargetSet", spec: GradientSpec) -> int:
-    """Bytes of one call's float32 gradients, twice (the engine's output and the masked copy stored from it): the
-    collection's largest temporary besides the activations."""
-    return 2 * groups_per_call(targets, spec) * targets.num_weights * 4
+def chunk_gradient_bytes(targets: "TargetSet", spec: GradientSpec, activation_bytes: int = 0) -> int:
+    """Bytes one call holds besides G: its float32 gradients twice (the engine's output and the masked copy stored
+    from it) and its images' activations (``activation_bytes`` per image, :func:`image_activation_bytes`; both
+    for the groups per call that :func:`groups_per_call` allows with them)."""
+    groups = groups_per_call(targets, spec, activation_bytes)
+    return 2 * groups * targets.num_weights * 4 + groups * spec.minibatch * activation_bytes
+
+
+def _eval_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """:func:`image_activation_bytes` with the model in eval mode, as the collection runs it (mode restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return image_activation_bytes(model, x)
+    finally:
+        model.train(was_training)
 
 
 def _group_loss(model: nn.Module, frozen: Dict[str, torch.Tensor]) -> Callable:
@@ -190,10 +203,14 @@ def collect_gradients(
     device = device or next(model.parameters()).device
     store_device = torch.device("cpu") if spec.offload else device
     dtype = resolve_dtype(spec.dtype)
+    batches = iter(batches)
+    first = next(batches, None)  # its first image measures the activations a call keeps, before anything is allocated
+    activation_bytes = _eval_activation_bytes(model, first[0].to(device)) if first is not None else 0
+    per_call = groups_per_call(targets, spec, activation_bytes)
     check_budget(
-        gradient_bytes(targets, spec) + chunk_gradient_bytes(targets, spec),
+        gradient_bytes(targets, spec) + chunk_gradient_bytes(targets, spec, activation_bytes),
         budget_gb,
-        f"the gradient matrix ({spec.num_grads} x {targets.num_weights:,} weights, {spec.dtype}) and one chunk's float32 gradients",
+        f"the gradient matrix ({spec.num_grads} x {targets.num_weights:,} weights, {spec.dtype}) and one chunk's float32 gradients and activations",
         f"a smaller {option_prefix}num-grads, {option_prefix}dtype bfloat16/float16 (half the bytes), a smaller {option_prefix}chunk-images, fewer target layers"
         + (f", or {option_prefix}offload (keep G in host memory)" if device.type == "cuda" and not spec.offload else ""),
         log,
@@ -215,7 +232,6 @@ def collect_gradients(
     loss = _group_loss(model, frozen)
     module_of = {target_keys[t.param_name]: t.module_name for t in targets}
     use_hooks = spec.engine in ("hooks", "auto") and supports_group_hooks(model, list(module_of.values()))
-    per_call = 0  # set from the first batch's activations
     was_training = model.training
     model.eval()
     filled = 0
@@ -226,12 +242,10 @@ def collect_gradients(
     bar = tqdm(total=spec.num_grads, disable=not progress, desc="gradients", unit="row", leave=False)
     try:
         params = {target_keys[t.param_name]: t.weight.detach() for t in targets}
-        for x, y in batches:
+        for x, y in itertools.chain([first] if first is not None else [], batches):
             pending_x.append(x)
             pending_y.append(y)
             buffered = sum(len(b) for b in pending_y)
-            if per_call == 0:
-                per_call = groups_per_call(targets, spec, image_activation_bytes(model, x.to(device)))
             while buffered >= spec.minibatch and filled < spec.num_grads:
                 xs, ys = torch.cat(pending_x), torch.cat(pending_y)
                 groups = min(per_call, len(ys) // spec.minibatch, spec.num_grads - filled)
