@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 
@@ -176,6 +177,13 @@ def test_compare_flags_regressions_and_exits_non_zero(tmp_path, capsys):
     assert status == (1 if worse else 0) and ("REGRESSION" in text) == worse
     assert main(["compare", str(out), str(out), "--method", "woodfisher"]) == 2
     assert "nothing to compare" in capsys.readouterr().err
+    candidate = tmp_path / "candidate"  # the candidate's run at 0.9 diverged: a regression, though no cell compares it
+    shutil.copytree(out, candidate)
+    (diverged,) = (candidate / "runs").glob("mp_s0.9*.json")
+    diverged.write_text(json.dumps({**json.loads(diverged.read_text()), "status": "failed", "error": "mp: step 2 of 2 failed: overflow"}))
+    assert main(["compare", str(candidate), str(out), "--method", "mp"]) == 1
+    text = capsys.readouterr().out
+    assert "REGRESSION: mp failed on" in text and "at sparsity 0.9, seed 0: mp: step 2 of 2 failed: overflow" in text and "1 failed runs" in text
 
 
 def test_compare_and_objective_bad_input_are_clear_errors(tmp_path, capsys):

@@ -196,7 +196,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from reflowbench.reports.aggregate import markdown_table
-    from reflowbench.reports.compare import compare_results, comparison_table
+    from reflowbench.reports.compare import compare_results, comparison_table, failed_points
     from reflowbench.schema.results import load_runs
 
     if not 0 <= args.tolerance < 100:
@@ -208,20 +208,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not runs[side]:
             raise ReflowbenchError(f"no complete runs under {folder}/runs (the {side} folder): pass the --out folder of a `reflowbench run`")
     cells = compare_results(runs["candidate"], runs["baseline"], args.method, against, args.tolerance)
-    if not cells:
+    failed = failed_points(load_runs(Path(args.candidate), "failed"), runs["baseline"], args.method, against)
+    if not cells and not failed:
         have = sorted({(r["model"], r["method"], r["sparsity"]) for r in runs["candidate"]})
         want = sorted({(r["model"], r["method"], r["sparsity"]) for r in runs["baseline"]})
         raise ReflowbenchError(
             f"nothing to compare: the candidate has (model, method, sparsity) {have[:8]}{' ...' if len(have) > 8 else ''}, "
             f"the baseline {want[:8]}{' ...' if len(want) > 8 else ''}; --method and --against name a method (or a report label) on each side"
         )
-    print(markdown_table(*comparison_table(cells, args.method, against)))
+    if cells:
+        print(markdown_table(*comparison_table(cells, args.method, against)))
+    for record in failed:
+        print(f"REGRESSION: {args.method} failed on {record['model']} at sparsity {record['sparsity']:g}, seed {record['seed']}: {record['error']}")
     regressions = [c for c in cells if c.verdict == "REGRESSION"]
     better = [c for c in cells if c.verdict == "better"]
     print(
         f"\n{args.method} vs {against}: {len(better)} cells better, {len(regressions)} regressions, {len(cells) - len(better) - len(regressions)} within tolerance ({args.tolerance:g} points + the seeds' spread)"
+        + (f", {len(failed)} failed runs (regressions)" if failed else "")
     )
-    return 1 if regressions else 0
+    return 1 if regressions or failed else 0
 
 
 def _refuse_sweep_flags(args: argparse.Namespace, instead: str) -> None:

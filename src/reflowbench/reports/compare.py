@@ -7,6 +7,8 @@ the seeds already show is not counted against a method). Two uses:
 
 - a maintainer's new pruner against an established one: ``--method my-method --against mp``;
 - the same method before and after a code change (golden results): ``--method mp`` (``--against`` defaults to it).
+
+A candidate run recorded as failed (its pruner diverged) where the baseline has runs is a regression too.
 """
 
 from __future__ import annotations
@@ -68,6 +70,13 @@ def compare_results(
     return cells
 
 
+def failed_points(failed: List[Dict[str, Any]], baseline: List[Dict[str, Any]], method: str, against: Optional[str] = None) -> List[Dict[str, Any]]:
+    """The candidate's failed runs (records with status ``failed``, as ``load_runs(out, "failed")`` gives them) of
+    ``method`` at a (model, sparsity) the baseline has finished runs of: each a regression (no model came out)."""
+    theirs = _by_cell(baseline, against or method)
+    return [r for r in failed if (r.get("label") == method or (r["method"] == method and not r.get("variant"))) and (r["model"], r["sparsity"]) in theirs]
+
+
 def comparison_table(cells: List[Cell], method: str, against: str) -> Tuple[List[str], List[List[str]]]:
     header = ["model", "sparsity", "metric", f"{method} (%)", f"{against} (%)", "difference", "allowed drop", "verdict"]
     rows = [
@@ -86,4 +95,4 @@ def comparison_table(cells: List[Cell], method: str, against: str) -> Tuple[List
     return header, rows
 
 
-__all__ = ["Cell", "compare_results", "comparison_table"]
+__all__ = ["Cell", "compare_results", "comparison_table", "failed_points"]
