@@ -243,6 +243,52 @@ def test_multi_step_run_rejects_an_update_that_makes_the_model_diverge(digits, m
     assert "chita++_rejected_updates" not in clean_ctx.notes
 
 
+def test_the_loss_guard_undoes_an_update_that_raises_the_probe_loss_and_the_finite_guard_does_not(digits, monkeypatch):
+    """update_guard loss: a step whose update makes the probe-batch loss higher than without it is undone (both losses
+    noted); the default guard keeps such an update as long as the loss stays finite."""
+    from reflowbench.pruners import hessian_base
+
+    def harmful_updates():
+        real_update, calls = hessian_base.apply_update, []
+
+        def update(kind, targets, curvature, old, new):
+            real_update(kind, targets, curvature, old, new)
+            calls.append(kind)
+            if len(calls) == 2:  # the second step's update makes every image look like class 0
+                fc = next(t for t in targets if t.param_name == "fc.weight")
+                with torch.no_grad():
+                    fc.weight[0] += 100.0 * new["fc.weight"][0]
+
+        return update
+
+    monkeypatch.setattr(hessian_base, "apply_update", harmful_updates())
+    model, targets, masks, ctx = _chita_prune(digits, 0, name="chita++", recompute_steps=3, iht_iters=5, update_guard="loss")
+    assert 1 in ctx.notes["chita++_rejected_updates"] and verify_masks(targets, masks, 0.7, model=model) > 0
+    without, updated = ctx.notes["chita++_probe_losses"][1]
+    assert len(ctx.notes["chita++_probe_losses"]) == 3 and updated > without + 10
+    assert float(next(t for t in targets if t.param_name == "fc.weight").weight.detach().abs().max()) < 50
+    monkeypatch.setattr(hessian_base, "apply_update", harmful_updates())
+    model, targets, _, ctx = _chita_prune(digits, 0, name="chita++", recompute_steps=3, iht_iters=5)
+    assert "chita++_rejected_updates" not in ctx.notes and "chita++_probe_losses" not in ctx.notes
+    assert float(next(t for t in targets if t.param_name == "fc.weight").weight.detach().abs().max()) > 50
+
+
+def test_the_update_guard_enters_run_keys_and_configurations_only_away_from_its_default():
+    """Added after runs were recorded: at 'finite' (the earlier behaviour) it changes no key and no report row."""
+    from reflowbench.errors import ConfigError
+    from reflowbench.pruners.base import key_options
+    from reflowbench.schema.results import config_fields
+
+    plain, guarded = make_pruner("chita++"), make_pruner("chita++", {"update_guard": "loss"})
+    assert "update_guard" not in key_options(plain) and key_options(guarded)["update_guard"] == "loss"
+    record = {"method": "chita++", "sparsity": 0.9, "settings": {}, "options": {"damp": 1e-4}}
+    with_default = {**record, "options": {"damp": 1e-4, "update_guard": "finite"}}
+    with_loss = {**record, "options": {"damp": 1e-4, "update_guard": "loss"}}
+    assert config_fields(record) == config_fields(with_default) != config_fields(with_loss)
+    with pytest.raises(ConfigError, match=r"--chita\+\+-update-guard must be one of"):
+        make_pruner("chita++", {"update_guard": "magic"})
+
+
 def test_multi_step_run_names_its_knobs_when_even_the_unupdated_model_diverges(digits, monkeypatch):
     from reflowbench.errors import FisherError
     from reflowbench.pruners import hessian_base

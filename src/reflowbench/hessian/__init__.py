@@ -11,7 +11,7 @@
 
 from reflowbench.hessian.block_fisher import BlockFisher, FisherSpec, LayerFisher
 from reflowbench.hessian.curvature import Curvature
-from reflowbench.hessian.gradients import GradientMatrix, GradientSpec, collect_gradients, gradient_bytes, loss_is_finite
+from reflowbench.hessian.gradients import GradientMatrix, GradientSpec, batch_loss, collect_gradients, gradient_bytes, loss_is_finite
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 from reflowbench.hessian.network_fisher import NetworkFisher
 
@@ -27,5 +27,6 @@ __all__ = [
     "collect_gradients",
     "gradient_bytes",
     "loss_is_finite",
+    "batch_loss",
     "resolve_dtype",
 ]

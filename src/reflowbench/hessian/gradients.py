@@ -14,6 +14,7 @@ asked for (``engine="vmap"``). Rows are written straight into preallocated stora
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
@@ -161,6 +162,19 @@ def _group_loss(model: nn.Module, frozen: Dict[str, torch.Tensor]) -> Callable:
         return F.cross_entropy(logits, y)
 
     return loss
+
+
+def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The mean cross-entropy on one batch (x: (B, ...), y: (B,)), model in eval mode (restored), no gradients;
+    inf when not finite."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            loss = float(F.cross_entropy(model(x), y))
+    finally:
+        model.train(was_training)
+    return loss if math.isfinite(loss) else math.inf
 
 
 def loss_is_finite(model: nn.Module, targets: "TargetSet", x: torch.Tensor, y: torch.Tensor) -> bool:

@@ -19,6 +19,7 @@ from torch import nn
 from reflowbench.config import type_name, value_matches
 from reflowbench.errors import ConfigError
 from reflowbench.pruners.masks import SCOPES, Masks
+from reflowbench.schema.results import option_in_key
 from reflowbench.schema.targets import TargetSet
 from reflowbench.utils.cost import CostLedger
 
@@ -116,10 +117,11 @@ PRUNERS: Dict[str, Type[Pruner]] = {}
 
 def key_options(pruner: "Pruner") -> Dict[str, Any]:
     """The pruner's options as they enter a run's key: all but those in ``KEY_NEUTRAL`` (settings of how the work is
-    done that leave its result unchanged), so that adding such a setting keeps every finished run's key."""
+    done that leave its result unchanged) and options added later at the value that reproduces the earlier behaviour
+    (``schema.results.LATER_OPTIONS``), so that adding such a setting keeps every finished run's key."""
     from dataclasses import asdict
 
-    return {k: v for k, v in asdict(pruner.options).items() if k not in pruner.KEY_NEUTRAL}
+    return {k: v for k, v in asdict(pruner.options).items() if k not in pruner.KEY_NEUTRAL and option_in_key(k, v)}
 
 
 def register_pruner(name: str, description: str = ""):

@@ -16,7 +16,10 @@ With several steps, each update is checked before the next step collects gradien
 loss or the gradient on a probe batch of Fisher images is no longer finite (the update made the model
 diverge), that step's update is rejected (its kept weights stay as they were, the newly pruned ones go to
 zero: update ``none`` for that step), a warning is logged and the step is listed in the run's notes
-(``<pruner>_rejected_updates``). Without this guard CHITA++ at 0.95 on ResNet-20 stops mid-way.
+(``<pruner>_rejected_updates``). Without this guard CHITA++ at 0.95 on ResNet-20 stops mid-way. With
+``update_guard`` ``loss`` (not part of any published method) a step's update is also undone when the probe loss is
+higher with it than without it (both losses listed in ``<pruner>_probe_losses``): a measured-loss check, as CBS makes
+between its candidates, two forward passes of the probe batch a step.
 
 When a later step's curvature cannot be formed at all (the weights diverged although the loss stayed finite: on
 ResNet-56, CHITA++ at 0.95 reaches gradients whose Gram products overflow float32 in its last stage), the step raises
@@ -36,7 +39,7 @@ import torch.distributed as dist
 from torch import nn
 
 from reflowbench.errors import ConfigError, DivergedError, FisherError
-from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, collect_gradients, loss_is_finite
+from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, batch_loss, collect_gradients, loss_is_finite
 from reflowbench.hessian.block_fisher import DAMP_MODES
 from reflowbench.hessian.gradients import ENGINES, layer_gradient_bytes
 from reflowbench.hessian.memory import DTYPES, resolve_dtype
@@ -50,6 +53,7 @@ from reflowbench.schema.targets import TargetSet
 from reflowbench.utils.cost import PhaseCost
 
 SCHEDULES = ("geometric", "cubic", "linear")
+UPDATE_GUARDS = ("finite", "loss")  # what makes a multi-step run undo a step's update (see the module)
 DENSE_FISHER = "dense-fisher"  # first element of the suite-cache key of a seed's dense block Fisher
 
 
@@ -63,6 +67,7 @@ class HessianOptions:
     damp: float = 1e-5  # lam (absolute), or multiple of the mean diagonal (damp_mode relative)
     damp_mode: str = "absolute"  # absolute or relative
     recompute_steps: int = 1  # R: reach the sparsity in R steps, re-collecting gradients between them
+    update_guard: str = "finite"  # with R > 1, undo a step's update when it makes the loss on 256 Fisher images non-finite (finite), or also when it raises that loss above the step's loss without the update (loss: two forward passes a step; not in the published methods)
     schedule: str = "geometric"  # sparsity schedule of the R steps: geometric (in density), cubic, linear
     scope: str = "global"  # global selection across all targets, or layer (same sparsity per layer)
     update: str = "obs-sum"  # update of the kept weights: none, obs-sum (summed single-weight OBS), joint (exact multi-weight OBS per block)
@@ -129,6 +134,7 @@ class HessianPruner(Pruner):
             ("damp_mode", o.damp_mode in DAMP_MODES, f"one of {DAMP_MODES}"),
             ("recompute_steps", o.recompute_steps >= 1, "an integer >= 1"),
             ("schedule", o.schedule in SCHEDULES, f"one of {SCHEDULES}"),
+            ("update_guard", o.update_guard in UPDATE_GUARDS, f"one of {UPDATE_GUARDS}"),
             ("update", o.update in UPDATES, f"one of {UPDATES}"),
             ("dtype", o.dtype in DTYPES, f"one of {tuple(DTYPES)}"),
             ("grad_engine", o.grad_engine in ENGINES, f"one of {ENGINES}"),
@@ -231,17 +237,30 @@ class HessianPruner(Pruner):
     PROBE_IMAGES = 256  # Fisher images in the batch that checks each step's update in multi-step runs
 
     def _reject_diverged_update(self, model: nn.Module, targets: TargetSet, before: torch.Tensor, masks: Masks, step: int, ctx: PruneContext) -> None:
-        """Undo step ``step``'s update (weights ``before``, (p,), times the keep-``masks``) when the loss or a
-        target gradient on the probe batch is not finite; raise when even the un-updated weights diverge."""
+        """Undo step ``step``'s update (weights ``before``, (p,), times the keep-``masks``) when the loss or a target
+        gradient on the probe batch is not finite, or (``update_guard`` loss) when the probe loss is higher with the
+        update than without it; raise when even the un-updated weights diverge."""
         count = min(self.PROBE_IMAGES, self.fisher_images())
         x, y = next(iter(ctx.fisher_batches(count, count)))
         x, y = x.to(ctx.device), y.to(ctx.device)
+        without = before * flat_masks(targets, masks, before.device)
         if loss_is_finite(model, targets, x, y):
-            return
-        write_weights(targets, before * flat_masks(targets, masks, before.device))
+            if self.options.update_guard != "loss":
+                return
+            updated, loss_updated = flat_weights(targets, before), batch_loss(model, x, y)
+            write_weights(targets, without)
+            loss_without = batch_loss(model, x, y)
+            ctx.notes.setdefault(f"{self.name}_probe_losses", []).append([loss_without, loss_updated])
+            if loss_updated <= loss_without:
+                write_weights(targets, updated)
+                return
+            reason = f"raised the probe loss from {loss_without:.4g} to {loss_updated:.4g}"
+        else:
+            write_weights(targets, without)
+            reason = "made the loss non-finite"
         ctx.notes.setdefault(f"{self.name}_rejected_updates", []).append(step)
         if ctx.log is not None:
-            ctx.log(f"{self.name}: step {step + 1}: the {self.options.update} update made the loss non-finite; kept the weights without it")
+            ctx.log(f"{self.name}: step {step + 1}: the {self.options.update} update {reason}; kept the weights without it")
         if not loss_is_finite(model, targets, x, y):
             raise DivergedError(
                 f"{self.name}: at step {step + 1} the pruned model's loss is not finite even without the update: "

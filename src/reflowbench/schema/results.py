@@ -104,6 +104,16 @@ def load_runs(out: Path, status: str = "complete") -> List[Dict[str, Any]]:
 # recorded before such an option existed and runs after it stay one configuration.
 RESULT_NEUTRAL_OPTIONS = ("layer_groups", "grad_engine")
 
+# Result-changing pruner options added after runs were recorded, with the value that reproduces the earlier
+# behaviour: at that value an option is left out of run keys and configurations (the runs recorded before it keep
+# their keys and share their rows with the runs after it); at any other value it is part of both.
+LATER_OPTIONS: Dict[str, Any] = {"update_guard": "finite"}
+
+
+def option_in_key(name: str, value: Any) -> bool:
+    """Whether a pruner option enters a run's key and configuration (see the two lists above)."""
+    return name not in RESULT_NEUTRAL_OPTIONS and not (name in LATER_OPTIONS and value == LATER_OPTIONS[name])
+
 
 def config_fields(record: Dict[str, Any]) -> Dict[str, Any]:
     """Every setting of a run that changes its result except the seed, flattened to ``section.field``.
@@ -118,7 +128,7 @@ def config_fields(record: Dict[str, Any]) -> Dict[str, Any]:
         else:
             flat[section] = values
     for name, value in record.get("options", {}).items():
-        if name not in RESULT_NEUTRAL_OPTIONS:
+        if option_in_key(name, value):
             flat[f"options.{name}"] = value
     return flat
 
