@@ -99,6 +99,10 @@ PROBES = {
         lambda f: ["run", *_cifar(f), "--diag-images", "500"],
         "heldout needs 500 images but its 20% share holds 24 (lower --diag-images)",
     ),
+    "too few Fisher images": (
+        lambda f: ["run", *_cifar(f), "--methods", "mp,chita++"],
+        "fisher needs 8000 images but its 40% share holds 48 (lower --chita++-num-grads or --chita++-minibatch)",
+    ),
     "sparsity 1": (lambda f: ["run", *_cifar(f), "--sparsities", "1.0"], "sparsity must be in [0, 1)"),
     "report sparsity 2": (lambda f: ["run", *_cifar(f), "--report-sparsity", "2"], "sparsity must be in [0, 1)"),
     "prune sparsity -0.1": (lambda f: ["prune", *_cifar(f), "--sparsity", "-0.1"], "sparsity must be in [0, 1)"),

@@ -12,7 +12,7 @@ ablations over one knob compare like with like. The test split is never touched.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -49,11 +49,14 @@ def range_bounds(num_train: int) -> Dict[str, Tuple[int, int]]:
     return bounds
 
 
-def check_subset_sizes(num_train: int, sizes: SubsetSizes) -> None:
-    """Raise :class:`DatasetError` naming every subset that does not fit its range, and the option that lowers it."""
+def check_subset_sizes(num_train: int, sizes: SubsetSizes, knobs: Optional[Dict[str, str]] = None) -> None:
+    """Raise :class:`DatasetError` naming every subset that does not fit its range, and the option that lowers it
+    (``knobs``: purpose -> the settings to name instead of the generic ones, e.g. the flags of the pruner that needs
+    the most Fisher images)."""
     bounds = range_bounds(num_train)
     problems = []
-    for purpose, fraction, knob in RANGES:
+    for purpose, fraction, generic in RANGES:
+        knob = (knobs or {}).get(purpose, generic)
         wanted = getattr(sizes, purpose)
         capacity = bounds[purpose][1] - bounds[purpose][0]
         if wanted > capacity:

@@ -60,6 +60,15 @@ def default_checkpoint(spec: SuiteSpec, data: DataBundle, device: torch.device, 
     return path
 
 
+def _fisher_knobs(plan: SuitePlan, need: int) -> str:
+    """The flags that lower the Fisher images ``need`` of ``plan``: those of the pruners (or the objective diagnostic)
+    that need that many."""
+    flags = [f"{p.flag('num-grads')} or {p.flag('minibatch')}" for p in plan.pruners if p.fisher_images() == need and need > 0]
+    if objective_images(plan.spec.objective) == need:
+        flags.append("--objective-grads or --objective-minibatch")
+    return "; ".join(flags) or "the pruner's number of gradients or images per gradient"
+
+
 class SuiteState:
     """Everything the runs of one suite share. Build it once from a :class:`SuitePlan`; call :func:`run_one` per run.
 
@@ -81,7 +90,7 @@ class SuiteState:
         self.data = load_dataset(dataset, spec.data.data, spec.data.norm, spec.data.download, spec.data.workers, spec.data.partial_data)
         fisher_need = max([p.fisher_images() for p in plan.pruners] + [objective_images(spec.objective)])
         self.sizes = SubsetSizes(spec.reflow.calib_batches * spec.reflow.calib_batch_size, fisher_need, spec.reflow.diag_images)
-        check_subset_sizes(len(self.data.train), self.sizes)  # fail now, not after the first run
+        check_subset_sizes(len(self.data.train), self.sizes, {"fisher": _fisher_knobs(plan, fisher_need)})  # fail now, not after the first run
         checkpoint = spec.model.checkpoint
         if checkpoint is None and spec.model.weights is None:
             if spec.model.model == "smallcnn" and dataset == "digits":
