@@ -149,3 +149,15 @@ def test_deterministic_switch_is_recorded_and_changes_no_cpu_result(tmp_path):
     assert first["key"] == second["key"]  # the switch is not a setting of the result: same run, same key
     assert (first["environment"]["deterministic"], second["environment"]["deterministic"]) == (False, True)
     assert first["pruned"] == second["pruned"] and first["reflow"] == second["reflow"]  # CPU kernels are deterministic already
+
+
+def test_the_embedded_preset_sizes_every_registered_pruner_to_digits(tmp_path):
+    """`reflowbench run --methods <any pruner>` on the embedded demo needs no extra flag: every pruner's Fisher images
+    fit digits' share (the published N = 1000, or 500 x 16, do not)."""
+    from reflowbench.harness.run import SuiteState
+    from reflowbench.pruners import PRUNERS
+
+    spec = preset("embedded")
+    spec.sweep.methods, spec.sweep.out = sorted(PRUNERS), str(tmp_path / "out")
+    state = SuiteState(plan_suite(spec), log=lambda m: None)  # raises DatasetError naming the pruner's flags otherwise
+    assert 0 < state.sizes.fisher <= 539

@@ -198,13 +198,21 @@ class SuiteSpec:
 
 SECTIONS = ("model", "data", "reflow", "targets", "sweep", "objective")
 
-PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
+PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {  # section -> settings, as in a --config file
     # The embedded demo: a small BN CNN on scikit-learn's digits (1,347 training images, so REFLOW uses 8 x 64).
     "embedded": {
         "model": {"model": "smallcnn"},
         "data": {"dataset": "digits"},
         "reflow": {"calib_batches": 8, "calib_batch_size": 64, "diag_images": 256},
         "sweep": {"methods": ["mp"], "sparsities": [0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95], "seeds": [0, 1, 2]},
+        # Fisher sizes that fit digits' 539-image Fisher share (the published N = 1000 or 500 x 16 do not)
+        "method_options": {
+            "woodfisher": {"num_grads": 256},
+            "cbs": {"num_grads": 256},
+            "mp-hessian": {"num_grads": 256},
+            "chita": {"num_grads": 64, "minibatch": 8},
+            "chita++": {"num_grads": 64, "minibatch": 8},
+        },
     },
     # The paper-style CIFAR-10 comparison (pass --model, --checkpoint and --data).
     "cifar10": {
@@ -219,8 +227,11 @@ MODEL_OR_DATA_FIELDS = (("model", "model"), ("model", "checkpoint"), ("model", "
 def describe_preset(name: str) -> str:
     """One line listing every value preset ``name`` sets, e.g. ``cifar10 (dataset=cifar10, seeds=0,1,2, ...)``."""
     values = []
-    for section in PRESETS[name].values():
+    for section_name, section in PRESETS[name].items():
         for key, value in section.items():
+            if section_name == "method_options":  # as the flags that set them: woodfisher-num-grads=256
+                values += [f"{key}-{option.replace('_', '-')}={v}" for option, v in value.items()]
+                continue
             shown = ",".join(str(v) for v in value) if isinstance(value, list) else value
             values.append(f"{key}={shown}")
     return f"{name} ({', '.join(values)})"
