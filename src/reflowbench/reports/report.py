@@ -38,7 +38,9 @@ def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str
     out = Path(out)
     records = load_runs(out)
     if not records:
-        raise ReflowbenchError(f"no complete runs under {out}/runs: run `reflowbench run --out {out}` first")
+        failed = load_runs(out, "failed")
+        because = f" ({len(failed)} failed: {failed[0]['error']}{' ...' if len(failed) > 1 else ''})" if failed else ""
+        raise ReflowbenchError(f"no complete runs under {out}/runs{because}: run `reflowbench run --out {out}` first")
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     sparsity = pick_sparsity(records, signal_sparsity)
