@@ -277,7 +277,7 @@ def test_the_update_guard_enters_run_keys_and_configurations_only_away_from_its_
     """Added after runs were recorded: at 'finite' (the earlier behaviour) it changes no key and no report row."""
     from reflowbench.errors import ConfigError
     from reflowbench.pruners.base import key_options
-    from reflowbench.schema.results import config_fields
+    from reflowbench.schema.results import annotate_variants, config_fields
 
     plain, guarded = make_pruner("chita++"), make_pruner("chita++", {"update_guard": "loss"})
     assert "update_guard" not in key_options(plain) and key_options(guarded)["update_guard"] == "loss"
@@ -285,6 +285,8 @@ def test_the_update_guard_enters_run_keys_and_configurations_only_away_from_its_
     with_default = {**record, "options": {"damp": 1e-4, "update_guard": "finite"}}
     with_loss = {**record, "options": {"damp": 1e-4, "update_guard": "loss"}}
     assert config_fields(record) == config_fields(with_default) != config_fields(with_loss)
+    labels = {r["options"].get("update_guard"): r["label"] for r in annotate_variants([{**r, "model": "m"} for r in (record, with_loss)])}
+    assert labels == {None: "chita++ [options.update_guard=finite]", "loss": "chita++ [options.update_guard=loss]"}
     with pytest.raises(ConfigError, match=r"--chita\+\+-update-guard must be one of"):
         make_pruner("chita++", {"update_guard": "magic"})
 

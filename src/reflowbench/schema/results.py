@@ -139,6 +139,13 @@ def config_id(record: Dict[str, Any]) -> str:
     return stable_hash(fields, 10)
 
 
+def _omitted_value(field: str) -> Any:
+    """The value a configuration without ``field`` has: a later option's earlier behaviour (left out of configurations
+    at that value, see :data:`LATER_OPTIONS`), else None."""
+    section, _, name = field.partition(".")
+    return LATER_OPTIONS.get(name) if section == "options" else None
+
+
 def annotate_variants(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Give each record ``variant`` (the settings that set its configuration apart from the other
     configurations of the same model and method, e.g. ``reflow.calib_batches=5``; empty when there is
@@ -156,7 +163,7 @@ def annotate_variants(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             mine = configs[record["config"]]
             names = sorted({k for fields in configs.values() for k in fields if k != "sparsity"})
             differing = [k for k in names if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in configs.values()}) > 1]
-            variant = ", ".join(f"{k}={mine.get(k)}" for k in differing)
+            variant = ", ".join(f"{k}={mine.get(k, _omitted_value(k))}" for k in differing)
         record["variant"] = variant
         record["label"] = f"{record['method']} [{variant}]" if variant else record["method"]
     return records
