@@ -345,6 +345,22 @@ def test_a_non_finite_gram_matrix_is_refused_at_once_as_overflow():
             _cholesky_with_escalation(gram, "layer x", lambda m, extra: m + extra.view(-1, 1, 1) * eye, torch.full((2,), 1e-4))
 
 
+def test_a_gram_matrix_too_large_for_its_damping_is_named_as_diverged_weights():
+    """Finite but huge gradients (weights that diverged): the damping vanishes in float32 rounding and no escalation helps;
+    the error says so (with the largest entry) instead of blaming all-zero gradients."""
+    import warnings
+
+    from reflowbench.errors import FisherError
+    from reflowbench.hessian.block_fisher import _cholesky_with_escalation
+
+    g = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) * 1e20  # singular, entries far above any damping
+    eye = torch.eye(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(FisherError, match=r"largest diagonal entry is 1e\+20, so the damping is lost in torch.float32 rounding.*diverged"):
+            _cholesky_with_escalation(g.unsqueeze(0), "layer x", lambda m, extra: m + extra.view(-1, 1, 1) * eye, torch.full((1,), 1e-4))
+
+
 def test_bad_chita_options_are_refused_with_the_flag():
     from reflowbench.errors import ConfigError
 

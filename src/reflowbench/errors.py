@@ -31,7 +31,7 @@ class FisherError(ReflowbenchError):
 
 class DivergedError(FisherError):
     """A multi-step pruner's earlier steps drove the weights where a later step's curvature cannot be formed
-    (non-finite loss, gradients whose Gram matrix overflows): the method failed on this run, not the inputs.
+    (non-finite loss, gradients whose Gram matrix overflows or swamps the damping): the method failed on this run, not the inputs.
     A sweep records such a run as failed and goes on; ``notes`` holds the pruner's notes up to the failure."""
 
     def __init__(self, message: str, notes: "dict | None" = None) -> None:

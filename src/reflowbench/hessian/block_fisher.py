@@ -114,10 +114,15 @@ def _cholesky_with_escalation(
         extra = torch.where(failed, damp * 9.0, torch.zeros_like(damp))
         matrix = add_identity(matrix, extra)
         damp = damp + extra
-    raise FisherError(
-        f"the Fisher blocks of {name} stay singular after raising the damping to {damp.max().item():.3g}: "
-        "the gradients are degenerate (check for non-finite or all-zero gradients) or use --<pruner>-damp-mode relative"
-    )
+    largest, lam = float(matrix.diagonal(dim1=-2, dim2=-1).abs().max()), damp.max().item()
+    if largest * torch.finfo(matrix.dtype).eps > lam:  # the damping is below the rounding of the largest entries
+        why = (
+            f"so the damping is lost in {matrix.dtype} rounding: gradients that large come from weights that have diverged "
+            "(a multi-step pruner's earlier updates: fewer --<pruner>-recompute-steps or a larger --<pruner>-damp)"
+        )
+    else:
+        why = "so the gradients are degenerate (check for all-zero gradients) or use --<pruner>-damp-mode relative"
+    raise FisherError(f"the Fisher blocks of {name} stay singular after raising the damping to {lam:.3g}: their largest diagonal entry is {largest:.3g}, {why}")
 
 
 class LayerFisher:

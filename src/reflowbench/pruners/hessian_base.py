@@ -22,7 +22,8 @@ higher with it than without it (both losses listed in ``<pruner>_probe_losses``)
 between its candidates, two forward passes of the probe batch a step.
 
 When a later step's curvature cannot be formed at all (the weights diverged although the loss stayed finite: on
-ResNet-56, CHITA++ at 0.95 reaches gradients whose Gram products overflow float32 in its last stage), the step raises
+ResNet-56, CHITA++ at 0.95 reaches gradients whose Gram matrix is so large that no damping survives float32 rounding
+in its last stage), the step raises
 :class:`~reflowbench.errors.DivergedError`: the method failed on this run. A sweep records the run as failed, with the
 message, and goes on; a failure in the first step (the dense model's curvature) stops the sweep as before.
 """
