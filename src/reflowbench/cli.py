@@ -197,18 +197,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from reflowbench.reports.aggregate import markdown_table
     from reflowbench.reports.compare import compare_results, comparison_table, failed_points
-    from reflowbench.schema.results import load_runs
+    from reflowbench.schema.results import load_finished_runs
 
     if not 0 <= args.tolerance < 100:
         raise ReflowbenchError(f"--tolerance must be in [0, 100) percentage points, got {args.tolerance}")
     against = args.against or args.method
-    runs = {}
+    runs, failed_runs = {}, {}
     for side, folder in (("candidate", args.candidate), ("baseline", args.baseline)):
-        runs[side] = load_runs(Path(folder))
+        runs[side], failed_runs[side] = load_finished_runs(Path(folder))
         if not runs[side]:
             raise ReflowbenchError(f"no complete runs under {folder}/runs (the {side} folder): pass the --out folder of a `reflowbench run`")
     cells = compare_results(runs["candidate"], runs["baseline"], args.method, against, args.tolerance)
-    failed = failed_points(load_runs(Path(args.candidate), "failed"), runs["baseline"], args.method, against)
+    failed = failed_points(failed_runs["candidate"], runs["baseline"], args.method, against)
     if not cells and not failed:
         have = sorted({(r["model"], r["method"], r["sparsity"]) for r in runs["candidate"]})
         want = sorted({(r["model"], r["method"], r["sparsity"]) for r in runs["baseline"]})

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 from reflowbench.errors import ReflowbenchError
 from reflowbench.reports.aggregate import accuracy_table, cost_table, failed_table, html_table, markdown_table, objective_table
 from reflowbench.reports.figures import accuracy_vs_sparsity, cost_vs_sparsity, pick_sparsity, signal_collapse
-from reflowbench.schema.results import load_runs
+from reflowbench.schema.results import load_finished_runs
 from reflowbench.utils.io import atomic_write_text
 
 
@@ -36,9 +36,8 @@ def _context_lines(records: List[Dict[str, Any]]) -> List[str]:
 def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out``; returns their paths."""
     out = Path(out)
-    records = load_runs(out)
+    records, failed = load_finished_runs(out)
     if not records:
-        failed = load_runs(out, "failed")
         because = f" ({len(failed)} failed: {failed[0]['error']}{' ...' if len(failed) > 1 else ''})" if failed else ""
         raise ReflowbenchError(f"no complete runs under {out}/runs{because}: run `reflowbench run --out {out}` first")
     figures = out / "figures"
@@ -93,7 +92,7 @@ def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str
             markdown_table(objective_header, objective_rows),
             "",
         ]
-    failed_header, failed_rows = failed_table(load_runs(out, "failed"))
+    failed_header, failed_rows = failed_table(failed)
     failed_caption = (
         "Runs whose pruner diverged (a later step could not form its curvature): recorded with the error and left out "
         "of every table and figure above; `reflowbench run ... --retry-failed` runs them again."

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from reflowbench.errors import ReflowbenchError
 from reflowbench.reports.aggregate import cost_table, failed_table, fmt, group, markdown_table, mean_std, objective_table
 from reflowbench.reports.figures import accuracy_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
-from reflowbench.schema.results import load_runs
+from reflowbench.schema.results import load_finished_runs
 from reflowbench.utils.io import atomic_write_text
 
 MAGNITUDE = ("mp", "mp-layer")  # methods that use no curvature
@@ -174,8 +174,8 @@ def write_suite_report(out: Path, name: str, folders: List[str], description: st
     found = []
     failed: List[Dict[str, Any]] = []
     for folder in folders:
-        runs = load_runs(out / folder)
-        failed += load_runs(out / folder, "failed")
+        runs, folder_failed = load_finished_runs(out / folder)
+        failed += folder_failed
         if runs:
             records += runs
             found.append(folder)

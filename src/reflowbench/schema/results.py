@@ -6,7 +6,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from reflowbench.utils.io import atomic_write_json, atomic_write_text, stable_hash
 
@@ -69,11 +69,6 @@ def run_status(path: Path, key: str) -> Optional[str]:
     return status if status in FINISHED else None
 
 
-def is_complete(path: Path, key: str) -> bool:
-    """A run is done when its JSON exists, parses, carries the same key and schema, and says complete."""
-    return run_status(path, key) == "complete"
-
-
 def is_finished(path: Path, key: str, retry_failed: bool = False) -> bool:
     """Complete, or failed when ``retry_failed`` is off: nothing a sweep would run again."""
     status = run_status(path, key)
@@ -88,6 +83,11 @@ def load_runs(out: Path, status: str = "complete") -> List[Dict[str, Any]]:
     """Every run record under ``out/runs`` with ``status`` (``complete``, or ``failed``: the runs whose pruner
     diverged; unreadable or partial files are skipped), each annotated with ``config``, ``variant`` and ``label``
     (see :func:`annotate_variants`; complete and failed runs are annotated together, so their labels agree)."""
+    return load_finished_runs(out)[FINISHED.index(status)]
+
+
+def load_finished_runs(out: Path) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """(complete runs, failed runs) under ``out/runs`` from one read of the folder, annotated as :func:`load_runs`."""
     records = []
     for path in sorted((Path(out) / RUNS_FOLDER).glob("*.json")):
         try:
@@ -96,7 +96,8 @@ def load_runs(out: Path, status: str = "complete") -> List[Dict[str, Any]]:
             continue
         if record.get("schema") == SCHEMA_VERSION and record.get("status") in FINISHED:
             records.append(record)
-    return [record for record in annotate_variants(records) if record["status"] == status]
+    annotated = annotate_variants(records)
+    return [r for r in annotated if r["status"] == "complete"], [r for r in annotated if r["status"] == "failed"]
 
 
 # Pruner options that change how the work is done but not its result (layer-group streaming gives the one-pass
