@@ -295,7 +295,7 @@ def test_multi_step_run_names_its_knobs_when_even_the_unupdated_model_diverges(d
     from reflowbench.errors import FisherError
     from reflowbench.pruners import hessian_base
 
-    monkeypatch.setattr(hessian_base, "loss_is_finite", lambda *args: False)
+    monkeypatch.setattr(hessian_base, "probe_loss", lambda *args: math.inf)
     with pytest.raises(FisherError, match=r"--chita\+\+-recompute-steps.*--chita\+\+-damp"):
         _chita_prune(digits, 0, name="chita++", recompute_steps=2, iht_iters=5)
 

@@ -11,7 +11,7 @@
 
 from reflowbench.hessian.block_fisher import BlockFisher, FisherSpec, LayerFisher
 from reflowbench.hessian.curvature import Curvature
-from reflowbench.hessian.gradients import GradientMatrix, GradientSpec, batch_loss, collect_gradients, gradient_bytes, loss_is_finite
+from reflowbench.hessian.gradients import GradientMatrix, GradientSpec, batch_loss, collect_gradients, gradient_bytes, probe_loss
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 from reflowbench.hessian.network_fisher import NetworkFisher
 
@@ -26,7 +26,7 @@ __all__ = [
     "check_budget",
     "collect_gradients",
     "gradient_bytes",
-    "loss_is_finite",
+    "probe_loss",
     "batch_loss",
     "resolve_dtype",
 ]

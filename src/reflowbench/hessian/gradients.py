@@ -177,11 +177,11 @@ def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return loss if math.isfinite(loss) else math.inf
 
 
-def loss_is_finite(model: nn.Module, targets: "TargetSet", x: torch.Tensor, y: torch.Tensor) -> bool:
-    """Whether the mean cross-entropy on one batch (x: (B, ...), y: (B,)) and the squared norm of its
-    gradient for every target weight (in float32: what G^T G / N is built from) are finite, model in eval mode (as in :func:`collect_gradients`); restores the mode
-    and leaves no ``.grad`` behind. A cheap probe (one forward and backward of B images) of whether the
-    next gradient pass at these weights can succeed."""
+def probe_loss(model: nn.Module, targets: "TargetSet", x: torch.Tensor, y: torch.Tensor) -> float:
+    """The mean cross-entropy on one batch (x: (B, ...), y: (B,)), or inf when it or the squared norm of its gradient
+    for any target weight (in float32: what G^T G / N is built from) is not finite; model in eval mode (as in
+    :func:`collect_gradients`), mode restored, no ``.grad`` left behind. A cheap probe (one forward and backward of B
+    images) of whether the next gradient pass at these weights can succeed, and of the loss there."""
     was_training = model.training
     model.eval()
     weights = [t.weight for t in targets if t.weight.requires_grad]
@@ -189,9 +189,10 @@ def loss_is_finite(model: nn.Module, targets: "TargetSet", x: torch.Tensor, y: t
         with torch.enable_grad():
             loss = F.cross_entropy(model(x), y)
             if not bool(torch.isfinite(loss)):
-                return False
+                return math.inf
             grads = torch.autograd.grad(loss, weights, allow_unused=True) if weights else ()
-        return all(g is None or bool(torch.isfinite(g.float().pow(2).sum())) for g in grads)
+        finite = all(g is None or bool(torch.isfinite(g.float().pow(2).sum())) for g in grads)
+        return float(loss) if finite else math.inf
     finally:
         model.train(was_training)
 

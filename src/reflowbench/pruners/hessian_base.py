@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch import nn
 
 from reflowbench.errors import ConfigError, DivergedError, FisherError
-from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, batch_loss, collect_gradients, loss_is_finite
+from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, batch_loss, collect_gradients, probe_loss
 from reflowbench.hessian.block_fisher import DAMP_MODES
 from reflowbench.hessian.gradients import ENGINES, layer_gradient_bytes
 from reflowbench.hessian.memory import DTYPES, resolve_dtype
@@ -245,10 +245,11 @@ class HessianPruner(Pruner):
         x, y = next(iter(ctx.fisher_batches(count, count)))
         x, y = x.to(ctx.device), y.to(ctx.device)
         without = before * flat_masks(targets, masks, before.device)
-        if loss_is_finite(model, targets, x, y):
+        loss_updated = probe_loss(model, targets, x, y)
+        if math.isfinite(loss_updated):
             if self.options.update_guard != "loss":
                 return
-            updated, loss_updated = flat_weights(targets, before), batch_loss(model, x, y)
+            updated = flat_weights(targets, before)
             write_weights(targets, without)
             loss_without = batch_loss(model, x, y)
             ctx.notes.setdefault(f"{self.name}_probe_losses", []).append([loss_without, loss_updated])
@@ -262,7 +263,7 @@ class HessianPruner(Pruner):
         ctx.notes.setdefault(f"{self.name}_rejected_updates", []).append(step)
         if ctx.log is not None:
             ctx.log(f"{self.name}: step {step + 1}: the {self.options.update} update {reason}; kept the weights without it")
-        if not loss_is_finite(model, targets, x, y):
+        if not math.isfinite(probe_loss(model, targets, x, y)):
             raise DivergedError(
                 f"{self.name}: at step {step + 1} the pruned model's loss is not finite even without the update: "
                 f"use fewer {self.flag('recompute-steps')} or a larger {self.flag('damp')}",
