@@ -144,3 +144,46 @@ def test_batched_fisher_products_match_the_dense_fisher(form):
     assert _rel(products, (F @ vectors.T).T) < 1e-12
     assert _rel(twice_q, torch.einsum("mp,pq,mq->m", vectors, F, vectors)) < 1e-12
     assert _rel(products[1], fisher.fisher_times(vectors[1])) < 1e-12  # one row of the batch = the single product
+
+
+def test_restricted_solves_reuse_the_last_two_dual_factors(monkeypatch):
+    """A solver backsolves its support and the magnitude one; the joint update on whichever won builds no K_S of its
+    own. The last two factors are kept, and every solve still equals the brute-force one."""
+    gradients = _gradients(6, (9, 7))
+    fisher = NetworkFisher(gradients, FisherSpec(damp=0.03, compute_dtype="float64"), CPU)
+    F = _dense(gradients, 0.03)
+    built = []
+    build = fisher._build_dual_factor
+    monkeypatch.setattr(fisher, "_build_dual_factor", lambda support: built.append(support) or build(support))
+    generator = torch.Generator().manual_seed(3)
+    v = torch.randn(16, generator=generator, dtype=torch.float64)
+    first, second, third = (torch.rand(16, generator=generator) < share for share in (0.5, 0.7, 0.6))
+    for support in (first, first.clone(), second, first, third, second):
+        expected = torch.zeros_like(v)
+        expected[support] = torch.linalg.solve(F[support][:, support], v[support])
+        assert _rel(fisher.restricted_solve(support, v), expected) < 1e-8
+    assert len(built) == 4  # first, second, third, then second again (evicted by third: two are kept)
+    fisher.inverse_times(v)
+    fisher.inverse_times(v)
+    assert len(built) == 5  # all weights: one K, kept
+
+
+def test_power_iteration_stops_once_settled_and_keeps_going_while_not():
+    from reflowbench.hessian.block_fisher import power_iteration
+
+    calls = []
+
+    def apply_of(matrix):
+        def apply(v):
+            calls.append(1)
+            return matrix @ v
+
+        return apply
+
+    fast = torch.diag(torch.tensor([10.0, 1.0, 0.5], dtype=torch.float64)).unsqueeze(0)  # gap 10: settles in a few steps
+    value = power_iteration(apply_of(fast), (1, 3, 1), 50, torch.empty(0, dtype=torch.float64))
+    assert float(value[0]) == pytest.approx(10.0, rel=1e-8) and len(calls) < 20
+    calls.clear()
+    slow = torch.diag(torch.tensor([1.0, 0.999, 0.5], dtype=torch.float64)).unsqueeze(0)  # gap 1.001: never settles in 50
+    power_iteration(apply_of(slow), (1, 3, 1), 50, torch.empty(0, dtype=torch.float64))
+    assert len(calls) == 50

@@ -192,7 +192,7 @@ def probe_loss(model: nn.Module, targets: "TargetSet", x: torch.Tensor, y: torch
                 return math.inf
             grads = torch.autograd.grad(loss, weights, allow_unused=True) if weights else ()
         finite = all(g is None or bool(torch.isfinite(g.float().pow(2).sum())) for g in grads)
-        return float(loss) if finite else math.inf
+        return float(loss.detach()) if finite else math.inf
     finally:
         model.train(was_training)
 

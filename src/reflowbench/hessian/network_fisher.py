@@ -25,6 +25,8 @@ from reflowbench.hessian.block_fisher import CHUNK_ELEMENTS, POWER_ITERATIONS, F
 from reflowbench.hessian.gradients import GradientMatrix
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 
+KEPT_FACTORS = 2  # dual factors K_S kept for reuse (a solver's support and the magnitude one)
+
 
 class NetworkFisher:
     """lam I + G^T G / N over all targets at once; ``spec.block_size`` and ``spec.form`` are ignored (always dual)."""
@@ -47,7 +49,7 @@ class NetworkFisher:
         self.device = device
         self._direct = all(r.device == device and r.dtype == self.compute_dtype for r in gradients.rows.values())
         check_budget(
-            3 * self.num_grads**2 * torch.empty((), dtype=self.factor_dtype).element_size() + (0 if self._direct else 2 * CHUNK_ELEMENTS * 4),
+            (3 + KEPT_FACTORS) * self.num_grads**2 * torch.empty((), dtype=self.factor_dtype).element_size() + (0 if self._direct else 2 * CHUNK_ELEMENTS * 4),
             budget_gb,
             f"the whole-network Fisher ({self.num_grads} x {self.num_grads} dual systems and their temporaries)",
             f"fewer gradients ({option_prefix}num-grads)",
@@ -61,6 +63,7 @@ class NetworkFisher:
         self.numel = sum(self.sizes)
         self.damp = self._damping(spec)
         self._diag_inverse: Optional[torch.Tensor] = None
+        self._recent_factors: List[Tuple[Optional[torch.Tensor], torch.Tensor, float]] = []  # (support, factor, damping) of the last KEPT_FACTORS K_S
 
     @property
     def names(self) -> List[str]:
@@ -153,8 +156,20 @@ class NetworkFisher:
         no conversion is needed and ``whole_if_direct``."""
         return column_chunks(rows, self._direct, whole_if_direct, self.device, self.compute_dtype)
 
-    def _dual_factor(self, support: Optional[torch.Tensor]) -> tuple:
-        """Cholesky of K_S = N lam I + G_S G_S^T (all columns when support is None), with its damping."""
+    def _dual_factor(self, support: Optional[torch.Tensor]) -> Tuple[torch.Tensor, float]:
+        """Cholesky of K_S = N lam I + G_S G_S^T (all columns when support is None), with its damping. The last
+        :data:`KEPT_FACTORS` are kept (N x N factors and their (p,) supports): a solver backsolves its own support and
+        the magnitude one, and the joint update that follows on whichever won needs no K_S of its own (N^2 p flops,
+        a pass over G with N vectors)."""
+        for index, (kept_support, factor, damp) in enumerate(self._recent_factors):
+            if (kept_support is None) if support is None else (kept_support is not None and torch.equal(kept_support, support)):
+                self._recent_factors.insert(0, self._recent_factors.pop(index))  # most recently used first
+                return factor, damp
+        factor, damp = self._build_dual_factor(support)
+        self._recent_factors = [(None if support is None else support.clone(), factor, damp), *self._recent_factors][:KEPT_FACTORS]
+        return factor, damp
+
+    def _build_dual_factor(self, support: Optional[torch.Tensor]) -> Tuple[torch.Tensor, float]:
         n = self.num_grads
         gram = torch.zeros(n, n, dtype=self.factor_dtype, device=self.device)
         pieces = self.split(support.to(self.factor_dtype)) if support is not None else [None] * len(self.rows)

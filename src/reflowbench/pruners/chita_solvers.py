@@ -98,12 +98,13 @@ class SparseRidge:
         return self.backsolve(support) if debiased else self.w_bar * support
 
     def better_support(self, found: torch.Tensor, reference: torch.Tensor, trace: "SolverTrace") -> torch.Tensor:
-        """Of two supports, the one whose backsolve has the lower Q (``found`` on ties); records both in the trace."""
+        """Of two supports, the one whose backsolve has the lower Q (``found`` on ties); records both in the trace.
+        ``found`` is solved last: the update that follows on the returned support then reuses its dual factor."""
         if torch.equal(found, reference):
             trace.final_objective = trace.reference_objective = self.value(self.backsolve(found))
             return found
-        trace.final_objective = self.value(self.backsolve(found))
         trace.reference_objective = self.value(self.backsolve(reference))
+        trace.final_objective = self.value(self.backsolve(found))
         if trace.final_objective <= trace.reference_objective:
             return found
         trace.kept_reference = True
