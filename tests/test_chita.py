@@ -13,6 +13,7 @@ from reflowbench.datasets import SubsetSizes, disjoint_subsets
 from reflowbench.hessian import BlockFisher, FisherSpec, GradientMatrix, NetworkFisher
 from reflowbench.pruners import PruneContext, apply_masks, make_pruner, select_targets, verify_masks
 from reflowbench.pruners.chita_solvers import IHTSettings, SparseRidge, solve_active_set, solve_iht, top_k_support
+from reflowbench.pruners.hessian_base import HessianPruner
 
 F64 = dict(compute_dtype="float64")
 CPU = torch.device("cpu")
@@ -304,7 +305,6 @@ def test_a_later_step_whose_curvature_fails_is_a_divergence_the_first_step_is_no
     """A FisherError in step 2 or later (the earlier updates moved the weights there) is the method diverging on this
     run: DivergedError naming the step, with the notes so far; in step 1 (the dense model) it stays a FisherError."""
     from reflowbench.errors import DivergedError, FisherError
-    from reflowbench.pruners.hessian_base import HessianPruner
 
     real_curvature = HessianPruner.curvature_at
 
@@ -441,3 +441,67 @@ def test_the_joint_update_reuses_the_solvers_last_dual_factor(digits, monkeypatc
     built.clear()
     _chita_prune(digits, 0, solver="backsolve")
     assert len(built) == 1
+
+
+_UNPATCHED_STEP = HessianPruner._step
+
+
+class _Interrupted(Exception):
+    """Stands in for a kill (Slurm preemption, Ctrl-C) between two steps."""
+
+
+def _staged_prune(digits, stages, interrupt_at=None, monkeypatch=None):
+    """CHITA++ in 3 stages on TinyBNNet with ``stages`` as the context's StageCheckpoint; ``interrupt_at``: the step
+    (0-based) whose start raises :class:`_Interrupted`. Returns (targets, masks, ctx, steps run)."""
+    ran = []
+    step = _UNPATCHED_STEP
+
+    def counted(self, model, targets, masks, index, schedule, ctx):
+        if index == interrupt_at:
+            raise _Interrupted()
+        ran.append(index)
+        return step(self, model, targets, masks, index, schedule, ctx)
+
+    monkeypatch.setattr(HessianPruner, "_step", counted)
+    torch.manual_seed(7)
+    model = TinyBNNet().eval()
+    targets = select_targets(model)
+    pruner = make_pruner("chita++", {"num_grads": 24, "minibatch": 2, "chunk_images": 16, "recompute_steps": 3, "iht_iters": 5})
+    subsets = disjoint_subsets(len(digits.train), SubsetSizes(0, pruner.fisher_images(), 64), 0)
+    ctx = PruneContext(device=CPU, seed=0, train=digits.train, fisher_indices=subsets["fisher"], heldout_indices=subsets["heldout"], stages=stages)
+    masks = pruner.prune(model, targets, 0.7, ctx)
+    apply_masks(targets, masks)
+    return targets, masks, ctx, ran
+
+
+def test_an_interrupted_multi_step_run_resumes_at_its_next_step_with_the_same_result(digits, monkeypatch, tmp_path):
+    from reflowbench.pruners.base import StageCheckpoint
+
+    whole_targets, whole_masks, whole_ctx, whole_ran = _staged_prune(digits, None, monkeypatch=monkeypatch)
+    stages = StageCheckpoint(tmp_path / "partial" / "run.stages.pt", "key-1")
+    with pytest.raises(_Interrupted):
+        _staged_prune(digits, stages, interrupt_at=2, monkeypatch=monkeypatch)
+    assert stages.load()["steps_done"] == 2
+    targets, masks, ctx, ran = _staged_prune(digits, stages, monkeypatch=monkeypatch)
+    assert whole_ran == [0, 1, 2] and ran == [2]  # steps 1 and 2 came from the file
+    assert all(torch.equal(masks[t.param_name], whole_masks[t.param_name]) for t in targets)
+    assert all(torch.equal(a.weight, b.weight) for a, b in zip(targets, whole_targets))
+    assert ctx.notes["chita++_resumed_at_step"] == 3
+    assert ctx.notes["chita"] == whole_ctx.notes["chita"]  # the restored steps' notes, then this step's
+    saved = stages.load()  # still there: the harness removes it once the record is written
+    for phase in ("gradients", "curvature", "selection", "update"):  # the restored steps' costs, plus this step's
+        assert ctx.ledger.get(phase).seconds > saved["cost"][phase]["seconds"] > 0
+
+
+def test_saved_steps_of_other_settings_or_a_torn_file_are_not_trusted(digits, monkeypatch, tmp_path):
+    from reflowbench.pruners.base import StageCheckpoint
+
+    path = tmp_path / "run.stages.pt"
+    with pytest.raises(_Interrupted):
+        _staged_prune(digits, StageCheckpoint(path, "key-1"), interrupt_at=2, monkeypatch=monkeypatch)
+    _, _, ctx, ran = _staged_prune(digits, StageCheckpoint(path, "key-2"), monkeypatch=monkeypatch)  # another run key
+    assert ran == [0, 1, 2] and "chita++_resumed_at_step" not in ctx.notes
+    path.write_bytes(b"not a torch file")
+    assert StageCheckpoint(path, "key-2").load() is None
+    StageCheckpoint(path, "key-2").clear()
+    assert not path.exists()

@@ -86,6 +86,38 @@ def test_a_diverged_run_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, mo
     assert calls == [0.5, 0.9, 0.9]
 
 
+def test_a_sweep_killed_mid_run_resumes_that_run_at_its_next_step(tmp_path, monkeypatch):
+    """A multi-step run killed in its third step keeps steps 1-2 in <out>/partial/; the rerun starts at step 3, ends
+    with the uninterrupted run's result, and removes the file once the record is written."""
+    from reflowbench.pruners.hessian_base import HessianPruner
+
+    def staged(out):
+        spec = _quick(out, methods=["chita++"], sparsities=[0.7])
+        merge_into(spec, {"method_options": {"chita++": {"recompute_steps": 3, "iht_iters": 3}}}, "test")
+        return spec
+
+    assert run_suite(plan_suite(staged(tmp_path / "whole")), log=lambda m: None)["done"] == 1
+    real_step = HessianPruner._step
+
+    def killed_at_third(self, model, targets, masks, step, schedule, ctx):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real_step(self, model, targets, masks, step, schedule, ctx)
+
+    monkeypatch.setattr(HessianPruner, "_step", killed_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(plan_suite(staged(tmp_path / "killed")), log=lambda m: None)
+    assert len(list((tmp_path / "killed" / "partial").glob("*.stages.pt"))) == 1 and not list((tmp_path / "killed" / "runs").glob("*.json"))
+    monkeypatch.setattr(HessianPruner, "_step", real_step)
+    messages = []
+    assert run_suite(plan_suite(staged(tmp_path / "killed")), log=messages.append)["done"] == 1
+    assert any("resuming at step 3 of 3" in m for m in messages)
+    assert not list((tmp_path / "killed" / "partial").glob("*"))
+    (resumed,), (whole,) = ([json.loads(p.read_text()) for p in (tmp_path / name / "runs").glob("*.json")] for name in ("killed", "whole"))
+    assert resumed["key"] == whole["key"] and resumed["notes"]["chita++_resumed_at_step"] == 3
+    assert (resumed["pruned"], resumed["reflow"]) == (whole["pruned"], whole["reflow"])
+
+
 def test_embedded_default_shows_signal_collapse_and_reflow_recovery(tmp_path):
     """The phenomenon, not just a run: at 90% sparsity MP collapses and REFLOW recovers most of it."""
     from reflowbench.harness.run import SuiteState, run_one

@@ -24,7 +24,7 @@ from reflowbench.harness.objective import measure_objective, objective_images, r
 from reflowbench.harness.plan import SuitePlan
 from reflowbench.models import BUILTIN_MODELS, build_model, check_model_fits_data
 from reflowbench.pruners import PruneContext, Pruner, apply_masks, select_targets, verify_masks
-from reflowbench.pruners.base import key_options
+from reflowbench.pruners.base import StageCheckpoint, key_options
 from reflowbench.reflow import RecalibrationHandle, bn_output_variances, recalibrate_bn, require_batchnorm, summarize_ratios, variance_ratios
 from reflowbench.schema.results import SCHEMA_VERSION
 from reflowbench.utils.cost import CostLedger
@@ -163,15 +163,19 @@ class SuiteState:
         return self._dense_variances[seed]
 
 
-def run_one(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str, keep_curvature: bool = False) -> Dict[str, Any]:
+def run_one(
+    state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str, keep_curvature: bool = False, stages: Optional[StageCheckpoint] = None
+) -> Dict[str, Any]:
     """Prune a fresh copy of the dense model and return the run record (see ``schema/results.py``); ``keep_curvature``:
-    whether a later run reuses the seed's dense curvature (see :class:`PruneContext`).
+    whether a later run reuses the seed's dense curvature (see :class:`PruneContext`); ``stages``: where a multi-step
+    pruner keeps its finished steps, so an interrupted run resumes at its next step (the caller removes it once the
+    record is written).
 
     A run whose pruner diverged (:class:`DivergedError`: a later step of a multi-step pruner could not form its
     curvature) returns a record with status ``failed``, the message and the cost spent, so a sweep goes on."""
     ledger = CostLedger()
     try:
-        return prune_and_measure(state, pruner, sparsity, seed, key, keep_curvature, ledger)[0]
+        return prune_and_measure(state, pruner, sparsity, seed, key, keep_curvature, ledger, stages)[0]
     except DivergedError as error:
         return failed_record(state, pruner, sparsity, seed, key, error, ledger)
 
@@ -209,10 +213,17 @@ def failed_record(state: SuiteState, pruner: Pruner, sparsity: float, seed: int,
 
 
 def prune_fresh(
-    state: SuiteState, pruner: Pruner, sparsity: float, seed: int, ledger: CostLedger, keep_curvature: bool = False
+    state: SuiteState,
+    pruner: Pruner,
+    sparsity: float,
+    seed: int,
+    ledger: CostLedger,
+    keep_curvature: bool = False,
+    stages: Optional[StageCheckpoint] = None,
 ) -> Tuple[nn.Module, float, PruneContext]:
-    """Prune a fresh copy of the dense model with the seed's subsets (phase ``prune`` in ``ledger``), masks
-    applied and verified; returns (pruned model, its actual sparsity, the pruner's context with its notes)."""
+    """Prune a fresh copy of the dense model with the seed's subsets (phase ``prune`` in ``ledger``; a multi-step
+    pruner resumes from and saves to ``stages`` when given), masks applied and verified; returns (pruned model,
+    its actual sparsity, the pruner's context with its notes)."""
     torch.manual_seed(seed)
     model = state.fresh_model()
     targets = select_targets(model, state.policy)
@@ -229,6 +240,7 @@ def prune_fresh(
         progress=state.spec.sweep.progress,
         log=state.log,
         keep_curvature=keep_curvature,
+        stages=stages,
     )
     with ledger.phase("prune", state.device):
         masks = pruner.prune(model, targets, sparsity, ctx)
@@ -238,7 +250,14 @@ def prune_fresh(
 
 
 def prune_and_measure(
-    state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str, keep_curvature: bool = False, ledger: Optional[CostLedger] = None
+    state: SuiteState,
+    pruner: Pruner,
+    sparsity: float,
+    seed: int,
+    key: str,
+    keep_curvature: bool = False,
+    ledger: Optional[CostLedger] = None,
+    stages: Optional[StageCheckpoint] = None,
 ) -> Tuple[Dict[str, Any], nn.Module, RecalibrationHandle]:
     """The run itself: returns (record, the pruned + recalibrated model, the REFLOW undo handle).
 
@@ -251,7 +270,7 @@ def prune_and_measure(
     subsets = state.subsets(seed)
     dense = state.dense_metrics()
     dense_var = state.dense_variances(seed)
-    model, actual, ctx = prune_fresh(state, pruner, sparsity, seed, ledger, keep_curvature)
+    model, actual, ctx = prune_fresh(state, pruner, sparsity, seed, ledger, keep_curvature, stages)
     objective = None
     if spec.objective.objective_grads:
         with ledger.phase("objective", state.device):

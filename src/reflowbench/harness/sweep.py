@@ -18,8 +18,10 @@ from reflowbench.harness.claims import try_claim
 from reflowbench.harness.distributed import from_main_rank, is_main_rank
 from reflowbench.harness.plan import SuitePlan
 from reflowbench.harness.run import SuiteState, run_one
+from reflowbench.hessian.sharded import is_distributed
 from reflowbench.pruners import Pruner
-from reflowbench.schema.results import is_finished, run_path, write_csv, write_run
+from reflowbench.pruners.base import StageCheckpoint
+from reflowbench.schema.results import is_finished, run_path, stage_path, write_csv, write_run
 from reflowbench.utils.io import atomic_write_json
 
 Log = Callable[[str], None]
@@ -89,9 +91,12 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
             continue
         with claim or nullcontext():
             progress.set_description(f"{pruner.name} s={sparsity:g} seed={seed}")
-            record = run_one(state, pruner, sparsity, seed, key, _reused_later(todo, index))
+            stages = StageCheckpoint(stage_path(path), key) if main and not is_distributed() else None
+            record = run_one(state, pruner, sparsity, seed, key, _reused_later(todo, index), stages)
             if main:
                 write_run(path, record)
+                if stages is not None:
+                    stages.clear()
         done += 1
         if record["status"] == "failed":
             failed.append(f"{pruner.name} s={sparsity:g} seed={seed}")

@@ -6,10 +6,13 @@ A pruner registered with ``@register_pruner("name")`` appears in the CLI (with i
 
 from __future__ import annotations
 
+import os
+import tempfile
 import typing
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Tuple, Type
 
 import numpy as np
@@ -22,6 +25,43 @@ from reflowbench.pruners.masks import SCOPES, Masks
 from reflowbench.schema.results import option_in_key
 from reflowbench.schema.targets import TargetSet
 from reflowbench.utils.cost import CostLedger
+
+
+@dataclass
+class StageCheckpoint:
+    """Where a multi-step pruner keeps the state after each finished step of one run (``torch.save`` of a dict: the
+    steps done, keep-masks and target weights on the CPU, the notes and phase costs so far), so an interrupted run
+    resumes at its next step instead of its first. ``key`` is the run key: a file written for other settings is ignored.
+    The harness removes the file once the run's record is written."""
+
+    path: Path
+    key: str
+
+    def load(self) -> Optional[Dict[str, Any]]:
+        """The saved state for this run key, or None (no file, another key, or an unreadable file: start over)."""
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception:  # a torn or foreign file: the steps are recomputed, never trusted
+            return None
+        return state if isinstance(state, dict) and state.get("key") == self.key else None
+
+    def save(self, state: Dict[str, Any]) -> None:
+        """Write ``state`` (plus the key) atomically: readers see the previous step's file or this one, whole."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        try:
+            torch.save({**state, "key": self.key}, tmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -52,6 +92,7 @@ class PruneContext:
     # whether a later run of this suite reuses this seed's dense curvature (the harness knows its plan): when False the
     # pruner neither keeps it in ``cache`` nor leaves it there, so it is freed before the evaluations of this run
     keep_curvature: bool = True
+    stages: Optional[StageCheckpoint] = None  # where a multi-step pruner saves each finished step (None: not saved)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

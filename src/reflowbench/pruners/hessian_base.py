@@ -208,9 +208,15 @@ class HessianPruner(Pruner):
         masks: Masks = {t.param_name: torch.ones_like(t.weight, dtype=torch.bool) for t in targets}
         schedule = step_sparsities(sparsity, self.options.recompute_steps, self.options.schedule)
         ctx.notes[f"{self.name}_steps"] = schedule
-        for step in range(len(schedule)):
+        first = 0
+        saving = ctx.stages is not None and len(schedule) > 1 and not is_distributed()
+        if saving:
+            first, masks = self._resume(targets, masks, schedule, ctx)
+        for step in range(first, len(schedule)):
             try:
                 masks = self._step(model, targets, masks, step, schedule, ctx)
+                if saving and step + 1 < len(schedule):
+                    self._save_stage(targets, masks, step + 1, schedule, ctx)
             except FisherError as error:
                 if step == 0 or isinstance(error, DivergedError):
                     raise  # the dense model's curvature failing is a property of the inputs, not of this method's steps
@@ -234,6 +240,43 @@ class HessianPruner(Pruner):
             if before is not None:
                 self._reject_diverged_update(model, targets, before, new_masks, step, ctx)
         return new_masks
+
+    def _save_stage(self, targets: TargetSet, masks: Masks, done: int, schedule: List[float], ctx: PruneContext) -> None:
+        """Keep the state after ``done`` finished steps in ``ctx.stages``: masks, target weights, notes, phase costs."""
+        ctx.stages.save(
+            {
+                "steps_done": done,
+                "schedule": list(schedule),
+                "masks": {name: m.detach().cpu() for name, m in masks.items()},
+                "weights": {t.param_name: t.weight.detach().cpu() for t in targets},
+                "notes": ctx.notes,
+                "cost": {name: vars(cost) for name, cost in ctx.ledger.phases.items()},
+                "rng": torch.get_rng_state(),
+            }
+        )
+
+    def _resume(self, targets: TargetSet, masks: Masks, schedule: List[float], ctx: PruneContext) -> Tuple[int, Masks]:
+        """(first step to run, masks): the saved steps of this run restored from ``ctx.stages`` (weights, masks, notes,
+        their phase costs credited to the ledger, the CPU generator), or (0, ``masks``) when nothing fits this schedule."""
+        saved = ctx.stages.load()
+        if saved is None or saved.get("schedule") != list(schedule) or set(saved.get("masks", {})) != set(masks):
+            return 0, masks
+        with torch.no_grad():
+            for t in targets:
+                t.weight.copy_(saved["weights"][t.param_name].to(device=t.weight.device, dtype=t.weight.dtype))
+        restored = {name: m.to(masks[name].device) for name, m in saved["masks"].items()}
+        ctx.notes.clear()
+        ctx.notes.update(saved["notes"])
+        ctx.notes[f"{self.name}_resumed_at_step"] = saved["steps_done"] + 1
+        for name, cost in saved["cost"].items():
+            if name != "prune":  # the open phase: charged the restored steps' time through add
+                ctx.ledger.add(name, PhaseCost(**cost))
+        torch.set_rng_state(saved["rng"])
+        if not ctx.keep_curvature:  # this run was the dense curvature's last user: it skips step 1, so free it here
+            ctx.cache.pop(self._cache_key(targets, ctx), None)
+        if ctx.log is not None:
+            ctx.log(f"{self.name}: resuming at step {saved['steps_done'] + 1} of {len(schedule)} from {ctx.stages.path}")
+        return saved["steps_done"], restored
 
     PROBE_IMAGES = 256  # Fisher images in the batch that checks each step's update in multi-step runs
 

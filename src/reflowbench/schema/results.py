@@ -53,6 +53,16 @@ def run_path(out: Path, method: str, sparsity: float, seed: int, key: str) -> Pa
     return Path(out) / RUNS_FOLDER / run_filename(method, sparsity, seed, key)
 
 
+PARTIAL_FOLDER = "partial"  # multi-step pruners' saved steps of unfinished runs (see pruners.base.StageCheckpoint)
+
+
+def stage_path(run_json: Path) -> Path:
+    """Where the unfinished run whose record goes to ``run_json`` keeps its finished pruning steps:
+    ``<out>/partial/<run stem>.stages.pt`` (outside ``runs/``, which holds records only)."""
+    run_json = Path(run_json)
+    return run_json.parent.parent / PARTIAL_FOLDER / f"{run_json.stem}.stages.pt"
+
+
 FINISHED = ("complete", "failed")  # a failed run: its pruner diverged (the record holds the error); not retried unless asked
 
 
