@@ -6,8 +6,6 @@ A pruner registered with ``@register_pruner("name")`` appears in the CLI (with i
 
 from __future__ import annotations
 
-import os
-import tempfile
 import typing
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -25,6 +23,7 @@ from reflowbench.pruners.masks import SCOPES, Masks
 from reflowbench.schema.results import option_in_key
 from reflowbench.schema.targets import TargetSet
 from reflowbench.utils.cost import CostLedger
+from reflowbench.utils.io import atomic_write
 
 
 @dataclass
@@ -49,16 +48,7 @@ class StageCheckpoint:
 
     def save(self, state: Dict[str, Any]) -> None:
         """Write ``state`` (plus the key) atomically: readers see the previous step's file or this one, whole."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        try:
-            torch.save({**state, "key": self.key}, tmp)
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.path, lambda tmp: torch.save({**state, "key": self.key}, tmp))
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
