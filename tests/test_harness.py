@@ -89,6 +89,7 @@ def test_a_diverged_run_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, mo
 def test_a_sweep_killed_mid_run_resumes_that_run_at_its_next_step(tmp_path, monkeypatch):
     """A multi-step run killed in its third step keeps steps 1-2 in <out>/partial/; the rerun starts at step 3, ends
     with the uninterrupted run's result, and removes the file once the record is written."""
+    from reflowbench.harness.sweep import count_complete
     from reflowbench.pruners.hessian_base import HessianPruner
 
     def staged(out):
@@ -109,8 +110,10 @@ def test_a_sweep_killed_mid_run_resumes_that_run_at_its_next_step(tmp_path, monk
         run_suite(plan_suite(staged(tmp_path / "killed")), log=lambda m: None)
     assert len(list((tmp_path / "killed" / "partial").glob("*.stages.pt"))) == 1 and not list((tmp_path / "killed" / "runs").glob("*.json"))
     monkeypatch.setattr(HessianPruner, "_step", real_step)
+    assert count_complete(plan_suite(staged(tmp_path / "killed"))) == (0, 1, 1)  # what --dry-run reports
     messages = []
     assert run_suite(plan_suite(staged(tmp_path / "killed")), log=messages.append)["done"] == 1
+    assert any("1 to run (1 resume from saved steps)" in m for m in messages)
     assert any("resuming at step 3 of 3" in m for m in messages)
     assert not list((tmp_path / "killed" / "partial").glob("*"))
     (resumed,), (whole,) = ([json.loads(p.read_text()) for p in (tmp_path / name / "runs").glob("*.json")] for name in ("killed", "whole"))

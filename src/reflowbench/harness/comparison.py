@@ -137,8 +137,8 @@ def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Di
                     continue
                 header += f", tuned {job.tune.method} {chosen}"
                 plan = _planned_with(job, chosen)
-            complete, total = count_complete(plan)
-            log(f"{header}: {complete} of {total} runs finished, {total - complete} to run")
+            complete, total, saved = count_complete(plan)
+            log(f"{header}: {complete} of {total} runs finished, {total - complete} to run" + (f" ({saved} resume from saved steps)" if saved else ""))
             totals["skipped"] += complete
             totals["total"] += total
             continue

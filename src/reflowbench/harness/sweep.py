@@ -52,11 +52,17 @@ def _reused_later(todo: List[Todo], index: int) -> bool:
     return any(later[0] is pruner and later[2] == seed for later in todo[index + 1 :])
 
 
-def count_complete(plan: SuitePlan) -> Tuple[int, int]:
-    """(finished runs, runs in the suite) of ``plan`` in its ``--out`` (loads the data and the model to key the runs)."""
+def count_complete(plan: SuitePlan) -> Tuple[int, int, int]:
+    """(finished runs, runs in the suite, unfinished runs with saved pruning steps) of ``plan`` in its ``--out`` (loads
+    the data and the model to key the runs)."""
     state = SuiteState(plan, log=lambda message: None)
     todo, total = pending_runs(state, plan)
-    return total - len(todo), total
+    return total - len(todo), total, _with_saved_steps(todo)
+
+
+def _with_saved_steps(todo: List[Todo]) -> int:
+    """How many of ``todo`` will resume from a multi-step pruner's saved steps (``<out>/partial/``)."""
+    return sum(StageCheckpoint(stage_path(path), key).load() is not None for _, _, _, key, path in todo if stage_path(path).exists())
 
 
 def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[str, int]:
@@ -75,7 +81,11 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
     todo, total = pending_runs(state, plan)
     left = set(from_main_rank([key for _, _, _, key, _ in todo]))  # every rank runs rank 0's list, in the same order
     todo = [run for run in todo if run[3] in left]
-    log(f"{total} runs in the suite, {total - len(todo)} already complete in {out}, {len(todo)} to run")
+    saved = _with_saved_steps(todo)
+    log(
+        f"{total} runs in the suite, {total - len(todo)} already complete in {out}, {len(todo)} to run"
+        + (f" ({saved} resume from saved steps)" if saved else "")
+    )
     main = is_main_rank()  # under torchrun every rank runs the same runs; rank 0 alone claims and writes
     progress = _progress(len(todo), spec.sweep.progress and main)
     done = elsewhere = 0
