@@ -108,6 +108,30 @@ def test_claims_live_dead_and_foreign(tmp_path):
     stale = try_claim(run_file)  # another host, heartbeat stopped long ago
     assert stale is not None
     stale.release()
+    claim_path(run_file).write_text("")  # unreadable and fresh (as a worker of an older version left it mid-write)
+    assert try_claim(run_file) is None
+    os.utime(claim_path(run_file), (0, 0))  # ... and untouched for longer than a heartbeat
+    assert try_claim(run_file) is not None
+    assert not [p for p in run_file.parent.iterdir() if p.name.endswith(".tmp")]  # the claim's temporary file is gone
+
+
+def test_a_claim_is_never_seen_half_written(tmp_path, monkeypatch):
+    """Claims appear whole (linked into place), so a worker racing another's create never takes it for stale."""
+    from reflowbench.harness import claims
+
+    run_file = tmp_path / "runs" / "mp_s0.5_seed0_abc.json"
+    seen = []
+    link = os.link
+
+    def watched_link(source, target):
+        link(source, target)
+        with open(target) as handle:  # readable the moment it exists
+            seen.append(json.loads(handle.read())["pid"])
+
+    monkeypatch.setattr(claims.os, "link", watched_link)
+    held = try_claim(run_file)
+    assert held is not None and seen == [os.getpid()] and try_claim(run_file) is None
+    held.release()
 
 
 def test_a_live_claim_makes_the_sweep_skip_that_run(tmp_path, capsys):
