@@ -41,8 +41,8 @@ class StageCheckpoint:
         if not self.path.exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception:  # a torn or foreign file: the steps are recomputed, never trusted
+            state = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors and plain containers only: no code runs on load
+        except Exception:  # a torn or foreign file (or one holding objects): the steps are recomputed, never trusted
             return None
         return state if isinstance(state, dict) and state.get("key") == self.key else None
 
