@@ -30,6 +30,7 @@ message, and goes on; a failure in the first step (the dense model's curvature) 
 
 from __future__ import annotations
 
+import json
 import math
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -249,7 +250,7 @@ class HessianPruner(Pruner):
                 "schedule": list(schedule),
                 "masks": {name: m.detach().cpu() for name, m in masks.items()},
                 "weights": {t.param_name: t.weight.detach().cpu() for t in targets},
-                "notes": ctx.notes,
+                "notes": json.loads(json.dumps(ctx.notes, default=str)),  # as the run record will hold them: plain types only
                 "cost": {name: vars(cost) for name, cost in ctx.ledger.phases.items()},
                 "rng": torch.get_rng_state(),
             }
