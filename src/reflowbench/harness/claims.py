@@ -52,14 +52,13 @@ def claim_is_stale(path: Path, now: Optional[float] = None) -> bool:
     """True when the claim at ``path`` belongs to a dead process or stopped beating; False if it is live or gone."""
     try:
         owner = json.loads(path.read_text())
-        age = (now or time.time()) - path.stat().st_mtime
     except FileNotFoundError:
         return False
     except (OSError, ValueError):
         return age_of(path, now) > HEARTBEAT_S  # unreadable (not written by this version): stale once nothing touched it for a heartbeat
     if owner.get("host") == socket.gethostname():
         return not _pid_alive(int(owner.get("pid", -1)))
-    return age > STALE_AFTER_S
+    return age_of(path, now) > STALE_AFTER_S
 
 
 class Claim:
