@@ -53,9 +53,10 @@ def fresh_model_setup(dense, ledgers: list):
     return setup
 
 
-def benchmark_prune(benchmark, pruner, dense, train, sparsity: float, notes_key: str) -> None:
-    """One timed round of ``pruner`` on a fresh copy of ``dense`` at ``sparsity`` (seed 0, the harness's
-    subsets of ``train``), its phases and the pruner's ``ctx.notes[notes_key]`` in the benchmark's extra_info."""
+def benchmark_prune(benchmark, pruner, dense, train, sparsity: float, notes_key: str, rounds: int = 1) -> None:
+    """``rounds`` timed rounds of ``pruner``, each on a fresh copy of ``dense`` at ``sparsity`` (seed 0, the
+    harness's subsets of ``train``); the last round's phases and the pruner's ``ctx.notes[notes_key]`` in the
+    benchmark's extra_info (the rounds' min, median and max wall times are in its stats)."""
     from reflowbench.datasets import SubsetSizes, disjoint_subsets
     from reflowbench.pruners import PruneContext, apply_masks, select_targets, verify_masks
 
@@ -71,7 +72,7 @@ def benchmark_prune(benchmark, pruner, dense, train, sparsity: float, notes_key:
         verify_masks(targets, masks, sparsity, model=model)
         notes.append(ctx.notes[notes_key])
 
-    benchmark.pedantic(prune, setup=fresh_model_setup(dense, ledgers), rounds=1, iterations=1)
+    benchmark.pedantic(prune, setup=fresh_model_setup(dense, ledgers), rounds=rounds, iterations=1)
     benchmark.extra_info.update(phase_info(ledgers[-1]))
     last = notes[-1][-1] if isinstance(notes[-1], list) else notes[-1]
     benchmark.extra_info.update({f"{notes_key}_{k}": v for k, v in last.items()})
