@@ -427,20 +427,22 @@ def test_iht_working_memory_is_checked_against_the_budget(digits):
 
 
 def test_the_joint_update_reuses_the_solvers_last_dual_factor(digits, monkeypatch):
-    """IHT backsolves the magnitude support, then its own; the joint update on the returned support needs no third
-    K_S (N^2 p flops each on a real network)."""
+    """IHT backsolves the magnitude support (one pass over G for its Gram), then its own (that Gram corrected by the
+    few columns IHT moved); the joint update on the returned support needs no third K_S (each pass over G: N^2 p
+    flops on a real network)."""
     from reflowbench.hessian import NetworkFisher
 
-    built = []
-    build = NetworkFisher._build_dual_factor
-    monkeypatch.setattr(NetworkFisher, "_build_dual_factor", lambda self, support: built.append(support) or build(self, support))
+    factorised, passes = [], []
+    factorise, build = NetworkFisher._factorise, NetworkFisher._build_gram
+    monkeypatch.setattr(NetworkFisher, "_factorise", lambda self, gram: factorised.append(gram) or factorise(self, gram))
+    monkeypatch.setattr(NetworkFisher, "_build_gram", lambda self, support: passes.append(support) or build(self, support))
     _, _, _, ctx = _chita_prune(digits, 0, solver="iht")
     notes = ctx.notes["chita"][-1]
     assert notes["moved_from_magnitude"] > 0 and not notes["kept_magnitude_support"]
-    assert len(built) == 2
-    built.clear()
+    assert len(factorised) == 2 and len(passes) == 1
+    factorised.clear()
     _chita_prune(digits, 0, solver="backsolve")
-    assert len(built) == 1
+    assert len(factorised) == 1
 
 
 _UNPATCHED_STEP = HessianPruner._step

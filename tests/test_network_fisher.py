@@ -153,8 +153,8 @@ def test_restricted_solves_reuse_the_last_two_dual_factors(monkeypatch):
     fisher = NetworkFisher(gradients, FisherSpec(damp=0.03, compute_dtype="float64"), CPU)
     F = _dense(gradients, 0.03)
     built = []
-    build = fisher._build_dual_factor
-    monkeypatch.setattr(fisher, "_build_dual_factor", lambda support: built.append(support) or build(support))
+    factorise = fisher._factorise
+    monkeypatch.setattr(fisher, "_factorise", lambda gram: built.append(gram) or factorise(gram))
     generator = torch.Generator().manual_seed(3)
     v = torch.randn(16, generator=generator, dtype=torch.float64)
     first, second, third = (torch.rand(16, generator=generator) < share for share in (0.5, 0.7, 0.6))
@@ -166,6 +166,37 @@ def test_restricted_solves_reuse_the_last_two_dual_factors(monkeypatch):
     fisher.inverse_times(v)
     fisher.inverse_times(v)
     assert len(built) == 5  # all weights: one K, kept
+
+
+@pytest.mark.parametrize("storage", ["float64", "bfloat16"])
+def test_a_support_near_a_kept_one_corrects_its_gram_instead_of_a_pass_over_g(monkeypatch, storage):
+    """IHT's support differs from the magnitude one in a few weights: its Gram G_S G_S^T is the kept one plus the
+    added columns' products minus the removed ones' (no pass over all of G), and its solves equal brute force; a
+    support that differs in more than GRAM_UPDATE_FRACTION of the weights is built from G."""
+    from reflowbench.hessian.network_fisher import GRAM_UPDATE_FRACTION
+
+    gradients = _gradients(6, (30, 25, 45))
+    if storage == "bfloat16":  # stored low, the corrections gather and upcast columns like the pass does
+        gradients = GradientMatrix({k: v.to(torch.bfloat16) for k, v in gradients.rows.items()}, 6, 1)
+    fisher = NetworkFisher(gradients, FisherSpec(damp=0.03, compute_dtype="float64"), CPU)
+    F = _dense(GradientMatrix({k: v.double() for k, v in gradients.rows.items()}, 6, 1), 0.03)
+    passes = []
+    build = fisher._build_gram
+    monkeypatch.setattr(fisher, "_build_gram", lambda support: passes.append(support) or build(support))
+    generator = torch.Generator().manual_seed(4)
+    v = torch.randn(100, generator=generator, dtype=torch.float64)
+    magnitude = torch.rand(100, generator=generator) < 0.5
+    moved = magnitude.clone()
+    moved[[3, 40, 41, 99]] = ~moved[[3, 40, 41, 99]]  # columns in the first, second and last layer, in and out
+    far = torch.rand(100, generator=generator) < 0.5
+    assert int((far ^ moved).sum()) > GRAM_UPDATE_FRACTION * 100 and int((far ^ magnitude).sum()) > GRAM_UPDATE_FRACTION * 100
+    for support in (magnitude, moved, far):
+        expected = torch.zeros_like(v)
+        expected[support] = torch.linalg.solve(F[support][:, support], v[support])
+        assert _rel(fisher.restricted_solve(support, v), expected) < 1e-10
+    assert len(passes) == 2 and torch.equal(passes[0], magnitude) and torch.equal(passes[1], far)
+    corrected = fisher._recent[1]  # moved's system, made from magnitude's
+    assert _rel(corrected.gram, build(moved)) < 1e-12
 
 
 def test_power_iteration_stops_once_settled_and_keeps_going_while_not():

@@ -16,6 +16,7 @@ with K_S built in column chunks of each layer (no masked copy of G). All methods
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -26,6 +27,20 @@ from reflowbench.hessian.gradients import GradientMatrix
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 
 KEPT_FACTORS = 2  # dual factors K_S kept for reuse (a solver's support and the magnitude one)
+# A support that differs from a kept one in at most this fraction of all p weights gets its Gram G_S G_S^T from the kept
+# one by a rank-d correction (N^2 d flops for the d changed columns) instead of a pass over all of G (N^2 p flops).
+GRAM_UPDATE_FRACTION = 0.25
+
+
+@dataclass
+class _DualSystem:
+    """A kept dual system: ``support`` (p,) bool (None: all columns), ``gram`` = G_S G_S^T (N, N, undamped), the
+    Cholesky ``factor`` of N damp I + gram and the ``damp`` it was made with (raised where it was not definite)."""
+
+    support: Optional[torch.Tensor]
+    gram: torch.Tensor
+    factor: torch.Tensor
+    damp: float
 
 
 class NetworkFisher:
@@ -48,8 +63,11 @@ class NetworkFisher:
         self.factor_dtype = resolve_dtype(spec.factor_dtype)
         self.device = device
         self._direct = all(r.device == device and r.dtype == self.compute_dtype for r in gradients.rows.values())
+        total_columns = sum(r.shape[1] for r in gradients.rows.values())  # a Gram correction gathers at most a chunk of them
         check_budget(
-            (3 + KEPT_FACTORS) * self.num_grads**2 * torch.empty((), dtype=self.factor_dtype).element_size() + (0 if self._direct else 2 * CHUNK_ELEMENTS * 4),
+            ((3 + 2 * KEPT_FACTORS) * self.num_grads**2 + min(CHUNK_ELEMENTS, self.num_grads * total_columns))
+            * torch.empty((), dtype=self.factor_dtype).element_size()
+            + (0 if self._direct else 2 * CHUNK_ELEMENTS * 4),
             budget_gb,
             f"the whole-network Fisher ({self.num_grads} x {self.num_grads} dual systems and their temporaries)",
             f"fewer gradients ({option_prefix}num-grads)",
@@ -63,7 +81,8 @@ class NetworkFisher:
         self.numel = sum(self.sizes)
         self.damp = self._damping(spec)
         self._diag_inverse: Optional[torch.Tensor] = None
-        self._recent_factors: List[Tuple[Optional[torch.Tensor], torch.Tensor, float]] = []  # (support, factor, damping) of the last KEPT_FACTORS K_S
+        self._recent: List[_DualSystem] = []  # the last KEPT_FACTORS dual systems, most recently used first
+        self.offsets = [0, *torch.tensor(self.sizes).cumsum(0).tolist()]  # layer l holds flat columns offsets[l]:offsets[l + 1]
 
     @property
     def names(self) -> List[str]:
@@ -158,18 +177,22 @@ class NetworkFisher:
 
     def _dual_factor(self, support: Optional[torch.Tensor]) -> Tuple[torch.Tensor, float]:
         """Cholesky of K_S = N lam I + G_S G_S^T (all columns when support is None), with its damping. The last
-        :data:`KEPT_FACTORS` are kept (N x N factors and their (p,) supports): a solver backsolves its own support and
-        the magnitude one, and the joint update that follows on whichever won needs no K_S of its own (N^2 p flops,
-        a pass over G with N vectors)."""
-        for index, (kept_support, factor, damp) in enumerate(self._recent_factors):
-            if (kept_support is None) if support is None else (kept_support is not None and torch.equal(kept_support, support)):
-                self._recent_factors.insert(0, self._recent_factors.pop(index))  # most recently used first
-                return factor, damp
-        factor, damp = self._build_dual_factor(support)
-        self._recent_factors = [(None if support is None else support.clone(), factor, damp), *self._recent_factors][:KEPT_FACTORS]
+        :data:`KEPT_FACTORS` are kept with their Grams: a solver backsolves the magnitude support and then its own,
+        and the joint update that follows on whichever won needs no K_S of its own; a support close to a kept one
+        (IHT moves few weights off the magnitude support) corrects that one's Gram by its changed columns instead
+        of a pass over all of G (N^2 p flops)."""
+        for index, kept in enumerate(self._recent):
+            if (kept.support is None) if support is None else (kept.support is not None and torch.equal(kept.support, support)):
+                self._recent.insert(0, self._recent.pop(index))  # most recently used first
+                return kept.factor, kept.damp
+        gram = self._corrected_gram(support)
+        gram = self._build_gram(support) if gram is None else gram
+        factor, damp = self._factorise(gram)
+        self._recent = [_DualSystem(None if support is None else support.clone(), gram, factor, damp), *self._recent][:KEPT_FACTORS]
         return factor, damp
 
-    def _build_dual_factor(self, support: Optional[torch.Tensor]) -> Tuple[torch.Tensor, float]:
+    def _build_gram(self, support: Optional[torch.Tensor]) -> torch.Tensor:
+        """G_S G_S^T, (N, N) in the factor dtype, from one pass over G in column chunks."""
         n = self.num_grads
         gram = torch.zeros(n, n, dtype=self.factor_dtype, device=self.device)
         pieces = self.split(support.to(self.factor_dtype)) if support is not None else [None] * len(self.rows)
@@ -178,6 +201,43 @@ class NetworkFisher:
                 if keep is not None:
                     chunk = chunk * keep[start : start + chunk.shape[1]].to(chunk.dtype)
                 gram += (chunk @ chunk.T).to(self.factor_dtype)
+        return gram
+
+    def _corrected_gram(self, support: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """G_S G_S^T from the kept Gram whose support differs least from ``support``: + G_A G_A^T for the columns it
+        adds, - G_R G_R^T for those it removes (float64-exact products of the changed columns, in chunks); None when
+        nothing is kept or more than :data:`GRAM_UPDATE_FRACTION` of the columns changed."""
+        wanted = torch.ones(self.numel, dtype=torch.bool, device=self.device) if support is None else support.reshape(-1).to(self.device)
+        best: Optional[Tuple[int, _DualSystem, torch.Tensor]] = None
+        for kept in self._recent:
+            changed = wanted ^ kept.support if kept.support is not None else ~wanted
+            count = int(changed.sum())
+            if best is None or count < best[0]:
+                best = (count, kept, changed)
+        if best is None or best[0] > GRAM_UPDATE_FRACTION * self.numel:
+            return None
+        _, kept, changed = best
+        gram = kept.gram.clone()
+        for columns, sign in ((changed & wanted, 1.0), (changed & ~wanted, -1.0)):
+            for block in self._gathered_columns(columns.nonzero().flatten()):
+                gram.addmm_(block, block.T, alpha=sign)
+        return gram
+
+    def _gathered_columns(self, flat_indices: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The columns of G at sorted flat ``flat_indices``, as (N, c) blocks in the factor dtype on the compute
+        device, at most :data:`CHUNK_ELEMENTS` elements each (a gather per layer; no copy of a whole layer)."""
+        per_block = max(1, CHUNK_ELEMENTS // self.num_grads)
+        bounds = torch.tensor(self.offsets[1:-1], device=flat_indices.device)
+        layer_of = torch.bucketize(flat_indices, bounds, right=True)
+        for layer, rows in enumerate(self.rows.values()):
+            local = flat_indices[layer_of == layer] - self.offsets[layer]
+            for start in range(0, len(local), per_block):
+                index = local[start : start + per_block].to(rows.device)
+                yield rows.index_select(1, index).to(device=self.device, dtype=self.factor_dtype)
+
+    def _factorise(self, gram: torch.Tensor) -> Tuple[torch.Tensor, float]:
+        """Cholesky of N damp I + gram, the damping raised x10 where it is not definite; (factor (N, N), damp)."""
+        n = self.num_grads
         eye = torch.eye(n, dtype=self.factor_dtype, device=self.device)
         damp = torch.tensor([self.damp], dtype=self.factor_dtype, device=self.device)
         factor, damp = _cholesky_with_escalation(
