@@ -10,6 +10,7 @@ from reflowbench.errors import FisherError, MemoryBudgetError
 from reflowbench.hessian import BlockFisher, FisherSpec, GradientMatrix, GradientSpec, LayerFisher, collect_gradients
 from reflowbench.hessian.block_fisher import _cholesky_with_escalation
 from reflowbench.pruners import select_targets
+from reflowbench.utils.memory_format import channels_last_weights
 
 
 def dense_block_fisher(G: torch.Tensor, block: int, lam: float) -> torch.Tensor:
@@ -193,3 +194,32 @@ def test_dual_diagonal_is_clamped_to_its_lower_bound_with_a_warning():
     with pytest.warns(RuntimeWarning, match="3 entries of diag.*fell below their lower bound"):
         fixed = layer.from_blocks(layer._clamp_to_lower_bound(broken))
     assert torch.allclose(fixed[:3], lower[:3]) and torch.equal(fixed[3:], layer.from_blocks(exact)[3:])
+
+
+def test_gradient_collection_leaves_every_weight_as_it_was():
+    """The collection lays conv weights out channels-last while it runs (faster on CPU); afterwards each parameter
+    holds its original tensor (same storage and strides), so aliases taken before still alias the model's weights."""
+    model = _ConvZoo().eval()
+    before = {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()}
+    aliases = {name: p.detach() for name, p in model.named_parameters()}
+    collect_gradients(model, select_targets(model), iter([_images(6)]), GradientSpec(num_grads=2, minibatch=3))
+    assert {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()} == before
+    with torch.no_grad():
+        model.features[3].weight.add_(1.0)
+    assert torch.equal(aliases["features.3.weight"], model.features[3].weight)
+
+
+def test_channels_last_weights_relays_only_convolution_weights_and_restores_them():
+    model = _ConvZoo().eval()
+    x, _ = _images(3)
+    with torch.no_grad():
+        expected = model(x)
+    originals = {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()}
+    with channels_last_weights(model) as converted:
+        assert converted
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+        assert (model.fc.weight.data_ptr(), model.fc.weight.stride()) == originals["fc.weight"]
+        with torch.no_grad():
+            assert torch.allclose(model(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-6)  # another summation order
+    assert {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()} == originals

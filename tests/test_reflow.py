@@ -98,7 +98,8 @@ def test_channels_last_calibration_matches_nchw_and_restores_the_weights():
     """On CPU REFLOW runs in channels-last; its statistics equal an NCHW pass to float rounding and every weight
     is back in its own memory format afterwards (a channels-last weight stays channels-last)."""
     from reflowbench.models import build_model
-    from reflowbench.reflow.recalibrate import batchnorm_layers, channels_last
+    from reflowbench.reflow.recalibrate import batchnorm_layers
+    from reflowbench.utils.memory_format import channels_last_weights
 
     torch.manual_seed(0)
     model = build_model("resnet20").eval()
@@ -106,7 +107,7 @@ def test_channels_last_calibration_matches_nchw_and_restores_the_weights():
     first.data = first.data.contiguous(memory_format=torch.channels_last)  # a user's own channels-last weight
     batches = [(torch.randn(16, 3, 32, 32), None) for _ in range(3)]
     reference = copy.deepcopy(model)
-    with channels_last(reference, enabled=False):
+    with channels_last_weights(reference, enabled=False):
         for _, m in batchnorm_layers(reference):
             m.reset_running_stats()
             m.momentum = None

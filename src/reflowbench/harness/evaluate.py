@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reflowbench.utils.memory_format import as_channels_last, channels_last_weights
+
 
 def evaluate(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> Dict[str, float]:
     """{"top1": %, "top5": % (nan unless more than 10 classes), "loss": mean CE, "images": count}; model in eval mode."""
@@ -16,10 +18,10 @@ def evaluate(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tenso
     correct1 = correct5 = seen = 0
     loss_sum = 0.0
     num_classes = 0
-    with torch.no_grad():
+    with torch.no_grad(), channels_last_weights(model) as converted:  # CPU convolutions: 1.6-3.5x faster channels-last
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x).float()
+            logits = model(as_channels_last(x, converted)).float()
             num_classes = logits.shape[1]
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             top = logits.topk(min(5, num_classes), dim=1).indices

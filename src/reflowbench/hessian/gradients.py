@@ -27,6 +27,7 @@ from reflowbench.errors import ConfigError, FisherError
 from reflowbench.hessian.group_gradients import group_gradients, supports_group_hooks
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 from reflowbench.schema.targets import TargetSet
+from reflowbench.utils.memory_format import channels_last_weights
 
 Masks = Dict[str, torch.Tensor]
 
@@ -256,40 +257,41 @@ def collect_gradients(
 
     bar = tqdm(total=spec.num_grads, disable=not progress, desc="gradients", unit="row", leave=False)
     try:
-        params = {target_keys[t.param_name]: t.weight.detach() for t in targets}
-        for x, y in itertools.chain([first] if first is not None else [], batches):
-            pending_x.append(x)
-            pending_y.append(y)
-            buffered = sum(len(b) for b in pending_y)
-            while buffered >= spec.minibatch and filled < spec.num_grads:
-                xs, ys = torch.cat(pending_x), torch.cat(pending_y)
-                groups = min(per_call, len(ys) // spec.minibatch, spec.num_grads - filled)
-                used = groups * spec.minibatch
-                gx = xs[:used].to(device).view(groups, spec.minibatch, *xs.shape[1:])
-                gy = ys[:used].to(device).view(groups, spec.minibatch)
-                grads = group_gradients(model, params, module_of, gx.flatten(0, 1), gy.flatten(0, 1), groups) if use_hooks else None
-                if grads is None:  # vmap engine, or a target module called twice per forward (shared weights)
-                    use_hooks = False
-                    with torch.no_grad():
-                        grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, gx, gy)
-                for t in targets:
-                    block = grads[target_keys[t.param_name]].reshape(groups, -1)
-                    if t.param_name in flat_masks:
-                        block = block * flat_masks[t.param_name]
-                    if not torch.isfinite(block).all():
-                        raise FisherError(
-                            f"non-finite gradients in layer {t.param_name} (rows {filled}..{filled + groups - 1}): "
-                            "the model's loss on these images is not finite: check the checkpoint and input normalisation; in a later "
-                            f"recomputation step the pruned model itself may have diverged (fewer {option_prefix}recompute-steps or a "
-                            f"larger {option_prefix}damp)"
-                        )
-                    rows[t.param_name][filled : filled + groups] = block.to(dtype=dtype, device=store_device)
-                filled += groups
-                bar.update(groups)
-                pending_x, pending_y = [xs[used:]], [ys[used:]]
-                buffered = len(ys) - used
-            if filled >= spec.num_grads:
-                break
+        with channels_last_weights(model):  # CPU convolutions run faster channels-last (the hooks engine feeds channels-last images)
+            params = {target_keys[t.param_name]: t.weight.detach() for t in targets}
+            for x, y in itertools.chain([first] if first is not None else [], batches):
+                pending_x.append(x)
+                pending_y.append(y)
+                buffered = sum(len(b) for b in pending_y)
+                while buffered >= spec.minibatch and filled < spec.num_grads:
+                    xs, ys = torch.cat(pending_x), torch.cat(pending_y)
+                    groups = min(per_call, len(ys) // spec.minibatch, spec.num_grads - filled)
+                    used = groups * spec.minibatch
+                    gx = xs[:used].to(device).view(groups, spec.minibatch, *xs.shape[1:])
+                    gy = ys[:used].to(device).view(groups, spec.minibatch)
+                    grads = group_gradients(model, params, module_of, gx.flatten(0, 1), gy.flatten(0, 1), groups) if use_hooks else None
+                    if grads is None:  # vmap engine, or a target module called twice per forward (shared weights)
+                        use_hooks = False
+                        with torch.no_grad():
+                            grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, gx, gy)
+                    for t in targets:
+                        block = grads[target_keys[t.param_name]].reshape(groups, -1)
+                        if t.param_name in flat_masks:
+                            block = block * flat_masks[t.param_name]
+                        if not torch.isfinite(block).all():
+                            raise FisherError(
+                                f"non-finite gradients in layer {t.param_name} (rows {filled}..{filled + groups - 1}): "
+                                "the model's loss on these images is not finite: check the checkpoint and input normalisation; in a later "
+                                f"recomputation step the pruned model itself may have diverged (fewer {option_prefix}recompute-steps or a "
+                                f"larger {option_prefix}damp)"
+                            )
+                        rows[t.param_name][filled : filled + groups] = block.to(dtype=dtype, device=store_device)
+                    filled += groups
+                    bar.update(groups)
+                    pending_x, pending_y = [xs[used:]], [ys[used:]]
+                    buffered = len(ys) - used
+                if filled >= spec.num_grads:
+                    break
     finally:
         bar.close()
         model.train(was_training)

@@ -15,9 +15,8 @@ The statistics agree with an NCHW pass to float rounding.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -25,6 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from reflowbench.config import REFLOW_MODES as MODES
 from reflowbench.errors import ConfigError, NoBatchNormError
+from reflowbench.utils.memory_format import as_channels_last, channels_last_weights
 
 
 def batchnorm_layers(model: nn.Module) -> List[Tuple[str, _BatchNorm]]:
@@ -70,27 +70,6 @@ class RecalibrationHandle:
                 item.module.momentum = item.momentum
 
 
-@contextmanager
-def channels_last(model: nn.Module, enabled: bool) -> Iterator[bool]:
-    """Within the block, every 4-D parameter of ``model`` is channels-last (when ``enabled`` and the model has
-    any); afterwards each is back in the format it had. Yields whether the conversion happened."""
-    params = [p for p in model.parameters() if p.dim() == 4]
-    if not enabled or not params:
-        yield False
-        return
-    was_contiguous = [p.is_contiguous() for p in params]
-    with torch.no_grad():
-        for p in params:
-            p.data = p.data.contiguous(memory_format=torch.channels_last)
-    try:
-        yield True
-    finally:
-        with torch.no_grad():
-            for p, contiguous in zip(params, was_contiguous):
-                if contiguous:
-                    p.data = p.data.contiguous()
-
-
 def recalibrate_bn(
     model: nn.Module,
     batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
@@ -125,10 +104,10 @@ def recalibrate_bn(
         module.train()
     seen_batches = seen_images = 0
     try:
-        with torch.no_grad(), channels_last(model, enabled=device.type == "cpu") as converted:
+        with torch.no_grad(), channels_last_weights(model) as converted:
             for x, _ in batches:
                 x = x.to(device, non_blocking=True)
-                model(x.contiguous(memory_format=torch.channels_last) if converted and x.dim() == 4 else x)
+                model(as_channels_last(x, converted))
                 seen_batches += 1
                 seen_images += len(x)
                 if seen_batches >= num_batches:
