@@ -10,7 +10,7 @@ from reflowbench.errors import FisherError, MemoryBudgetError
 from reflowbench.hessian import BlockFisher, FisherSpec, GradientMatrix, GradientSpec, LayerFisher, collect_gradients
 from reflowbench.hessian.block_fisher import _cholesky_with_escalation
 from reflowbench.pruners import select_targets
-from reflowbench.utils.memory_format import channels_last_weights
+from reflowbench.utils.memory_format import channels_last_copy_bytes, channels_last_weights
 
 
 def dense_block_fisher(G: torch.Tensor, block: int, lam: float) -> torch.Tensor:
@@ -223,3 +223,12 @@ def test_channels_last_weights_relays_only_convolution_weights_and_restores_them
         with torch.no_grad():
             assert torch.allclose(model(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-6)  # another summation order
     assert {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()} == originals
+
+
+def test_channels_last_copy_bytes_counts_what_the_block_copies():
+    model = _ConvZoo()
+    # the 3x3 kernels with several input channels need a copy; (K, 1, k, k) and 1x1 kernels are both layouts at once
+    expected = 4 * sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.shape[1] > 1 and m.weight.shape[2:] != (1, 1))
+    assert channels_last_copy_bytes(model) == expected > 0
+    with channels_last_weights(model):
+        assert channels_last_copy_bytes(model) == 0

@@ -27,7 +27,7 @@ from reflowbench.errors import ConfigError, FisherError
 from reflowbench.hessian.group_gradients import group_gradients, supports_group_hooks
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 from reflowbench.schema.targets import TargetSet
-from reflowbench.utils.memory_format import channels_last_weights
+from reflowbench.utils.memory_format import channels_last_copy_bytes, channels_last_weights
 
 Masks = Dict[str, torch.Tensor]
 
@@ -224,9 +224,10 @@ def collect_gradients(
     activation_bytes = _eval_activation_bytes(model, first[0].to(device)) if first is not None else 0
     per_call = groups_per_call(targets, spec, activation_bytes)
     check_budget(
-        gradient_bytes(targets, spec) + chunk_gradient_bytes(targets, spec, activation_bytes),
+        gradient_bytes(targets, spec) + chunk_gradient_bytes(targets, spec, activation_bytes) + channels_last_copy_bytes(model),
         budget_gb,
-        f"the gradient matrix ({spec.num_grads} x {targets.num_weights:,} weights, {spec.dtype}) and one chunk's float32 gradients and activations",
+        f"the gradient matrix ({spec.num_grads} x {targets.num_weights:,} weights, {spec.dtype}), one chunk's float32 gradients and activations"
+        " and the convolution weights' channels-last copy",
         f"a smaller {option_prefix}num-grads, {option_prefix}dtype bfloat16/float16 (half the bytes), a smaller {option_prefix}chunk-images, fewer target layers"
         + (f", or {option_prefix}offload (keep G in host memory)" if device.type == "cuda" and not spec.offload else ""),
         log,

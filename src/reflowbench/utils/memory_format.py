@@ -41,10 +41,20 @@ def channels_last_weights(model: nn.Module, enabled: bool = True) -> Iterator[bo
             param.data = original
 
 
+def channels_last_copy_bytes(model: nn.Module) -> int:
+    """Bytes of the temporary channels-last copies :func:`channels_last_weights` makes of ``model``'s weights (the
+    4-D CPU parameters not already channels-last), for memory estimates."""
+    return sum(
+        p.numel() * p.element_size()
+        for p in model.parameters()
+        if p.dim() == 4 and p.device.type == "cpu" and not p.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
 def as_channels_last(x: torch.Tensor, enabled: bool) -> torch.Tensor:
     """``x`` in channels-last when ``enabled`` and it is 4-D (an image batch (B, C, H, W) or a convolution weight
     (K, C, k_h, k_w)); otherwise ``x`` itself."""
     return x.contiguous(memory_format=torch.channels_last) if enabled and x.dim() == 4 else x
 
 
-__all__ = ["as_channels_last", "channels_last_weights"]
+__all__ = ["as_channels_last", "channels_last_copy_bytes", "channels_last_weights"]
