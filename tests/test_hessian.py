@@ -232,3 +232,29 @@ def test_channels_last_copy_bytes_counts_what_the_block_copies():
     assert channels_last_copy_bytes(model) == expected > 0
     with channels_last_weights(model):
         assert channels_last_copy_bytes(model) == 0
+
+
+class _ViewsItsOwn4dParameter(nn.Module):
+    """A custom layer whose 4-D parameter is viewed in forward (a channels-last tensor would refuse the view)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.mix = nn.Parameter(torch.randn(3, 3, 1, 1))
+
+    def forward(self, x):
+        y = self.conv(torch.cat([x, x], dim=1))
+        return torch.einsum("oc,bchw->bohw", self.mix.view(3, 3), y)
+
+
+def test_channels_last_weights_leaves_other_4d_parameters_alone():
+    model = _ViewsItsOwn4dParameter()
+    model.mix.data = torch.randn(3, 3, 2, 2)[:, :, :1, :1]  # a 4-D parameter that is not contiguous in either layout
+    x, _ = _images(2)
+    with channels_last_weights(model) as converted:
+        assert converted and model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+        assert not model.mix.is_contiguous(memory_format=torch.channels_last)
+    assert channels_last_copy_bytes(model) == 4 * model.conv.weight.numel()
+    model.mix.data = torch.randn(3, 3, 1, 1)
+    with channels_last_weights(model):
+        model(x)  # the custom view still works

@@ -11,44 +11,53 @@ float rounding.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 
 @contextmanager
 def channels_last_weights(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
-    """Every 4-D parameter of ``model`` on the CPU (convolution weights) stored channels-last inside the block.
+    """Every 2-D convolution weight of ``model`` on the CPU (Conv2d, ConvTranspose2d: 4-D) stored channels-last inside
+    the block.
 
-    Yields whether the model now runs channels-last (it has such parameters and ``enabled``): feed it 4-D inputs
-    through :func:`as_channels_last`. On exit each parameter gets back its original tensor (same storage and strides),
-    so a weight that was channels-last stays so and aliases taken before the block still alias the model. The block
-    must not write the weights: a write would go to the temporary copy and be dropped on exit (buffers such as
-    BatchNorm statistics are untouched and may be written). Parameters on other devices are left as they are: the
-    layout's effect there has not been measured by this suite."""
-    params = [p for p in model.parameters() if p.dim() == 4 and p.device.type == "cpu"] if enabled else []
+    Yields whether the model now runs channels-last (it has such weights and ``enabled``): feed it 4-D inputs through
+    :func:`as_channels_last`. On exit each weight gets back its original tensor (same storage and strides), so a weight
+    that was channels-last stays so and aliases taken before the block still alias the model. The block must not write
+    the weights: a write would go to the temporary copy and be dropped on exit (buffers such as BatchNorm statistics are
+    untouched and may be written). Other 4-D parameters are left alone (a custom module may ``view`` its own, which a
+    channels-last tensor refuses), and so are weights on other devices: the layout's effect there has not been measured
+    by this suite."""
+    weights = _convolution_weights(model) if enabled else []
     swapped: List[Tuple[nn.Parameter, torch.Tensor]] = []
-    for param in params:
-        if not param.is_contiguous(memory_format=torch.channels_last):
-            original = param.data
-            param.data = original.contiguous(memory_format=torch.channels_last)
-            swapped.append((param, original))
+    for weight in weights:
+        if not weight.is_contiguous(memory_format=torch.channels_last):
+            original = weight.data
+            weight.data = original.contiguous(memory_format=torch.channels_last)
+            swapped.append((weight, original))
     try:
-        yield bool(params)
+        yield bool(weights)
     finally:
-        for param, original in swapped:
-            param.data = original
+        for weight, original in swapped:
+            weight.data = original
 
 
 def channels_last_copy_bytes(model: nn.Module) -> int:
-    """Bytes of the temporary channels-last copies :func:`channels_last_weights` makes of ``model``'s weights (the
-    4-D CPU parameters not already channels-last), for memory estimates."""
-    return sum(
-        p.numel() * p.element_size()
-        for p in model.parameters()
-        if p.dim() == 4 and p.device.type == "cpu" and not p.is_contiguous(memory_format=torch.channels_last)
-    )
+    """Bytes of the temporary channels-last copies :func:`channels_last_weights` makes of ``model``'s convolution
+    weights (those not already channels-last), for memory estimates."""
+    return sum(w.numel() * w.element_size() for w in _convolution_weights(model) if not w.is_contiguous(memory_format=torch.channels_last))
+
+
+def _convolution_weights(model: nn.Module) -> List[nn.Parameter]:
+    """The 4-D weights of ``model``'s 2-D convolutions on the CPU, each once (a shared weight is listed once)."""
+    found: Dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, _ConvNd) and isinstance(weight, nn.Parameter) and weight.dim() == 4 and weight.device.type == "cpu":
+            found.setdefault(id(weight), weight)
+    return list(found.values())
 
 
 def as_channels_last(x: torch.Tensor, enabled: bool) -> torch.Tensor:
