@@ -109,8 +109,10 @@ def test_the_gradient_pass_computes_fewer_rows_a_call_for_large_activations_with
 
 def test_the_gradient_budget_check_counts_the_calls_activations_at_the_rows_per_call_it_will_use(tiny_model, monkeypatch):
     """The estimate checked before G is allocated is G + one call's gradients (twice) + its images' activations, for the
-    rows per call the activation cap allows (not the uncapped count, which over-states it)."""
+    rows per call the activation cap allows (not the uncapped count, which over-states it), + the channels-last copy of
+    the convolution weights the pass makes."""
     import reflowbench.hessian.gradients as gradients
+    from reflowbench.utils.memory_format import channels_last_copy_bytes
 
     targets = select_targets(tiny_model)
     spec = GradientSpec(num_grads=16, chunk_images=16)
@@ -119,7 +121,8 @@ def test_the_gradient_budget_check_counts_the_calls_activations_at_the_rows_per_
     checked = []
     monkeypatch.setattr(gradients, "check_budget", lambda need, *args: checked.append(need))
     collect_gradients(tiny_model, targets, iter(_images(16)), spec)
-    assert checked == [gradient_bytes(targets, spec) + 3 * (2 * targets.num_weights * 4 + per_image)]
+    assert channels_last_copy_bytes(tiny_model) > 0
+    assert checked == [gradient_bytes(targets, spec) + 3 * (2 * targets.num_weights * 4 + per_image) + channels_last_copy_bytes(tiny_model)]
     assert gradients.chunk_gradient_bytes(targets, spec, per_image) < gradients.chunk_gradient_bytes(targets, spec)
 
 
