@@ -7,7 +7,7 @@ import torch
 
 from reflowbench.pruners import PruneContext, make_pruner, select_targets
 from reflowbench.reflow import recalibrate_bn
-from reflowbench.utils.memory_format import channels_last_weights
+from reflowbench.utils.memory_format import as_channels_last, channels_last_weights
 
 REFLOW_OVER_FORWARD_TARGET = 1.2
 
@@ -41,7 +41,7 @@ def test_reflow_overhead_over_a_forward_pass(benchmark, resnet20, cifar_train):
     def forward(memory_format):
         with torch.no_grad(), channels_last_weights(model, enabled=memory_format == "channels_last"):
             for x, _ in batches:
-                model(x.contiguous(memory_format=torch.channels_last) if memory_format == "channels_last" else x)
+                model(as_channels_last(x, memory_format == "channels_last"))
 
     forward_s = {}
     for memory_format in ("nchw", "channels_last"):  # the plain pass in either layout; the faster one is the reference

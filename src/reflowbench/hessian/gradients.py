@@ -27,7 +27,7 @@ from reflowbench.errors import ConfigError, FisherError
 from reflowbench.hessian.group_gradients import group_gradients, supports_group_hooks
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 from reflowbench.schema.targets import TargetSet
-from reflowbench.utils.memory_format import channels_last_copy_bytes, channels_last_weights
+from reflowbench.utils.memory_format import as_channels_last, channels_last_copy_bytes, channels_last_weights
 
 Masks = Dict[str, torch.Tensor]
 
@@ -258,7 +258,7 @@ def collect_gradients(
 
     bar = tqdm(total=spec.num_grads, disable=not progress, desc="gradients", unit="row", leave=False)
     try:
-        with channels_last_weights(model):  # CPU convolutions run faster channels-last (the hooks engine feeds channels-last images)
+        with channels_last_weights(model) as converted:  # CPU convolutions run faster channels-last (weights and images)
             params = {target_keys[t.param_name]: t.weight.detach() for t in targets}
             for x, y in itertools.chain([first] if first is not None else [], batches):
                 pending_x.append(x)
@@ -270,7 +270,11 @@ def collect_gradients(
                     used = groups * spec.minibatch
                     gx = xs[:used].to(device).view(groups, spec.minibatch, *xs.shape[1:])
                     gy = ys[:used].to(device).view(groups, spec.minibatch)
-                    grads = group_gradients(model, params, module_of, gx.flatten(0, 1), gy.flatten(0, 1), groups) if use_hooks else None
+                    grads = (
+                        group_gradients(model, params, module_of, as_channels_last(gx.flatten(0, 1), converted), gy.flatten(0, 1), groups)
+                        if use_hooks
+                        else None
+                    )
                     if grads is None:  # vmap engine, or a target module called twice per forward (shared weights)
                         use_hooks = False
                         with torch.no_grad():

@@ -28,7 +28,7 @@ from reflowbench.pruners.cbs_search import SearchSettings, SelectionObjective, l
 from reflowbench.pruners.hessian_base import HessianOptions, HessianPruner
 from reflowbench.pruners.masks import Masks, masks_from_flat, num_to_prune
 from reflowbench.schema.targets import TargetSet
-from reflowbench.utils.memory_format import as_channels_last
+from reflowbench.utils.memory_format import as_channels_last, prefers_channels_last
 
 SCORE_BATCH = 500
 
@@ -108,7 +108,7 @@ class CBSPruner(HessianPruner):
         if ctx.train is None or ctx.heldout_indices is None or len(ctx.heldout_indices) == 0:
             raise ConfigError("CBS scores candidate masks on held-out training images, but the context has none (--diag-images sets how many)")
         indices = ctx.heldout_indices[: self.options.score_images]
-        on_cpu = ctx.device.type == "cpu"  # CPU convolutions run several times faster channels-last (same values up to rounding)
+        on_cpu = prefers_channels_last(ctx.device)  # as channels_last_weights lays out the model's own weights
         batches = [(as_channels_last(x.to(ctx.device), on_cpu), y.to(ctx.device)) for x, y in ctx.train.batches(indices, SCORE_BATCH)]
         params = dict(model.named_parameters())
         buffers = dict(model.named_buffers())

@@ -50,12 +50,18 @@ def channels_last_copy_bytes(model: nn.Module) -> int:
     return sum(w.numel() * w.element_size() for w in _convolution_weights(model) if not w.is_contiguous(memory_format=torch.channels_last))
 
 
+def prefers_channels_last(device: torch.device) -> bool:
+    """Whether this suite lays convolutions out channels-last on ``device``: on the CPU (measured above), not elsewhere
+    (not measured here)."""
+    return torch.device(device).type == "cpu"
+
+
 def _convolution_weights(model: nn.Module) -> List[nn.Parameter]:
     """The 4-D weights of ``model``'s 2-D convolutions on the CPU, each once (a shared weight is listed once)."""
     found: Dict[int, nn.Parameter] = {}
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if isinstance(module, _ConvNd) and isinstance(weight, nn.Parameter) and weight.dim() == 4 and weight.device.type == "cpu":
+        if isinstance(module, _ConvNd) and isinstance(weight, nn.Parameter) and weight.dim() == 4 and prefers_channels_last(weight.device):
             found.setdefault(id(weight), weight)
     return list(found.values())
 
@@ -66,4 +72,4 @@ def as_channels_last(x: torch.Tensor, enabled: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if enabled and x.dim() == 4 else x
 
 
-__all__ = ["as_channels_last", "channels_last_copy_bytes", "channels_last_weights"]
+__all__ = ["as_channels_last", "channels_last_copy_bytes", "channels_last_weights", "prefers_channels_last"]
