@@ -33,7 +33,7 @@ class PlannedJob:
     role: str  # "sweep" (a method's main rows), "tuned" (the same after a settings search), "ablation" or "objective" (extra cells)
     plan: SuitePlan
     tune: Optional[TuneSpec] = None  # the settings search run before a "tuned" job (its chosen options replace the method's)
-    tune_seeds: Optional[List[int]] = None
+    tuning: Optional[Tuple[SuitePlan, List[Dict[str, Any]]]] = None  # that search planned once: one pruner per cell on the tuning seeds, the cells
 
 
 def job_spec(job: Dict, command: SuiteCommandSpec, index: int) -> SuiteSpec:
@@ -66,16 +66,18 @@ def plan_jobs(name: str, command: SuiteCommandSpec) -> List[PlannedJob]:
         check_out = not (command.dry_run or command.report_only)
         try:
             plan = plan_suite(job_spec(job, command, index), check_out=check_out)
-            tune, tune_seeds = _job_tuning(job, command, index, check_out)
+            tune, tuning = _job_tuning(job, command, index, check_out)
         except ConfigError as exc:
             raise type(exc)(f"suite {name}, job {index + 1} ({job['folder']}): {exc}") from None
-        planned.append(PlannedJob(job["folder"], job.get("role", "sweep"), plan, tune, tune_seeds))
+        planned.append(PlannedJob(job["folder"], job.get("role", "sweep"), plan, tune, tuning))
     return planned
 
 
-def _job_tuning(job: Dict, command: SuiteCommandSpec, index: int, check_out: bool):
-    """(TuneSpec, its seeds) of a job with a ``tune`` entry ({"method", "at_sparsities", "criterion", "seeds"}), checked
-    with its grid; (None, None) for any other job."""
+def _job_tuning(
+    job: Dict, command: SuiteCommandSpec, index: int, check_out: bool
+) -> Tuple[Optional[TuneSpec], Optional[Tuple[SuitePlan, List[Dict[str, Any]]]]]:
+    """(TuneSpec, the search's plan and cells) of a job with a ``tune`` entry ({"method", "at_sparsities", "criterion",
+    "seeds"}), its grid checked; (None, None) for any other job."""
     if "tune" not in job:
         return None, None
     settings = dict(job["tune"])
@@ -83,8 +85,7 @@ def _job_tuning(job: Dict, command: SuiteCommandSpec, index: int, check_out: boo
     tune = TuneSpec(**settings)
     spec = job_spec(job, command, index)
     spec.sweep.seeds = list(seeds)
-    tune_plan(spec, tune, check_out=check_out)  # the method, the grid and every cell's options
-    return tune, list(seeds)
+    return tune, tune_plan(spec, tune, check_out=check_out)  # checks the method, the grid and every cell's options
 
 
 def _tuned_plan(job: PlannedJob, command: SuiteCommandSpec, log: Log) -> SuitePlan:
@@ -96,12 +97,9 @@ def _tuned_plan(job: PlannedJob, command: SuiteCommandSpec, log: Log) -> SuitePl
 
 
 def _tuning_plan(job: PlannedJob) -> Tuple[SuitePlan, List[Dict[str, Any]], TuneSpec]:
-    """The job's settings search: its plan (one pruner per cell, on the tuning seeds), cells and spec."""
-    spec = copy.deepcopy(job.plan.spec)
-    spec.sweep.seeds = list(job.tune_seeds or [0])
-    tune = copy.deepcopy(job.tune)
-    plan, cells = tune_plan(spec, tune)
-    return plan, cells, tune
+    """The job's settings search, as planned with the job: its plan (one pruner per cell, on the tuning seeds), cells and spec."""
+    plan, cells = job.tuning
+    return plan, cells, copy.deepcopy(job.tune)
 
 
 def _planned_with(job: PlannedJob, chosen: Dict[str, Any]) -> SuitePlan:

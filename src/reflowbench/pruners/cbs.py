@@ -112,11 +112,13 @@ class CBSPruner(HessianPruner):
         batches = [(as_channels_last(x.to(ctx.device), on_cpu), y.to(ctx.device)) for x, y in ctx.train.batches(indices, SCORE_BATCH)]
         params = dict(model.named_parameters())
         buffers = dict(model.named_buffers())
-        dense = {t.param_name: t.weight.detach() for t in targets}
+        dense = {t.param_name: as_channels_last(t.weight.detach(), on_cpu) for t in targets}
+        masked_weights = {name: torch.empty_like(weight) for name, weight in dense.items()}  # reused by every candidate, laid out as ``dense``
 
         def measure(keep: torch.Tensor) -> float:
-            masked = masks_from_flat(targets, keep)
-            weights = {**params, **buffers, **{name: as_channels_last(dense[name] * masked[name].to(dense[name].dtype), on_cpu) for name in dense}}
+            for name, mask in masks_from_flat(targets, keep).items():
+                torch.mul(dense[name], mask, out=masked_weights[name])
+            weights = {**params, **buffers, **masked_weights}
             total, count = 0.0, 0
             was_training = model.training
             model.eval()  # BN with its running statistics, as the pruned model is evaluated (never batch statistics)
