@@ -89,8 +89,10 @@ def test_a_diverged_run_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, mo
 def test_a_sweep_killed_mid_run_resumes_that_run_at_its_next_step(tmp_path, monkeypatch):
     """A multi-step run killed in its third step keeps steps 1-2 in <out>/partial/; the rerun starts at step 3, ends
     with the uninterrupted run's result, and removes the file once the record is written."""
-    from reflowbench.harness.sweep import count_complete
+    from reflowbench.harness.run import SuiteState
+    from reflowbench.harness.sweep import count_complete, estimate_seconds, pending_runs
     from reflowbench.pruners.hessian_base import HessianPruner
+    from reflowbench.schema.results import load_runs, run_wall_seconds
 
     def staged(out):
         spec = _quick(out, methods=["chita++"], sparsities=[0.7])
@@ -110,7 +112,12 @@ def test_a_sweep_killed_mid_run_resumes_that_run_at_its_next_step(tmp_path, monk
         run_suite(plan_suite(staged(tmp_path / "killed")), log=lambda m: None)
     assert len(list((tmp_path / "killed" / "partial").glob("*.stages.pt"))) == 1 and not list((tmp_path / "killed" / "runs").glob("*.json"))
     monkeypatch.setattr(HessianPruner, "_step", real_step)
-    assert count_complete(plan_suite(staged(tmp_path / "killed"))) == (0, 1, 1)  # what --dry-run reports
+    progress = count_complete(plan_suite(staged(tmp_path / "killed")))  # what --dry-run reports
+    assert (progress.complete, progress.total, progress.saved) == (0, 1, 1)
+    assert (progress.estimate_s, progress.unestimated) == (0.0, 1)  # no finished chita++ run in that folder to estimate from
+    todo, _ = pending_runs(SuiteState(plan_suite(staged(tmp_path / "killed")), log=lambda m: None), plan_suite(staged(tmp_path / "killed")))
+    (whole_record,) = load_runs(tmp_path / "whole")
+    assert estimate_seconds(tmp_path / "whole", todo) == (pytest.approx(run_wall_seconds(whole_record)), 0)  # the like run's wall time
     messages = []
     assert run_suite(plan_suite(staged(tmp_path / "killed")), log=messages.append)["done"] == 1
     assert any("1 to run (1 resume from saved steps)" in m for m in messages)

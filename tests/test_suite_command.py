@@ -44,7 +44,8 @@ def test_suite_runs_its_jobs_resumes_and_writes_the_combined_report(tmp_path, ca
     (next((out / "small" / "runs").glob("mp_s0.9_*.json"))).unlink()
     assert main(["suite", suite, "--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
-    assert "5 of 6 runs finished, 1 to run" in text and "would run 1" in text
+    assert "5 of 6 runs finished, 1 to run (about " in text and "at the mean wall time of like finished runs here)" in text
+    assert "would run 1 (about " in text and "of runs; settings searches not counted)" in text
 
 
 def test_named_suite_is_well_formed_and_fills_the_models_dir():
@@ -95,13 +96,15 @@ def test_cifar10_suite_plans_against_the_shared_files(tmp_path):
 
 
 def test_spent_seconds_counts_shared_gradients_once():
-    from reflowbench.reports.suite_report import spent_seconds, suite_timing
+    from reflowbench.reports.suite_report import suite_timing
+    from reflowbench.schema.results import run_wall_seconds, spent_seconds
 
     cost = {"gradients": {"seconds": 5.0}, "curvature": {"seconds": 3.0}, "prune": {"seconds": 10.0}, "eval_pruned": {"seconds": 2.0}}
     first = {"cost": cost, "notes": {}}
     reused = {"cost": cost, "notes": {"gradients_reused": True}}
     assert spent_seconds(first, "prune") == 10.0 and spent_seconds(reused, "prune") == 2.0
     assert spent_seconds(reused, "gradients") == 0.0 and spent_seconds(reused, "eval_pruned") == 2.0
+    assert run_wall_seconds(first) == 12.0 and run_wall_seconds(reused) == 4.0  # prune + evaluation; sub-phases are inside prune
     timing = suite_timing([first, reused], wall_seconds=20.0)
     assert timing["floor_seconds"] == 4.0 and timing["wall_over_floor"] == 5.0 and timing["outside_runs_seconds"] == 4.0
 
@@ -141,3 +144,9 @@ def test_run_suite_is_the_suite_command_and_refuses_other_flags(tmp_path, capsys
     assert main(["run", "--suite", "cifar10", "--model", "resnet20", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "takes --out, --data" in err and "['model']" in err and not (tmp_path / "o").exists()
+
+
+def test_durations_read_as_a_person_would_say_them():
+    from reflowbench.utils.cost import format_duration
+
+    assert [format_duration(s) for s in (42, 89.4, 1020, 5399, 12240)] == ["42 s", "89 s", "17 min", "90 min", "3.4 h"]

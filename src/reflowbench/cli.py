@@ -29,6 +29,7 @@ from reflowbench.config import (
 )
 from reflowbench.errors import ConfigError, ReflowbenchError
 from reflowbench.utils.cli_args import add_dataclass_arguments, build_dataclass, given
+from reflowbench.utils.cost import format_duration
 from reflowbench.utils.io import atomic_write_json
 
 
@@ -134,7 +135,11 @@ def _submit(plan: Any, executor: Any) -> int:
 
 def _suite_summary(name: str, counts: Dict[str, int], verb: str) -> str:
     failed = f" ({counts['failed']} failed: their pruner diverged, see the reports)" if counts.get("failed") else ""
-    return f"suite {name}: {counts['total']} runs, {counts['skipped']} already finished, {verb} {counts['total'] - counts['skipped']}{failed}"
+    estimate = ""
+    if counts.get("estimate_s"):
+        unestimated = f", not counting {counts['unestimated']} with nothing to estimate from" if counts.get("unestimated") else ""
+        estimate = f" (about {format_duration(counts['estimate_s'])} of runs{unestimated}; settings searches not counted)"
+    return f"suite {name}: {counts['total']} runs, {counts['skipped']} already finished, {verb} {counts['total'] - counts['skipped']}{failed}{estimate}"
 
 
 def _run_named_suite(args: argparse.Namespace) -> int:

@@ -18,10 +18,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from reflowbench.config import SuiteSpec, TuneSpec, merge_into, preset
 from reflowbench.errors import ConfigError
 from reflowbench.harness.plan import SuitePlan, plan_suite
-from reflowbench.harness.sweep import count_complete, run_suite
+from reflowbench.harness.sweep import Progress, count_complete, run_suite
 from reflowbench.harness.tuning import run_tuning, tune_plan, tuning_status
 from reflowbench.schema.results import load_runs
 from reflowbench.suites import SuiteCommandSpec, fill_placeholders, load_suite, suite_name
+from reflowbench.utils.cost import format_duration
 from reflowbench.utils.io import atomic_write_json
 
 Log = Callable[[str], None]
@@ -96,6 +97,16 @@ def _tuned_plan(job: PlannedJob, command: SuiteCommandSpec, log: Log) -> SuitePl
     return _planned_with(job, chosen)
 
 
+def _progress_note(progress: Progress) -> str:
+    """`` (N resume from saved steps; about H h: ...)`` for a dry-run line, or '' when nothing is left to say."""
+    notes = [f"{progress.saved} resume from saved steps"] if progress.saved else []
+    if progress.estimate_s > 0:
+        notes.append(f"about {format_duration(progress.estimate_s)} at the mean wall time of like finished runs here")
+    if progress.unestimated:
+        notes.append(f"{progress.unestimated} with no finished run of their method to estimate from")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
 def _tuning_plan(job: PlannedJob) -> Tuple[SuitePlan, List[Dict[str, Any]], TuneSpec]:
     """The job's settings search, as planned with the job: its plan (one pruner per cell, on the tuning seeds), cells and spec."""
     plan, cells = job.tuning
@@ -127,18 +138,26 @@ def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Di
         if command.dry_run:
             plan = job.plan
             if job.tune is not None:
-                scored, needed, chosen = tuning_status(*_tuning_plan(job))
-                if chosen is None:
+                search = tuning_status(*_tuning_plan(job))
+                if search.chosen is None:
+                    rest = (
+                        f" (their pruning alone about {format_duration((search.needed - search.scored) * search.prune_s)} more, at the mean of those in)"
+                        if search.scored
+                        else ""
+                    )
                     log(
-                        f"{header}: settings search {scored} of {needed} scores in; its runs are counted once `reflowbench tune --method {job.tune.method}` has chosen"
+                        f"{header}: settings search {search.scored} of {search.needed} scores in{rest}; its runs are counted once "
+                        f"`reflowbench tune --method {job.tune.method}` has chosen"
                     )
                     continue
-                header += f", tuned {job.tune.method} {chosen}"
-                plan = _planned_with(job, chosen)
-            complete, total, saved = count_complete(plan)
-            log(f"{header}: {complete} of {total} runs finished, {total - complete} to run" + (f" ({saved} resume from saved steps)" if saved else ""))
-            totals["skipped"] += complete
-            totals["total"] += total
+                header += f", tuned {job.tune.method} {search.chosen}"
+                plan = _planned_with(job, search.chosen)
+            progress = count_complete(plan)
+            log(f"{header}: {progress.complete} of {progress.total} runs finished, {progress.total - progress.complete} to run" + _progress_note(progress))
+            totals["skipped"] += progress.complete
+            totals["total"] += progress.total
+            totals["estimate_s"] = totals.get("estimate_s", 0) + progress.estimate_s
+            totals["unestimated"] = totals.get("unestimated", 0) + progress.unestimated
             continue
         log(header)
         plan = _tuned_plan(job, command, log) if job.tune is not None else job.plan

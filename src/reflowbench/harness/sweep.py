@@ -12,7 +12,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from reflowbench.harness.claims import try_claim
 from reflowbench.harness.distributed import from_main_rank, is_main_rank
@@ -20,8 +20,8 @@ from reflowbench.harness.plan import SuitePlan
 from reflowbench.harness.run import SuiteState, run_one
 from reflowbench.hessian.sharded import is_distributed
 from reflowbench.pruners import Pruner
-from reflowbench.pruners.base import StageCheckpoint
-from reflowbench.schema.results import is_finished, run_path, stage_path, write_csv, write_run
+from reflowbench.pruners.base import StageCheckpoint, key_options
+from reflowbench.schema.results import is_finished, load_runs, run_path, run_wall_seconds, stage_path, write_csv, write_run
 from reflowbench.utils.io import atomic_write_json
 
 Log = Callable[[str], None]
@@ -52,12 +52,40 @@ def _reused_later(todo: List[Todo], index: int) -> bool:
     return any(later[0] is pruner and later[2] == seed for later in todo[index + 1 :])
 
 
-def count_complete(plan: SuitePlan) -> Tuple[int, int, int]:
-    """(finished runs, runs in the suite, unfinished runs with saved pruning steps) of ``plan`` in its ``--out`` (loads
+class Progress(NamedTuple):
+    """What ``--dry-run`` reports of one sweep."""
+
+    complete: int  # finished runs
+    total: int  # runs in the sweep
+    saved: int  # unfinished runs with saved pruning steps
+    estimate_s: float  # wall seconds the unfinished runs would take, each at the mean of its like finished runs (see estimate_seconds)
+    unestimated: int  # unfinished runs with no finished run of their method in --out to estimate from
+
+
+def estimate_seconds(out: Path, todo: List[Todo]) -> Tuple[float, int]:
+    """(estimated wall seconds of ``todo``, how many of them had nothing to estimate from): each run at the mean
+    :func:`~reflowbench.schema.results.run_wall_seconds` of the finished runs in ``out`` with its method and options, else of its method's
+    (any options); a rough guide, on the hardware and thread count those runs recorded."""
+    finished = load_runs(out)
+    total, missing = 0.0, 0
+    for pruner, _, _, _, _ in todo:
+        options = key_options(pruner)
+        same_method = [r for r in finished if r["method"] == pruner.name]
+        alike = [r for r in same_method if {k: r.get("options", {}).get(k) for k in options} == options] or same_method
+        if alike:
+            total += sum(run_wall_seconds(r) for r in alike) / len(alike)
+        else:
+            missing += 1
+    return total, missing
+
+
+def count_complete(plan: SuitePlan) -> Progress:
+    """Finished, total and resumable runs of ``plan`` in its ``--out``, and an estimate of the rest's wall time (loads
     the data and the model to key the runs)."""
     state = SuiteState(plan, log=lambda message: None)
     todo, total = pending_runs(state, plan)
-    return total - len(todo), total, _with_saved_steps(todo)
+    estimate, unestimated = estimate_seconds(Path(plan.spec.sweep.out), todo) if todo else (0.0, 0)
+    return Progress(total - len(todo), total, _with_saved_steps(todo), estimate, unestimated)
 
 
 def _with_saved_steps(todo: List[Todo]) -> int:

@@ -20,7 +20,7 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from reflowbench.config import SuiteSpec, TuneSpec
 from reflowbench.errors import ConfigError, DivergedError
@@ -166,16 +166,24 @@ def _scores(state: SuiteState, tune: TuneSpec) -> Dict[str, Any]:
     }
 
 
-def tuning_status(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec) -> Tuple[int, int, Optional[Dict[str, Any]]]:
-    """(scores in, scores the search needs, the options it chooses when all are in, else None), reading the results
-    file only (``--dry-run``); ``plan`` and ``cells`` from :func:`tune_plan`."""
+class SearchProgress(NamedTuple):
+    """What ``--dry-run`` reports of one settings search."""
+
+    scored: int  # (cell, sparsity, seed) scores in
+    needed: int  # scores the search needs
+    chosen: Optional[Dict[str, Any]]  # the options it chooses once every score is in, else None
+    prune_s: float  # mean pruning wall seconds of the scores in (0 when none): the least a remaining score costs
+
+
+def tuning_status(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec) -> SearchProgress:
+    """The search's progress from its results file only (``--dry-run``); ``plan`` and ``cells`` from :func:`tune_plan`."""
     state = SuiteState(plan, log=lambda message: None)
     options_of = dict(zip(_cell_ids(plan), cells))
     wanted = {(cell, sparsity, seed) for cell in options_of for sparsity in tune.at_sparsities for seed in plan.spec.sweep.seeds}
     results = [r for r in _scores(state, tune)["results"] if (r["cell"], r["sparsity"], r["seed"]) in wanted]
-    if len(results) < len(wanted):
-        return len(results), len(wanted), None
-    return len(results), len(wanted), options_of[rank_cells(results, tune.criterion)[0][0]]
+    prune_s = sum(r["prune_seconds"] for r in results) / len(results) if results else 0.0
+    chosen = options_of[rank_cells(results, tune.criterion)[0][0]] if len(results) == len(wanted) else None
+    return SearchProgress(len(results), len(wanted), chosen, prune_s)
 
 
 def _write_outputs(

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from reflowbench.errors import ReflowbenchError
 from reflowbench.reports.aggregate import cost_table, failed_table, fmt, group, markdown_table, mean_std, objective_table
 from reflowbench.reports.figures import accuracy_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
-from reflowbench.schema.results import load_finished_runs
+from reflowbench.schema.results import FLOOR_PHASES, load_finished_runs, spent_seconds
 from reflowbench.utils.io import atomic_write_text
 
 MAGNITUDE = ("mp", "mp-layer")  # methods that use no curvature
@@ -94,22 +94,6 @@ def extra_cells(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str
         for (model, label, sparsity), runs in group(cells).items()
     ]
     return ["model", "configuration", "sparsity", "seeds", "top-1 pruned → + REFLOW (%)"], rows
-
-
-FLOOR_PHASES = ("eval_pruned", "eval_reflow", "recalibrate")  # the work no implementation of the comparison can skip
-
-
-def spent_seconds(record: Dict[str, Any], phase: str) -> float:
-    """Seconds a run really spent in ``phase``: a run that reused its seed's dense gradients and curvature is
-    charged their cost in its record (so every run shows what it needs), but did not spend it again."""
-    cost = record["cost"].get(phase, {}).get("seconds", 0.0)
-    if not record.get("notes", {}).get("gradients_reused"):
-        return cost
-    if phase in ("gradients", "curvature"):
-        return 0.0
-    if phase == "prune":
-        return max(cost - sum(record["cost"].get(p, {}).get("seconds", 0.0) for p in ("gradients", "curvature")), 0.0)
-    return cost
 
 
 def suite_timing(records: List[Dict[str, Any]], wall_seconds: float) -> Dict[str, Any]:

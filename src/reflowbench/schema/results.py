@@ -239,3 +239,28 @@ def write_csv(out: Path) -> Path:
     path = Path(out) / CSV_NAME
     atomic_write_text(path, buffer.getvalue())
     return path
+
+
+FLOOR_PHASES = ("eval_pruned", "eval_reflow", "recalibrate")  # the work no implementation of the comparison can skip
+
+
+def spent_seconds(record: Dict[str, Any], phase: str) -> float:
+    """Seconds a run really spent in ``phase``: a run that reused its seed's dense gradients and curvature is
+    charged their cost in its record (so every run shows what it needs), but did not spend it again."""
+    cost = record["cost"].get(phase, {}).get("seconds", 0.0)
+    if not record.get("notes", {}).get("gradients_reused"):
+        return cost
+    if phase in ("gradients", "curvature"):
+        return 0.0
+    if phase == "prune":
+        return max(cost - sum(record["cost"].get(p, {}).get("seconds", 0.0) for p in ("gradients", "curvature")), 0.0)
+    return cost
+
+
+RUN_PHASES = ("prune", "diagnostics", "objective", *FLOOR_PHASES)  # a run's wall time, phase by phase (prune holds its sub-phases)
+
+
+def run_wall_seconds(record: Dict[str, Any]) -> float:
+    """Wall seconds a finished run really spent (:func:`spent_seconds` over :data:`RUN_PHASES`): what a like run costs
+    again on the same machine, its seed's shared gradients and curvature counted once."""
+    return sum(spent_seconds(record, phase) for phase in RUN_PHASES)

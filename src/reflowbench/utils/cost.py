@@ -142,3 +142,12 @@ class CostLedger:
             name: {"seconds": round(c.seconds, 4), "peak_rss_mb": round(c.peak_rss_mb, 1), "peak_cuda_mb": round(c.peak_cuda_mb, 1)}
             for name, c in self.phases.items()
         }
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds for a person: ``42 s``, ``17 min``, ``3.4 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
