@@ -32,6 +32,7 @@ def test_suite_runs_its_jobs_resumes_and_writes_the_combined_report(tmp_path, ca
     assert len(list((out / "small" / "runs").glob("*.json"))) == 7  # 2 methods x 3 sparsities + 1 ablation cell
     report = (out / "tiny-suite" / "report.md").read_text()
     assert "## Best method at each sparsity" in report and "| smallcnn | 0.9 |" in report and "woodfisher" in report
+    assert "## Completeness\n\nEvery run of the suite is in: 7 runs." in report
     assert (out / "tiny-suite" / "figures" / "accuracy_vs_sparsity.png").exists() and (out / "small" / "report.md").exists()
     main_tables = report.split("## Cost")[0]
     assert "[options.update=none]" not in main_tables  # the one-sparsity ablation cell stays out of the main tables
@@ -46,6 +47,11 @@ def test_suite_runs_its_jobs_resumes_and_writes_the_combined_report(tmp_path, ca
     text = capsys.readouterr().out
     assert "5 of 6 runs finished, 1 to run (about " in text and "at the mean wall time of like finished runs here)" in text
     assert "would run 1 (about " in text and "of runs; settings searches not counted)" in text
+    assert main(["suite", suite, "--out", str(out), "--report-only"]) == 0  # the report says itself what it lacks
+    report = (out / "tiny-suite" / "report.md").read_text()
+    assert "**Partial**: 6 of the 7 runs planned so far are in; the missing runs would take about " in report
+    assert "- small: smallcnn, mp,woodfisher (woodfisher {" in report and "5 of 6 runs finished, 1 to run" in report
+    assert "- small: smallcnn, woodfisher (woodfisher {" not in report.split("## Accuracy")[0].split("5 of 6")[1]  # the finished ablation job is not listed
 
 
 def test_named_suite_is_well_formed_and_fills_the_models_dir():

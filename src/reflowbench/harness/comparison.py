@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from reflowbench.config import SuiteSpec, TuneSpec, merge_into, preset
-from reflowbench.errors import ConfigError
+from reflowbench.errors import ConfigError, ReflowbenchError
 from reflowbench.harness.plan import SuitePlan, plan_suite
 from reflowbench.harness.sweep import Progress, count_complete, run_suite
 from reflowbench.harness.tuning import run_tuning, tune_plan, tuning_status
@@ -120,44 +120,81 @@ def _planned_with(job: PlannedJob, chosen: Dict[str, Any]) -> SuitePlan:
     return plan_suite(tuned)
 
 
+@dataclass
+class JobStatus:
+    """Where one job stands in its ``--out`` (what ``--dry-run`` prints and the suite report's completeness section lists)."""
+
+    line: str  # "<folder>: <model>, <methods> (<options>)[, tuned ...]: N of M runs finished, K to run (...)"
+    complete: int  # finished runs (0 while the job's settings search is open)
+    total: int  # runs in the job (0 while its settings search is open: counted once it has chosen)
+    estimate_s: float = 0.0
+    unestimated: int = 0
+    search_open: bool = False  # its settings search has scores missing
+
+
+def job_header(job: PlannedJob) -> str:
+    """``<folder>: <model>, <methods> (<method options>)``."""
+    spec = job.plan.spec
+    options = [f"{m} {o}" for m, o in spec.method_options.items() if o]
+    return f"{job.folder}: {spec.model.model}, {','.join(spec.sweep.methods)}" + (f" ({', '.join(options)})" if options else "")
+
+
+def job_status(job: PlannedJob) -> JobStatus:
+    """The job's finished and missing runs from the files in its ``--out`` (loads the data and the model to key them)."""
+    header, plan = job_header(job), job.plan
+    if job.tune is not None:
+        search = tuning_status(*_tuning_plan(job))
+        if search.chosen is None:
+            rest = (
+                f" (their pruning alone about {format_duration((search.needed - search.scored) * search.prune_s)} more, at the mean of those in)"
+                if search.scored
+                else ""
+            )
+            line = f"{header}: settings search {search.scored} of {search.needed} scores in{rest}; its runs are counted once `reflowbench tune --method {job.tune.method}` has chosen"
+            return JobStatus(line, 0, 0, search_open=True)
+        header += f", tuned {job.tune.method} {search.chosen}"
+        plan = _planned_with(job, search.chosen)
+    progress = count_complete(plan)
+    line = f"{header}: {progress.complete} of {progress.total} runs finished, {progress.total - progress.complete} to run" + _progress_note(progress)
+    return JobStatus(line, progress.complete, progress.total, progress.estimate_s, progress.unestimated)
+
+
+def completeness_lines(statuses: List[JobStatus]) -> List[str]:
+    """The suite report's account of what it holds: every run in, or the jobs with runs or a settings search missing."""
+    total = sum(s.total for s in statuses)
+    complete = sum(s.complete for s in statuses)
+    open_searches = sum(s.search_open for s in statuses)
+    if complete == total and not open_searches:
+        return [f"Every run of the suite is in: {total} runs."]
+    estimate = sum(s.estimate_s for s in statuses)
+    summary = f"**Partial**: {complete} of the {total} runs planned so far are in" + (
+        f", and {open_searches} settings searches are still open (each adds its tuned row once it has chosen)" if open_searches else ""
+    )
+    if estimate:
+        summary += f"; the missing runs would take about {format_duration(estimate)} at the mean wall time of like finished runs"
+    lines = [summary + ". Jobs not finished (`reflowbench suite ... --dry-run` lists the same; running the suite again resumes them):", ""]
+    return lines + [f"- {s.line}" for s in statuses if s.search_open or s.complete < s.total]
+
+
 def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Dict[str, int]:
-    """Run (or, with ``dry_run``, list) every job, then write the combined report (``report_only``: only that) and,
-    when runs were made, ``<name>-suite/timing.json`` (wall time against the floor of the runs made now);
-    returns {"done", "failed", "skipped", "total"} summed over the jobs run or listed (a tuned job's runs are listed
-    once its settings search has chosen)."""
+    """Run (or, with ``dry_run``, list) every job, then write the combined report (``report_only``: only that; it says which
+    jobs are not finished) and, when runs were made, ``<name>-suite/timing.json`` (wall time against the floor of the
+    runs made now); returns {"done", "failed", "skipped", "total"} summed over the jobs run or listed (a tuned job's runs
+    are listed once its settings search has chosen; a dry run adds "estimate_s" and "unestimated")."""
     planned = plan_jobs(name, command)
     started, started_iso = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     totals = {"done": 0, "failed": 0, "skipped": 0, "total": 0}
     for index, job in enumerate(planned):
-        sweep = job.plan.spec.sweep
-        header = f"[{index + 1}/{len(planned)}] {job.folder}: {job.plan.spec.model.model}, {','.join(sweep.methods)}" + (
-            f" ({', '.join(f'{m} {o}' for m, o in job.plan.spec.method_options.items() if o)})" if any(job.plan.spec.method_options.values()) else ""
-        )
+        header = f"[{index + 1}/{len(planned)}] {job_header(job)}"
         if command.report_only:
             continue
         if command.dry_run:
-            plan = job.plan
-            if job.tune is not None:
-                search = tuning_status(*_tuning_plan(job))
-                if search.chosen is None:
-                    rest = (
-                        f" (their pruning alone about {format_duration((search.needed - search.scored) * search.prune_s)} more, at the mean of those in)"
-                        if search.scored
-                        else ""
-                    )
-                    log(
-                        f"{header}: settings search {search.scored} of {search.needed} scores in{rest}; its runs are counted once "
-                        f"`reflowbench tune --method {job.tune.method}` has chosen"
-                    )
-                    continue
-                header += f", tuned {job.tune.method} {search.chosen}"
-                plan = _planned_with(job, search.chosen)
-            progress = count_complete(plan)
-            log(f"{header}: {progress.complete} of {progress.total} runs finished, {progress.total - progress.complete} to run" + _progress_note(progress))
-            totals["skipped"] += progress.complete
-            totals["total"] += progress.total
-            totals["estimate_s"] = totals.get("estimate_s", 0) + progress.estimate_s
-            totals["unestimated"] = totals.get("unestimated", 0) + progress.unestimated
+            status = job_status(job)
+            log(f"[{index + 1}/{len(planned)}] {status.line}")
+            totals["skipped"] += status.complete
+            totals["total"] += status.total
+            totals["estimate_s"] = totals.get("estimate_s", 0) + status.estimate_s
+            totals["unestimated"] = totals.get("unestimated", 0) + status.unestimated
             continue
         log(header)
         plan = _tuned_plan(job, command, log) if job.tune is not None else job.plan
@@ -170,7 +207,11 @@ def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Di
         folders = list(dict.fromkeys(job.folder for job in planned))
         if totals["done"]:
             _write_timing(Path(command.out), suite_name(name), folders, started_iso, time.perf_counter() - started, log)
-        paths = write_suite_report(Path(command.out), suite_name(name), folders, load_suite(name).get("description", ""))
+        try:
+            completeness = completeness_lines([job_status(job) for job in planned])
+        except ReflowbenchError as error:  # e.g. --report-only without the data that keys the runs: the report is still written
+            completeness = [f"Not checked which of the suite's runs are missing: {error}"]
+        paths = write_suite_report(Path(command.out), suite_name(name), folders, load_suite(name).get("description", ""), completeness)
         log(f"suite report: {paths['markdown']}")
     return totals
 

@@ -151,8 +151,9 @@ def _unique_runs(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return list(seen.values())
 
 
-def write_suite_report(out: Path, name: str, folders: List[str], description: str = "") -> Dict[str, Path]:
-    """Write ``out/<name>-suite/report.md`` and its figures from the runs in ``out/<folder>`` for each folder."""
+def write_suite_report(out: Path, name: str, folders: List[str], description: str = "", completeness: Optional[List[str]] = None) -> Dict[str, Path]:
+    """Write ``out/<name>-suite/report.md`` and its figures from the runs in ``out/<folder>`` for each folder;
+    ``completeness``: markdown lines saying which of the suite's runs are in (the harness's account), shown first."""
     out = Path(out)
     records: List[Dict[str, Any]] = []
     found = []
@@ -187,6 +188,7 @@ def write_suite_report(out: Path, name: str, folders: List[str], description: st
         + f"; code revisions {', '.join(revisions)}",
         *_hardware(records),
         "",
+        *(["## Completeness", "", *completeness, ""] if completeness else []),
         "## Accuracy vs sparsity",
         "",
         "Dashed: right after pruning; solid: after REFLOW; bands: ±1 std over seeds. Only configurations run at 3 or more sparsities (ablation cells are in each folder's report).",
