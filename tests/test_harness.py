@@ -164,6 +164,43 @@ def _check_golden(record):
         assert abs(cell.difference) <= GOLDEN_TOLERANCE, f"{cell.metric} moved from the golden {cell.baseline[0]:.2f}% to {cell.candidate[0]:.2f}%"
 
 
+# Golden results of every built-in pruner on the embedded default's model and data (reports/embedded-golden, made by
+# `reflowbench run --methods mp,mp-layer,mp-hessian,woodfisher,cbs,chita,chita++ --chita++-recompute-steps 4
+#  --sparsities 0.5,0.7 --seeds 0 --out reports/embedded-golden`): sparsities where every pruner's top-1 is the same
+# with 1 and 2 torch threads (at 0.9 CHITA's IHT takes another path with the thread count), CHITA++ in 4 steps.
+GOLDEN_PRUNERS = GOLDEN.parent / "embedded-golden"
+GOLDEN_PRUNER_OPTIONS = {"chita++": {"recompute_steps": 4}}
+
+
+def test_every_builtin_pruner_reproduces_its_golden_results(tmp_path):
+    """A change that moves any built-in pruner's pruned or REFLOW top-1 at any golden point by more than
+    GOLDEN_TOLERANCE fails, printing every moved cell; a new built-in pruner must add its golden runs."""
+    from reflowbench.pruners import PRUNERS
+    from reflowbench.reports.aggregate import markdown_table
+    from reflowbench.reports.compare import compare_results, comparison_table
+    from reflowbench.schema.results import load_runs
+
+    golden = load_runs(GOLDEN_PRUNERS)
+    methods = sorted({r["method"] for r in golden})
+    builtin = sorted(name for name, cls in PRUNERS.items() if cls.__module__.startswith("reflowbench.pruners."))
+    assert methods == builtin, f"golden runs in {GOLDEN_PRUNERS} for {methods}, built-in pruners {builtin}: regenerate it (command above)"
+    spec = preset("embedded")
+    merge_into(spec, {"methods": methods, "sparsities": sorted({r["sparsity"] for r in golden}), "seeds": [0], "out": str(tmp_path), "progress": False}, "test")
+    for method, options in GOLDEN_PRUNER_OPTIONS.items():
+        spec.method_options.setdefault(method, {}).update(options)  # on top of the preset's sizing to digits, as the CLI flag
+    run_suite(plan_suite(spec), log=lambda m: None)
+    ours = load_runs(tmp_path)
+    assert sorted(r["key"] for r in ours) == sorted(r["key"] for r in golden), "the golden runs were made with other settings: regenerate them"
+    moved = []
+    for method in methods:
+        cells = compare_results(ours, golden, method, tolerance=GOLDEN_TOLERANCE)
+        assert len(cells) == 4, f"{method}: {len(cells)} golden cells, expected 2 sparsities x (pruned, REFLOW)"
+        header, rows = comparison_table(cells, "this code", "golden")
+        moved += [[method, *row] for row, cell in zip(rows, cells) if abs(cell.difference) > GOLDEN_TOLERANCE]
+    table = markdown_table(["method", *header], moved)
+    assert not moved, f"top-1 moved from the golden results by more than {GOLDEN_TOLERANCE:.1f} points:\n{table}"
+
+
 def test_config_rejects_unknown_settings():
     with pytest.raises(ConfigError, match="unknown setting 'calib_batchez'"):
         merge_into(preset("embedded"), {"calib_batchez": 3}, "test")
