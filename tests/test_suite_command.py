@@ -156,3 +156,21 @@ def test_durations_read_as_a_person_would_say_them():
     from reflowbench.utils.cost import format_duration
 
     assert [format_duration(s) for s in (42, 89.4, 1020, 5399, 12240)] == ["42 s", "89 s", "17 min", "90 min", "3.4 h"]
+
+
+def test_report_only_without_the_data_still_writes_the_report_and_says_why_completeness_is_unchecked(tmp_path, capsys, monkeypatch):
+    import reflowbench.harness.comparison as comparison
+    from reflowbench.errors import DatasetError
+
+    jobs = [_job("small", ["mp"], [0.5])]
+    suite, out = _suite_file(tmp_path, jobs), tmp_path / "out"
+    assert main(["suite", suite, "--out", str(out), "--no-progress"]) == 0
+
+    def no_data(job):
+        raise DatasetError("CIFAR-10 could not be loaded from /nowhere (add --download to fetch it)")
+
+    monkeypatch.setattr(comparison, "job_status", no_data)  # keying the runs needs the data, as for a user without it
+    assert main(["suite", suite, "--out", str(out), "--report-only"]) == 0
+    report = (out / "tiny-suite" / "report.md").read_text()
+    assert "## Completeness\n\nNot checked which of the suite's runs are missing: CIFAR-10 could not be loaded from /nowhere" in report
+    assert "## Best method at each sparsity" in report and "## Per-model reports" in report  # the rest of the report is whole

@@ -71,7 +71,7 @@ def estimate_seconds(out: Path, todo: List[Todo]) -> Tuple[float, int]:
     for pruner, _, _, _, _ in todo:
         options = key_options(pruner)
         same_method = [r for r in finished if r["method"] == pruner.name]
-        alike = [r for r in same_method if {k: r.get("options", {}).get(k) for k in options} == options] or same_method
+        alike = [r for r in same_method if all(r.get("options", {}).get(k, v) == v for k, v in options.items())] or same_method  # an option added later matches
         if alike:
             total += sum(run_wall_seconds(r) for r in alike) / len(alike)
         else:
