@@ -46,7 +46,7 @@ def test_suite_runs_its_jobs_resumes_and_writes_the_combined_report(tmp_path, ca
     assert main(["suite", suite, "--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "5 of 6 runs finished, 1 to run (about " in text and "at the mean wall time of like finished runs here)" in text
-    assert "would run 1 (about " in text and "of runs; settings searches not counted)" in text
+    assert "would run 1 (about " in text and "of runs and open settings searches with their tuned rows)" in text
     assert main(["suite", suite, "--out", str(out), "--report-only"]) == 0  # the report says itself what it lacks
     report = (out / "tiny-suite" / "report.md").read_text()
     assert "**Partial**: 6 of the 7 runs planned so far are in; the missing runs would take about " in report
@@ -131,6 +131,11 @@ def test_tuned_job_searches_its_settings_then_runs_them(tmp_path, capsys):
     assert main(["suite", suite, "--out", str(out), "--dry-run"]) == 0  # once chosen, the dry run counts the tuned runs
     listed = capsys.readouterr().out
     assert f"'damp': {chosen['damp']}" in listed.split("tuned woodfisher")[1] and "2 of 2 runs finished, 0 to run" in listed and "would run 0" in listed
+    (out / "small" / "tuning" / "smallcnn_woodfisher.json").unlink()  # the search open again, with woodfisher runs here to estimate from
+    assert main(["suite", suite, "--out", str(out), "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert "settings search 0 of 2 scores in (about " in listed and "more, at the mean pruning and REFLOW time of the woodfisher runs here)" in listed
+    assert "its tuned row (2 runs, about " in listed and "would run 0 (about " in listed
     bad = _job("small", ["woodfisher"], [0.7], role="tuned")
     bad["tune"] = {"method": "mp", "seeds": [0]}
     assert main(["suite", _suite_file(tmp_path, [bad]), "--out", str(out)]) == 2

@@ -138,7 +138,7 @@ def _suite_summary(name: str, counts: Dict[str, int], verb: str) -> str:
     estimate = ""
     if counts.get("estimate_s"):
         unestimated = f", not counting {counts['unestimated']} with nothing to estimate from" if counts.get("unestimated") else ""
-        estimate = f" (about {format_duration(counts['estimate_s'])} of runs{unestimated}; settings searches not counted)"
+        estimate = f" (about {format_duration(counts['estimate_s'])} of runs and open settings searches with their tuned rows{unestimated})"
     return f"suite {name}: {counts['total']} runs, {counts['skipped']} already finished, {verb} {counts['total'] - counts['skipped']}{failed}{estimate}"
 
 

@@ -13,14 +13,14 @@ import datetime as _dt
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from reflowbench.config import SuiteSpec, TuneSpec, merge_into, preset
 from reflowbench.errors import ConfigError, ReflowbenchError
 from reflowbench.harness.plan import SuitePlan, plan_suite
 from reflowbench.harness.sweep import Progress, count_complete, run_suite
-from reflowbench.harness.tuning import run_tuning, tune_plan, tuning_status
-from reflowbench.schema.results import load_runs
+from reflowbench.harness.tuning import SearchProgress, run_tuning, tune_plan, tuning_status
+from reflowbench.schema.results import load_runs, run_wall_seconds
 from reflowbench.suites import SuiteCommandSpec, fill_placeholders, load_suite, suite_name
 from reflowbench.utils.cost import format_duration
 from reflowbench.utils.io import atomic_write_json
@@ -139,19 +139,52 @@ def job_header(job: PlannedJob) -> str:
     return f"{job.folder}: {spec.model.model}, {','.join(spec.sweep.methods)}" + (f" ({', '.join(options)})" if options else "")
 
 
+class SearchEstimate(NamedTuple):
+    """Wall seconds an open settings search and the tuned row after it would take (0 where nothing to estimate from)."""
+
+    search_s: float  # the remaining scores
+    search_basis: str  # how search_s was estimated, for the dry-run line
+    row_s: float  # the tuned row's runs
+    row_runs: int  # runs in the tuned row
+
+
+def search_estimate(job: PlannedJob, search: SearchProgress) -> SearchEstimate:
+    """A rough guide from what is in the job's ``--out``: each remaining score at the mean pruning seconds of the scores
+    in (else of the finished runs of the method, any options, plus their REFLOW pass), and each run of the tuned row at
+    the mean :func:`~reflowbench.schema.results.run_wall_seconds` of the method's finished runs."""
+    sweep = job.plan.spec.sweep
+    row_runs = len(sweep.methods) * len(sweep.sparsities) * len(sweep.seeds)
+    like = [r for r in load_runs(Path(sweep.out)) if r["method"] == job.tune.method]
+    left = search.needed - search.scored
+    if search.scored:
+        search_s, basis = left * search.prune_s, ", at the mean pruning time of the scores in"
+    elif like:
+        per_score = sum(r["cost"]["prune"]["seconds"] + r["cost"].get("recalibrate", {}).get("seconds", 0.0) for r in like) / len(like)
+        search_s, basis = left * per_score, f", at the mean pruning and REFLOW time of the {job.tune.method} runs here"
+    else:
+        search_s, basis = 0.0, ""
+    row_s = row_runs * sum(run_wall_seconds(r) for r in like) / len(like) if like else 0.0
+    return SearchEstimate(search_s, basis, row_s, row_runs)
+
+
 def job_status(job: PlannedJob) -> JobStatus:
     """The job's finished and missing runs from the files in its ``--out`` (loads the data and the model to key them)."""
     header, plan = job_header(job), job.plan
     if job.tune is not None:
         search = tuning_status(*_tuning_plan(job))
         if search.chosen is None:
-            rest = (
-                f" (their pruning alone about {format_duration((search.needed - search.scored) * search.prune_s)} more, at the mean of those in)"
-                if search.scored
+            estimate = search_estimate(job, search)
+            rest = f" (about {format_duration(estimate.search_s)} more{estimate.search_basis})" if estimate.search_s else ""
+            row = (
+                f" ({estimate.row_runs} runs, about {format_duration(estimate.row_s)} at the mean wall time of like finished runs here)"
+                if estimate.row_s
                 else ""
             )
-            line = f"{header}: settings search {search.scored} of {search.needed} scores in{rest}; its runs are counted once `reflowbench tune --method {job.tune.method}` has chosen"
-            return JobStatus(line, 0, 0, search_open=True)
+            line = (
+                f"{header}: settings search {search.scored} of {search.needed} scores in{rest}; its tuned row{row} is counted once "
+                f"`reflowbench tune --method {job.tune.method}` has chosen"
+            )
+            return JobStatus(line, 0, 0, estimate.search_s + estimate.row_s, 0 if estimate.row_s else estimate.row_runs, search_open=True)
         header += f", tuned {job.tune.method} {search.chosen}"
         plan = _planned_with(job, search.chosen)
     progress = count_complete(plan)
@@ -171,7 +204,10 @@ def completeness_lines(statuses: List[JobStatus]) -> List[str]:
         f", and {open_searches} settings searches are still open (each adds its tuned row once it has chosen)" if open_searches else ""
     )
     if estimate:
-        summary += f"; the missing runs would take about {format_duration(estimate)} at the mean wall time of like finished runs"
+        summary += (
+            f"; the missing runs{' and the open searches with their tuned rows' if open_searches else ''} would take about "
+            f"{format_duration(estimate)} at the mean wall time of like finished runs"
+        )
     lines = [summary + ". Jobs not finished (`reflowbench suite ... --dry-run` lists the same; running the suite again resumes them):", ""]
     return lines + [f"- {s.line}" for s in statuses if s.search_open or s.complete < s.total]
 

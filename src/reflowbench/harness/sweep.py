@@ -21,7 +21,7 @@ from reflowbench.harness.run import SuiteState, run_one
 from reflowbench.hessian.sharded import is_distributed
 from reflowbench.pruners import Pruner
 from reflowbench.pruners.base import StageCheckpoint, key_options
-from reflowbench.schema.results import is_finished, load_runs, run_path, run_wall_seconds, stage_path, write_csv, write_run
+from reflowbench.schema.results import is_finished, load_runs, run_path, run_wall_seconds, stage_path, timing_doubts, write_csv, write_run
 from reflowbench.utils.io import atomic_write_json
 
 Log = Callable[[str], None]
@@ -147,6 +147,9 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
                 f"{pruner.name:>12} s={sparsity:<5g} seed={seed}: top-1 {record['pruned']['top1']:6.2f}% -> REFLOW {record['reflow']['top1']:6.2f}%"
                 f"  (prune {record['cost']['prune']['seconds']:.1f}s, last-BN var ratio {record['variance']['pruned']['last']:.3g} -> {record['variance']['reflow']['last']:.3g})"
             )
+        if main:
+            for doubt in timing_doubts(record):
+                progress.write(f"{pruner.name:>12} s={sparsity:<5g} seed={seed}: timing doubtful, {doubt}")
         progress.update(1)
         if main:
             write_csv(out)

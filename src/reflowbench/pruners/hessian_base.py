@@ -374,7 +374,9 @@ class HessianPruner(Pruner):
             costs = {}
             for phase in ("gradients", "curvature"):
                 after = ctx.ledger.get(phase)
-                costs[phase] = PhaseCost(after.seconds - before[phase].seconds, after.peak_rss_mb, after.peak_cuda_mb)
+                costs[phase] = PhaseCost(
+                    after.seconds - before[phase].seconds, after.peak_rss_mb, after.peak_cuda_mb, after.cpu_seconds - before[phase].cpu_seconds
+                )
             ctx.cache[key] = (fisher, costs)
         return fisher
 

@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from reflowbench.schema.results import DOUBT_MIN_CPU_SHARE, cpu_share, timing_doubts
+
 COST_PHASES = ("gradients", "curvature", "selection", "update", "prune", "recalibrate", "eval_pruned")
 
 
@@ -57,8 +59,10 @@ def accuracy_table(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[
 
 
 def cost_table(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]]]:
-    """Mean seconds per phase and peak RSS of pruning, per (model, method), over all sparsities and seeds."""
-    header = ["model", "method", "runs"] + [f"{p} (s)" for p in COST_PHASES] + ["peak RSS prune (MB)", "peak CUDA prune (MB)"]
+    """Mean seconds per phase, peak RSS and CUDA memory of pruning, and pruning's CPU seconds per wall second (mean over
+    the runs that measured it: about the torch thread count when the cores were the run's own), per (model, method),
+    over all sparsities and seeds."""
+    header = ["model", "method", "runs"] + [f"{p} (s)" for p in COST_PHASES] + ["peak RSS prune (MB)", "peak CUDA prune (MB)", "prune CPU s / wall s"]
     by_method: Dict[Tuple[str, str], List[Dict[str, Any]]] = defaultdict(list)
     for record in records:
         by_method[(record["model"], record["label"])].append(record)
@@ -71,8 +75,27 @@ def cost_table(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]
         cells.append(f"{max(r['cost']['prune']['peak_rss_mb'] for r in runs):.0f}")
         cuda = max(r["cost"]["prune"].get("peak_cuda_mb", 0.0) for r in runs)
         cells.append(f"{cuda:.0f}" if cuda else "–")
+        shares = [share for share in (cpu_share(r, "prune") for r in runs) if share is not None]
+        cells.append(f"{np.mean(shares):.2f}" if shares else "–")
         rows.append(cells)
     return header, rows
+
+
+def timing_doubt_lines(records: List[Dict[str, Any]], limit: int = 10) -> List[str]:
+    """Markdown lines naming the runs whose wall seconds overstate their cost (:func:`timing_doubts`), at most
+    ``limit`` of them listed; empty when there are none."""
+    doubtful = [(r, doubts) for r in records for doubts in [timing_doubts(r)] if doubts]
+    if not doubtful:
+        return []
+    lines = [
+        f"Timings to distrust: {len(doubtful)} runs spent under {DOUBT_MIN_CPU_SHARE:.0%} of a phase's wall time on a CPU (suspended, or cores shared):",
+        "",
+    ]
+    for record, doubts in sorted(doubtful, key=lambda item: (item[0]["model"], item[0]["label"], item[0]["sparsity"], item[0]["seed"]))[:limit]:
+        lines.append(f"- {record['model']} {record['label']} s={record['sparsity']:g} seed {record['seed']}: {'; '.join(doubts)}")
+    if len(doubtful) > limit:
+        lines.append(f"- and {len(doubtful) - limit} more")
+    return lines + [""]
 
 
 def failed_table(failed: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]]]:

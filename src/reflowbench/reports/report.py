@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from reflowbench.errors import ReflowbenchError
-from reflowbench.reports.aggregate import accuracy_table, cost_table, failed_table, html_table, markdown_table, objective_table
+from reflowbench.reports.aggregate import accuracy_table, cost_table, failed_table, html_table, markdown_table, objective_table, timing_doubt_lines
 from reflowbench.reports.figures import accuracy_vs_sparsity, cost_vs_sparsity, pick_sparsity, signal_collapse
 from reflowbench.schema.results import load_finished_runs
 from reflowbench.utils.io import atomic_write_text
@@ -78,6 +78,7 @@ def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str
         "",
         markdown_table(cost_header, cost_rows),
         "",
+        *timing_doubt_lines(records),
     ]
     objective_header, objective_rows = objective_table(records)
     if objective_rows:

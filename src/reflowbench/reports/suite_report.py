@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from reflowbench.errors import ReflowbenchError
-from reflowbench.reports.aggregate import cost_table, failed_table, fmt, group, markdown_table, mean_std, objective_table
+from reflowbench.reports.aggregate import cost_table, failed_table, fmt, group, markdown_table, mean_std, objective_table, timing_doubt_lines
 from reflowbench.reports.figures import accuracy_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
 from reflowbench.schema.results import FLOOR_PHASES, load_finished_runs, spent_seconds
 from reflowbench.utils.io import atomic_write_text
@@ -214,6 +214,7 @@ def write_suite_report(out: Path, name: str, folders: List[str], description: st
         "",
         markdown_table(cost_header, cost_rows),
         "",
+        *timing_doubt_lines(records),
         *_optional_table(
             "Ablation cells",
             "Configurations run at one or two sparsities (the selection × update grid); labels name the setting that differs.",

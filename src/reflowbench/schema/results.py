@@ -260,6 +260,39 @@ def spent_seconds(record: Dict[str, Any], phase: str) -> float:
 RUN_PHASES = ("prune", "diagnostics", "objective", *FLOOR_PHASES)  # a run's wall time, phase by phase (prune holds its sub-phases)
 
 
+DOUBT_MIN_SECONDS = 60.0  # phases shorter than this are not judged (start-up noise)
+DOUBT_MIN_CPU_SHARE = 0.3  # below this CPU seconds per wall second, a CPU phase did not run most of the time
+
+
+def cpu_share(record: Dict[str, Any], phase: str) -> Optional[float]:
+    """CPU seconds per wall second this run's process spent in ``phase`` (all its threads: about the torch thread
+    count on an idle machine), or None where the record predates the measurement or the phase is absent or empty."""
+    cost = record.get("cost", {}).get(phase, {})
+    wall, cpu = cost.get("seconds"), cost.get("cpu_seconds")
+    if wall is None or cpu is None or wall <= 0:
+        return None
+    return cpu / wall
+
+
+def timing_doubts(record: Dict[str, Any]) -> List[str]:
+    """Why this run's wall seconds overstate its cost, one line per doubtful phase (empty when none): a CPU run's phase
+    of at least :data:`DOUBT_MIN_SECONDS` during which the process used under :data:`DOUBT_MIN_CPU_SHARE` CPU seconds
+    per wall second was suspended (a laptop asleep, SIGSTOP) or starved by other work on its cores. Runs on CUDA (the
+    host waits for the device) and records without ``cpu_seconds`` are not judged."""
+    if record.get("environment", {}).get("device", "cpu") != "cpu":
+        return []
+    doubts = []
+    for phase in RUN_PHASES:
+        share = cpu_share(record, phase)
+        wall = record.get("cost", {}).get(phase, {}).get("seconds", 0.0)
+        if share is not None and wall >= DOUBT_MIN_SECONDS and share < DOUBT_MIN_CPU_SHARE:
+            doubts.append(
+                f"{phase}: {wall:.0f} s of wall time with {share * wall:.0f} s on a CPU ({share:.0%}): the process was suspended "
+                "or its cores were busy with other work; rerun it on an idle machine for its cost"
+            )
+    return doubts
+
+
 def run_wall_seconds(record: Dict[str, Any]) -> float:
     """Wall seconds a finished run really spent (:func:`spent_seconds` over :data:`RUN_PHASES`): what a like run costs
     again on the same machine, its seed's shared gradients and curvature counted once."""

@@ -70,14 +70,18 @@ def reset_peak_rss() -> bool:
 
 @dataclass
 class PhaseCost:
-    """Cost of one phase: wall seconds, peak RSS (MiB) and peak CUDA memory (MiB, 0 on CPU)."""
+    """Cost of one phase: wall seconds, peak RSS (MiB), peak CUDA memory (MiB, 0 on CPU) and the CPU seconds this
+    process spent in it (all its threads: ``cpu_seconds / seconds`` is about the thread count on an idle machine, far
+    below 1 when the process was suspended or starved of cores)."""
 
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
     peak_cuda_mb: float = 0.0
+    cpu_seconds: float = 0.0
 
     def merge(self, other: "PhaseCost") -> None:
         self.seconds += other.seconds
+        self.cpu_seconds += other.cpu_seconds
         self.peak_rss_mb = max(self.peak_rss_mb, other.peak_rss_mb)
         self.peak_cuda_mb = max(self.peak_cuda_mb, other.peak_cuda_mb)
 
@@ -110,7 +114,7 @@ class CostLedger:
             torch.cuda.reset_peak_memory_stats(device)
         running = PhaseCost(peak_rss_mb=current_rss_mb())
         self._open.append(running)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
@@ -118,6 +122,7 @@ class CostLedger:
                 torch.cuda.synchronize(device)
             self._open.pop()
             running.seconds += time.perf_counter() - start  # plus any cost credited while open (see add)
+            running.cpu_seconds += time.process_time() - cpu_start
             running.peak_rss_mb = max(running.peak_rss_mb, peak_rss_mb())
             if on_cuda:
                 running.peak_cuda_mb = max(running.peak_cuda_mb, torch.cuda.max_memory_allocated(device) / 2**20)
@@ -131,6 +136,7 @@ class CostLedger:
         self.phases.setdefault(name, PhaseCost()).merge(cost)
         for outer in self._open:
             outer.seconds += cost.seconds  # an enclosing phase (e.g. "prune") is charged the credited time too
+            outer.cpu_seconds += cost.cpu_seconds
             outer.peak_rss_mb = max(outer.peak_rss_mb, cost.peak_rss_mb)
             outer.peak_cuda_mb = max(outer.peak_cuda_mb, cost.peak_cuda_mb)
 
@@ -139,7 +145,12 @@ class CostLedger:
 
     def as_dict(self) -> Dict[str, Dict[str, float]]:
         return {
-            name: {"seconds": round(c.seconds, 4), "peak_rss_mb": round(c.peak_rss_mb, 1), "peak_cuda_mb": round(c.peak_cuda_mb, 1)}
+            name: {
+                "seconds": round(c.seconds, 4),
+                "cpu_seconds": round(c.cpu_seconds, 4),
+                "peak_rss_mb": round(c.peak_rss_mb, 1),
+                "peak_cuda_mb": round(c.peak_cuda_mb, 1),
+            }
             for name, c in self.phases.items()
         }
 
