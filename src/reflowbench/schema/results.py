@@ -277,7 +277,7 @@ def cpu_share(record: Dict[str, Any], phase: str) -> Optional[float]:
 def timing_doubts(record: Dict[str, Any]) -> List[str]:
     """Why this run's wall seconds overstate its cost, one line per doubtful phase (empty when none): a CPU run's phase
     of at least :data:`DOUBT_MIN_SECONDS` during which the process used under :data:`DOUBT_MIN_CPU_SHARE` CPU seconds
-    per wall second was suspended (a laptop asleep, SIGSTOP) or starved by other work on its cores. Runs on CUDA (the
+    per wall second was stopped (SIGSTOP, Ctrl-Z) or starved by other work on its cores. Runs on CUDA (the
     host waits for the device) and records without ``cpu_seconds`` are not judged."""
     if record.get("environment", {}).get("device", "cpu") != "cpu":
         return []
