@@ -34,6 +34,7 @@ def test_suite_runs_its_jobs_resumes_and_writes_the_combined_report(tmp_path, ca
     assert "## Best method at each sparsity" in report and "| smallcnn | 0.9 |" in report and "woodfisher" in report
     assert "## Completeness\n\nEvery run of the suite is in: 7 runs." in report
     assert (out / "tiny-suite" / "figures" / "accuracy_vs_sparsity.png").exists() and (out / "small" / "report.md").exists()
+    assert "## Accuracy for the compute" in report and (out / "tiny-suite" / "figures" / "accuracy_vs_cost.png").exists()
     main_tables = report.split("## Cost")[0]
     assert "[options.update=none]" not in main_tables  # the one-sparsity ablation cell stays out of the main tables
     assert "## Ablation cells" in report and "| smallcnn | woodfisher [options.update=none] | 0.7 | 1 |" in report

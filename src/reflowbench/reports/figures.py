@@ -15,9 +15,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from reflowbench.reports.aggregate import group, mean_std  # noqa: E402
 
 
-def _colors(methods: List[str]) -> Dict[str, Any]:
-    cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+def method_colors(methods: List[str]) -> Dict[str, Any]:
+    """A colour per method: tab10, or tab20 where more than 10 would repeat."""
+    size = 10 if len(methods) <= 10 else 20
+    cmap = plt.get_cmap(f"tab{size}")
+    return {m: cmap(i % size) for i, m in enumerate(methods)}
 
 
 MIN_SWEEP_POINTS = 3  # a configuration with fewer sparsities (an ablation cell) is left to the tables
@@ -37,7 +39,7 @@ def _panels(records: List[Dict[str, Any]], height: float):
     models = sorted({r["model"] for r in records})
     methods = sorted({r["label"] for r in records})
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), height + 0.25 * len(methods)), squeeze=False)
-    return fig, axes[0], models, methods, _colors(methods)
+    return fig, axes[0], models, methods, method_colors(methods)
 
 
 def _legend(ax) -> None:

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from reflowbench.errors import ReflowbenchError
 from reflowbench.reports.aggregate import cost_table, failed_table, fmt, group, markdown_table, mean_std, objective_table, timing_doubt_lines
+from reflowbench.reports.compute_front import NEAR_BEST_POINTS, accuracy_vs_cost, compute_front_rows
 from reflowbench.reports.figures import accuracy_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
 from reflowbench.schema.results import FLOOR_PHASES, load_finished_runs, spent_seconds
 from reflowbench.utils.io import atomic_write_text
@@ -176,6 +177,9 @@ def write_suite_report(out: Path, name: str, folders: List[str], description: st
     sparsity = pick_sparsity(sweep_records(records), 0.9)
     collapse = signal_collapse(records, sparsity, figures / "signal_collapse.png")
     best_header, best_rows = best_method_rows(records)
+    cost_sparsity = pick_sparsity(sweep_records(records), 0.8)
+    cost_figure = accuracy_vs_cost(records, cost_sparsity, figures / "accuracy_vs_cost.png")
+    front_header, front_rows = compute_front_rows(records)
     cost_header, cost_rows = cost_table(sweep_records(records))
     revisions = sorted({str(r["environment"].get("git_revision") or "n/a")[:12] for r in records})
     md = [
@@ -201,6 +205,17 @@ def write_suite_report(out: Path, name: str, folders: List[str], description: st
         "MP + REFLOW beats every Hessian pruner without REFLOW; positive in the second: REFLOW on a Hessian pruner beats MP + REFLOW.",
         "",
         markdown_table(best_header, best_rows),
+        "",
+        "## Accuracy for the compute",
+        "",
+        f"Per model and sparsity, each configuration's mean pruning wall seconds per run (its gradients and curvature included, as pruning "
+        f"that model from scratch costs; on the hardware above, so runs on shared cores are upper bounds) against its mean top-1 after "
+        f"REFLOW: the best, the cheapest within {NEAR_BEST_POINTS:g} points of it, and the Pareto front. The figure shows sparsity "
+        f"{cost_sparsity:g} (hollow: right after pruning; filled: after REFLOW).",
+        "",
+        f"![accuracy for the compute](figures/{cost_figure.name})",
+        "",
+        markdown_table(front_header, front_rows),
         "",
         f"## Signal collapse at sparsity {sparsity:g}",
         "",

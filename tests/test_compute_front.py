@@ -1,0 +1,46 @@
+"""Accuracy for the compute: the Pareto front of pruning seconds against top-1 after REFLOW, and its table."""
+
+from reflowbench.reports.compute_front import CostPoint, compute_front_rows, pareto_front
+
+
+def _record(label: str, sparsity: float, seconds: float, pruned: float, reflow: float, seed: int = 0) -> dict:
+    return {
+        "model": "m",
+        "method": label.split()[0],
+        "label": label,
+        "sparsity": sparsity,
+        "seed": seed,
+        "cost": {"prune": {"seconds": seconds}},
+        "pruned": {"top1": pruned},
+        "reflow": {"top1": reflow},
+    }
+
+
+def test_pareto_front_keeps_each_point_no_cheaper_point_matches():
+    points = [
+        CostPoint("slow-worse", 50.0, 10.0, 70.0, 3),
+        CostPoint("cheap", 0.1, 10.0, 80.0, 3),
+        CostPoint("dear-best", 900.0, 60.0, 85.0, 3),
+        CostPoint("mid", 20.0, 40.0, 82.0, 3),
+        CostPoint("mid-tie", 30.0, 40.0, 82.0, 3),  # no better than the cheaper "mid": off the front
+    ]
+    assert [p.label for p in pareto_front(points)] == ["cheap", "mid", "dear-best"]
+
+
+def test_compute_front_rows_name_the_best_the_cheapest_near_it_and_the_front():
+    records = []
+    for sparsity in (0.5, 0.7, 0.9):
+        for seed in (0, 1):
+            records += [
+                _record("mp", sparsity, 0.05, 10.0, 80.0 - 10 * sparsity, seed),
+                _record("woodfisher", sparsity, 20.0, 50.0, 80.6 - 10 * sparsity, seed),
+                _record("chita", sparsity, 500.0, 60.0, 81.0 - 10 * sparsity, seed),
+            ]
+    records.append(_record("chita", 0.9, 500.0, 60.0, 72.0 + 2.0, seed=2))  # a third seed on one cell only
+    header, rows = compute_front_rows(records, near=0.5)
+    assert header[3] == "cheapest within 0.5 points"
+    by_sparsity = {row[1]: row for row in rows}
+    best, cheapest, times, front = by_sparsity["0.5"][2:]
+    assert best == "chita 76.00 in 500 s (2 seeds)" and cheapest == "woodfisher 75.60 in 20 s (2 seeds)" and times == "25×"
+    assert front.split("; ")[0] == "mp 75.00 in 0.05 s (2 seeds)" and len(front.split("; ")) == 3
+    assert by_sparsity["0.9"][2] == "chita 72.67 in 500 s" and by_sparsity["0.9"][3] == "chita 72.67 in 500 s" and by_sparsity["0.9"][4] == "1.0×"
