@@ -17,6 +17,7 @@ from reflowbench.reports.aggregate import group
 from reflowbench.reports.figures import method_colors, plt, sweep_records
 
 NEAR_BEST_POINTS = 0.5  # "within this many top-1 points of the best" for the cheapest-near-best column
+MIN_SECONDS = 1e-4  # records keep seconds to 0.1 ms: a faster pruning counts as this (no zero on the log axis, no division by it)
 
 
 class CostPoint(NamedTuple):
@@ -38,7 +39,7 @@ def cost_points(records: List[Dict[str, Any]]) -> Dict[Tuple[str, float], List[C
         points.setdefault((model, sparsity), []).append(
             CostPoint(
                 label,
-                float(np.mean([r["cost"]["prune"]["seconds"] for r in runs])),
+                max(float(np.mean([r["cost"]["prune"]["seconds"] for r in runs])), MIN_SECONDS),
                 float(np.mean([r["pruned"]["top1"] for r in runs])),
                 float(np.mean([r["reflow"]["top1"] for r in runs])),
                 len(runs),

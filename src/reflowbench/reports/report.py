@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Optional
 
 from reflowbench.errors import ReflowbenchError
 from reflowbench.reports.aggregate import accuracy_table, cost_table, failed_table, html_table, markdown_table, objective_table, timing_doubt_lines
-from reflowbench.reports.figures import accuracy_vs_sparsity, cost_vs_sparsity, pick_sparsity, signal_collapse
+from reflowbench.reports.compute_front import NEAR_BEST_POINTS, accuracy_vs_cost, compute_front_rows
+from reflowbench.reports.figures import accuracy_vs_sparsity, cost_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
 from reflowbench.schema.results import load_finished_runs
 from reflowbench.utils.io import atomic_write_text
 
@@ -43,13 +44,16 @@ def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     sparsity = pick_sparsity(records, signal_sparsity)
+    cost_sparsity = pick_sparsity(sweep_records(records), 0.8)
     images = {
         "accuracy": accuracy_vs_sparsity(records, figures / "accuracy_vs_sparsity.png"),
         "collapse": signal_collapse(records, sparsity, figures / "signal_collapse.png"),
         "cost": cost_vs_sparsity(records, figures / "cost_vs_sparsity.png"),
+        "compute": accuracy_vs_cost(records, cost_sparsity, figures / "accuracy_vs_cost.png"),
     }
     acc_header, acc_rows = accuracy_table(records)
     cost_header, cost_rows = cost_table(records)
+    front_header, front_rows = compute_front_rows(records)
     context = _context_lines(records)
     sections = [
         (
@@ -63,6 +67,13 @@ def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str
             "collapse",
         ),
         ("Compute cost", "Wall seconds of the pruning step per method (mean over seeds); the dotted line is the mean REFLOW time.", "cost"),
+        (
+            "Accuracy for the compute",
+            f"Top-1 against mean pruning wall seconds per run at sparsity {cost_sparsity:g} (hollow: right after pruning; filled: after REFLOW; "
+            f"dashed: the Pareto front after REFLOW). The table 'Accuracy for the compute, per sparsity' gives the best top-1 after REFLOW, the cheapest "
+            f"configuration within {NEAR_BEST_POINTS:g} points of it and the whole front.",
+            "compute",
+        ),
     ]
     md = ["# reflowbench report", "", *context, ""]
     for title, caption, key in sections:
@@ -79,6 +90,10 @@ def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str
         markdown_table(cost_header, cost_rows),
         "",
         *timing_doubt_lines(records),
+        "## Accuracy for the compute, per sparsity",
+        "",
+        markdown_table(front_header, front_rows),
+        "",
     ]
     objective_header, objective_rows = objective_table(records)
     if objective_rows:
@@ -110,6 +125,7 @@ def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str
     for title, caption, key in sections:
         body += [f"<h2>{escape(title)}</h2>", f"<p>{escape(caption)}</p>", f'<img alt="{escape(title)}" src="{embedded(images[key])}">']
     body += ["<h2>Accuracy table</h2>", html_table(acc_header, acc_rows), "<h2>Cost per phase</h2>", html_table(cost_header, cost_rows)]
+    body += ["<h2>Accuracy for the compute, per sparsity</h2>", html_table(front_header, front_rows)]
     if failed_rows:
         body += ["<h2>Failed runs</h2>", f"<p>{escape(failed_caption)}</p>", html_table(failed_header, failed_rows)]
     style = "body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
