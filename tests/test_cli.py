@@ -176,7 +176,9 @@ def test_compare_flags_regressions_and_exits_non_zero(tmp_path, capsys):
     worse = layer["reflow"]["top1"] < flat["reflow"]["top1"] or layer["pruned"]["top1"] < flat["pruned"]["top1"]
     assert status == (1 if worse else 0) and ("REGRESSION" in text) == worse
     assert main(["compare", str(out), str(out), "--method", "woodfisher"]) == 2
-    assert "nothing to compare" in capsys.readouterr().err
+    assert (
+        "nothing to compare: the candidate (" in (err := capsys.readouterr().err) and "has no runs of woodfisher; its report labels are 'mp', 'mp-layer'" in err
+    )
     candidate = tmp_path / "candidate"  # the candidate's run at 0.9 diverged: a regression, though no cell compares it
     shutil.copytree(out, candidate)
     (diverged,) = (candidate / "runs").glob("mp_s0.9*.json")

@@ -201,7 +201,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from reflowbench.reports.aggregate import markdown_table
-    from reflowbench.reports.compare import compare_results, comparison_table, failed_points
+    from reflowbench.reports.compare import compare_results, comparison_table, failed_points, nothing_to_compare
     from reflowbench.schema.results import load_finished_runs
 
     if not 0 <= args.tolerance < 100:
@@ -215,12 +215,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cells = compare_results(runs["candidate"], runs["baseline"], args.method, against, args.tolerance)
     failed = failed_points(failed_runs["candidate"], runs["baseline"], args.method, against)
     if not cells and not failed:
-        have = sorted({(r["model"], r["method"], r["sparsity"]) for r in runs["candidate"]})
-        want = sorted({(r["model"], r["method"], r["sparsity"]) for r in runs["baseline"]})
-        raise ReflowbenchError(
-            f"nothing to compare: the candidate has (model, method, sparsity) {have[:8]}{' ...' if len(have) > 8 else ''}, "
-            f"the baseline {want[:8]}{' ...' if len(want) > 8 else ''}; --method and --against name a method (or a report label) on each side"
-        )
+        sides = [(f"candidate ({args.candidate})", args.method, runs["candidate"]), (f"baseline ({args.baseline})", against, runs["baseline"])]
+        raise ReflowbenchError(nothing_to_compare(sides))
     if cells:
         print(markdown_table(*comparison_table(cells, args.method, against)))
     for record in failed:

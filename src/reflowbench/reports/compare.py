@@ -77,6 +77,28 @@ def failed_points(failed: List[Dict[str, Any]], baseline: List[Dict[str, Any]], 
     return [r for r in failed if (r.get("label") == method or (r["method"] == method and not r.get("variant"))) and (r["model"], r["sparsity"]) in theirs]
 
 
+def nothing_to_compare(sides: List[Tuple[str, str, List[Dict[str, Any]]]]) -> str:
+    """Why two folders share no cell, for an error message. ``sides``: (which side and folder, the method or label
+    asked for, that side's records). Names the labels a method has where it has several configurations (so the
+    user can pick one), the labels there are where it has none, else the (model, sparsity) points of each side."""
+    problems = []
+    for where, name, records in sides:
+        if _by_cell(records, name):
+            continue
+        labels = sorted({r["label"] for r in annotate_variants(records)})
+        of_method = [label for label in labels if label.split(" [")[0] == name]
+        if of_method:
+            problems.append(
+                f"{name} has several configurations in the {where}, so name one by its report label (quoted): {', '.join(repr(x) for x in of_method)}"
+            )
+        else:
+            problems.append(f"the {where} has no runs of {name}; its report labels are {', '.join(repr(x) for x in labels)}")
+    if problems:
+        return "nothing to compare: " + "; ".join(problems)
+    points = [sorted({(model, sparsity) for model, sparsity in _by_cell(records, name)}) for _, name, records in sides]
+    return f"nothing to compare: no (model, sparsity) in common: the {sides[0][0]} has {points[0]}, the {sides[1][0]} {points[1]}"
+
+
 def comparison_table(cells: List[Cell], method: str, against: str) -> Tuple[List[str], List[List[str]]]:
     header = ["model", "sparsity", "metric", f"{method} (%)", f"{against} (%)", "difference", "allowed drop", "verdict"]
     rows = [
@@ -95,4 +117,4 @@ def comparison_table(cells: List[Cell], method: str, against: str) -> Tuple[List
     return header, rows
 
 
-__all__ = ["Cell", "compare_results", "comparison_table", "failed_points"]
+__all__ = ["Cell", "compare_results", "comparison_table", "failed_points", "nothing_to_compare"]
