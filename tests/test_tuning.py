@@ -99,3 +99,37 @@ def test_a_cell_whose_pruner_diverges_is_scored_infinite_and_not_chosen(tmp_path
     assert len(diverged) == 1 and diverged[0]["loss_pruned"] == float("inf") and "overflow" in diverged[0]["error"]
     chosen = json.loads((out / "tuning" / "smallcnn_woodfisher.config.json").read_text())["method_options"]["woodfisher"]
     assert chosen["damp"] == 1e-2
+
+
+def test_a_cell_over_the_memory_budget_is_skipped_then_scored_under_a_larger_one(tmp_path, capsys, monkeypatch):
+    """A grid cell whose pruning needs more than --memory-budget-gb does not end the search: it is ranked last with the
+    reason in the table, and a later `tune` with a budget it fits scores it (the other cells are kept)."""
+    from reflowbench.errors import MemoryBudgetError
+    from reflowbench.harness import tuning
+
+    real_prune = tuning.prune_fresh
+
+    def prune_fresh(state, pruner, sparsity, seed, ledger, keep_curvature=False):  # the 64-gradient cell "needs" 5 GiB
+        if pruner.options.num_grads == 64 and state.spec.sweep.memory_budget_gb < 5:
+            raise MemoryBudgetError(f"the gradient matrix needs 5.00 GiB, over the memory budget of {state.spec.sweep.memory_budget_gb:.2f} GiB")
+        return real_prune(state, pruner, sparsity, seed, ledger, keep_curvature)
+
+    monkeypatch.setattr(tuning, "prune_fresh", prune_fresh)
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"num_grads": [{"num_grads": 16}, {"num_grads": 64}]}))
+    out = tmp_path / "out"
+    args = ["tune", "--out", str(out), "--grid", str(grid), "--at-sparsities", "0.9", *QUICK]
+    assert main([*args, "--memory-budget-gb", "2"]) == 0
+    record = json.loads((out / "tuning" / "smallcnn_woodfisher.json").read_text())
+    (over,) = [r for r in record["results"] if r.get("over_budget_gb")]
+    assert over["options"]["num_grads"] == 64 and over["loss_pruned"] == float("inf") and over["over_budget_gb"] == 2
+    assert "over the 2 GiB memory budget (--memory-budget-gb)" in (out / "tuning" / "smallcnn_woodfisher.md").read_text()
+    assert json.loads((out / "tuning" / "smallcnn_woodfisher.config.json").read_text())["method_options"]["woodfisher"]["num_grads"] == 16
+    capsys.readouterr()
+    assert main(args) == 0  # the default 8 GiB: the skipped cell is scored, the other kept
+    assert "scoring 1 cells again that were over a smaller memory budget" in capsys.readouterr().out
+    record = json.loads((out / "tuning" / "smallcnn_woodfisher.json").read_text())
+    assert len(record["results"]) == 2 and all(r["loss_pruned"] < float("inf") and "over_budget_gb" not in r for r in record["results"])
+    monkeypatch.setattr(tuning, "prune_fresh", lambda *a, **k: (_ for _ in ()).throw(MemoryBudgetError("needs 9 GiB")))
+    assert main(["tune", "--out", str(tmp_path / "none"), "--grid", str(grid), "--at-sparsities", "0.9", *QUICK]) == 2
+    assert "no cell of the woodfisher grid could be scored (2 tried): needs 9 GiB" in capsys.readouterr().err

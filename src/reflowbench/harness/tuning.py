@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from reflowbench.config import SuiteSpec, TuneSpec
-from reflowbench.errors import ConfigError, DivergedError
+from reflowbench.errors import ConfigError, DivergedError, MemoryBudgetError
 from reflowbench.harness.evaluate import evaluate
 from reflowbench.harness.plan import SuitePlan, plan_suite
 from reflowbench.harness.run import SuiteState, prune_fresh
@@ -93,6 +93,10 @@ def _measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: int) -> D
     except DivergedError as error:
         state.log(f"  diverged: {error}")
         return {"loss_pruned": math.inf, "loss_reflow": math.inf, "prune_seconds": ledger.get("prune").seconds, "error": str(error)}
+    except MemoryBudgetError as error:  # this cell does not fit: ranked last, scored again under a larger --memory-budget-gb
+        budget = state.spec.sweep.memory_budget_gb
+        state.log(f"  skipped, over the {budget:g} GiB memory budget: {error}")
+        return {"loss_pruned": math.inf, "loss_reflow": math.inf, "prune_seconds": ledger.get("prune").seconds, "error": str(error), "over_budget_gb": budget}
     pruned = _loss(model, state, seed)
     calibration = state.data.train.batches(state.subsets(seed)["calibration"], reflow.calib_batch_size, shuffle=True, augment=reflow.calib_augment, seed=seed)
     recalibrate_bn(
@@ -127,6 +131,10 @@ def run_tuning(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec, log
     folder, stem = _where(spec, tune)
     results_path = folder / f"{stem}.json"
     record = _scores(state, tune)
+    retry = [r for r in record["results"] if _fits_now(r, spec.sweep.memory_budget_gb)]
+    if retry:
+        log(f"scoring {len(retry)} cells again that were over a smaller memory budget than --memory-budget-gb {spec.sweep.memory_budget_gb:g}")
+        record["results"] = [r for r in record["results"] if r not in retry]
     done = {(r["cell"], r["sparsity"], r["seed"]) for r in record["results"]}
     ids = _cell_ids(plan)
     for seed in [] if tune.report_only else spec.sweep.seeds:
@@ -141,6 +149,21 @@ def run_tuning(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec, log
                 log(f"seed {seed} s={sparsity:g} {cell}: held-out loss {result['loss_pruned']:.4g} pruned, {result['loss_reflow']:.4g} after REFLOW")
     expected = len(cells) * len(tune.at_sparsities) * len(spec.sweep.seeds)
     return _write_outputs(folder, stem, record, cells, ids, tune, expected)
+
+
+def _note(scores: List[Dict[str, Any]]) -> str:
+    """Why some of a cell's scores are infinite: over the memory budget, or the pruner diverged; '' when none is."""
+    over = [r["over_budget_gb"] for r in scores if r.get("over_budget_gb") is not None]
+    if over:
+        return f"over the {max(over):g} GiB memory budget (--memory-budget-gb)"
+    failed = sum(1 for r in scores if r.get("error"))
+    return f"diverged at {failed} of {len(scores)} points" if failed else ""
+
+
+def _fits_now(result: Dict[str, Any], budget_gb: float) -> bool:
+    """Whether a score skipped as over the memory budget was skipped under a smaller budget than ``budget_gb`` (so it
+    may fit now and is scored again)."""
+    return result.get("over_budget_gb") is not None and result["over_budget_gb"] < budget_gb
 
 
 def _where(spec: SuiteSpec, tune: TuneSpec) -> Tuple[Path, str]:
@@ -195,8 +218,14 @@ def _write_outputs(
         raise ConfigError(f"no tuning cell of {record['method']} has been scored yet in {folder}: run `reflowbench tune` without --report-only first")
     partial = len(results) < expected
     ranking = rank_cells(results, tune.criterion)
+    if not any(math.isfinite(r[f"loss_{tune.criterion}"]) for r in results):
+        reasons = sorted({r.get("error", "non-finite loss") for r in results})
+        raise ConfigError(
+            f"no cell of the {record['method']} grid could be scored ({len(results)} tried): {reasons[0]}"
+            + (f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else "")
+        )
     chosen = ranking[0][0]
-    header = ["rank", "options", "mean rank", *[f"loss {stage} s={s:g}" for s in tune.at_sparsities for stage in ("pruned", "reflow")], "prune s"]
+    header = ["rank", "options", "mean rank", *[f"loss {stage} s={s:g}" for s in tune.at_sparsities for stage in ("pruned", "reflow")], "prune s", "note"]
     rows = []
     for place, (cell, mean_rank, _) in enumerate(ranking, start=1):
         mine = [r for r in results if r["cell"] == cell]
@@ -212,6 +241,7 @@ def _write_outputs(
                 f"{mean_rank:.2f}",
                 *losses,
                 f"{sum(r['prune_seconds'] for r in mine) / len(mine):.1f}",
+                _note(mine),
             ]
         )
     seeds = sorted({r["seed"] for r in results})
