@@ -99,7 +99,8 @@ def accuracy_vs_cost(records: List[Dict[str, Any]], sparsity: float, path: Path)
     models = sorted({model for model, s in points if s == sparsity})
     labels = sorted({p.label for (model, s), mine in points.items() if s == sparsity for p in mine})
     colors = method_colors(labels)
-    rows = (len(labels) + 2) // 2
+    columns = 2 if len(models) > 1 else 1  # one panel is too narrow for two columns of long labels
+    rows = -(-(len(labels) + 1) // columns)
     height = 4.0 + 0.16 * rows
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), height), squeeze=False)
     for ax, model in zip(axes[0], models):
@@ -119,9 +120,9 @@ def accuracy_vs_cost(records: List[Dict[str, Any]], sparsity: float, path: Path)
     handles = [Line2D([], [], marker="o", ls="", color=colors[label], label=label) for label in labels]
     handles.append(Line2D([], [], color="black", ls="--", lw=0.8, label="Pareto front after REFLOW (hollow: right after pruning)"))
     legend_share = 0.16 * rows / height + 0.02
-    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, legend_share, 1, 1))
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")  # a label wider than the figure widens the image instead of being cut
     plt.close(fig)
     return path
 

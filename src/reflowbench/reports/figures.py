@@ -43,7 +43,8 @@ def _panels(records: List[Dict[str, Any]], height: float):
 
 
 def _legend(ax) -> None:
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    """The panel's legend below it: two columns, or one where the figure is a single panel (too narrow for two)."""
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2 if len(ax.figure.axes) > 1 else 1, frameon=False)
 
 
 def _save(fig, path: Path) -> Path:
