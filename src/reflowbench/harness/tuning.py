@@ -204,7 +204,8 @@ def tuning_status(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec) 
     options_of = dict(zip(_cell_ids(plan), cells))
     wanted = {(cell, sparsity, seed) for cell in options_of for sparsity in tune.at_sparsities for seed in plan.spec.sweep.seeds}
     results = [r for r in _scores(state, tune)["results"] if (r["cell"], r["sparsity"], r["seed"]) in wanted]
-    prune_s = sum(r["prune_seconds"] for r in results) / len(results) if results else 0.0
+    pruned = [r for r in results if r.get("over_budget_gb") is None]  # a cell skipped for memory stopped before pruning
+    prune_s = sum(r["prune_seconds"] for r in pruned) / len(pruned) if pruned else 0.0
     chosen = options_of[rank_cells(results, tune.criterion)[0][0]] if len(results) == len(wanted) else None
     return SearchProgress(len(results), len(wanted), chosen, prune_s)
 
