@@ -180,3 +180,30 @@ def test_report_only_without_the_data_still_writes_the_report_and_says_why_compl
     report = (out / "tiny-suite" / "report.md").read_text()
     assert "## Completeness\n\nNot checked which of the suite's runs are missing: CIFAR-10 could not be loaded from /nowhere" in report
     assert "## Best method at each sparsity" in report and "## Per-model reports" in report  # the rest of the report is whole
+
+
+def test_the_dry_run_counts_search_scores_over_the_memory_budget(tmp_path, capsys, monkeypatch):
+    """A tuned job whose search skipped a cell for memory says so in the dry run, open or chosen."""
+    from reflowbench.errors import MemoryBudgetError
+    from reflowbench.harness import tuning
+
+    real_prune = tuning.prune_fresh
+
+    def prune_fresh(state, pruner, sparsity, seed, ledger, keep_curvature=False):
+        if pruner.options.num_grads == 32:
+            raise MemoryBudgetError("the gradient matrix needs 9.00 GiB, over the memory budget of 8.00 GiB")
+        return real_prune(state, pruner, sparsity, seed, ledger, keep_curvature)
+
+    monkeypatch.setattr(tuning, "prune_fresh", prune_fresh)
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"num_grads": [{"num_grads": 16}, {"num_grads": 32}]}))
+    job = _job("small", ["woodfisher"], [0.7], {"woodfisher": WF}, role="tuned")
+    job["tune"] = {"method": "woodfisher", "at_sparsities": [0.8], "grid": str(grid), "seeds": [0]}
+    suite, out = _suite_file(tmp_path, [job]), tmp_path / "out"
+    assert main(["suite", suite, "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["suite", suite, "--out", str(out), "--dry-run"]) == 0
+    assert (
+        "tuned woodfisher {'num_grads': 16, 'chunk_images': 16} (1 scores of its search over the memory budget): 1 of 1 runs finished"
+        in capsys.readouterr().out
+    )

@@ -180,12 +180,15 @@ def job_status(job: PlannedJob) -> JobStatus:
                 if estimate.row_s
                 else ""
             )
+            over = f", {search.over_budget} of them over the memory budget (scored again under a larger --memory-budget-gb)" if search.over_budget else ""
             line = (
-                f"{header}: settings search {search.scored} of {search.needed} scores in{rest}; its tuned row{row} is counted once "
+                f"{header}: settings search {search.scored} of {search.needed} scores in{over}{rest}; its tuned row{row} is counted once "
                 f"`reflowbench tune --method {job.tune.method}` has chosen"
             )
             return JobStatus(line, 0, 0, estimate.search_s + estimate.row_s, 0 if estimate.row_s else estimate.row_runs, search_open=True)
-        header += f", tuned {job.tune.method} {search.chosen}"
+        header += f", tuned {job.tune.method} {search.chosen}" + (
+            f" ({search.over_budget} scores of its search over the memory budget)" if search.over_budget else ""
+        )
         plan = _planned_with(job, search.chosen)
     progress = count_complete(plan)
     line = f"{header}: {progress.complete} of {progress.total} runs finished, {progress.total - progress.complete} to run" + _progress_note(progress)

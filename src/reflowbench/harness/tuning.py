@@ -195,7 +195,8 @@ class SearchProgress(NamedTuple):
     scored: int  # (cell, sparsity, seed) scores in
     needed: int  # scores the search needs
     chosen: Optional[Dict[str, Any]]  # the options it chooses once every score is in, else None
-    prune_s: float  # mean pruning wall seconds of the scores in (0 when none): the least a remaining score costs
+    prune_s: float  # mean pruning wall seconds of the scores in (0 when none; cells skipped for memory left out)
+    over_budget: int = 0  # scores skipped as over the memory budget they were run under
 
 
 def tuning_status(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec) -> SearchProgress:
@@ -207,7 +208,7 @@ def tuning_status(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec) 
     pruned = [r for r in results if r.get("over_budget_gb") is None]  # a cell skipped for memory stopped before pruning
     prune_s = sum(r["prune_seconds"] for r in pruned) / len(pruned) if pruned else 0.0
     chosen = options_of[rank_cells(results, tune.criterion)[0][0]] if len(results) == len(wanted) else None
-    return SearchProgress(len(results), len(wanted), chosen, prune_s)
+    return SearchProgress(len(results), len(wanted), chosen, prune_s, len(results) - len(pruned))
 
 
 def _write_outputs(
