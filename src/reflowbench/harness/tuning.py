@@ -92,17 +92,22 @@ def _measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: int) -> D
         model, _, _ = prune_fresh(state, pruner, sparsity, seed, ledger, keep_curvature=True)
     except DivergedError as error:
         state.log(f"  diverged: {error}")
-        return {"loss_pruned": math.inf, "loss_reflow": math.inf, "prune_seconds": ledger.get("prune").seconds, "error": str(error)}
+        return _unscored(error, ledger)
     except MemoryBudgetError as error:  # this cell does not fit: ranked last, scored again under a larger --memory-budget-gb
         budget = state.spec.sweep.memory_budget_gb
         state.log(f"  skipped, over the {budget:g} GiB memory budget: {error}")
-        return {"loss_pruned": math.inf, "loss_reflow": math.inf, "prune_seconds": ledger.get("prune").seconds, "error": str(error), "over_budget_gb": budget}
+        return _unscored(error, ledger, over_budget_gb=budget)
     pruned = _loss(model, state, seed)
     calibration = state.data.train.batches(state.subsets(seed)["calibration"], reflow.calib_batch_size, shuffle=True, augment=reflow.calib_augment, seed=seed)
     recalibrate_bn(
         model, calibration, reflow.calib_batches, reflow.reflow_mode, reflow.reflow_momentum, reset=reflow.reflow_mode == "cumulative", device=state.device
     )
     return {"loss_pruned": pruned, "loss_reflow": _loss(model, state, seed), "prune_seconds": ledger.get("prune").seconds}
+
+
+def _unscored(error: Exception, ledger: CostLedger, **extra: Any) -> Dict[str, Any]:
+    """The score of a cell that produced no model: infinite losses (ranked last), the error and the seconds spent."""
+    return {"loss_pruned": math.inf, "loss_reflow": math.inf, "prune_seconds": ledger.get("prune").seconds, "error": str(error), **extra}
 
 
 def rank_cells(results: List[Dict[str, Any]], criterion: str) -> List[Tuple[str, float, float]]:

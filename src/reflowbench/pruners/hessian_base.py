@@ -371,12 +371,7 @@ class HessianPruner(Pruner):
                 del gradients
             self.prepare(fisher)
         if dense and ctx.keep_curvature:
-            costs = {}
-            for phase in ("gradients", "curvature"):
-                after = ctx.ledger.get(phase)
-                costs[phase] = PhaseCost(
-                    after.seconds - before[phase].seconds, after.peak_rss_mb, after.peak_cuda_mb, after.cpu_seconds - before[phase].cpu_seconds
-                )
+            costs = {phase: ctx.ledger.get(phase).since(before[phase]) for phase in ("gradients", "curvature")}
             ctx.cache[key] = (fisher, costs)
         return fisher
 

@@ -79,6 +79,11 @@ class PhaseCost:
     peak_cuda_mb: float = 0.0
     cpu_seconds: float = 0.0
 
+    def since(self, before: "PhaseCost") -> "PhaseCost":
+        """What this accumulated cost added after ``before`` (an earlier copy of it): seconds and CPU seconds as the
+        difference, the peaks as they are now."""
+        return PhaseCost(self.seconds - before.seconds, self.peak_rss_mb, self.peak_cuda_mb, self.cpu_seconds - before.cpu_seconds)
+
     def merge(self, other: "PhaseCost") -> None:
         self.seconds += other.seconds
         self.cpu_seconds += other.cpu_seconds
