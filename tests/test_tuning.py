@@ -1,6 +1,7 @@
 """`reflowbench tune`: grid cells scored on the held-out training loss, resume, ranking, the tuned config, bad input."""
 
 import json
+import math
 
 import pytest
 
@@ -16,17 +17,32 @@ def test_grid_cells_are_the_product_of_the_axes():
     assert len(cells) == 4 and {"damp": 1e-2, "damp_mode": "relative", "num_grads": 32} in cells
 
 
-def test_rank_cells_ranks_per_point_then_averages():
-    results = [
-        {"cell": "a", "sparsity": 0.7, "seed": 0, "loss_pruned": 1.0},
-        {"cell": "b", "sparsity": 0.7, "seed": 0, "loss_pruned": 2.0},
-        {"cell": "a", "sparsity": 0.9, "seed": 0, "loss_pruned": 9.0},
-        {"cell": "b", "sparsity": 0.9, "seed": 0, "loss_pruned": float("nan")},  # a non-finite loss ranks last
-    ]
-    assert [c for c, _, _ in rank_cells(results, "pruned")] == ["a", "b"]
-    results[0]["loss_pruned"] = 3.0  # now one win each: the tie goes to the lower mean loss
-    results[3]["loss_pruned"] = 8.0
-    assert [c for c, _, _ in rank_cells(results, "pruned")] == ["b", "a"]
+def _points(losses):
+    """Tuning results from {cell: {sparsity: loss}} (seed 0)."""
+    return [{"cell": c, "sparsity": s, "seed": 0, "loss_pruned": loss} for c, by_s in losses.items() for s, loss in by_s.items()]
+
+
+def test_rank_cells_weighs_how_much_worse_not_the_place():
+    # the MobileNetV1 WoodFisher case: "a" is 3.6x the best at 0.7 and narrowly first at 0.9, where every cell
+    # collapsed to about chance; a mean rank ties it with "b" and "c", the relative loss puts it last
+    losses = {"a": {0.7: 2.5, 0.9: 2.45}, "b": {0.7: 0.7, 0.9: 2.65}, "c": {0.7: 0.75, 0.9: 2.6}}
+    ranking = rank_cells(_points(losses), "pruned")
+    assert [score.cell for score in ranking] == ["b", "c", "a"]
+    by_cell = {score.cell: score for score in ranking}
+    assert by_cell["a"].relative_loss == pytest.approx(math.sqrt(2.5 / 0.7 * 2.45 / 2.45))  # by hand: geometric mean of loss / best
+    assert by_cell["b"].relative_loss == pytest.approx(math.sqrt(0.7 / 0.7 * 2.65 / 2.45))
+    assert all(score.unscored == 0 for score in ranking)
+
+
+def test_rank_cells_is_scale_free_per_point_and_puts_unscored_points_last():
+    losses = {"a": {0.7: 1.0, 0.9: 9.0}, "b": {0.7: 1.2, 0.9: 7.0}, "c": {0.7: 0.5, 0.9: float("inf")}}
+    order = [score.cell for score in rank_cells(_points(losses), "pruned")]
+    assert order == ["b", "a", "c"]  # c is best where it was scored, but diverged at 0.9: after every fully scored cell
+    for cell in losses:
+        losses[cell][0.9] *= 100.0  # one point's losses on another scale: the order does not move
+    assert [score.cell for score in rank_cells(_points(losses), "pruned")] == order
+    nothing = rank_cells(_points({"a": {0.7: float("nan")}}), "pruned")
+    assert nothing[0].unscored == 1 and math.isinf(nothing[0].relative_loss)
 
 
 def test_tune_scores_every_cell_resumes_and_its_config_runs(tmp_path, capsys):

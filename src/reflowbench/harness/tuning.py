@@ -3,8 +3,12 @@ cross-entropy of the held-out training subset, never on the test split.
 
 Every cell of the grid (the product of the pruner's ``TUNING_GRID`` axes, or a ``--grid`` file) prunes
 at each tuning sparsity for each seed; the pruned model's held-out loss is measured, then again after
-REFLOW (the run's calibration settings). Cells are ranked per (sparsity, seed) by the chosen criterion;
-the cell with the best mean rank (then the lowest mean loss) is chosen. Results:
+REFLOW (the run's calibration settings). Each cell is scored by its **relative loss**: the geometric mean, over
+the (sparsity, seed) points, of its loss (the chosen criterion) divided by the best cell's loss at that point
+(1.0 = best everywhere); the lowest relative loss is chosen. The ratio counts how much worse a cell is, which a
+rank does not (a cell 3.6x the best at one point and narrowly first at a point where every cell collapsed to
+chance must not win), and it is scale-free per point, so neither low-loss nor collapsed points dominate.
+Results:
 
 - ``<out>/tuning/<model>_<method>.json``: every cell's losses, rewritten after each (resumable);
 - ``<out>/tuning/<model>_<method>.md``: the table, best first;
@@ -110,22 +114,35 @@ def _unscored(error: Exception, ledger: CostLedger, **extra: Any) -> Dict[str, A
     return {"loss_pruned": math.inf, "loss_reflow": math.inf, "prune_seconds": ledger.get("prune").seconds, "error": str(error), **extra}
 
 
-def rank_cells(results: List[Dict[str, Any]], criterion: str) -> List[Tuple[str, float, float]]:
-    """(cell id, mean rank, mean loss) per cell, best first: ranked per (sparsity, seed) by ``loss_<criterion>``
-    (non-finite losses last), then averaged; ties broken by the mean loss."""
+class CellScore(NamedTuple):
+    """One grid cell's place in a search (see :func:`rank_cells`)."""
+
+    cell: str  # the cell's id
+    relative_loss: float  # geometric mean over its scored points of loss / best loss there (1.0 = best everywhere; inf: none scored)
+    unscored: int  # its points without a finite loss (diverged, over the memory budget): ranked after every cell with fewer
+
+
+def rank_cells(results: List[Dict[str, Any]], criterion: str) -> List[CellScore]:
+    """Every cell's :class:`CellScore`, best first: fewest unscored points, then the lowest relative loss of
+    ``loss_<criterion>`` (each point's loss divided by the lowest finite loss any cell reached at that
+    (sparsity, seed), geometric mean over the cell's points with a finite loss)."""
     key = f"loss_{criterion}"
-    by_point: Dict[Tuple[float, int], List[Dict[str, Any]]] = {}
+    best: Dict[Tuple[float, int], float] = {}
     for result in results:
-        by_point.setdefault((result["sparsity"], result["seed"]), []).append(result)
-    ranks: Dict[str, List[float]] = {}
-    losses: Dict[str, List[float]] = {}
-    for entries in by_point.values():
-        ordered = sorted(entries, key=lambda r: r[key] if math.isfinite(r[key]) else math.inf)
-        for position, result in enumerate(ordered):
-            ranks.setdefault(result["cell"], []).append(position + 1)
-            losses.setdefault(result["cell"], []).append(result[key])
-    table = [(cell, sum(r) / len(r), sum(losses[cell]) / len(losses[cell])) for cell, r in ranks.items()]
-    return sorted(table, key=lambda t: (t[1], t[2] if math.isfinite(t[2]) else math.inf))
+        if math.isfinite(result[key]):
+            point = (result["sparsity"], result["seed"])
+            best[point] = min(best.get(point, math.inf), result[key])
+    log_ratios: Dict[str, List[float]] = {}
+    unscored: Dict[str, int] = {}
+    for result in results:
+        log_ratios.setdefault(result["cell"], [])
+        unscored.setdefault(result["cell"], 0)
+        if math.isfinite(result[key]):
+            log_ratios[result["cell"]].append(math.log(result[key] / best[(result["sparsity"], result["seed"])]))
+        else:
+            unscored[result["cell"]] += 1
+    scores = [CellScore(cell, math.exp(sum(logs) / len(logs)) if logs else math.inf, unscored[cell]) for cell, logs in log_ratios.items()]
+    return sorted(scores, key=lambda score: (score.unscored, score.relative_loss, score.cell))
 
 
 def run_tuning(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec, log: Log = print) -> Dict[str, Any]:
@@ -212,7 +229,7 @@ def tuning_status(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec) 
     results = [r for r in _scores(state, tune)["results"] if (r["cell"], r["sparsity"], r["seed"]) in wanted]
     pruned = [r for r in results if r.get("over_budget_gb") is None]  # a cell skipped for memory stopped before pruning
     prune_s = sum(r["prune_seconds"] for r in pruned) / len(pruned) if pruned else 0.0
-    chosen = options_of[rank_cells(results, tune.criterion)[0][0]] if len(results) == len(wanted) else None
+    chosen = options_of[rank_cells(results, tune.criterion)[0].cell] if len(results) == len(wanted) else None
     return SearchProgress(len(results), len(wanted), chosen, prune_s, len(results) - len(pruned))
 
 
@@ -231,10 +248,10 @@ def _write_outputs(
             f"no cell of the {record['method']} grid could be scored ({len(results)} tried): {reasons[0]}"
             + (f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else "")
         )
-    chosen = ranking[0][0]
-    header = ["rank", "options", "mean rank", *[f"loss {stage} s={s:g}" for s in tune.at_sparsities for stage in ("pruned", "reflow")], "prune s", "note"]
+    chosen = ranking[0].cell
+    header = ["rank", "options", "relative loss", *[f"loss {stage} s={s:g}" for s in tune.at_sparsities for stage in ("pruned", "reflow")], "prune s", "note"]
     rows = []
-    for place, (cell, mean_rank, _) in enumerate(ranking, start=1):
+    for place, (cell, relative_loss, _) in enumerate(ranking, start=1):
         mine = [r for r in results if r["cell"] == cell]
         losses = [
             f"{sum(r[f'loss_{stage}'] for r in mine if r['sparsity'] == s) / max(1, sum(r['sparsity'] == s for r in mine)):.4g}"
@@ -245,7 +262,7 @@ def _write_outputs(
             [
                 str(place) + (" (chosen)" if cell == chosen else ""),
                 json.dumps(options_of[cell], sort_keys=True),
-                f"{mean_rank:.2f}",
+                f"{relative_loss:.3f}",
                 *losses,
                 f"{sum(r['prune_seconds'] for r in mine) / len(mine):.1f}",
                 _note(mine),
@@ -255,13 +272,15 @@ def _write_outputs(
     md = [
         f"# Tuning {record['method']} on {record['model']}",
         "",
-        f"Held-out training loss (cross-entropy on the held-out subset, never the test split), seeds {seeds}; cells ranked per (sparsity, seed) "
-        f"by the loss {'right after pruning' if tune.criterion == 'pruned' else 'after REFLOW'}; rows in order of the mean rank (ties: the lower mean loss).",
+        f"Held-out training loss (cross-entropy on the held-out subset, never the test split), seeds {seeds}. A cell's relative loss is the "
+        f"geometric mean, over the (sparsity, seed) points, of its loss {'right after pruning' if tune.criterion == 'pruned' else 'after REFLOW'} "
+        "divided by the best cell's loss at that point (1.000 = best everywhere); rows in order of it (cells with points that could not be "
+        "scored last), the first is chosen.",
         "",
         markdown_table(header, rows),
         "",
         *(
-            [f"**Partial search**: {len(results)} of {expected} (cell, sparsity, seed) scores; a cell's mean rank covers only the points it has.", ""]
+            [f"**Partial search**: {len(results)} of {expected} (cell, sparsity, seed) scores; a cell's relative loss covers only the points it has.", ""]
             if partial
             else []
         ),
