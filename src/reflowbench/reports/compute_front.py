@@ -21,20 +21,26 @@ MIN_SECONDS = 1e-4  # records keep seconds to 0.1 ms: a faster pruning counts as
 
 
 class CostPoint(NamedTuple):
-    """One configuration at one sparsity: its label, mean pruning seconds per run, mean top-1 % (pruned, after REFLOW), seeds."""
+    """One configuration at one sparsity: its label, mean pruning seconds per run, mean top-1 % (pruned, after REFLOW),
+    seeds, and its pruner's registry name."""
 
     label: str
     prune_s: float
     top1_pruned: float
     top1_reflow: float
     seeds: int
+    method: str = ""
 
 
-def cost_points(records: List[Dict[str, Any]]) -> Dict[Tuple[str, float], List[CostPoint]]:
-    """(model, sparsity) -> one :class:`CostPoint` per configuration of the main sweeps. Pruning seconds are as
+Points = Dict[Tuple[str, float], List[CostPoint]]  # (model, sparsity) -> one point per configuration
+
+
+def cost_points(records: List[Dict[str, Any]]) -> Points:
+    """(model, sparsity) -> one :class:`CostPoint` per configuration of the main sweeps: the means over seeds that
+    the best-method table, the compute table and the accuracy-vs-cost figure all read. Pruning seconds are as
     recorded: a run's gradients and curvature included even where its seed reused them (the cost of pruning that
     model at that sparsity from scratch)."""
-    points: Dict[Tuple[str, float], List[CostPoint]] = {}
+    points: Points = {}
     for (model, label, sparsity), runs in group(sweep_records(records)).items():
         points.setdefault((model, sparsity), []).append(
             CostPoint(
@@ -43,9 +49,15 @@ def cost_points(records: List[Dict[str, Any]]) -> Dict[Tuple[str, float], List[C
                 float(np.mean([r["pruned"]["top1"] for r in runs])),
                 float(np.mean([r["reflow"]["top1"] for r in runs])),
                 len(runs),
+                runs[0]["method"],
             )
         )
     return points
+
+
+def most_seeds(points: Points) -> int:
+    """The most seeds any configuration has (tables show a point's seed count only when it has fewer)."""
+    return max((p.seeds for mine in points.values() for p in mine), default=1)
 
 
 def pareto_front(points: List[CostPoint]) -> List[CostPoint]:
@@ -68,8 +80,8 @@ def _times(ratio: float) -> str:
     return f"{ratio:.1f}×" if ratio < 10 else f"{ratio:,.0f}×"
 
 
-def compute_front_rows(records: List[Dict[str, Any]], near: float = NEAR_BEST_POINTS) -> Tuple[List[str], List[List[str]]]:
-    """Header and rows: model, sparsity, the best top-1 after REFLOW (with its pruning seconds), the cheapest
+def compute_front_rows(by_point: Points, near: float = NEAR_BEST_POINTS) -> Tuple[List[str], List[List[str]]]:
+    """Header and rows from :func:`cost_points`: model, sparsity, the best top-1 after REFLOW (with its pruning seconds), the cheapest
     configuration within ``near`` points of it and how many times cheaper it is, and the Pareto front."""
     header = [
         "model",
@@ -80,8 +92,7 @@ def compute_front_rows(records: List[Dict[str, Any]], near: float = NEAR_BEST_PO
         "Pareto front, cheapest first (no cheaper configuration matches it)",
     ]
     rows = []
-    by_point = cost_points(records)
-    seeds = max((p.seeds for points in by_point.values() for p in points), default=1)
+    seeds = most_seeds(by_point)
     for (model, sparsity), points in sorted(by_point.items()):
         best = max(points, key=lambda p: p.top1_reflow)
         cheapest = min((p for p in points if p.top1_reflow >= best.top1_reflow - near), key=lambda p: p.prune_s)
@@ -91,11 +102,10 @@ def compute_front_rows(records: List[Dict[str, Any]], near: float = NEAR_BEST_PO
     return header, rows
 
 
-def accuracy_vs_cost(records: List[Dict[str, Any]], sparsity: float, path: Path) -> Path:
-    """One panel per model at ``sparsity``: top-1 (%) against mean pruning wall seconds per run (log scale), one point
+def accuracy_vs_cost(points: Points, sparsity: float, path: Path) -> Path:
+    """From :func:`cost_points`, one panel per model at ``sparsity``: top-1 (%) against mean pruning wall seconds per run (log scale), one point
     per configuration, hollow = right after pruning, filled = after REFLOW, joined by a thin line; the Pareto front
     after REFLOW dashed. One legend for all panels (a configuration keeps its colour across them)."""
-    points = cost_points(records)
     models = sorted({model for model, s in points if s == sparsity})
     labels = sorted({p.label for (model, s), mine in points.items() if s == sparsity for p in mine})
     colors = method_colors(labels)
@@ -127,4 +137,4 @@ def accuracy_vs_cost(records: List[Dict[str, Any]], sparsity: float, path: Path)
     return path
 
 
-__all__ = ["CostPoint", "NEAR_BEST_POINTS", "accuracy_vs_cost", "compute_front_rows", "cost_points", "pareto_front"]
+__all__ = ["CostPoint", "NEAR_BEST_POINTS", "Points", "accuracy_vs_cost", "compute_front_rows", "cost_points", "most_seeds", "pareto_front"]

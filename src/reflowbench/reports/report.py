@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from reflowbench.errors import ReflowbenchError
 from reflowbench.reports.aggregate import accuracy_table, cost_table, failed_table, html_table, markdown_table, objective_table, timing_doubt_lines
-from reflowbench.reports.compute_front import NEAR_BEST_POINTS, accuracy_vs_cost, compute_front_rows
+from reflowbench.reports.compute_front import NEAR_BEST_POINTS, accuracy_vs_cost, compute_front_rows, cost_points
 from reflowbench.reports.figures import accuracy_vs_sparsity, cost_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
 from reflowbench.schema.results import load_finished_runs
 from reflowbench.utils.io import atomic_write_text
@@ -45,15 +45,16 @@ def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str
     figures.mkdir(parents=True, exist_ok=True)
     sparsity = pick_sparsity(records, signal_sparsity)
     cost_sparsity = pick_sparsity(sweep_records(records), 0.8)
+    points = cost_points(records)
     images = {
         "accuracy": accuracy_vs_sparsity(records, figures / "accuracy_vs_sparsity.png"),
         "collapse": signal_collapse(records, sparsity, figures / "signal_collapse.png"),
         "cost": cost_vs_sparsity(records, figures / "cost_vs_sparsity.png"),
-        "compute": accuracy_vs_cost(records, cost_sparsity, figures / "accuracy_vs_cost.png"),
+        "compute": accuracy_vs_cost(points, cost_sparsity, figures / "accuracy_vs_cost.png"),
     }
     acc_header, acc_rows = accuracy_table(records)
     cost_header, cost_rows = cost_table(records)
-    front_header, front_rows = compute_front_rows(records)
+    front_header, front_rows = compute_front_rows(points)
     context = _context_lines(records)
     sections = [
         (

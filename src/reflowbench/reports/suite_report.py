@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from reflowbench.errors import ReflowbenchError
 from reflowbench.reports.aggregate import cost_table, failed_table, fmt, group, markdown_table, mean_std, objective_table, timing_doubt_lines
-from reflowbench.reports.compute_front import NEAR_BEST_POINTS, accuracy_vs_cost, compute_front_rows
+from reflowbench.reports.compute_front import NEAR_BEST_POINTS, CostPoint, Points, accuracy_vs_cost, compute_front_rows, cost_points, most_seeds
 from reflowbench.reports.figures import accuracy_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
 from reflowbench.schema.results import FLOOR_PHASES, load_finished_runs, spent_seconds
 from reflowbench.utils.io import atomic_write_text
@@ -18,24 +18,29 @@ from reflowbench.utils.io import atomic_write_text
 MAGNITUDE = ("mp", "mp-layer")  # methods that use no curvature
 BASELINE = "mp"
 
-Cell = Tuple[str, float, int]  # label, mean top-1 over seeds, number of seeds
+def _best(points: List[CostPoint], top1: Callable[[CostPoint], float]) -> Optional[CostPoint]:
+    return max(points, key=top1) if points else None
 
 
-def _best(cells: List[Cell]) -> Optional[Cell]:
-    return max(cells, key=lambda c: c[1]) if cells else None
-
-
-def _show(cell: Optional[Cell], seeds: int) -> str:
+def _show(point: Optional[CostPoint], top1: Callable[[CostPoint], float], seeds: int) -> str:
     """``label top-1``, with the seed count when it is below the table's usual ``seeds``."""
-    if cell is None:
+    if point is None:
         return "–"
-    return f"{cell[0]} {cell[1]:.2f}" + (f" ({cell[2]} seed{'s' if cell[2] > 1 else ''})" if cell[2] < seeds else "")
+    return f"{point.label} {top1(point):.2f}" + (f" ({point.seeds} seed{'s' if point.seeds > 1 else ''})" if point.seeds < seeds else "")
 
 
-def best_method_rows(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]]]:
-    """Per (model, sparsity), means over seeds (the seed count shown where it is below the most any cell has) of the main sweeps (configurations at 3+ sparsities): the best
-    configuration after pruning and after REFLOW, MP + REFLOW, the best Hessian pruner without and with REFLOW,
-    and the two differences the comparison is about."""
+def _pruned(point: CostPoint) -> float:
+    return point.top1_pruned
+
+
+def _reflow(point: CostPoint) -> float:
+    return point.top1_reflow
+
+
+def best_method_rows(by_point: Points) -> Tuple[List[str], List[List[str]]]:
+    """From :func:`cost_points` (means over seeds of the main sweeps' configurations; the seed count shown where it is
+    below the most any has), per (model, sparsity): the best configuration after pruning and after REFLOW,
+    MP + REFLOW, the best Hessian pruner without and with REFLOW, and the two differences the comparison is about."""
     header = [
         "model",
         "sparsity",
@@ -47,33 +52,23 @@ def best_method_rows(records: List[Dict[str, Any]]) -> Tuple[List[str], List[Lis
         "best Hessian + REFLOW",
         "best Hessian + REFLOW − MP + REFLOW",
     ]
-    table: Dict[Tuple[str, float], Dict[str, List[Cell]]] = {}
-    for (model, label, sparsity), runs in group(sweep_records(records)).items():
-        method = runs[0]["method"]
-        pruned, reflow = (mean_std([r[stage]["top1"] for r in runs])[0] for stage in ("pruned", "reflow"))
-        slot = table.setdefault((model, sparsity), {"pruned": [], "reflow": [], "hessian_pruned": [], "hessian_reflow": [], "mp_reflow": []})
-        slot["pruned"].append((label, pruned, len(runs)))
-        slot["reflow"].append((label, reflow, len(runs)))
-        if method == BASELINE:
-            slot["mp_reflow"].append((label, reflow, len(runs)))
-        elif method not in MAGNITUDE:
-            slot["hessian_pruned"].append((label, pruned, len(runs)))
-            slot["hessian_reflow"].append((label, reflow, len(runs)))
-    seeds = max((len(runs) for runs in group(sweep_records(records)).values()), default=1)
+    seeds = most_seeds(by_point)
     rows = []
-    for (model, sparsity), slot in sorted(table.items()):
-        mp, hp, hr = _best(slot["mp_reflow"]), _best(slot["hessian_pruned"]), _best(slot["hessian_reflow"])
+    for (model, sparsity), points in sorted(by_point.items()):
+        hessian = [p for p in points if p.method not in MAGNITUDE]
+        mp = _best([p for p in points if p.method == BASELINE], _reflow)
+        hp, hr = _best(hessian, _pruned), _best(hessian, _reflow)
         rows.append(
             [
                 model,
                 f"{sparsity:g}",
-                _show(_best(slot["pruned"]), seeds),
-                _show(_best(slot["reflow"]), seeds),
-                f"{mp[1]:.2f}" if mp else "–",
-                _show(hp, seeds),
-                f"{mp[1] - hp[1]:+.2f}" if mp and hp else "–",
-                _show(hr, seeds),
-                f"{hr[1] - mp[1]:+.2f}" if mp and hr else "–",
+                _show(_best(points, _pruned), _pruned, seeds),
+                _show(_best(points, _reflow), _reflow, seeds),
+                f"{mp.top1_reflow:.2f}" if mp else "–",
+                _show(hp, _pruned, seeds),
+                f"{mp.top1_reflow - hp.top1_pruned:+.2f}" if mp and hp else "–",
+                _show(hr, _reflow, seeds),
+                f"{hr.top1_reflow - mp.top1_reflow:+.2f}" if mp and hr else "–",
             ]
         )
     return header, rows
@@ -176,10 +171,11 @@ def write_suite_report(out: Path, name: str, folders: List[str], description: st
     accuracy = accuracy_vs_sparsity(records, figures / "accuracy_vs_sparsity.png")
     sparsity = pick_sparsity(sweep_records(records), 0.9)
     collapse = signal_collapse(records, sparsity, figures / "signal_collapse.png")
-    best_header, best_rows = best_method_rows(records)
+    points = cost_points(records)
+    best_header, best_rows = best_method_rows(points)
     cost_sparsity = pick_sparsity(sweep_records(records), 0.8)
-    cost_figure = accuracy_vs_cost(records, cost_sparsity, figures / "accuracy_vs_cost.png")
-    front_header, front_rows = compute_front_rows(records)
+    cost_figure = accuracy_vs_cost(points, cost_sparsity, figures / "accuracy_vs_cost.png")
+    front_header, front_rows = compute_front_rows(points)
     cost_header, cost_rows = cost_table(sweep_records(records))
     revisions = sorted({str(r["environment"].get("git_revision") or "n/a")[:12] for r in records})
     md = [
