@@ -207,3 +207,24 @@ def test_the_dry_run_counts_search_scores_over_the_memory_budget(tmp_path, capsy
         "tuned woodfisher {'num_grads': 16, 'chunk_images': 16} (1 scores of its search over the memory budget): 1 of 1 runs finished"
         in capsys.readouterr().out
     )
+
+
+def test_suite_report_sets_each_tuned_row_beside_its_defaults_row(tmp_path, capsys):
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"damping": [{"damp": 1e-2, "damp_mode": "relative"}, {"damp": 1e-1, "damp_mode": "relative"}]}))
+    tuned = _job("small", ["woodfisher"], [0.5, 0.7], {"woodfisher": WF}, role="tuned")
+    tuned["tune"] = {"method": "woodfisher", "at_sparsities": [0.7], "grid": str(grid), "seeds": [0]}
+    suite, out = _suite_file(tmp_path, [_job("small", ["mp", "woodfisher"], [0.5, 0.7], {"woodfisher": WF}), tuned]), tmp_path / "out"
+    assert main(["suite", suite, "--out", str(out), "--no-progress"]) == 0
+    report = (out / "tiny-suite" / "report.md").read_text()
+    section = report.split("## Fair settings: published defaults and tuned")[1].split("\n## ")[0]
+    chosen = json.loads((out / "small" / "tuning" / "smallcnn_woodfisher.config.json").read_text())["method_options"]["woodfisher"]
+    assert f"defaults `damp=1e-05, damp_mode=absolute`; tuned `damp={chosen['damp']}, damp_mode=relative`" in section
+    assert "[search](../small/tuning/smallcnn_woodfisher.md)" in section
+    runs = [json.loads(p.read_text()) for p in (out / "small" / "runs").glob("woodfisher_s0.7_*.json")]
+    (default_run,) = [r for r in runs if r["options"]["damp_mode"] == "absolute"]
+    (tuned_run,) = [r for r in runs if r["options"]["damp_mode"] == "relative"]
+    row = next(line for line in section.splitlines() if line.startswith("| 0.7 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == f"{default_run['pruned']['top1']:.2f} → {default_run['reflow']['top1']:.2f}"
+    assert cells[2] == f"{tuned_run['pruned']['top1']:.2f} → {tuned_run['reflow']['top1']:.2f}"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 from reflowbench.config import SuiteSpec, TuneSpec, merge_into, preset
 from reflowbench.errors import ConfigError, ReflowbenchError
@@ -21,6 +21,7 @@ from reflowbench.harness.plan import SuitePlan, plan_suite
 from reflowbench.harness.sweep import Progress, count_complete, run_suite
 from reflowbench.harness.tuning import SearchProgress, run_tuning, tune_plan, tuning_status
 from reflowbench.schema.results import load_runs, run_wall_seconds
+from reflowbench.schema.tuned import TunedRow
 from reflowbench.suites import SuiteCommandSpec, fill_placeholders, load_suite, suite_name
 from reflowbench.utils.cost import format_duration
 from reflowbench.utils.io import atomic_write_json
@@ -130,6 +131,8 @@ class JobStatus:
     estimate_s: float = 0.0
     unestimated: int = 0
     search_open: bool = False  # its settings search has scores missing
+    keys: Dict[str, FrozenSet[str]] = field(default_factory=dict)  # method -> its runs' keys (empty while the search is open)
+    search: Optional[SearchProgress] = None  # a tuned job's settings search
 
 
 def job_header(job: PlannedJob) -> str:
@@ -170,6 +173,7 @@ def search_estimate(job: PlannedJob, search: SearchProgress) -> SearchEstimate:
 def job_status(job: PlannedJob) -> JobStatus:
     """The job's finished and missing runs from the files in its ``--out`` (loads the data and the model to key them)."""
     header, plan = job_header(job), job.plan
+    search: Optional[SearchProgress] = None
     if job.tune is not None:
         search = tuning_status(*_tuning_plan(job))
         if search.chosen is None:
@@ -185,14 +189,52 @@ def job_status(job: PlannedJob) -> JobStatus:
                 f"{header}: settings search {search.scored} of {search.needed} scores in{over}{rest}; its tuned row{row} is counted once "
                 f"`reflowbench tune --method {job.tune.method}` has chosen"
             )
-            return JobStatus(line, 0, 0, estimate.search_s + estimate.row_s, 0 if estimate.row_s else estimate.row_runs, search_open=True)
+            return JobStatus(line, 0, 0, estimate.search_s + estimate.row_s, 0 if estimate.row_s else estimate.row_runs, search_open=True, search=search)
         header += f", tuned {job.tune.method} {search.chosen}" + (
             f" ({search.over_budget} scores of its search over the memory budget)" if search.over_budget else ""
         )
         plan = _planned_with(job, search.chosen)
     progress = count_complete(plan)
     line = f"{header}: {progress.complete} of {progress.total} runs finished, {progress.total - progress.complete} to run" + _progress_note(progress)
-    return JobStatus(line, progress.complete, progress.total, progress.estimate_s, progress.unestimated)
+    return JobStatus(line, progress.complete, progress.total, progress.estimate_s, progress.unestimated, keys=progress.keys or {}, search=search)
+
+
+def tuned_rows(planned: List[PlannedJob], statuses: List[JobStatus]) -> List[TunedRow]:
+    """Per tuned job (with ``statuses`` from :func:`job_status`, in the same order): its defaults row (the method's
+    runs in the main sweep of its folder) and its tuned row, by run key, and the options that differ between them."""
+    rows = []
+    for job, status in zip(planned, statuses):
+        if job.tune is None:
+            continue
+        method = job.tune.method
+        main = next(
+            ((other, mine) for other, mine in zip(planned, statuses) if other.folder == job.folder and other.role == "sweep" and method in mine.keys),
+            None,
+        )
+        if main is None:
+            continue
+        pruner = next(p for p in main[0].plan.pruners if p.name == method)
+        defaults = asdict(pruner.options)
+        chosen = status.search.chosen if status.search else None
+        cells = job.tuning[1]
+        changed = sorted(  # the options the grid varies, or sets away from the defaults row (e.g. a dtype for memory)
+            {k for cell in cells for k in cell if k in defaults and any(other.get(k, defaults[k]) != cell[k] or cell[k] != defaults[k] for other in cells)}
+        )
+        rows.append(
+            TunedRow(
+                folder=job.folder,
+                model=job.plan.spec.model.model,
+                method=method,
+                defaults={k: defaults[k] for k in changed},
+                chosen=None if chosen is None else {k: chosen[k] for k in changed if chosen.get(k, defaults[k]) != defaults[k]},
+                defaults_keys=main[1].keys[method],
+                tuned_keys=status.keys.get(method, frozenset()),
+                table=f"{job.folder}/tuning/{job.plan.spec.model.model}_{method}.md",
+                scored=status.search.scored if status.search else 0,
+                needed=status.search.needed if status.search else 0,
+            )
+        )
+    return rows
 
 
 def completeness_lines(statuses: List[JobStatus]) -> List[str]:
@@ -246,11 +288,13 @@ def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Di
         folders = list(dict.fromkeys(job.folder for job in planned))
         if totals["done"]:
             _write_timing(Path(command.out), suite_name(name), folders, started_iso, time.perf_counter() - started, log)
+        tuned: Optional[List[TunedRow]] = None
         try:
-            completeness = completeness_lines([job_status(job) for job in planned])
+            statuses = [job_status(job) for job in planned]
+            completeness, tuned = completeness_lines(statuses), tuned_rows(planned, statuses)
         except ReflowbenchError as error:  # e.g. --report-only without the data that keys the runs: the report is still written
             completeness = [f"Not checked which of the suite's runs are missing: {error}"]
-        paths = write_suite_report(Path(command.out), suite_name(name), folders, load_suite(name).get("description", ""), completeness)
+        paths = write_suite_report(Path(command.out), suite_name(name), folders, load_suite(name).get("description", ""), completeness, tuned)
         log(f"suite report: {paths['markdown']}")
     return totals
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 from reflowbench.harness.claims import try_claim
 from reflowbench.harness.distributed import from_main_rank, is_main_rank
@@ -60,6 +60,7 @@ class Progress(NamedTuple):
     saved: int  # unfinished runs with saved pruning steps
     estimate_s: float  # wall seconds the unfinished runs would take, each at the mean of its like finished runs (see estimate_seconds)
     unestimated: int  # unfinished runs with no finished run of their method in --out to estimate from
+    keys: Optional[Dict[str, FrozenSet[str]]] = None  # method -> the run keys of its runs in the sweep (finished or not)
 
 
 def estimate_seconds(out: Path, todo: List[Todo]) -> Tuple[float, int]:
@@ -85,7 +86,16 @@ def count_complete(plan: SuitePlan) -> Progress:
     state = SuiteState(plan, log=lambda message: None)
     todo, total = pending_runs(state, plan)
     estimate, unestimated = estimate_seconds(Path(plan.spec.sweep.out), todo) if todo else (0.0, 0)
-    return Progress(total - len(todo), total, _with_saved_steps(todo), estimate, unestimated)
+    return Progress(total - len(todo), total, _with_saved_steps(todo), estimate, unestimated, run_keys(state, plan))
+
+
+def run_keys(state: SuiteState, plan: SuitePlan) -> Dict[str, FrozenSet[str]]:
+    """Method -> the keys of every run ``plan`` makes with it (all sparsities and seeds)."""
+    sweep = plan.spec.sweep
+    keys: Dict[str, set] = {}
+    for pruner in plan.pruners:
+        keys.setdefault(pruner.name, set()).update(state.run_key(pruner, s, seed) for s in sweep.sparsities for seed in sweep.seeds)
+    return {method: frozenset(found) for method, found in keys.items()}
 
 
 def _with_saved_steps(todo: List[Todo]) -> int:

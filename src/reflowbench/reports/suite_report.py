@@ -11,12 +11,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from reflowbench.errors import ReflowbenchError
 from reflowbench.reports.aggregate import cost_table, failed_table, fmt, group, markdown_table, mean_std, objective_table, timing_doubt_lines
 from reflowbench.reports.compute_front import NEAR_BEST_POINTS, CostPoint, Points, accuracy_vs_cost, compute_front_rows, cost_points, most_seeds
+from reflowbench.reports.fair_settings import fair_settings_lines
 from reflowbench.reports.figures import accuracy_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
 from reflowbench.schema.results import FLOOR_PHASES, load_finished_runs, spent_seconds
+from reflowbench.schema.tuned import TunedRow
 from reflowbench.utils.io import atomic_write_text
 
 MAGNITUDE = ("mp", "mp-layer")  # methods that use no curvature
 BASELINE = "mp"
+
 
 def _best(points: List[CostPoint], top1: Callable[[CostPoint], float]) -> Optional[CostPoint]:
     return max(points, key=top1) if points else None
@@ -147,9 +150,17 @@ def _unique_runs(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return list(seen.values())
 
 
-def write_suite_report(out: Path, name: str, folders: List[str], description: str = "", completeness: Optional[List[str]] = None) -> Dict[str, Path]:
+def write_suite_report(
+    out: Path,
+    name: str,
+    folders: List[str],
+    description: str = "",
+    completeness: Optional[List[str]] = None,
+    tuned: Optional[List[TunedRow]] = None,
+) -> Dict[str, Path]:
     """Write ``out/<name>-suite/report.md`` and its figures from the runs in ``out/<folder>`` for each folder;
-    ``completeness``: markdown lines saying which of the suite's runs are in (the harness's account), shown first."""
+    ``completeness``: markdown lines saying which of the suite's runs are in (the harness's account), shown first;
+    ``tuned``: the suite's settings searches (the harness's account of which runs are each one's defaults and tuned rows)."""
     out = Path(out)
     records: List[Dict[str, Any]] = []
     found = []
@@ -202,6 +213,7 @@ def write_suite_report(out: Path, name: str, folders: List[str], description: st
         "",
         markdown_table(best_header, best_rows),
         "",
+        *(["## Fair settings: published defaults and tuned", "", *fair_settings_lines(records, tuned, out)] if tuned else []),
         "## Accuracy for the compute",
         "",
         f"Per model and sparsity, each configuration's mean pruning wall seconds per run (its gradients and curvature included, as pruning "
