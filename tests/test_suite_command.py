@@ -220,7 +220,7 @@ def test_suite_report_sets_each_tuned_row_beside_its_defaults_row(tmp_path, caps
     section = report.split("## Fair settings: published defaults and tuned")[1].split("\n## ")[0]
     chosen = json.loads((out / "small" / "tuning" / "smallcnn_woodfisher.config.json").read_text())["method_options"]["woodfisher"]
     assert f"defaults `damp=1e-05, damp_mode=absolute`; tuned `damp={chosen['damp']}, damp_mode=relative`" in section
-    assert "[search](../small/tuning/smallcnn_woodfisher.md)" in section
+    assert "(relative loss 1.000; [search](../small/tuning/smallcnn_woodfisher.md))" in section  # one point: the chosen cell is the best there
     runs = [json.loads(p.read_text()) for p in (out / "small" / "runs").glob("woodfisher_s0.7_*.json")]
     (default_run,) = [r for r in runs if r["options"]["damp_mode"] == "absolute"]
     (tuned_run,) = [r for r in runs if r["options"]["damp_mode"] == "relative"]

@@ -199,6 +199,12 @@ def job_status(job: PlannedJob) -> JobStatus:
     return JobStatus(line, progress.complete, progress.total, progress.estimate_s, progress.unestimated, keys=progress.keys or {}, search=search)
 
 
+def _relative_loss_of(search: Optional[SearchProgress], options: Dict[str, Any]) -> Optional[float]:
+    """The relative loss of the search's cell with these option values (None: no such cell, or the search is open)."""
+    found = [loss for cell, loss in (search.relative_losses if search else ()) if all(cell.get(k, v) == v for k, v in options.items())]
+    return found[0] if found else None
+
+
 def tuned_rows(planned: List[PlannedJob], statuses: List[JobStatus]) -> List[TunedRow]:
     """Per tuned job (with ``statuses`` from :func:`job_status`, in the same order): its defaults row (the method's
     runs in the main sweep of its folder) and its tuned row, by run key, and the options that differ between them."""
@@ -232,6 +238,8 @@ def tuned_rows(planned: List[PlannedJob], statuses: List[JobStatus]) -> List[Tun
                 table=f"{job.folder}/tuning/{job.plan.spec.model.model}_{method}.md",
                 scored=status.search.scored if status.search else 0,
                 needed=status.search.needed if status.search else 0,
+                chosen_loss=status.search.relative_losses[0][1] if status.search and status.search.relative_losses else None,
+                defaults_loss=_relative_loss_of(status.search, {k: defaults[k] for k in changed}),
             )
         )
     return rows

@@ -219,6 +219,7 @@ class SearchProgress(NamedTuple):
     chosen: Optional[Dict[str, Any]]  # the options it chooses once every score is in, else None
     prune_s: float  # mean pruning wall seconds of the scores in (0 when none; cells skipped for memory left out)
     over_budget: int = 0  # scores skipped as over the memory budget they were run under
+    relative_losses: Tuple[Tuple[Dict[str, Any], float], ...] = ()  # (a cell's options, its relative loss) per cell, best first, once every score is in
 
 
 def tuning_status(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec) -> SearchProgress:
@@ -229,8 +230,10 @@ def tuning_status(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec) 
     results = [r for r in _scores(state, tune)["results"] if (r["cell"], r["sparsity"], r["seed"]) in wanted]
     pruned = [r for r in results if r.get("over_budget_gb") is None]  # a cell skipped for memory stopped before pruning
     prune_s = sum(r["prune_seconds"] for r in pruned) / len(pruned) if pruned else 0.0
-    chosen = options_of[rank_cells(results, tune.criterion)[0].cell] if len(results) == len(wanted) else None
-    return SearchProgress(len(results), len(wanted), chosen, prune_s, len(results) - len(pruned))
+    ranking = rank_cells(results, tune.criterion) if len(results) == len(wanted) else []
+    chosen = options_of[ranking[0].cell] if ranking else None
+    relative = tuple((options_of[score.cell], score.relative_loss) for score in ranking)
+    return SearchProgress(len(results), len(wanted), chosen, prune_s, len(results) - len(pruned), relative)
 
 
 def _write_outputs(

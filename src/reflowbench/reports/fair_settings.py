@@ -17,6 +17,14 @@ def _options(options: Dict[str, Any]) -> str:
     return "`" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + "`"
 
 
+def _losses(row: TunedRow) -> str:
+    """``relative loss 1.030, the defaults' 1.083; `` (the defaults' part only where they were a cell of the grid)."""
+    if row.chosen_loss is None:
+        return ""
+    theirs = f", the defaults' {row.defaults_loss:.3f}" if row.defaults_loss is not None and row.chosen else ""
+    return f"relative loss {row.chosen_loss:.3f}{theirs}; "
+
+
 def _cell(runs: List[Dict[str, Any]], seeds: int) -> str:
     """``pruned → REFLOW`` top-1 %, mean ± std; the seed count when below ``seeds``; "–" without runs."""
     if not runs:
@@ -67,9 +75,9 @@ def fair_settings_lines(records: List[Dict[str, Any]], rows: List[TunedRow], out
         if row.chosen is None:
             lines += [head + f"settings search open ({row.scored} of {row.needed} scores in, {search}).", ""]
         elif not row.chosen:
-            lines += [head + f"the search chose them ({search}): the tuned row is the defaults row.", ""]
+            lines += [head + f"the search chose them ({_losses(row)}{search}): the tuned row is the defaults row.", ""]
         else:
-            lines += [head + f"tuned {_options(row.chosen)} ({search}).", "", *_row_table(records, row)]
+            lines += [head + f"tuned {_options(row.chosen)} ({_losses(row)}{search}).", "", *_row_table(records, row)]
     return lines
 
 

@@ -20,6 +20,8 @@ class TunedRow(NamedTuple):
     table: str  # the search's table, relative to the suite's --out (e.g. cifar10-resnet20/tuning/resnet20_woodfisher.md)
     scored: int = 0  # scores the search has in
     needed: int = 0  # scores the search needs
+    chosen_loss: Optional[float] = None  # the chosen cell's relative loss in the search (1.0: best at every point)
+    defaults_loss: Optional[float] = None  # the defaults' relative loss, where the grid has a cell with the defaults row's settings
 
 
 __all__ = ["TunedRow"]
