@@ -57,3 +57,14 @@ def test_a_search_that_chose_the_defaults_or_is_open_says_so(tmp_path):
     assert "the search chose them (relative loss 1.000; no table yet): the tuned row is the defaults row" in chose_defaults and "| 0.8 |" not in chose_defaults
     still_open = "\n".join(fair_settings_lines(RUNS, [_row(chosen=None, tuned_keys=frozenset(), chosen_loss=None, scored=3, needed=16)], tmp_path))
     assert "settings search open (3 of 16 scores in, no table yet)" in still_open
+
+
+def test_searched_options_are_those_the_grid_varies_or_sets_away_from_the_defaults():
+    from reflowbench.harness.comparison import searched_options
+
+    defaults = {"damp": 1e-5, "damp_mode": "absolute", "dtype": "float32", "chunk_images": 16, "num_grads": 400}
+    cells = [
+        {"damp": 1e-5, "damp_mode": "absolute", "dtype": "bfloat16", "chunk_images": 16},
+        {"damp": 1e-2, "damp_mode": "relative", "dtype": "bfloat16", "chunk_images": 16},
+    ]
+    assert searched_options(cells, defaults) == ["damp", "damp_mode", "dtype"]  # chunk_images as in the defaults row; num_grads not searched

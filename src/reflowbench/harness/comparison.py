@@ -205,6 +205,13 @@ def _relative_loss_of(search: Optional[SearchProgress], options: Dict[str, Any])
     return found[0] if found else None
 
 
+def searched_options(cells: List[Dict[str, Any]], defaults: Dict[str, Any]) -> List[str]:
+    """The options of a search's ``cells`` that take more than one value across the cells and the ``defaults`` row's
+    options together: the ones the grid varies, or sets away from the defaults row (e.g. a dtype for memory)."""
+    names = {k for cell in cells for k in cell if k in defaults}
+    return sorted(k for k in names if len({repr(cell.get(k, defaults[k])) for cell in cells} | {repr(defaults[k])}) > 1)
+
+
 def tuned_rows(planned: List[PlannedJob], statuses: List[JobStatus]) -> List[TunedRow]:
     """Per tuned job (with ``statuses`` from :func:`job_status`, in the same order): its defaults row (the method's
     runs in the main sweep of its folder) and its tuned row, by run key, and the options that differ between them."""
@@ -212,37 +219,34 @@ def tuned_rows(planned: List[PlannedJob], statuses: List[JobStatus]) -> List[Tun
     for job, status in zip(planned, statuses):
         if job.tune is None:
             continue
-        method = job.tune.method
-        main = next(
-            ((other, mine) for other, mine in zip(planned, statuses) if other.folder == job.folder and other.role == "sweep" and method in mine.keys),
-            None,
-        )
-        if main is None:
-            continue
-        pruner = next(p for p in main[0].plan.pruners if p.name == method)
-        defaults = asdict(pruner.options)
-        chosen = status.search.chosen if status.search else None
-        cells = job.tuning[1]
-        changed = sorted(  # the options the grid varies, or sets away from the defaults row (e.g. a dtype for memory)
-            {k for cell in cells for k in cell if k in defaults and any(other.get(k, defaults[k]) != cell[k] or cell[k] != defaults[k] for other in cells)}
-        )
-        rows.append(
-            TunedRow(
-                folder=job.folder,
-                model=job.plan.spec.model.model,
-                method=method,
-                defaults={k: defaults[k] for k in changed},
-                chosen=None if chosen is None else {k: chosen[k] for k in changed if chosen.get(k, defaults[k]) != defaults[k]},
-                defaults_keys=main[1].keys[method],
-                tuned_keys=status.keys.get(method, frozenset()),
-                table=f"{job.folder}/tuning/{job.plan.spec.model.model}_{method}.md",
-                scored=status.search.scored if status.search else 0,
-                needed=status.search.needed if status.search else 0,
-                chosen_loss=status.search.relative_losses[0][1] if status.search and status.search.relative_losses else None,
-                defaults_loss=_relative_loss_of(status.search, {k: defaults[k] for k in changed}),
-            )
-        )
+        main = [
+            (other, mine) for other, mine in zip(planned, statuses) if other.folder == job.folder and other.role == "sweep" and job.tune.method in mine.keys
+        ]
+        if main:
+            rows.append(_tuned_row(job, status, *main[0]))
     return rows
+
+
+def _tuned_row(job: PlannedJob, status: JobStatus, main: PlannedJob, main_status: JobStatus) -> TunedRow:
+    """One tuned job's :class:`TunedRow`, its defaults row being ``main``'s runs of the method."""
+    method, search = job.tune.method, status.search
+    defaults = asdict(next(p for p in main.plan.pruners if p.name == method).options)
+    changed = searched_options(job.tuning[1], defaults)
+    chosen = None if search is None or search.chosen is None else search.chosen
+    return TunedRow(
+        folder=job.folder,
+        model=job.plan.spec.model.model,
+        method=method,
+        defaults={k: defaults[k] for k in changed},
+        chosen=None if chosen is None else {k: chosen[k] for k in changed if chosen.get(k, defaults[k]) != defaults[k]},
+        defaults_keys=main_status.keys[method],
+        tuned_keys=status.keys.get(method, frozenset()),
+        table=f"{job.folder}/tuning/{job.plan.spec.model.model}_{method}.md",
+        scored=search.scored if search else 0,
+        needed=search.needed if search else 0,
+        chosen_loss=search.relative_losses[0][1] if search and search.relative_losses else None,
+        defaults_loss=_relative_loss_of(search, {k: defaults[k] for k in changed}),
+    )
 
 
 def completeness_lines(statuses: List[JobStatus]) -> List[str]:
