@@ -13,6 +13,9 @@ from reflowbench.schema.results import DOUBT_MIN_CPU_SHARE, cpu_share, timing_do
 COST_PHASES = ("gradients", "curvature", "selection", "update", "prune", "recalibrate", "eval_pruned")
 
 
+BASELINE = "mp"  # the method every comparison table measures the others against (MP + REFLOW)
+
+
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
     clean = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not clean:

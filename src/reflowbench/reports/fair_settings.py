@@ -7,10 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List
 
-from reflowbench.reports.aggregate import fmt, markdown_table, mean_std
+from reflowbench.reports.aggregate import BASELINE, fmt, markdown_table, mean_std
 from reflowbench.schema.tuned import TunedRow
-
-BASELINE = "mp"
 
 
 def _options(options: Dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from reflowbench.errors import ReflowbenchError
-from reflowbench.reports.aggregate import cost_table, failed_table, fmt, group, markdown_table, mean_std, objective_table, timing_doubt_lines
+from reflowbench.reports.aggregate import BASELINE, cost_table, failed_table, fmt, group, markdown_table, mean_std, objective_table, timing_doubt_lines
 from reflowbench.reports.compute_front import NEAR_BEST_POINTS, CostPoint, Points, accuracy_vs_cost, compute_front_rows, cost_points, most_seeds
 from reflowbench.reports.fair_settings import fair_settings_lines
 from reflowbench.reports.figures import accuracy_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
@@ -18,7 +18,6 @@ from reflowbench.schema.tuned import TunedRow
 from reflowbench.utils.io import atomic_write_text
 
 MAGNITUDE = ("mp", "mp-layer")  # methods that use no curvature
-BASELINE = "mp"
 
 
 def _best(points: List[CostPoint], top1: Callable[[CostPoint], float]) -> Optional[CostPoint]:
