@@ -19,3 +19,29 @@ def test_the_benchmark_suite_collects():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     collected = [line for line in result.stdout.splitlines() if "::test_" in line]
     assert any("test_reflow_overhead_over_a_forward_pass" in line for line in collected) and len(collected) >= 8, result.stdout[-2000:]
+
+
+def test_the_ab_compare_script_benchmarks_a_revision_and_the_working_tree():
+    """bench/ab_compare.sh on one tiny benchmark: the base revision (HEAD, in a temporary worktree) and the working tree
+    are both measured and compared. Timing is not what is tested (the threshold is set out of reach): the plumbing is."""
+    import os
+    import shutil
+
+    if shutil.which("git") is None or not (BENCH.parent / ".git").exists():
+        import pytest
+
+        pytest.skip("needs a git checkout")
+    worktrees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=BENCH.parent).stdout
+    env = {**os.environ, "PYTHON": sys.executable, "REFLOWBENCH_BENCH_FAIL": "min:100000%"}
+    result = subprocess.run(
+        ["bash", str(BENCH / "ab_compare.sh"), "HEAD", "-k", "magnitude_global", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=BENCH.parent,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "(NOW)" in result.stdout and "_base)" in result.stdout, result.stdout[-3000:]
+    after = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=BENCH.parent).stdout
+    assert after == worktrees, after  # the temporary worktree is removed

@@ -28,22 +28,28 @@ Log = Callable[[str], None]
 Todo = Tuple[Pruner, float, int, str, Path]  # pruner, sparsity, seed, run key, run file
 
 
-def pending_runs(state: SuiteState, plan: SuitePlan) -> Tuple[List[Todo], int]:
-    """The runs still to do, seed-major (a seed's dense gradients are collected once for all its
-    sparsities), and the number of runs in the suite."""
+def planned_runs(state: SuiteState, plan: SuitePlan) -> List[Todo]:
+    """Every run of ``plan``, keyed, seed-major (a seed's dense gradients are collected once for all its sparsities)."""
     sweep = plan.spec.sweep
     out = Path(sweep.out)
-    todo: List[Todo] = []
-    total = 0
+    runs: List[Todo] = []
     for seed in sweep.seeds:
         for pruner in plan.pruners:
             for sparsity in sweep.sparsities:
-                total += 1
                 key = state.run_key(pruner, sparsity, seed)
-                path = run_path(out, pruner.name, sparsity, seed, key)
-                if not is_finished(path, key, sweep.retry_failed):
-                    todo.append((pruner, sparsity, seed, key, path))
-    return todo, total
+                runs.append((pruner, sparsity, seed, key, run_path(out, pruner.name, sparsity, seed, key)))
+    return runs
+
+
+def unfinished(runs: List[Todo], retry_failed: bool) -> List[Todo]:
+    """The runs of ``runs`` without a finished record (a failed one counts as finished unless ``retry_failed``)."""
+    return [run for run in runs if not is_finished(run[4], run[3], retry_failed)]
+
+
+def pending_runs(state: SuiteState, plan: SuitePlan) -> Tuple[List[Todo], int]:
+    """The runs still to do, seed-major, and the number of runs in the suite."""
+    runs = planned_runs(state, plan)
+    return unfinished(runs, plan.spec.sweep.retry_failed), len(runs)
 
 
 def _reused_later(todo: List[Todo], index: int) -> bool:
@@ -82,19 +88,18 @@ def estimate_seconds(out: Path, todo: List[Todo]) -> Tuple[float, int]:
 
 def count_complete(plan: SuitePlan) -> Progress:
     """Finished, total and resumable runs of ``plan`` in its ``--out``, and an estimate of the rest's wall time (loads
-    the data and the model to key the runs)."""
-    state = SuiteState(plan, log=lambda message: None)
-    todo, total = pending_runs(state, plan)
+    the data and the model to key the runs; each run is keyed once)."""
+    runs = planned_runs(SuiteState(plan, log=lambda message: None), plan)
+    todo = unfinished(runs, plan.spec.sweep.retry_failed)
     estimate, unestimated = estimate_seconds(Path(plan.spec.sweep.out), todo) if todo else (0.0, 0)
-    return Progress(total - len(todo), total, _with_saved_steps(todo), estimate, unestimated, run_keys(state, plan))
+    return Progress(len(runs) - len(todo), len(runs), _with_saved_steps(todo), estimate, unestimated, keys_by_method(runs))
 
 
-def run_keys(state: SuiteState, plan: SuitePlan) -> Dict[str, FrozenSet[str]]:
-    """Method -> the keys of every run ``plan`` makes with it (all sparsities and seeds)."""
-    sweep = plan.spec.sweep
+def keys_by_method(runs: List[Todo]) -> Dict[str, FrozenSet[str]]:
+    """Method -> the keys of its runs in ``runs``."""
     keys: Dict[str, set] = {}
-    for pruner in plan.pruners:
-        keys.setdefault(pruner.name, set()).update(state.run_key(pruner, s, seed) for s in sweep.sparsities for seed in sweep.seeds)
+    for pruner, _, _, key, _ in runs:
+        keys.setdefault(pruner.name, set()).add(key)
     return {method: frozenset(found) for method, found in keys.items()}
 
 
