@@ -5,7 +5,7 @@ with the settings that set the two rows apart and a link to the search's table."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List
+from typing import Any, Callable, Dict, FrozenSet, List
 
 from reflowbench.reports.aggregate import BASELINE, fmt, markdown_table, mean_std
 from reflowbench.schema.tuned import TunedRow
@@ -32,21 +32,22 @@ def _cell(runs: List[Dict[str, Any]], seeds: int) -> str:
     return f"{pruned} → {reflow}{fewer}"
 
 
-def _by_sparsity(records: List[Dict[str, Any]], keys: FrozenSet[str]) -> Dict[float, List[Dict[str, Any]]]:
+def _by_sparsity(records: List[Dict[str, Any]], keep: Callable[[Dict[str, Any]], bool]) -> Dict[float, List[Dict[str, Any]]]:
+    """sparsity -> the records that ``keep`` accepts."""
     rows: Dict[float, List[Dict[str, Any]]] = {}
-    for record in records:
-        if record.get("key") in keys:
-            rows.setdefault(record["sparsity"], []).append(record)
+    for record in filter(keep, records):
+        rows.setdefault(record["sparsity"], []).append(record)
     return rows
+
+
+def _keyed(keys: FrozenSet[str]) -> Callable[[Dict[str, Any]], bool]:
+    return lambda record: record.get("key") in keys
 
 
 def _row_table(records: List[Dict[str, Any]], row: TunedRow) -> List[str]:
     """The defaults row, the tuned row and MP + REFLOW per sparsity, as markdown lines."""
-    defaults, tuned = _by_sparsity(records, row.defaults_keys), _by_sparsity(records, row.tuned_keys)
-    mp: Dict[float, List[Dict[str, Any]]] = {}
-    for record in records:
-        if record["model"] == row.model and record.get("label", record["method"]) == BASELINE:
-            mp.setdefault(record["sparsity"], []).append(record)
+    defaults, tuned = _by_sparsity(records, _keyed(row.defaults_keys)), _by_sparsity(records, _keyed(row.tuned_keys))
+    mp = _by_sparsity(records, lambda record: record["model"] == row.model and record.get("label", record["method"]) == BASELINE)
     seeds = max((len(runs) for runs in [*defaults.values(), *tuned.values()]), default=1)
     body = [
         [f"{s:g}", _cell(defaults.get(s, []), seeds), _cell(tuned.get(s, []), seeds), fmt(*mean_std([r["reflow"]["top1"] for r in mp.get(s, [])]))]
