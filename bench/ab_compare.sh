@@ -13,6 +13,14 @@ base="${1:?usage: bench/ab_compare.sh BASE_REV [pytest arguments]}"
 shift
 repo="$(git rev-parse --show-toplevel)"
 python="${PYTHON:-$repo/.venv/bin/python}"
+if ! git -C "$repo" rev-parse --quiet --verify "$base^{commit}" >/dev/null; then
+    echo "bench/ab_compare.sh: no revision named '$base' in $repo (give a branch, tag or commit, e.g. main or HEAD~1)" >&2
+    exit 2
+fi
+if [ ! -x "$python" ]; then
+    echo "bench/ab_compare.sh: no Python at $python: create the README's .venv, or set PYTHON to one with reflowbench's test extras" >&2
+    exit 2
+fi
 work="$(mktemp -d)"
 cleanup() { git -C "$repo" worktree remove --force "$work/base" >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT

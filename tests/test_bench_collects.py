@@ -1,9 +1,13 @@
 """The pytest-benchmark suite in bench/ is not run by the tests (minutes of timing), but it must keep importing the
 package's API: collecting it catches a renamed function or module before someone saves a baseline."""
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -24,24 +28,26 @@ def test_the_benchmark_suite_collects():
 def test_the_ab_compare_script_benchmarks_a_revision_and_the_working_tree():
     """bench/ab_compare.sh on one tiny benchmark: the base revision (HEAD, in a temporary worktree) and the working tree
     are both measured and compared. Timing is not what is tested (the threshold is set out of reach): the plumbing is."""
-    import os
-    import shutil
-
-    if shutil.which("git") is None or not (BENCH.parent / ".git").exists():
-        import pytest
-
-        pytest.skip("needs a git checkout")
-    worktrees = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=BENCH.parent).stdout
-    env = {**os.environ, "PYTHON": sys.executable, "REFLOWBENCH_BENCH_FAIL": "min:100000%"}
-    result = subprocess.run(
-        ["bash", str(BENCH / "ab_compare.sh"), "HEAD", "-k", "magnitude_global", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=BENCH.parent,
-        env=env,
-    )
+    worktrees = _worktrees()
+    result = _ab_compare("HEAD", "-k", "magnitude_global", "-q")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "(NOW)" in result.stdout and "_base)" in result.stdout, result.stdout[-3000:]
-    after = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=BENCH.parent).stdout
-    assert after == worktrees, after  # the temporary worktree is removed
+    assert _worktrees() == worktrees  # the temporary worktree is removed
+
+
+def test_the_ab_compare_script_names_an_unknown_revision_and_leaves_nothing():
+    worktrees = _worktrees()
+    result = _ab_compare("no-such-revision")
+    assert result.returncode == 2 and "no revision named 'no-such-revision'" in result.stderr, result.stderr
+    assert _worktrees() == worktrees
+
+
+def _worktrees() -> str:
+    if shutil.which("git") is None or not (BENCH.parent / ".git").exists():
+        pytest.skip("needs a git checkout")
+    return subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=BENCH.parent).stdout
+
+
+def _ab_compare(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "REFLOWBENCH_BENCH_FAIL": "min:100000%"}
+    return subprocess.run(["bash", str(BENCH / "ab_compare.sh"), *args], capture_output=True, text=True, timeout=300, cwd=BENCH.parent, env=env)
