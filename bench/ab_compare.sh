@@ -4,10 +4,12 @@
 #   bench/ab_compare.sh BASE_REV [pytest arguments, e.g. -k reflow]
 #
 # A saved baseline (reports/bench/) was measured on another day; a shared or virtual machine can be 10-50 %
-# slower from one hour to the next with no change of code. This script checks out BASE_REV into a temporary
-# git worktree, benchmarks it (its own src/ and bench/), then benchmarks the working tree and compares the two
-# with the same threshold as the documented compare (exit 1, "Performance has regressed", when a benchmark's
-# minimum time is more than ${REFLOWBENCH_BENCH_FAIL:-min:25%} worse). Nothing is written under reports/.
+# slower from one hour to the next with no change of code, and a single A/B 10-20 % off. This script checks out
+# BASE_REV into a temporary git worktree and benchmarks it and the working tree in ${REFLOWBENCH_AB_ROUNDS:-1}
+# alternating round(s) (base, work; then work, base; ...), then judges each benchmark on each side's best round
+# (reflowbench.reports.bench_ab) with the same threshold as the documented compare: exit 1, "Performance has
+# regressed", when a benchmark's minimum time is more than ${REFLOWBENCH_BENCH_FAIL:-min:25%} worse.
+# Nothing is written under reports/.
 set -euo pipefail
 base="${1:?usage: bench/ab_compare.sh BASE_REV [pytest arguments]}"
 shift
@@ -21,16 +23,32 @@ if [ ! -x "$python" ]; then
     echo "bench/ab_compare.sh: no Python at $python: create the README's .venv, or set PYTHON to one with reflowbench's test extras" >&2
     exit 2
 fi
+rounds="${REFLOWBENCH_AB_ROUNDS:-1}"
+fail="${REFLOWBENCH_BENCH_FAIL:-min:25%}"
+case "$rounds" in ''|*[!0-9]*|0) echo "bench/ab_compare.sh: REFLOWBENCH_AB_ROUNDS must be a whole number >= 1, not '$rounds'" >&2; exit 2;; esac
+if ! PYTHONPATH="$repo/src" "$python" -m reflowbench.reports.bench_ab --check --fail "$fail"; then
+    echo "bench/ab_compare.sh: REFLOWBENCH_BENCH_FAIL='$fail' is not a threshold (see above)" >&2
+    exit 2
+fi
 work="$(mktemp -d)"
 cleanup() { git -C "$repo" worktree remove --force "$work/base" >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 git -C "$repo" worktree add --quiet --detach "$work/base" "$base"
-store="file://$work/storage"
+store="$work/storage"
 shared="${REFLOWBENCH_SHARED:-$(dirname "$repo")/shared}"
-echo "== $base (base) =="
-(cd "$work/base" && REFLOWBENCH_SHARED="$shared" PYTHONPATH="$work/base/src" "$python" -m pytest bench/ --benchmark-only \
-    --benchmark-storage="$store" --benchmark-save=base -p no:cacheprovider "$@")
-echo "== working tree of $repo against $base =="
-cd "$repo"
-REFLOWBENCH_SHARED="$shared" PYTHONPATH="$repo/src" "$python" -m pytest bench/ --benchmark-only --benchmark-storage="$store" \
-    --benchmark-compare --benchmark-compare-fail="${REFLOWBENCH_BENCH_FAIL:-min:25%}" -p no:cacheprovider "$@"
+measure() {  # measure SIDE FOLDER ROUND [pytest arguments]
+    local side="$1" folder="$2" round="$3"
+    shift 3
+    echo "== round $round of $rounds: $side ($([ "$side" = base ] && echo "$base" || echo "working tree of $repo")) =="
+    (cd "$folder" && REFLOWBENCH_SHARED="$shared" PYTHONPATH="$folder/src" "$python" -m pytest bench/ --benchmark-only \
+        --benchmark-storage="file://$store" --benchmark-save="$side" -p no:cacheprovider "$@")
+}
+for round in $(seq 1 "$rounds"); do
+    if [ $((round % 2)) -eq 1 ]; then
+        measure base "$work/base" "$round" "$@"; measure work "$repo" "$round" "$@"
+    else
+        measure work "$repo" "$round" "$@"; measure base "$work/base" "$round" "$@"
+    fi
+done
+echo "== verdict =="
+PYTHONPATH="$repo/src" "$python" -m reflowbench.reports.bench_ab "$store" --fail "$fail"
