@@ -37,8 +37,8 @@ class Threshold:
     seconds: Optional[float] = None
 
     def exceeded(self, base_s: float, work_s: float) -> bool:
-        if self.percent is not None:
-            return (work_s - base_s) / base_s * 100.0 > self.percent
+        if self.percent is not None:  # work over base by more than percent of base (no division: a 0 s base is judged too)
+            return work_s - base_s > base_s * self.percent / 100.0
         return work_s - base_s > float(self.seconds or 0.0)
 
     def __str__(self) -> str:
