@@ -75,3 +75,11 @@ def test_a_storage_without_both_sides_is_refused(tmp_path, capsys):
     (tmp_path / "Linux-CPython-3.11-64bit" / "0002_work.json").write_text("{not json")
     assert main([str(tmp_path)]) == 2
     assert "is not a pytest-benchmark save" in capsys.readouterr().err
+
+
+def test_a_save_without_the_thresholds_statistic_is_refused(tmp_path, capsys):
+    _save(tmp_path, 1, "base", {"a": 1.0})
+    _save(tmp_path, 2, "work", {"a": 1.0})
+    assert main([str(tmp_path), "--fail", "median:10%"]) == 2  # the hand-made saves hold min and mean only
+    err = capsys.readouterr().err
+    assert "is not a pytest-benchmark save with 'median'" in err and "Traceback" not in err

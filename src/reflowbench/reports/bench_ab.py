@@ -67,12 +67,11 @@ def best_of_rounds(paths: Sequence[Path], field: str) -> Dict[str, float]:
     best: Dict[str, float] = {}
     for path in paths:
         try:
-            benchmarks = json.loads(path.read_text())["benchmarks"]
-        except (OSError, ValueError, KeyError) as error:
-            raise ConfigError(f"{path} is not a pytest-benchmark save ({error}): run the benchmarks again") from None
-        for benchmark in benchmarks:
-            seconds = float(benchmark["stats"][field])
-            best[benchmark["fullname"]] = min(best.get(benchmark["fullname"], math.inf), seconds)
+            measured = {benchmark["fullname"]: float(benchmark["stats"][field]) for benchmark in json.loads(path.read_text())["benchmarks"]}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ConfigError(f"{path} is not a pytest-benchmark save with {field!r} for every benchmark ({error!r}): run the benchmarks again") from None
+        for name, seconds in measured.items():
+            best[name] = min(best.get(name, math.inf), seconds)
     return best
 
 
