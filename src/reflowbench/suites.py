@@ -41,10 +41,60 @@ class SuiteCommandSpec:
 
 R20, R56, MNV1 = "{models}/resnet20_cifar10_jpeg.pt", "{models}/resnet56_cifar10_jpeg.pt", "{models}/mobilenetv1_cifar10_jpeg.pt"
 FOUR = ["mp", "woodfisher", "cbs", "chita", "chita++"]
-# CHITA++ runs 16 stages; 20 IHT iterations per stage instead of 100 keep a ResNet-20 run at ~8 CPU minutes.
-CHITA_PP = {"chita++": {"iht_iters": 20}}
+# The whole-network IHT variants of CHITA and CHITA++ (the suite's defaults before the shipped block backsolve became
+# CHITA's default), kept as labelled rows; CHITA++ with 20 IHT iterations per stage instead of 100 (~8 CPU minutes a
+# ResNet-20 run).
+CHITA_IHT = {"chita": {"solver": "iht"}}
+CHITA_PP_IHT = {"chita++": {"solver": "iht", "iht_iters": 20}}
 # MobileNetV1 (3.2 M weights): N = 1000 per-sample gradients need 12.8 GB, over the default 8 GB budget.
-MNV1_OPTIONS = {**CHITA_PP, "woodfisher": {"num_grads": 400}, "cbs": {"num_grads": 400}}
+MNV1_OPTIONS = {"woodfisher": {"num_grads": 400}, "cbs": {"num_grads": 400}}
+
+# Where each value a job sets away from a pruner's defaults comes from (method -> option -> source), printed in the
+# report's reference-settings table beside the pruner's own sources (``Pruner.REFERENCE``).
+IHT_SOURCES = {
+    "solver": "REFERENCES.md §5(b): IHT with line search, the CHITA class's default solver (not the shipped scripts')",
+}
+PP_IHT_SOURCES = {
+    **IHT_SOURCES,
+    "iht_iters": "suite choice: 20 IHT iterations per stage instead of 100, 16 stages (~8 CPU minutes a ResNet-20 run)",
+}
+PP_IHT_ONLY = (
+    "suite choice: IHT per stage (20 iterations), as before the shipped block backsolve became CHITA's default; CHITA++ with the block "
+    "backsolve per stage is run on ResNet-20 only so far (16 stages on this model cost hours of CPU)"
+)
+MNV1_SOURCES = {
+    "woodfisher": {
+        "num_grads": "REFERENCES.md §2(h), MobileNetV1 script: N = 400 (there each gradient averages 2,400 images; per-sample here: "
+        "CIFAR-10's 20,000 Fisher images cannot give 960k)",
+        "block_size": "suite choice: whole-layer blocks as in the ResNet-20 scripts; the MobileNetV1 script's c = 10,000 (REFERENCES.md §2(h)) is not run yet",
+    },
+    "cbs": {
+        "num_grads": "REFERENCES.md §4(h), MobileNetV1: N = 400 (of 2,400 images each there; per-sample here)",
+        "block_size": "suite choice: whole-layer blocks as in the ResNet-20 scripts; the MobileNetV1 setting c = 10,000 (REFERENCES.md §4(h)) is not run yet",
+    },
+    "chita": {"num_grads": "no MobileNetV1 script (REFERENCES.md §5(h)): the ResNet-20 setting"},
+}
+# What a model's reference row is, where no script exists for it.
+MODEL_NOTES = {
+    "resnet20": "ResNet-20 is the model every reference repository scripts: the values are those scripts'.",
+    "resnet56": "No reference repository ships a ResNet-56 script (REFERENCES.md §9): every value is the pruner's ResNet-20 setting, the closest "
+    "documented one.",
+    "mobilenetv1": "WoodFisher and CBS ship MobileNetV1 (ImageNet) scripts, CHITA none (REFERENCES.md §9): their N is used, the rest is the "
+    "ResNet-20 setting where the MobileNetV1 one cannot run on CIFAR-10 or is not run yet (said per value).",
+}
+
+
+def _main_job(folder: str, model: str, checkpoint: str, options: Dict[str, Dict[str, Any]], sources: Dict[str, Dict[str, str]]) -> Dict[str, Any]:
+    """A model's main sweep: the five pruners at their reference settings (``options``, each value's ``sources``)."""
+    return {**_job(folder, model, checkpoint, "sweep", {"methods": FOUR}, options), "sources": sources}
+
+
+def _variant_jobs(folder: str, model: str, checkpoint: str, chita_pp_iht: bool) -> List[Dict[str, Any]]:
+    """The whole-network IHT rows of CHITA (and of CHITA++ where it is not the model's reference CHITA++), labelled by solver."""
+    jobs = [{**_job(folder, model, checkpoint, "sweep", {"methods": ["chita"]}, CHITA_IHT), "sources": {"chita": IHT_SOURCES}}]
+    if chita_pp_iht:
+        jobs.append({**_job(folder, model, checkpoint, "sweep", {"methods": ["chita++"]}, CHITA_PP_IHT), "sources": {"chita++": PP_IHT_SOURCES}})
+    return jobs
 
 
 def _job(folder: str, model: str, checkpoint: str, role: str, sweep: Dict[str, Any], options: Dict[str, Dict[str, Any]], **extra: Any) -> Dict[str, Any]:
@@ -68,8 +118,8 @@ def _ablation_jobs(folder: str, checkpoint: str, model: str) -> List[Dict[str, A
 def _objective_jobs(folder: str, checkpoint: str, model: str) -> List[Dict[str, Any]]:
     """The quadratic-model diagnostic at 0.7 and 0.9, seed 0: every pruner and every CHITA solver measured under one
     reference whole-network Fisher (N = 500 x 16, lam = 1e-4)."""
-    variants = [("mp", {}), ("woodfisher", {}), ("chita", {}), ("mp-hessian", {}), ("cbs", {})]
-    variants += [("chita", {"solver": solver}) for solver in ("active-set", "backsolve", "block-backsolve")]
+    variants = [("mp", {}), ("woodfisher", {}), ("mp-hessian", {}), ("cbs", {})]
+    variants += [("chita", {"solver": solver}) for solver in ("iht", "active-set", "backsolve", "block-backsolve")]
     return [
         _job(folder, model, checkpoint, "objective", {"methods": [method], **CELLS}, {method: options} if options else {}, objective={"objective_grads": 500})
         for method, options in variants
@@ -117,25 +167,22 @@ SUITES: Dict[str, Dict[str, Any]] = {
         "sparsities 0.5-0.95, seeds 0-2, with and without REFLOW; on each model also WoodFisher, CBS and CHITA with settings tuned on the "
         "held-out training loss; on ResNet-20 the selection x update ablation and the quadratic-model diagnostic",
         "jobs": [
-            {
-                "folder": "cifar10-resnet20",
-                "preset": "cifar10",
-                "settings": {"model": {"model": "resnet20", "checkpoint": R20}, "sweep": {"methods": FOUR}, "method_options": CHITA_PP},
-            },
+            _main_job("cifar10-resnet20", "resnet20", R20, {}, {}),
+            *_variant_jobs("cifar10-resnet20", "resnet20", R20, chita_pp_iht=True),
             *_ablation_jobs("cifar10-resnet20", R20, "resnet20"),
             *_objective_jobs("cifar10-resnet20-objective", R20, "resnet20"),
             *_tuned_jobs("cifar10-resnet20", R20, "resnet20", TUNED),
-            {
-                "folder": "cifar10-resnet56",
-                "preset": "cifar10",
-                "settings": {"model": {"model": "resnet56", "checkpoint": R56}, "sweep": {"methods": FOUR}, "method_options": CHITA_PP},
-            },
+            _main_job("cifar10-resnet56", "resnet56", R56, CHITA_PP_IHT, {"chita++": {**PP_IHT_SOURCES, "solver": PP_IHT_ONLY}}),
+            *_variant_jobs("cifar10-resnet56", "resnet56", R56, chita_pp_iht=False),
             *_tuned_jobs("cifar10-resnet56", R56, "resnet56", TUNED),
-            {
-                "folder": "cifar10-mobilenetv1",
-                "preset": "cifar10",
-                "settings": {"model": {"model": "mobilenetv1", "checkpoint": MNV1}, "sweep": {"methods": FOUR}, "method_options": MNV1_OPTIONS},
-            },
+            _main_job(
+                "cifar10-mobilenetv1",
+                "mobilenetv1",
+                MNV1,
+                {**MNV1_OPTIONS, **CHITA_PP_IHT},
+                {**MNV1_SOURCES, "chita++": {**PP_IHT_SOURCES, "solver": PP_IHT_ONLY}},
+            ),
+            *_variant_jobs("cifar10-mobilenetv1", "mobilenetv1", MNV1, chita_pp_iht=False),
             *_tuned_jobs("cifar10-mobilenetv1", MNV1, "mobilenetv1", TUNED, MNV1_TUNING_OPTIONS, MNV1_TUNING_SWEEPS),
         ],
     },

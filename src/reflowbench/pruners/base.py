@@ -111,6 +111,9 @@ class Pruner(ABC):
     needs_gradients: ClassVar[bool] = False
     Options: ClassVar[Type[Any]] = NoOptions
     KEY_NEUTRAL: ClassVar[Tuple[str, ...]] = ()  # options left out of a run's key (see :func:`key_options`)
+    # Where each option's default comes from (option -> a section of ../shared/REFERENCES.md, or "suite choice: why"):
+    # the "reference settings" table of a comparison prints it beside the value (see :func:`option_sources`).
+    REFERENCE: ClassVar[Dict[str, str]] = {}
 
     def __init__(self, options: Optional[Any] = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -153,6 +156,29 @@ def key_options(pruner: "Pruner") -> Dict[str, Any]:
     from dataclasses import asdict
 
     return {k: v for k, v in asdict(pruner.options).items() if k not in pruner.KEY_NEUTRAL and option_in_key(k, v)}
+
+
+NO_SOURCE = "suite choice (no published value named)"
+
+
+def option_sources(pruner: "Pruner", overrides: Optional[Dict[str, str]] = None) -> List[Tuple[str, Any, str]]:
+    """(option, value, where the value comes from) for every option of ``pruner`` that enters a run's key: the
+    ``overrides`` (option -> source, for options a suite sets per model) first, then the class's ``REFERENCE`` for
+    options at their default, else :data:`NO_SOURCE` (a non-default value without an override: "set by the run")."""
+    from dataclasses import asdict
+
+    defaults = asdict(type(pruner).Options())
+    overrides = overrides or {}
+    rows = []
+    for name, value in key_options(pruner).items():
+        if name in overrides:
+            source = overrides[name]
+        elif value == defaults.get(name):
+            source = pruner.REFERENCE.get(name, NO_SOURCE)
+        else:
+            source = f"set by the run (the default {defaults.get(name)!r}: {pruner.REFERENCE.get(name, NO_SOURCE)})"
+        rows.append((name, value, source))
+    return rows
 
 
 def register_pruner(name: str, description: str = ""):

@@ -50,6 +50,24 @@ class CBSPruner(HessianPruner):
     """Combinatorial Brain Surgeon: combinatorial selection and the exact joint update on the block Fisher."""
 
     Options = CBSOptions
+    REFERENCE = {
+        **HessianPruner.REFERENCE,
+        "num_grads": "REFERENCES.md §4(h), ResNet-20: N = 1000 x 1",
+        "minibatch": "REFERENCES.md §4(h), ResNet-20: per-sample gradients (mini-batch 1)",
+        "block_size": "REFERENCES.md §4(h): full-layer blocks",
+        "damp": "REFERENCES.md §4(h): lam = 1e-5",
+        "damp_mode": "REFERENCES.md §4(h): an absolute lam",
+        "scope": "REFERENCES.md §4(c): selection is global across layers",
+        "update": "REFERENCES.md §4(d): CBS-U, the exact joint OBS update per block",
+        "candidates": "REFERENCES.md §4(c): RMP, `--max-mag-perb` 50",
+        "window": "REFERENCES.md §4(h): rho = 10",
+        "epsilon": "REFERENCES.md §4(h): epsilon = 1e-4",
+        "give_up": "REFERENCES.md §4(h): tau = 20",
+        "max_iters": "REFERENCES.md §4(h): at most 100 iterations",
+        "patience": "REFERENCES.md §4(h): N_fluct 5 in the scripts",
+        "score_images": "suite choice: 1,000 held-out training images (the published code scores CIFAR candidates on the first 1,000 "
+        "Fisher images, REFERENCES.md §4(c); pitfall 8: never the test split)",
+    }
 
     def streams(self) -> bool:
         return False  # the swap search reads G at every step

@@ -3,22 +3,27 @@ on the shared Hessian-pruner base.
 
     minimise Q(w) = |G (w_bar - w)|^2 / (2N) + (lam / 2) |w - w_bar|^2   subject to |w|_0 <= k = p - round(s p)
 
-By default over the **whole network** (cross-layer terms kept, :class:`~reflowbench.hessian.NetworkFisher`,
-N x N dual solves only); ``--chita-form block`` uses the block-diagonal Fisher (blocks of ``block_size``).
 The solver (``--chita-solver``, :mod:`.chita_solvers`) picks the support:
 
-- ``iht`` (default): IHT with line search, from the backsolve on the magnitude support;
+- ``block-backsolve`` (default): the global magnitude support, the ridge least squares solved per block of
+  ``block_size`` (500) contiguous weights: what every script the CHITA authors ship runs (``Heuristic_LSBlock``,
+  ``../shared/REFERENCES.md`` section 5 (b) and (h));
+- ``iht``: IHT with line search, from the backsolve on the magnitude support;
 - ``active-set``: IHT on the top 1.5k magnitudes, growing the set while outside weights lower Q;
-- ``backsolve``: the magnitude support;
-- ``block-backsolve``: the magnitude support, on the block Fisher (the published code's cheap default).
+- ``backsolve``: the magnitude support.
+
+``iht``, ``active-set`` and ``backsolve`` work over the **whole network** by default (cross-layer terms kept,
+:class:`~reflowbench.hessian.NetworkFisher`, N x N dual solves only); ``--chita-form block`` gives them the
+block-diagonal Fisher (blocks of ``block_size``). ``block-backsolve`` is always the block form.
 
 The kept weights then get the ``update`` step of the base: ``joint`` (default) is the exact ridge solve
 of Q on the chosen support (the backsolve, in the pruner's form); ``obs-sum`` and ``none`` complete the
 selection x update grid. ``chita++`` reaches s in ``recompute_steps`` stages (16), re-collecting gradients
 at the current weights and mask before each.
 
-Defaults follow the published ResNet-20 setup: N = 500 gradients, each the mean over a mini-batch of 16
-images, lam = 1e-4, block 500 (block form), one stage.
+Defaults follow the published ResNet-20 scripts (``REFERENCE`` below names the source of each value): the block
+backsolve of 500 weights, N = 500 gradients, each the mean over a mini-batch of 16 images, lam = 1e-4, one stage
+(CHITA++: 16 stages, each the same block backsolve with gradients re-collected).
 """
 
 from __future__ import annotations
@@ -49,21 +54,49 @@ class CHITAOptions(HessianOptions):
     damp: float = 1e-4  # lam (absolute), or multiple of the mean diagonal (damp_mode relative)
     block_size: int = 500  # weights per Fisher block with --chita-form block or the block-backsolve solver (0 = whole layer)
     update: str = "joint"  # update of the kept weights: joint (exact ridge solve of Q on the support: CHITA's backsolve), obs-sum, none
-    solver: str = "iht"  # support selection: iht, active-set, backsolve (magnitude support), block-backsolve (magnitude support, block Fisher)
-    form: str = "network"  # Fisher of Q: network (whole network, cross-layer terms) or block (block-diagonal, blocks of block_size)
+    solver: str = "block-backsolve"  # support selection: block-backsolve (magnitude support, block Fisher: the shipped scripts), iht, active-set, backsolve (magnitude support)
+    form: str = "network"  # Fisher of Q for iht, active-set and backsolve: network (whole network, cross-layer terms) or block (blocks of block_size)
     iht_iters: int = 100  # IHT iterations at most (per stage, and per active-set round)
     tolerance: float = 1e-5  # IHT stops when an iteration lowers Q by less than this fraction of Q
     active_factor: float = 1.5  # active-set solver: the first set is the top ceil(factor * k) magnitudes
     active_rounds: int = 10  # active-set solver: rounds of growing the set at most
 
 
-@register_pruner("chita", "CHITA: l0-constrained ridge regression on the whole-network low-rank Fisher (IHT with line search)")
+@register_pruner("chita", "CHITA: l0-constrained ridge regression on the low-rank Fisher (default: the shipped block backsolve; IHT, active set as solvers)")
 class CHITAPruner(HessianPruner):
     """CHITA: the support from a sparse-regression solver, the weights from the exact ridge solve on it."""
 
     Options = CHITAOptions
-    # The whole-network form has no blocks: damping x number of gradients (of 16 images each).
+    REFERENCE = {
+        **HessianPruner.REFERENCE,
+        "num_grads": "REFERENCES.md §5(h), scripts/run_resnet20_grad.sh: n = 500",
+        "minibatch": "REFERENCES.md §5(h): mini-batch 16 per gradient",
+        "block_size": "REFERENCES.md §5(b) and (h): `Heuristic_LSBlock`, blocks of 500",
+        "damp": "REFERENCES.md §5(h): lam = 1e-4 (1e-3 the alternative)",
+        "damp_mode": "REFERENCES.md §5(a): an absolute lam on the 1/n-scaled Fisher",
+        "recompute_steps": "REFERENCES.md §5(h): stages 1 (CHITA)",
+        "scope": "REFERENCES.md §5(c): one k over all prunable weights",
+        "update": "REFERENCES.md §5(d): the restricted ridge solve is the update",
+        "solver": "REFERENCES.md §5(b): the block backsolve, the solver of every shipped script",
+        "form": "not used by block-backsolve (the whole-network form of iht, active-set, backsolve)",
+        "dtype": "REFERENCES.md §5(a): float32 for the backsolve variants",
+        "iht_iters": "iht and active-set only (not used by block-backsolve)",
+        "tolerance": "iht and active-set only (not used by block-backsolve)",
+        "active_factor": "REFERENCES.md §5(b): `kimp` = 1.5 (active-set only)",
+        "active_rounds": "active-set only (`act_max_itr`; not used by block-backsolve)",
+    }
+    # Structure first (REFERENCES.md section 5 (b): the solver, and the block size where the solver has blocks), then
+    # damping x number of gradients (of 16 images each): 6 x 4 x 2 = 48 cells. The non-block solvers keep the default
+    # block_size, which they do not use (so a cell's key is the same as before the block cells were added).
     TUNING_GRID = {
+        "structure": [
+            {"solver": "block-backsolve", "block_size": 500},
+            {"solver": "block-backsolve", "block_size": 128},
+            {"solver": "block-backsolve", "block_size": 2000},
+            {"solver": "backsolve", "block_size": 500},
+            {"solver": "iht", "block_size": 500},
+            {"solver": "active-set", "block_size": 500},
+        ],
         "damping": [
             {"damp": 1e-5, "damp_mode": "absolute"},
             {"damp": 1e-4, "damp_mode": "absolute"},
@@ -176,6 +209,12 @@ class CHITAPlusPlusPruner(CHITAPruner):
     """CHITA with several stages (``recompute_steps``, default 16) on the base's sparsity schedule."""
 
     Options = CHITAPlusPlusOptions
+    REFERENCE = {
+        **CHITAPruner.REFERENCE,
+        "recompute_steps": "REFERENCES.md §5(h): stages 16 (CHITA++), gradients re-collected at each",
+        "schedule": "suite choice: the M-FAC-style geometric schedule, one of CHITA++'s (REFERENCES.md §5(c)); the scripts' one-shot stage "
+        "schedule is not stated",
+    }
 
 
 __all__ = ["CHITAOptions", "CHITAPlusPlusOptions", "CHITAPlusPlusPruner", "CHITAPruner"]

@@ -120,6 +120,15 @@ class HessianPruner(Pruner):
         "num_grads": [{"num_grads": 1000}, {"num_grads": 250}],
     }
 
+    # Sources of the options no published method sets (a subclass adds its own, see ``Pruner.REFERENCE``).
+    REFERENCE: ClassVar[Dict[str, str]] = {
+        "recompute_steps": "one-shot: one step (every published one-shot script)",
+        "schedule": "not used with one step",
+        "dtype": "suite choice: float32 G, as the published code stores it",
+        "chunk_images": "suite choice: images per batched gradient call (how the work is split, same result up to float rounding)",
+        "offload": "suite choice: where G is kept on CUDA (same result)",
+    }
+
     def fisher_images(self) -> int:
         return self.options.num_grads * self.options.minibatch
 

@@ -21,6 +21,7 @@ class MagnitudePruner(Pruner):
     """Magnitude pruning: prune the smallest |w|."""
 
     Options = MagnitudeOptions
+    REFERENCE = {"scope": "REFERENCES.md §1: global magnitude (WoodFisher `globalmagni`, M-FAC `MagPruner`), the paper's MP"}
 
     def prune(self, model: nn.Module, targets: TargetSet, sparsity: float, ctx: PruneContext) -> Masks:
         with ctx.phase("selection"):
@@ -38,3 +39,4 @@ class LayerMagnitudePruner(MagnitudePruner):
     """Uniform per-layer magnitude pruning."""
 
     Options = LayerMagnitudeOptions
+    REFERENCE = {"scope": "REFERENCES.md §1: per-layer magnitude (WoodFisher `magni`)"}

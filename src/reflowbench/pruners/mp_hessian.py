@@ -18,6 +18,8 @@ from reflowbench.pruners.hessian_base import HessianOptions, HessianPruner
 from reflowbench.pruners.masks import Masks, masks_from_scores
 from reflowbench.schema.targets import TargetSet
 
+_FISHER_SOURCE = "WoodFisher's ResNet-20 setting (REFERENCES.md §2(h)): mp-hessian is the suite's selection x update ablation, not a published pruner"
+
 
 @dataclass
 class MagnitudeHessianOptions(HessianOptions):
@@ -29,6 +31,12 @@ class MagnitudeHessianPruner(HessianPruner):
     """Global (or per-layer) magnitude selection on the Hessian-pruner pipeline."""
 
     Options = MagnitudeHessianOptions
+    REFERENCE = {
+        **HessianPruner.REFERENCE,
+        **{name: _FISHER_SOURCE for name in ("num_grads", "minibatch", "block_size", "damp", "damp_mode")},
+        "scope": "REFERENCES.md §1: global magnitude",
+        "update": "REFERENCES.md §4(d): the exact joint OBS update (CBS-U) on the magnitude mask (pitfall 9: CHITA's backsolve is the same idea)",
+    }
 
     def select(self, model: nn.Module, targets: TargetSet, fisher: BlockFisher, masks: Masks, sparsity: float, ctx: PruneContext) -> Masks:
         scores = {t.param_name: torch.where(masks[t.param_name], t.weight.detach().abs(), torch.full_like(t.weight, -1.0)) for t in targets}

@@ -37,6 +37,16 @@ class WoodFisherPruner(HessianPruner):
     """WoodFisher (Singh & Alistarh, 2020) on the shared low-rank block Fisher backend."""
 
     Options = WoodFisherOptions
+    REFERENCE = {
+        **HessianPruner.REFERENCE,
+        "num_grads": "REFERENCES.md §2(h), ResNet-20 one-shot sweep: N = 1000",
+        "minibatch": "REFERENCES.md §2(h): mini-batch 1 (per-sample gradients; the sweep also runs 50)",
+        "block_size": "REFERENCES.md §2(h): one block per layer, no fittable cap (largest 36,864)",
+        "damp": "REFERENCES.md §2(a): every published script uses 1e-5",
+        "damp_mode": "REFERENCES.md §2(a): an absolute lam",
+        "scope": "REFERENCES.md §2(c): global (`--woodburry-joint-sparsify`, every script but the ResNet-50 LOBS sweep)",
+        "update": "REFERENCES.md §2(d): the summed single-weight OBS updates",
+    }
 
     def prepare(self, fisher: BlockFisher) -> None:
         """diag(F^-1) of every layer, computed with the curvature (and kept with a shared Fisher)."""
