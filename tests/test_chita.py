@@ -418,7 +418,7 @@ def test_iht_working_memory_is_checked_against_the_budget(digits):
     torch.manual_seed(7)
     model = TinyBNNet().eval()
     targets = select_targets(model)
-    pruner = make_pruner("chita", {"num_grads": 4, "minibatch": 2, "chunk_images": 2})
+    pruner = make_pruner("chita", {"num_grads": 4, "minibatch": 2, "chunk_images": 2, "solver": "iht"})
     need = 4 * targets.num_weights * 4 + iht_working_bytes(targets.num_weights, 4, settings)  # G (N = 4, float32) and the solver
     assert need > 3 * (4 + 2) * targets.num_weights * 4  # G and a chunk of gradients fit well within the budget below
     ctx = PruneContext(device=CPU, seed=0, train=digits.train, fisher_indices=torch.arange(pruner.fisher_images()).numpy(), memory_budget_gb=0.9 * need / 2**30)

@@ -33,7 +33,9 @@ def test_two_settings_in_one_folder_give_two_rows(tmp_path, capsys):
     assert len(rows) == 2 and len({r["config"] for r in rows}) == 2
     assert sorted(r["variant"] for r in rows) == ["reflow.calib_batches=2", "reflow.calib_batches=4"]
     report = (out / "report.md").read_text()
-    assert "mp [reflow.calib_batches=2]" in report and "mp [reflow.calib_batches=4]" in report
+    configurations = report.split("## Configurations")[1].split("\n## ")[0]
+    assert "| smallcnn | mp reference | reference | reflow.calib_batches=2 | 2 |" in configurations  # the first of the two, named once
+    assert "| smallcnn | mp reflow.calib_batches=4 | – | reflow.calib_batches=4 | 2 |" in configurations
     table_rows = [line for line in report.splitlines() if line.startswith("| smallcnn | mp") and "| 0.9 |" in line]
     assert len(table_rows) == 2 and all("| 1 |" in line for line in table_rows)  # one seed each, never pooled
 

@@ -53,7 +53,7 @@ def test_pruners_whose_search_reads_g_every_step_refuse_streaming(digits):
     with pytest.raises(ConfigError, match="--cbs-layer-groups"):
         _prune(digits, "cbs", {"layer_groups": 2, "candidates": 5})
     with pytest.raises(ConfigError, match="--chita-layer-groups"):
-        _prune(digits, "chita", {"layer_groups": 2, "iht_iters": 3})
+        _prune(digits, "chita", {"layer_groups": 2, "iht_iters": 3, "solver": "iht"})
 
 
 def test_partition_keeps_order_and_balances_bytes():

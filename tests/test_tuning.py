@@ -72,6 +72,33 @@ def test_tune_scores_every_cell_resumes_and_its_config_runs(tmp_path, capsys):
     assert all(json.loads(run.read_text())["options"][k] == v for k, v in chosen.items())  # the tuned settings are recorded in the result
 
 
+def test_a_first_pass_scores_every_cell_at_the_first_sparsity_and_only_the_best_at_the_others(tmp_path, capsys):
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(GRID))
+    out = tmp_path / "out"
+    args = ["tune", "--out", str(out), "--grid", str(grid), "--at-sparsities", "0.7,0.9", "--woodfisher-chunk-images", "16", "--first-pass-keep", "2", *QUICK]
+    assert main(args) == 0
+    assert "first pass at s=0.7: 2 of 4 cells go on to s=0.9" in capsys.readouterr().out
+    record = json.loads((out / "tuning" / "smallcnn_woodfisher.json").read_text())
+    at_first = {r["cell"]: r["loss_pruned"] for r in record["results"] if r["sparsity"] == 0.7}
+    went_on = {r["cell"] for r in record["results"] if r["sparsity"] == 0.9}
+    assert len(at_first) == 4 and len(record["results"]) == 6  # 4 cells at 0.7, the 2 best of them at 0.9
+    assert went_on == set(sorted(at_first, key=at_first.get)[:2])
+    table = (out / "tuning" / "smallcnn_woodfisher.md").read_text()
+    assert "**First pass**" in table and table.count("cut by the first pass at s=0.7") == 2 and "Partial search" not in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "options" not in line]
+    assert all("cut by the first pass" not in row for row in rows[:2])  # a cut cell never outranks one scored at every sparsity
+    chosen = json.loads((out / "tuning" / "smallcnn_woodfisher.config.json").read_text())["method_options"]["woodfisher"]
+    assert {k: chosen[k] for k in ("damp", "num_grads")} in [{k: c.get(k) for k in ("damp", "num_grads")} for c in grid_cells(GRID)]
+    assert main(args) == 0 and "held-out loss" not in capsys.readouterr().out  # resumed: nothing left to score
+
+
+def test_rank_cells_puts_cells_cut_by_the_first_pass_after_the_fully_scored_ones():
+    losses = {"a": {0.7: 1.0, 0.9: 3.0}, "c": {0.7: 1.2, 0.9: 2.0}, "b": {0.7: 1.05}}  # b was cut after 0.7: its ratio there is below a's and c's means
+    assert [score.cell for score in rank_cells(_points(losses), "pruned")] == ["b", "c", "a"]  # what a ranking without the cut would say
+    assert [score.cell for score in rank_cells(_points(losses), "pruned", frozenset({"b"}))] == ["c", "a", "b"]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

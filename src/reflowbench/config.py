@@ -142,9 +142,11 @@ class TuneSpec:
     criterion: str = "pruned"  # which held-out loss picks the cell: pruned (right after pruning) or reflow (after REFLOW)
     grid: Optional[str] = None  # JSON file {"axis": [{option: value, ...}, ...], ...} replacing the pruner's grid
     report_only: bool = False  # write the table and the config from the cells already scored (a partial search says so), score nothing
+    first_pass_keep: int = 0  # 0: every cell at every sparsity; K > 0: every cell at the first --at-sparsities value, then only the K best there at the others (the table names the cells cut)
 
     def validate(self) -> "TuneSpec":
         _unique(self.at_sparsities, "--at-sparsities")
+        _require(self.first_pass_keep >= 0, f"--first-pass-keep must be an integer >= 0 (0: no first pass), got {self.first_pass_keep}")
         for sparsity in self.at_sparsities:
             check_sparsity(sparsity, "--at-sparsities")
         _require(self.criterion in TUNE_CRITERIA, f"--criterion must be one of {TUNE_CRITERIA}, got {self.criterion!r}")

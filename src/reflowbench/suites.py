@@ -3,10 +3,12 @@
 A suite is a list of jobs; each job is one ``reflowbench run`` (a preset plus settings, in the format of a
 ``--config`` file) whose results go to ``<out>/<folder>``. Jobs that share a folder share its runs and its
 report (e.g. a model's main sweep and its selection x update ablation). A job's ``role`` is ``sweep`` (the
-default: a main sweep, whose seeds and sparsities ``--seeds``/``--sparsities`` override), ``tuned`` (a main sweep
+default: a main sweep, the methods' reference rows, whose seeds and sparsities ``--seeds``/``--sparsities`` override),
+``variant`` (a main row of a method with other settings, labelled by the setting that differs, e.g. CHITA's IHT), ``tuned`` (a main sweep
 whose method's options come from a settings search first: the job's ``tune`` entry, see :class:`~reflowbench.config.TuneSpec`),
-``ablation`` or ``objective`` (extra cells, kept as defined). In strings, ``{models}`` stands for
-``--models-dir``. A JSON file of the same shape (``{"description": ..., "jobs": [...]}``) is a suite too.
+``ablation`` or ``objective`` (extra cells, kept as defined). A job's ``sources`` (method -> option -> text) say
+where each value it sets comes from, and the suite's ``notes`` (model -> text) what a reference row is on that model:
+the report's reference-settings tables print them. In strings, ``{models}`` stands for ``--models-dir``. A JSON file of the same shape (``{"description": ..., "jobs": [...]}``) is a suite too.
 
 Per-model settings that differ from a pruner's published defaults are here, each with its reason.
 """
@@ -36,6 +38,9 @@ class SuiteCommandSpec:
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     dry_run: bool = False  # list every job with its finished and missing runs, run nothing
     report_only: bool = False  # write the combined report from the runs already finished, run nothing
+    readme: Optional[str] = (
+        None  # also replace the block between <!-- reflowbench-summary:NAME:start --> and <!-- ...:end --> in this markdown file with the report's summary.md
+    )
     progress: bool = True
 
 
@@ -54,6 +59,7 @@ MNV1_OPTIONS = {"woodfisher": {"num_grads": 400}, "cbs": {"num_grads": 400}}
 IHT_SOURCES = {
     "solver": "REFERENCES.md §5(b): IHT with line search, the CHITA class's default solver (not the shipped scripts')",
 }
+ACTIVE_SET_SOURCES = {"solver": "REFERENCES.md §5(b): the active set (IHT on the top 1.5k magnitudes, grown by outliers)"}
 PP_IHT_SOURCES = {
     **IHT_SOURCES,
     "iht_iters": "suite choice: 20 IHT iterations per stage instead of 100, 16 stages (~8 CPU minutes a ResNet-20 run)",
@@ -89,11 +95,19 @@ def _main_job(folder: str, model: str, checkpoint: str, options: Dict[str, Dict[
     return {**_job(folder, model, checkpoint, "sweep", {"methods": FOUR}, options), "sources": sources}
 
 
-def _variant_jobs(folder: str, model: str, checkpoint: str, chita_pp_iht: bool) -> List[Dict[str, Any]]:
-    """The whole-network IHT rows of CHITA (and of CHITA++ where it is not the model's reference CHITA++), labelled by solver."""
-    jobs = [{**_job(folder, model, checkpoint, "sweep", {"methods": ["chita"]}, CHITA_IHT), "sources": {"chita": IHT_SOURCES}}]
+def _variant_jobs(folder: str, model: str, checkpoint: str, chita_pp_iht: bool, active_set: bool = False) -> List[Dict[str, Any]]:
+    """The whole-network IHT rows of CHITA (and of CHITA++ where it is not the model's reference CHITA++; and the active
+    set where asked), labelled by solver."""
+    jobs = [{**_job(folder, model, checkpoint, "variant", {"methods": ["chita"]}, CHITA_IHT), "sources": {"chita": IHT_SOURCES}}]
+    if active_set:  # about as slow as IHT per run; on ResNet-20 only so far (the quadratic-model diagnostic finds it equal to IHT there)
+        jobs.append(
+            {
+                **_job(folder, model, checkpoint, "variant", {"methods": ["chita"]}, {"chita": {"solver": "active-set"}}),
+                "sources": {"chita": ACTIVE_SET_SOURCES},
+            }
+        )
     if chita_pp_iht:
-        jobs.append({**_job(folder, model, checkpoint, "sweep", {"methods": ["chita++"]}, CHITA_PP_IHT), "sources": {"chita++": PP_IHT_SOURCES}})
+        jobs.append({**_job(folder, model, checkpoint, "variant", {"methods": ["chita++"]}, CHITA_PP_IHT), "sources": {"chita++": PP_IHT_SOURCES}})
     return jobs
 
 
@@ -133,12 +147,14 @@ def _tuned_jobs(
     methods: List[str],
     options: Optional[Dict[str, Dict[str, Any]]] = None,
     sweeps: Optional[Dict[str, Dict[str, Any]]] = None,
+    first_pass: Optional[Dict[str, Dict[str, Any]]] = None,
 ) -> List[Dict[str, Any]]:
     """Per method: its settings grid searched on the held-out training loss after pruning (seed 0, at 0.7 and 0.9; the
     results in <folder>/tuning/), then the main sweep with the chosen settings (the tuned row beside the defaults' row).
     ``options``: per method, base options the grid's cells override (what makes the cells fit the memory budget);
-    ``sweeps``: per method, sweep settings of its job (e.g. a larger memory budget)."""
-    options, sweeps = options or {}, sweeps or {}
+    ``sweeps``: per method, sweep settings of its job (e.g. a larger memory budget); ``first_pass``: per method, a
+    first pass over its grid (``{"first_pass_keep": K}``: every cell at 0.7, the K best of them at 0.9 too)."""
+    options, sweeps, first_pass = options or {}, sweeps or {}, first_pass or {}
     return [
         _job(
             folder,
@@ -147,7 +163,7 @@ def _tuned_jobs(
             "tuned",
             {"methods": [method], **sweeps.get(method, {})},
             {method: options[method]} if method in options else {},
-            tune={"method": method, "at_sparsities": [0.7, 0.9], "criterion": "pruned", "seeds": [0]},
+            tune={"method": method, "at_sparsities": [0.7, 0.9], "criterion": "pruned", "seeds": [0], **first_pass.get(method, {})},
         )
         for method in methods
     ]
@@ -159,6 +175,9 @@ MNV1_TUNING_OPTIONS = {"woodfisher": {"dtype": "bfloat16"}, "cbs": {"num_grads":
 # ... and WoodFisher's blocks of 2,000 with N = 1000 still need 9.1 GiB (G, its padded copy, the factors): a 12 GiB budget
 # for that job (the suite runs one job at a time; a 24 GB machine holds it). A cell over the budget would be skipped.
 MNV1_TUNING_SWEEPS = {"woodfisher": {"memory_budget_gb": 12.0}}
+# CHITA's grid covers its structure (6 solver/block settings x 4 dampings x 2 N = 48 cells): on ResNet-56 and MobileNetV1,
+# where a cell costs minutes to an hour of CPU, every cell is scored at 0.7 and the 8 best there at 0.9 too.
+FIRST_PASS = {"chita": {"first_pass_keep": 8}}
 
 
 SUITES: Dict[str, Dict[str, Any]] = {
@@ -166,15 +185,16 @@ SUITES: Dict[str, Dict[str, Any]] = {
         "description": "MP, WoodFisher, CBS, CHITA and CHITA++ at their published defaults on the three CIFAR-10 _jpeg checkpoints, "
         "sparsities 0.5-0.95, seeds 0-2, with and without REFLOW; on each model also WoodFisher, CBS and CHITA with settings tuned on the "
         "held-out training loss; on ResNet-20 the selection x update ablation and the quadratic-model diagnostic",
+        "notes": MODEL_NOTES,
         "jobs": [
             _main_job("cifar10-resnet20", "resnet20", R20, {}, {}),
-            *_variant_jobs("cifar10-resnet20", "resnet20", R20, chita_pp_iht=True),
+            *_variant_jobs("cifar10-resnet20", "resnet20", R20, chita_pp_iht=True, active_set=True),
             *_ablation_jobs("cifar10-resnet20", R20, "resnet20"),
             *_objective_jobs("cifar10-resnet20-objective", R20, "resnet20"),
             *_tuned_jobs("cifar10-resnet20", R20, "resnet20", TUNED),
             _main_job("cifar10-resnet56", "resnet56", R56, CHITA_PP_IHT, {"chita++": {**PP_IHT_SOURCES, "solver": PP_IHT_ONLY}}),
             *_variant_jobs("cifar10-resnet56", "resnet56", R56, chita_pp_iht=False),
-            *_tuned_jobs("cifar10-resnet56", R56, "resnet56", TUNED),
+            *_tuned_jobs("cifar10-resnet56", R56, "resnet56", TUNED, first_pass=FIRST_PASS),
             _main_job(
                 "cifar10-mobilenetv1",
                 "mobilenetv1",
@@ -183,7 +203,7 @@ SUITES: Dict[str, Dict[str, Any]] = {
                 {**MNV1_SOURCES, "chita++": {**PP_IHT_SOURCES, "solver": PP_IHT_ONLY}},
             ),
             *_variant_jobs("cifar10-mobilenetv1", "mobilenetv1", MNV1, chita_pp_iht=False),
-            *_tuned_jobs("cifar10-mobilenetv1", MNV1, "mobilenetv1", TUNED, MNV1_TUNING_OPTIONS, MNV1_TUNING_SWEEPS),
+            *_tuned_jobs("cifar10-mobilenetv1", MNV1, "mobilenetv1", TUNED, MNV1_TUNING_OPTIONS, MNV1_TUNING_SWEEPS, FIRST_PASS),
         ],
     },
 }

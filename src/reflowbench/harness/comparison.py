@@ -20,22 +20,27 @@ from reflowbench.errors import ConfigError, ReflowbenchError
 from reflowbench.harness.plan import SuitePlan, plan_suite
 from reflowbench.harness.sweep import Progress, count_complete, run_suite
 from reflowbench.harness.tuning import SearchProgress, run_tuning, tune_plan, tuning_status
+from reflowbench.pruners.base import option_sources
+from reflowbench.reports.readme_block import check_block, replace_block
 from reflowbench.schema.results import load_runs, run_wall_seconds
-from reflowbench.schema.tuned import TunedRow
+from reflowbench.schema.tuned import ReferenceRow, SuiteContext, TunedRow
 from reflowbench.suites import SuiteCommandSpec, fill_placeholders, load_suite, suite_name
 from reflowbench.utils.cost import format_duration
 from reflowbench.utils.io import atomic_write_json
 
 Log = Callable[[str], None]
+MAIN_ROLES = ("sweep", "variant", "tuned")  # jobs whose seeds and sparsities --seeds/--sparsities override
+ROLES = (*MAIN_ROLES, "ablation", "objective")
 
 
 @dataclass
 class PlannedJob:
     folder: str
-    role: str  # "sweep" (a method's main rows), "tuned" (the same after a settings search), "ablation" or "objective" (extra cells)
+    role: str  # "sweep" (the methods' reference rows), "variant" (a labelled main row with other settings), "tuned" (after a settings search), "ablation" or "objective" (extra cells)
     plan: SuitePlan
     tune: Optional[TuneSpec] = None  # the settings search run before a "tuned" job (its chosen options replace the method's)
     tuning: Optional[Tuple[SuitePlan, List[Dict[str, Any]]]] = None  # that search planned once: one pruner per cell on the tuning seeds, the cells
+    sources: Dict[str, Dict[str, str]] = field(default_factory=dict)  # method -> option -> where the job's value comes from
 
 
 def job_spec(job: Dict, command: SuiteCommandSpec, index: int) -> SuiteSpec:
@@ -47,7 +52,7 @@ def job_spec(job: Dict, command: SuiteCommandSpec, index: int) -> SuiteSpec:
     if command.data is not None:
         spec.data.data = command.data
     spec.data.download = command.download or spec.data.download
-    if job.get("role", "sweep") in ("sweep", "tuned"):
+    if job.get("role", "sweep") in MAIN_ROLES:
         spec.sweep.seeds = list(command.seeds) or spec.sweep.seeds
         spec.sweep.sparsities = list(command.sparsities) or spec.sweep.sparsities
     return spec
@@ -71,7 +76,10 @@ def plan_jobs(name: str, command: SuiteCommandSpec) -> List[PlannedJob]:
             tune, tuning = _job_tuning(job, command, index, check_out)
         except ConfigError as exc:
             raise type(exc)(f"suite {name}, job {index + 1} ({job['folder']}): {exc}") from None
-        planned.append(PlannedJob(job["folder"], job.get("role", "sweep"), plan, tune, tuning))
+        role = job.get("role", "sweep")
+        if role not in ROLES:
+            raise ConfigError(f"suite {name}, job {index + 1} ({job['folder']}): role {role!r} is not one of {ROLES}")
+        planned.append(PlannedJob(job["folder"], role, plan, tune, tuning, dict(job.get("sources", {}))))
     return planned
 
 
@@ -249,6 +257,28 @@ def _tuned_row(job: PlannedJob, status: JobStatus, main: PlannedJob, main_status
     )
 
 
+def reference_rows(planned: List[PlannedJob], statuses: List[JobStatus], notes: Dict[str, str]) -> List[ReferenceRow]:
+    """Per main-sweep job (role ``sweep``) and method: every option of its runs with the source of its value (the job's
+    ``sources`` for what it sets, else the pruner's own ``REFERENCE``), and ``notes`` for its model."""
+    rows = []
+    for job, status in zip(planned, statuses):
+        if job.role != "sweep":
+            continue
+        model = job.plan.spec.model.model
+        for pruner in job.plan.pruners:
+            options = tuple(option_sources(pruner, job.sources.get(pruner.name)))
+            rows.append(ReferenceRow(job.folder, model, pruner.name, options, notes.get(model, ""), status.keys.get(pruner.name, frozenset())))
+    return rows
+
+
+def row_roles(references: List[ReferenceRow], tuned: List[TunedRow]) -> Dict[str, str]:
+    """run key -> ``reference`` or ``tuned``: what the report labels each configuration (a tuned row that is the defaults
+    row stays ``reference``)."""
+    roles = {key: "tuned" for row in tuned for key in row.tuned_keys}
+    roles.update({key: "reference" for row in references for key in row.keys})
+    return roles
+
+
 def completeness_lines(statuses: List[JobStatus]) -> List[str]:
     """The suite report's account of what it holds: every run in, or the jobs with runs or a settings search missing."""
     total = sum(s.total for s in statuses)
@@ -275,6 +305,8 @@ def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Di
     runs made now); returns {"done", "failed", "skipped", "total"} summed over the jobs run or listed (a tuned job's runs
     are listed once its settings search has chosen; a dry run adds "estimate_s" and "unestimated")."""
     planned = plan_jobs(name, command)
+    if command.readme is not None:
+        check_block(Path(command.readme), suite_name(name))
     started, started_iso = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     totals = {"done": 0, "failed": 0, "skipped": 0, "total": 0}
     for index, job in enumerate(planned):
@@ -301,13 +333,24 @@ def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Di
         if totals["done"]:
             _write_timing(Path(command.out), suite_name(name), folders, started_iso, time.perf_counter() - started, log)
         tuned: Optional[List[TunedRow]] = None
+        references: Optional[List[ReferenceRow]] = None
+        suite = load_suite(name)
         try:
             statuses = [job_status(job) for job in planned]
             completeness, tuned = completeness_lines(statuses), tuned_rows(planned, statuses)
+            references = reference_rows(planned, statuses, suite.get("notes", {}))
         except ReflowbenchError as error:  # e.g. --report-only without the data that keys the runs: the report is still written
             completeness = [f"Not checked which of the suite's runs are missing: {error}"]
-        paths = write_suite_report(Path(command.out), suite_name(name), folders, load_suite(name).get("description", ""), completeness, tuned)
+        paths = write_suite_report(
+            Path(command.out),
+            suite_name(name),
+            folders,
+            SuiteContext(suite.get("description", ""), completeness, tuned, references, row_roles(references or [], tuned or [])),
+        )
         log(f"suite report: {paths['markdown']}")
+        if command.readme is not None:
+            changed = replace_block(Path(command.readme), suite_name(name), paths["summary"].read_text(encoding="utf-8"))
+            log(f"{command.readme}: the {suite_name(name)} summary block {'rewritten' if changed else 'already up to date'}")
     return totals
 
 

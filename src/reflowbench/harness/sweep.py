@@ -12,14 +12,14 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 from reflowbench.harness.claims import try_claim
 from reflowbench.harness.distributed import from_main_rank, is_main_rank
 from reflowbench.harness.plan import SuitePlan
 from reflowbench.harness.run import SuiteState, run_one
 from reflowbench.hessian.sharded import is_distributed
-from reflowbench.pruners import Pruner
+from reflowbench.pruners import Pruner, make_pruner, pruner_names
 from reflowbench.pruners.base import StageCheckpoint, key_options
 from reflowbench.schema.results import is_finished, load_runs, run_path, run_wall_seconds, stage_path, timing_doubts, write_csv, write_run
 from reflowbench.utils.io import atomic_write_json
@@ -188,8 +188,14 @@ def write_results(out: Path, log: Log, report: bool = True, signal_sparsity: Opt
     if report:
         from reflowbench.reports import write_report
 
-        paths = write_report(out, signal_sparsity=signal_sparsity)
+        paths = write_report(out, signal_sparsity=signal_sparsity, reference_options=default_options())
         log(f"report: {paths['markdown']} and {paths['html']}")
+
+
+def default_options() -> Dict[str, Dict[str, Any]]:
+    """method -> the options of its default (reference) settings as they enter a run's key, for every registered pruner:
+    what names a report's configuration "reference"."""
+    return {name: key_options(make_pruner(name)) for name in pruner_names()}
 
 
 def _progress(total: int, enabled: bool):

@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 from reflowbench.config import SuiteSpec, TuneSpec
 from reflowbench.errors import ConfigError, DivergedError, MemoryBudgetError
@@ -122,9 +122,10 @@ class CellScore(NamedTuple):
     unscored: int  # its points without a finite loss (diverged, over the memory budget): ranked after every cell with fewer
 
 
-def rank_cells(results: List[Dict[str, Any]], criterion: str) -> List[CellScore]:
-    """Every cell's :class:`CellScore`, best first: fewest unscored points, then the lowest relative loss of
-    ``loss_<criterion>`` (each point's loss divided by the lowest finite loss any cell reached at that
+def rank_cells(results: List[Dict[str, Any]], criterion: str, cut: FrozenSet[str] = frozenset()) -> List[CellScore]:
+    """Every cell's :class:`CellScore`, best first: fewest unscored points, then the cells the first pass kept before
+    those it ``cut`` (scored at fewer sparsities, they never outrank a cell scored at all of them), then the lowest
+    relative loss of ``loss_<criterion>`` (each point's loss divided by the lowest finite loss any cell reached at that
     (sparsity, seed), geometric mean over the cell's points with a finite loss)."""
     key = f"loss_{criterion}"
     best: Dict[Tuple[float, int], float] = {}
@@ -142,7 +143,27 @@ def rank_cells(results: List[Dict[str, Any]], criterion: str) -> List[CellScore]
         else:
             unscored[result["cell"]] += 1
     scores = [CellScore(cell, math.exp(sum(logs) / len(logs)) if logs else math.inf, unscored[cell]) for cell, logs in log_ratios.items()]
-    return sorted(scores, key=lambda score: (score.unscored, score.relative_loss, score.cell))
+    return sorted(scores, key=lambda score: (score.unscored, score.cell in cut, score.relative_loss, score.cell))
+
+
+def planned_scores(cells: int, tune: TuneSpec, seeds: int) -> int:
+    """(cell, sparsity, seed) scores a search makes: all of them, or with a first pass every cell at the first sparsity
+    and the ``first_pass_keep`` best at the others."""
+    if not tune.first_pass_keep:
+        return cells * len(tune.at_sparsities) * seeds
+    return cells * seeds + min(tune.first_pass_keep, cells) * (len(tune.at_sparsities) - 1) * seeds
+
+
+def first_pass_kept(results: List[Dict[str, Any]], tune: TuneSpec, ids: List[str], seeds: List[int]) -> Optional[FrozenSet[str]]:
+    """With a first pass, the ids of the cells that go on to the other sparsities: the ``first_pass_keep`` best at the
+    first sparsity over ``seeds``; None while that pass is not complete (or without a first pass: every cell goes on)."""
+    if not tune.first_pass_keep:
+        return frozenset(ids)
+    first = tune.at_sparsities[0]
+    mine = [r for r in results if r["cell"] in ids and r["sparsity"] == first and r["seed"] in seeds]
+    if len({(r["cell"], r["seed"]) for r in mine}) < len(ids) * len(seeds):
+        return None
+    return frozenset(score.cell for score in rank_cells(mine, tune.criterion)[: tune.first_pass_keep])
 
 
 def run_tuning(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec, log: Log = print) -> Dict[str, Any]:
@@ -159,22 +180,37 @@ def run_tuning(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec, log
         record["results"] = [r for r in record["results"] if r not in retry]
     done = {(r["cell"], r["sparsity"], r["seed"]) for r in record["results"]}
     ids = _cell_ids(plan)
-    for seed in [] if tune.report_only else spec.sweep.seeds:
-        for cell_id, cell, pruner in zip(ids, cells, plan.pruners):
-            for sparsity in tune.at_sparsities:
-                if (cell_id, sparsity, seed) in done:
-                    continue
-                result = {"cell": cell_id, "options": cell, "sparsity": sparsity, "seed": seed, **_measure(state, pruner, sparsity, seed)}
-                record["results"].append(result)
-                record["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-                atomic_write_json(results_path, record)
-                log(f"seed {seed} s={sparsity:g} {cell}: held-out loss {result['loss_pruned']:.4g} pruned, {result['loss_reflow']:.4g} after REFLOW")
-    expected = len(cells) * len(tune.at_sparsities) * len(spec.sweep.seeds)
-    return _write_outputs(folder, stem, record, cells, ids, tune, expected)
+    seeds = [] if tune.report_only else spec.sweep.seeds
+
+    def score(going_on: FrozenSet[str], sparsities: List[float]) -> None:
+        for seed in seeds:
+            for cell_id, cell, pruner in zip(ids, cells, plan.pruners):
+                for sparsity in sparsities:
+                    if cell_id not in going_on or (cell_id, sparsity, seed) in done:
+                        continue
+                    result = {"cell": cell_id, "options": cell, "sparsity": sparsity, "seed": seed, **_measure(state, pruner, sparsity, seed)}
+                    record["results"].append(result)
+                    record["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+                    atomic_write_json(results_path, record)
+                    log(f"seed {seed} s={sparsity:g} {cell}: held-out loss {result['loss_pruned']:.4g} pruned, {result['loss_reflow']:.4g} after REFLOW")
+
+    if tune.first_pass_keep:
+        score(frozenset(ids), tune.at_sparsities[:1])
+        kept = first_pass_kept(record["results"], tune, ids, spec.sweep.seeds)
+        if kept is not None:
+            log(f"first pass at s={tune.at_sparsities[0]:g}: {len(kept)} of {len(ids)} cells go on to s={', '.join(f'{x:g}' for x in tune.at_sparsities[1:])}")
+            score(kept, tune.at_sparsities[1:])
+    else:
+        score(frozenset(ids), tune.at_sparsities)
+    expected = planned_scores(len(cells), tune, len(spec.sweep.seeds))
+    return _write_outputs(folder, stem, record, cells, ids, tune, expected, spec.sweep.seeds)
 
 
-def _note(scores: List[Dict[str, Any]]) -> str:
-    """Why some of a cell's scores are infinite: over the memory budget, or the pruner diverged; '' when none is."""
+def _note(scores: List[Dict[str, Any]], cut_at: Optional[float] = None) -> str:
+    """Why some of a cell's scores are infinite (over the memory budget, or the pruner diverged) or missing (cut by the
+    first pass at ``cut_at``); '' when none is."""
+    if cut_at is not None:
+        return f"cut by the first pass at s={cut_at:g}"
     over = [r["over_budget_gb"] for r in scores if r.get("over_budget_gb") is not None]
     if over:
         return f"over the {max(over):g} GiB memory budget (--memory-budget-gb)"
@@ -225,26 +261,45 @@ class SearchProgress(NamedTuple):
 def tuning_status(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec) -> SearchProgress:
     """The search's progress from its results file only (``--dry-run``); ``plan`` and ``cells`` from :func:`tune_plan`."""
     state = SuiteState(plan, log=lambda message: None)
-    options_of = dict(zip(_cell_ids(plan), cells))
-    wanted = {(cell, sparsity, seed) for cell in options_of for sparsity in tune.at_sparsities for seed in plan.spec.sweep.seeds}
-    results = [r for r in _scores(state, tune)["results"] if (r["cell"], r["sparsity"], r["seed"]) in wanted]
+    ids = _cell_ids(plan)
+    options_of = dict(zip(ids, cells))
+    seeds = plan.spec.sweep.seeds
+    stored = _scores(state, tune)["results"]
+    kept = first_pass_kept(stored, tune, ids, seeds)
+    going_on = kept if kept is not None else frozenset()
+    firsts = tune.at_sparsities[:1] if tune.first_pass_keep else tune.at_sparsities
+    wanted = {(cell, sparsity, seed) for cell in options_of for sparsity in firsts for seed in seeds}
+    wanted |= {(cell, sparsity, seed) for cell in going_on for sparsity in tune.at_sparsities for seed in seeds}
+    results = [r for r in stored if (r["cell"], r["sparsity"], r["seed"]) in wanted]
+    needed = planned_scores(len(cells), tune, len(seeds))
     pruned = [r for r in results if r.get("over_budget_gb") is None]  # a cell skipped for memory stopped before pruning
     prune_s = sum(r["prune_seconds"] for r in pruned) / len(pruned) if pruned else 0.0
-    ranking = rank_cells(results, tune.criterion) if len(results) == len(wanted) else []
+    cut = frozenset(ids) - going_on if tune.first_pass_keep else frozenset()
+    ranking = rank_cells(results, tune.criterion, cut) if len(results) == needed else []
     chosen = options_of[ranking[0].cell] if ranking else None
     relative = tuple((options_of[score.cell], score.relative_loss) for score in ranking)
-    return SearchProgress(len(results), len(wanted), chosen, prune_s, len(results) - len(pruned), relative)
+    return SearchProgress(len(results), needed, chosen, prune_s, len(results) - len(pruned), relative)
+
+
+def _mean_loss(scores: List[Dict[str, Any]], sparsity: float, stage: str) -> str:
+    """A cell's mean held-out loss at ``sparsity`` (``stage``: pruned or reflow) over its seeds; "–" where it has no score there."""
+    losses = [r[f"loss_{stage}"] for r in scores if r["sparsity"] == sparsity]
+    return f"{sum(losses) / len(losses):.4g}" if losses else "–"
 
 
 def _write_outputs(
-    folder: Path, stem: str, record: Dict[str, Any], cells: List[Dict[str, Any]], ids: List[str], tune: TuneSpec, expected: int
+    folder: Path, stem: str, record: Dict[str, Any], cells: List[Dict[str, Any]], ids: List[str], tune: TuneSpec, expected: int, seeds: List[int]
 ) -> Dict[str, Any]:
     options_of = dict(zip(ids, cells))
-    results = [r for r in record["results"] if r["cell"] in options_of and r["sparsity"] in tune.at_sparsities]
+    results = [r for r in record["results"] if r["cell"] in options_of and r["sparsity"] in tune.at_sparsities and r["seed"] in seeds]
+    kept = first_pass_kept(results, tune, ids, seeds)
+    cut = frozenset(ids) - kept if tune.first_pass_keep and kept is not None else frozenset()
+    if tune.first_pass_keep:  # a cut cell's scores at the later sparsities (from an earlier search without the first pass) are not used
+        results = [r for r in results if r["cell"] not in cut or r["sparsity"] == tune.at_sparsities[0]]
     if not results:
         raise ConfigError(f"no tuning cell of {record['method']} has been scored yet in {folder}: run `reflowbench tune` without --report-only first")
     partial = len(results) < expected
-    ranking = rank_cells(results, tune.criterion)
+    ranking = rank_cells(results, tune.criterion, cut)
     if not any(math.isfinite(r[f"loss_{tune.criterion}"]) for r in results):
         reasons = sorted({r.get("error", "non-finite loss") for r in results})
         raise ConfigError(
@@ -256,11 +311,7 @@ def _write_outputs(
     rows = []
     for place, (cell, relative_loss, _) in enumerate(ranking, start=1):
         mine = [r for r in results if r["cell"] == cell]
-        losses = [
-            f"{sum(r[f'loss_{stage}'] for r in mine if r['sparsity'] == s) / max(1, sum(r['sparsity'] == s for r in mine)):.4g}"
-            for s in tune.at_sparsities
-            for stage in ("pruned", "reflow")
-        ]
+        losses = [_mean_loss(mine, s, stage) for s in tune.at_sparsities for stage in ("pruned", "reflow")]
         rows.append(
             [
                 str(place) + (" (chosen)" if cell == chosen else ""),
@@ -268,7 +319,7 @@ def _write_outputs(
                 f"{relative_loss:.3f}",
                 *losses,
                 f"{sum(r['prune_seconds'] for r in mine) / len(mine):.1f}",
-                _note(mine),
+                _note(mine, tune.at_sparsities[0] if cell in cut else None),
             ]
         )
     seeds = sorted({r["seed"] for r in results})
@@ -280,6 +331,15 @@ def _write_outputs(
         "divided by the best cell's loss at that point (1.000 = best everywhere); rows in order of it (cells with points that could not be "
         "scored last), the first is chosen.",
         "",
+        *(
+            [
+                f"**First pass**: every cell was scored at s={tune.at_sparsities[0]:g}; only the {tune.first_pass_keep} best there went on to the other "
+                f"sparsities ({len(cut)} cells cut, listed last: their relative loss covers s={tune.at_sparsities[0]:g} only).",
+                "",
+            ]
+            if tune.first_pass_keep
+            else []
+        ),
         markdown_table(header, rows),
         "",
         *(

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Set, Tuple, Type
 
 import numpy as np
 import torch
@@ -133,6 +133,11 @@ class Pruner(ABC):
         """The command-line flag of ``option``, e.g. ``--woodfisher-num-grads``."""
         return f"--{cls.name}-{option}".replace("_", "-")
 
+    def unused_options(self) -> Set[str]:
+        """The options these settings never read (e.g. IHT's iterations under a backsolve): still in the run key, but
+        listed as "not used" in the reference-settings tables."""
+        return set()
+
     def fisher_images(self) -> int:
         """Training images this pruner draws gradients from (0 when it needs none)."""
         return 0
@@ -159,19 +164,24 @@ def key_options(pruner: "Pruner") -> Dict[str, Any]:
 
 
 NO_SOURCE = "suite choice (no published value named)"
+UNUSED = "not used with these settings"
 
 
 def option_sources(pruner: "Pruner", overrides: Optional[Dict[str, str]] = None) -> List[Tuple[str, Any, str]]:
-    """(option, value, where the value comes from) for every option of ``pruner`` that enters a run's key: the
-    ``overrides`` (option -> source, for options a suite sets per model) first, then the class's ``REFERENCE`` for
-    options at their default, else :data:`NO_SOURCE` (a non-default value without an override: "set by the run")."""
+    """(option, value, where the value comes from) for every option of ``pruner`` that enters a run's key: :data:`UNUSED`
+    for the options these settings never read, then the ``overrides`` (option -> source, for options a suite sets per
+    model), then the class's ``REFERENCE`` for options at their default, else :data:`NO_SOURCE` (a non-default value
+    without an override: "set by the run")."""
     from dataclasses import asdict
 
     defaults = asdict(type(pruner).Options())
     overrides = overrides or {}
+    unused = pruner.unused_options()
     rows = []
     for name, value in key_options(pruner).items():
-        if name in overrides:
+        if name in unused:
+            source = UNUSED
+        elif name in overrides:
             source = overrides[name]
         elif value == defaults.get(name):
             source = pruner.REFERENCE.get(name, NO_SOURCE)

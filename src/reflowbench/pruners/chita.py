@@ -29,7 +29,7 @@ backsolve of 500 weights, N = 500 gradients, each the mean over a mini-batch of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Tuple
+from typing import Any, Set, Tuple
 
 import torch
 from torch import nn
@@ -78,12 +78,12 @@ class CHITAPruner(HessianPruner):
         "scope": "REFERENCES.md §5(c): one k over all prunable weights",
         "update": "REFERENCES.md §5(d): the restricted ridge solve is the update",
         "solver": "REFERENCES.md §5(b): the block backsolve, the solver of every shipped script",
-        "form": "not used by block-backsolve (the whole-network form of iht, active-set, backsolve)",
+        "form": "suite choice: the whole-network Fisher for iht, active-set and backsolve (REFERENCES.md §5(a): A couples all layers)",
         "dtype": "REFERENCES.md §5(a): float32 for the backsolve variants",
-        "iht_iters": "iht and active-set only (not used by block-backsolve)",
-        "tolerance": "iht and active-set only (not used by block-backsolve)",
-        "active_factor": "REFERENCES.md §5(b): `kimp` = 1.5 (active-set only)",
-        "active_rounds": "active-set only (`act_max_itr`; not used by block-backsolve)",
+        "iht_iters": "suite choice: at most 100 IHT iterations (the class has no one-shot default, REFERENCES.md §5(h))",
+        "tolerance": "suite choice: stop when an iteration lowers Q by less than 1e-5 of Q",
+        "active_factor": "REFERENCES.md §5(b): `kimp` = 1.5",
+        "active_rounds": "suite choice: at most 10 rounds of growing the active set (`act_max_itr`)",
     }
     # Structure first (REFERENCES.md section 5 (b): the solver, and the block size where the solver has blocks), then
     # damping x number of gradients (of 16 images each): 6 x 4 x 2 = 48 cells. The non-block solvers keep the default
@@ -122,6 +122,21 @@ class CHITAPruner(HessianPruner):
         for name, ok, rule in rules:
             if not ok:
                 raise ConfigError(f"{self.flag(name)} must be {rule}, got {getattr(o, name)!r}")
+
+    def unused_options(self) -> Set[str]:
+        """Per solver, the options it never reads: the IHT and active-set knobs under a backsolve, the block size and
+        form where the other form is used."""
+        solver = self.options.solver
+        unused = super().unused_options()
+        if solver in ("block-backsolve", "backsolve"):
+            unused |= {"iht_iters", "tolerance"}
+        if solver != "active-set":
+            unused |= {"active_factor", "active_rounds"}
+        if solver == "block-backsolve":
+            unused.add("form")
+        elif self.options.form == "network":
+            unused.add("block_size")
+        return unused
 
     @property
     def effective_form(self) -> str:

@@ -34,7 +34,7 @@ import json
 import math
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Tuple
+from typing import Any, ClassVar, Dict, List, Set, Tuple
 
 import torch
 import torch.distributed as dist
@@ -123,7 +123,6 @@ class HessianPruner(Pruner):
     # Sources of the options no published method sets (a subclass adds its own, see ``Pruner.REFERENCE``).
     REFERENCE: ClassVar[Dict[str, str]] = {
         "recompute_steps": "one-shot: one step (every published one-shot script)",
-        "schedule": "not used with one step",
         "dtype": "suite choice: float32 G, as the published code stores it",
         "chunk_images": "suite choice: images per batched gradient call (how the work is split, same result up to float rounding)",
         "offload": "suite choice: where G is kept on CUDA (same result)",
@@ -131,6 +130,9 @@ class HessianPruner(Pruner):
 
     def fisher_images(self) -> int:
         return self.options.num_grads * self.options.minibatch
+
+    def unused_options(self) -> Set[str]:
+        return {"schedule", "update_guard"} if self.options.recompute_steps == 1 else set()
 
     def check_options(self) -> None:
         """Every shared option, each error naming its flag (e.g. ``--woodfisher-damp``)."""

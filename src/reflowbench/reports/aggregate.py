@@ -29,6 +29,11 @@ def fmt(mean: float, std: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if std >= 0.5 * 10**-digits else f"{mean:.{digits}f}"
 
 
+def shown(record: Dict[str, Any]) -> str:
+    """How a configuration is named in tables: its short label where the report set one, else its full label."""
+    return record.get("short") or record["label"]
+
+
 def group(records: List[Dict[str, Any]]) -> Dict[Tuple[str, str, float], List[Dict[str, Any]]]:
     """(model, method, sparsity) -> records (one per seed)."""
     grouped: Dict[Tuple[str, str, float], List[Dict[str, Any]]] = defaultdict(list)
@@ -41,7 +46,7 @@ def accuracy_table(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[
     """Header and rows: model, method, sparsity, seeds, top-1 after pruning, top-1 after REFLOW, gain, last-BN ratios."""
     header = ["model", "method", "sparsity", "seeds", "top-1 pruned (%)", "top-1 + REFLOW (%)", "REFLOW gain", "last-BN var ratio pruned → REFLOW"]
     rows = []
-    for (model, method, sparsity), runs in group(records).items():
+    for (model, _method, sparsity), runs in group(records).items():
         pruned = mean_std([r["pruned"]["top1"] for r in runs])
         reflow = mean_std([r["reflow"]["top1"] for r in runs])
         ratio_before = mean_std([r["variance"]["pruned"]["last"] for r in runs])
@@ -49,7 +54,7 @@ def accuracy_table(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[
         rows.append(
             [
                 model,
-                method,
+                shown(runs[0]),
                 f"{sparsity:g}",
                 str(len(runs)),
                 fmt(*pruned),
@@ -70,8 +75,8 @@ def cost_table(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]
     for record in records:
         by_method[(record["model"], record["label"])].append(record)
     rows = []
-    for (model, method), runs in sorted(by_method.items()):
-        cells = [model, method, str(len(runs))]
+    for (model, _method), runs in sorted(by_method.items()):
+        cells = [model, shown(runs[0]), str(len(runs))]
         for phase in COST_PHASES:
             values = [r["cost"][phase]["seconds"] for r in runs if phase in r["cost"]]
             cells.append(f"{np.mean(values):.2f}" if values else "–")
@@ -95,7 +100,7 @@ def timing_doubt_lines(records: List[Dict[str, Any]], limit: int = 10) -> List[s
         "",
     ]
     for record, doubts in sorted(doubtful, key=lambda item: (item[0]["model"], item[0]["label"], item[0]["sparsity"], item[0]["seed"]))[:limit]:
-        lines.append(f"- {record['model']} {record['label']} s={record['sparsity']:g} seed {record['seed']}: {'; '.join(doubts)}")
+        lines.append(f"- {record['model']} {shown(record)} s={record['sparsity']:g} seed {record['seed']}: {'; '.join(doubts)}")
     if len(doubtful) > limit:
         lines.append(f"- and {len(doubtful) - limit} more")
     return lines + [""]
@@ -114,7 +119,7 @@ def failed_table(failed: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str
         rows.append(
             [
                 record["model"],
-                record["label"],
+                shown(record),
                 f"{record['sparsity']:g}",
                 str(record["seed"]),
                 where,
@@ -154,12 +159,12 @@ def objective_table(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List
         "top-1 + REFLOW (%)",
     ]
     rows = []
-    for (model, method, sparsity), runs in group([r for r in records if r.get("objective")]).items():
+    for (model, _method, sparsity), runs in group([r for r in records if r.get("objective")]).items():
         objective = [r["objective"] for r in runs]
         rows.append(
             [
                 model,
-                method,
+                shown(runs[0]),
                 f"{sparsity:g}",
                 str(len(runs)),
                 f"{mean_std([o['q'] for o in objective])[0]:.5g}",

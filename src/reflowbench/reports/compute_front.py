@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from reflowbench.reports.aggregate import group
-from reflowbench.reports.figures import method_colors, plt, sweep_records
+from reflowbench.reports.figures import MARKERS, plt, sweep_records
+from reflowbench.reports.labels import method_colors
 
 NEAR_BEST_POINTS = 0.5  # "within this many top-1 points of the best" for the cheapest-near-best column
 MIN_SECONDS = 1e-4  # records keep seconds to 0.1 ms: a faster pruning counts as this (no zero on the log axis, no division by it)
@@ -44,7 +45,7 @@ def cost_points(records: List[Dict[str, Any]]) -> Points:
     for (model, label, sparsity), runs in group(sweep_records(records)).items():
         points.setdefault((model, sparsity), []).append(
             CostPoint(
-                label,
+                runs[0].get("short", label),
                 max(float(np.mean([r["cost"]["prune"]["seconds"] for r in runs])), MIN_SECONDS),
                 float(np.mean([r["pruned"]["top1"] for r in runs])),
                 float(np.mean([r["reflow"]["top1"] for r in runs])),
@@ -107,8 +108,13 @@ def accuracy_vs_cost(points: Points, sparsity: float, path: Path) -> Path:
     per configuration, hollow = right after pruning, filled = after REFLOW, joined by a thin line; the Pareto front
     after REFLOW dashed. One legend for all panels (a configuration keeps its colour across them)."""
     models = sorted({model for model, s in points if s == sparsity})
-    labels = sorted({p.label for (model, s), mine in points.items() if s == sparsity for p in mine})
-    colors = method_colors(labels)
+    chosen = [p for (model, s), mine in points.items() if s == sparsity for p in mine]
+    colors = method_colors({p.method for p in chosen})
+    labels = sorted({(p.method, p.label) for p in chosen})
+    markers: Dict[str, str] = {}
+    for method, label in labels:
+        markers[label] = MARKERS[sum(1 for m, _ in labels if m == method and _ in markers) % len(MARKERS)]
+    color_of = {label: colors[method] for method, label in labels}
     columns = 2 if len(models) > 1 else 1  # one panel is too narrow for two columns of long labels
     rows = -(-(len(labels) + 1) // columns)
     height = 4.0 + 0.16 * rows
@@ -116,10 +122,10 @@ def accuracy_vs_cost(points: Points, sparsity: float, path: Path) -> Path:
     for ax, model in zip(axes[0], models):
         mine = points[(model, sparsity)]
         for point in mine:
-            color = colors[point.label]
+            color, marker = color_of[point.label], markers[point.label]
             ax.plot([point.prune_s] * 2, [point.top1_pruned, point.top1_reflow], color=color, lw=0.8, alpha=0.6)
-            ax.scatter([point.prune_s], [point.top1_pruned], facecolors="none", edgecolors=[color], s=28)
-            ax.scatter([point.prune_s], [point.top1_reflow], color=color, s=28)
+            ax.scatter([point.prune_s], [point.top1_pruned], facecolors="none", edgecolors=[color], marker=marker, s=30)
+            ax.scatter([point.prune_s], [point.top1_reflow], color=color, marker=marker, s=30).set_gid(point.method)
         front = pareto_front(mine)
         ax.plot([p.prune_s for p in front], [p.top1_reflow for p in front], color="black", ls="--", lw=0.8)
         ax.set_xscale("log")
@@ -127,7 +133,7 @@ def accuracy_vs_cost(points: Points, sparsity: float, path: Path) -> Path:
         ax.set_xlabel("pruning wall seconds per run")
         ax.set_ylabel("top-1 (%)")
         ax.grid(alpha=0.3, which="both")
-    handles = [Line2D([], [], marker="o", ls="", color=colors[label], label=label) for label in labels]
+    handles = [Line2D([], [], marker=markers[label], ls="", color=color_of[label], label=label) for _, label in labels]
     handles.append(Line2D([], [], color="black", ls="--", lw=0.8, label="Pareto front after REFLOW (hollow: right after pruning)"))
     legend_share = 0.16 * rows / height + 0.02
     fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=7, frameon=False)

@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Optional
 from reflowbench.errors import ReflowbenchError
 from reflowbench.reports.aggregate import accuracy_table, cost_table, failed_table, html_table, markdown_table, objective_table, timing_doubt_lines
 from reflowbench.reports.compute_front import NEAR_BEST_POINTS, accuracy_vs_cost, compute_front_rows, cost_points
-from reflowbench.reports.figures import accuracy_vs_sparsity, cost_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
+from reflowbench.reports.figures import accuracy_all_configurations, accuracy_vs_sparsity, cost_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
+from reflowbench.reports.labels import configurations_table, set_short_labels
 from reflowbench.schema.results import load_finished_runs
 from reflowbench.utils.io import atomic_write_text
 
@@ -34,10 +35,12 @@ def _context_lines(records: List[Dict[str, Any]]) -> List[str]:
     return lines
 
 
-def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str, Path]:
-    """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out``; returns their paths."""
+def write_report(out: Path, signal_sparsity: Optional[float] = None, reference_options: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out``; returns their paths. ``reference_options``:
+    method -> the options of its reference settings (the pruner's defaults), which names that configuration "reference"."""
     out = Path(out)
     records, failed = load_finished_runs(out)
+    set_short_labels(records + failed, reference_options=reference_options)
     if not records:
         because = f" ({len(failed)} failed: {failed[0]['error']}{' ...' if len(failed) > 1 else ''})" if failed else ""
         raise ReflowbenchError(f"no complete runs under {out}/runs{because}: run `reflowbench run --out {out}` first")
@@ -48,19 +51,27 @@ def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str
     points = cost_points(records)
     images = {
         "accuracy": accuracy_vs_sparsity(records, figures / "accuracy_vs_sparsity.png"),
+        "all": accuracy_all_configurations(records, figures / "accuracy_all_configurations.png"),
         "collapse": signal_collapse(records, sparsity, figures / "signal_collapse.png"),
         "cost": cost_vs_sparsity(records, figures / "cost_vs_sparsity.png"),
         "compute": accuracy_vs_cost(points, cost_sparsity, figures / "accuracy_vs_cost.png"),
     }
     acc_header, acc_rows = accuracy_table(records)
+    config_header, config_rows = configurations_table(records)
     cost_header, cost_rows = cost_table(records)
     front_header, front_rows = compute_front_rows(points)
     context = _context_lines(records)
     sections = [
         (
             "Accuracy vs sparsity",
-            "Dashed: right after pruning. Solid: after REFLOW (BN statistics re-estimated on training images). Bands: ±1 std over seeds.",
+            "Left: right after pruning (dashed); right: after REFLOW (BN statistics re-estimated on training images; solid). One curve per "
+            "method: its configuration with the best mean top-1 after REFLOW; the thick grey line is MP + REFLOW; bands: ±1 std over seeds.",
             "accuracy",
+        ),
+        (
+            "Every configuration",
+            "Every configuration run at 3 or more sparsities (colour: method; marker: configuration, named in the Configurations table).",
+            "all",
         ),
         (
             f"Signal collapse at sparsity {sparsity:g}",
@@ -80,6 +91,12 @@ def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str
     for title, caption, key in sections:
         md += [f"## {title}", "", caption, "", f"![{title}](figures/{images[key].name})", ""]
     md += [
+        "## Configurations",
+        "",
+        "The short label of each configuration in the figures and tables, and the settings that set it apart.",
+        "",
+        markdown_table(config_header, config_rows),
+        "",
         "## Accuracy table",
         "",
         markdown_table(acc_header, acc_rows),
@@ -125,6 +142,7 @@ def write_report(out: Path, signal_sparsity: Optional[float] = None) -> Dict[str
     body = ["<h1>reflowbench report</h1>", "<ul>" + "".join(f"<li>{escape(line[2:])}</li>" for line in context) + "</ul>"]
     for title, caption, key in sections:
         body += [f"<h2>{escape(title)}</h2>", f"<p>{escape(caption)}</p>", f'<img alt="{escape(title)}" src="{embedded(images[key])}">']
+    body += ["<h2>Configurations</h2>", html_table(config_header, config_rows)]
     body += ["<h2>Accuracy table</h2>", html_table(acc_header, acc_rows), "<h2>Cost per phase</h2>", html_table(cost_header, cost_rows)]
     body += ["<h2>Accuracy for the compute, per sparsity</h2>", html_table(front_header, front_rows)]
     if failed_rows:

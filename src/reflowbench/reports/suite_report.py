@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from reflowbench.errors import ReflowbenchError
-from reflowbench.reports.aggregate import BASELINE, cost_table, failed_table, fmt, group, markdown_table, mean_std, objective_table, timing_doubt_lines
+from reflowbench.reports.aggregate import BASELINE, cost_table, failed_table, fmt, group, markdown_table, mean_std, objective_table, shown, timing_doubt_lines
 from reflowbench.reports.compute_front import NEAR_BEST_POINTS, CostPoint, Points, accuracy_vs_cost, compute_front_rows, cost_points, most_seeds
 from reflowbench.reports.fair_settings import fair_settings_lines
-from reflowbench.reports.figures import accuracy_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
+from reflowbench.reports.figures import accuracy_all_configurations, accuracy_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
+from reflowbench.reports.labels import configurations_table, set_short_labels
+from reflowbench.reports.readme_block import summary_lines
+from reflowbench.reports.reference_settings import reference_lines, reference_page
 from reflowbench.schema.results import FLOOR_PHASES, load_finished_runs, spent_seconds
-from reflowbench.schema.tuned import TunedRow
+from reflowbench.schema.tuned import SuiteContext
 from reflowbench.utils.io import atomic_write_text
 
 MAGNITUDE = ("mp", "mp-layer")  # methods that use no curvature
@@ -89,7 +92,8 @@ def extra_cells(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str
             str(len(runs)),
             f"{fmt(*mean_std([r['pruned']['top1'] for r in runs]))} → {fmt(*mean_std([r['reflow']['top1'] for r in runs]))}",
         ]
-        for (model, label, sparsity), runs in group(cells).items()
+        for (model, _, sparsity), runs in group(cells).items()
+        for label in [shown(runs[0])]
     ]
     return ["model", "configuration", "sparsity", "seeds", "top-1 pruned → + REFLOW (%)"], rows
 
@@ -149,17 +153,13 @@ def _unique_runs(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return list(seen.values())
 
 
-def write_suite_report(
-    out: Path,
-    name: str,
-    folders: List[str],
-    description: str = "",
-    completeness: Optional[List[str]] = None,
-    tuned: Optional[List[TunedRow]] = None,
-) -> Dict[str, Path]:
-    """Write ``out/<name>-suite/report.md`` and its figures from the runs in ``out/<folder>`` for each folder;
-    ``completeness``: markdown lines saying which of the suite's runs are in (the harness's account), shown first;
-    ``tuned``: the suite's settings searches (the harness's account of which runs are each one's defaults and tuned rows)."""
+def write_suite_report(out: Path, name: str, folders: List[str], context: Optional[SuiteContext] = None) -> Dict[str, Path]:
+    """Write ``out/<name>-suite/report.md``, its figures, ``reference-settings.md`` and ``summary.md`` (the block a
+    README shows, :mod:`.readme_block`) from the runs in ``out/<folder>`` for each folder. ``context``: the harness's
+    account of the suite (which runs are in, the settings searches, the reference settings with their sources, and the
+    role of each run: reference or tuned)."""
+    context = context or SuiteContext()
+    description, completeness, tuned = context.description, context.completeness, context.tuned
     out = Path(out)
     records: List[Dict[str, Any]] = []
     found = []
@@ -172,6 +172,7 @@ def write_suite_report(
             found.append(folder)
     if not records:
         raise ReflowbenchError(f"no complete runs in any of {[str(out / f) for f in folders]}: run `reflowbench suite {name} --out {out}` first")
+    set_short_labels(records + failed, roles=context.roles)
     diagnostic = [r for r in records if r.get("objective")]
     records = _unique_runs([r for r in records if not r.get("objective")])  # the objective folder repeats main-sweep runs (same keys)
     target = out / f"{name}-suite"
@@ -179,6 +180,7 @@ def write_suite_report(
     figures = target / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     accuracy = accuracy_vs_sparsity(records, figures / "accuracy_vs_sparsity.png")
+    every = accuracy_all_configurations(records, figures / "accuracy_all_configurations.png")
     sparsity = pick_sparsity(sweep_records(records), 0.9)
     collapse = signal_collapse(records, sparsity, figures / "signal_collapse.png")
     points = cost_points(records)
@@ -201,10 +203,20 @@ def write_suite_report(
         *(["## Completeness", "", *completeness, ""] if completeness else []),
         "## Accuracy vs sparsity",
         "",
-        "Dashed: right after pruning; solid: after REFLOW; bands: ±1 std over seeds. Only configurations run at 3 or more sparsities (ablation cells are in each folder's report).",
+        "Per model, left: right after pruning (dashed); right: after REFLOW (solid). One curve per method: its configuration with the best mean "
+        "top-1 after REFLOW (named in the legend: reference, tuned, or the setting that differs); the thick grey line is MP + REFLOW; bands: "
+        "±1 std over seeds. Every configuration run at 3 or more sparsities is in the second figure and the tables.",
         "",
         f"![accuracy](figures/{accuracy.name})",
         "",
+        f"![every configuration](figures/{every.name})",
+        "",
+        *reference_lines(context.references or [], "reference-settings.md"),
+        *_optional_table(
+            "Configurations",
+            "What each short label stands for: the settings that set it apart from the method's other configurations.",
+            configurations_table(records),
+        ),
         "## Best method at each sparsity",
         "",
         "Top-1 means over seeds. 'Hessian' is every pruner that uses the Fisher (all but magnitude). Positive in the first difference: "
@@ -261,4 +273,8 @@ def write_suite_report(
     ]
     markdown = target / "report.md"
     atomic_write_text(markdown, "\n".join(md))
-    return {"markdown": markdown, "accuracy": accuracy, "collapse": collapse}
+    references = target / "reference-settings.md"
+    atomic_write_text(references, "\n".join(reference_page(name, context.references or [])))
+    summary = target / "summary.md"
+    atomic_write_text(summary, "\n".join(summary_lines(name, best_header, best_rows, context.references or [])))
+    return {"markdown": markdown, "accuracy": accuracy, "collapse": collapse, "summary": summary, "references": references}

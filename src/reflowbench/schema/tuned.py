@@ -1,10 +1,11 @@
-"""What a comparison hands its report about one settings search: which runs are the published-defaults row and
-which the tuned row (by run key), and the settings that set them apart. Produced by the harness (which plans the
+"""What a comparison hands its report about its rows: for a settings search, which runs are the reference (published
+defaults) row and which the tuned row (by run key), and the settings that set them apart; for every main-sweep method,
+its reference settings with the source of each value. Produced by the harness (which plans the
 runs and so knows their keys), read by the suite report; kept here, below both."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, FrozenSet, NamedTuple, Optional
+from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 
 class TunedRow(NamedTuple):
@@ -24,4 +25,25 @@ class TunedRow(NamedTuple):
     defaults_loss: Optional[float] = None  # the defaults' relative loss, where the grid has a cell with the defaults row's settings
 
 
-__all__ = ["TunedRow"]
+class ReferenceRow(NamedTuple):
+    """One (model, method) reference-settings row of a comparison: each option's value and where it comes from."""
+
+    folder: str  # the job folder under the suite's --out
+    model: str
+    method: str
+    options: Tuple[Tuple[str, Any, str], ...]  # (option, value, source) for every option in the run key
+    note: str  # what a reference row is on this model (e.g. no script exists for it: the ResNet-20 setting)
+    keys: FrozenSet[str]  # run keys of the row (every sparsity and seed of the main sweep)
+
+
+class SuiteContext(NamedTuple):
+    """Everything a comparison tells its combined report beyond the runs themselves."""
+
+    description: str = ""
+    completeness: Optional[List[str]] = None  # markdown lines: which of the suite's runs are in (shown first)
+    tuned: Optional[List[TunedRow]] = None  # the settings searches and their two rows
+    references: Optional[List[ReferenceRow]] = None  # every main-sweep method's reference settings, with sources
+    roles: Optional[Dict[str, str]] = None  # run key -> "reference" / "tuned" (the short labels of the figures and tables)
+
+
+__all__ = ["ReferenceRow", "SuiteContext", "TunedRow"]
