@@ -201,7 +201,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from reflowbench.reports.aggregate import markdown_table
-    from reflowbench.reports.compare import compare_results, comparison_table, failed_points, nothing_to_compare
+    from reflowbench.reports.compare import compare_results, comparison_table, failed_points, nothing_to_compare, settings_mismatch, verdict_summary
     from reflowbench.schema.results import load_finished_runs
 
     if not 0 <= args.tolerance < 100:
@@ -212,22 +212,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
         runs[side], failed_runs[side] = load_finished_runs(Path(folder))
         if not runs[side]:
             raise ReflowbenchError(f"no complete runs under {folder}/runs (the {side} folder): pass the --out folder of a `reflowbench run`")
-    cells = compare_results(runs["candidate"], runs["baseline"], args.method, against, args.tolerance)
+    cells = compare_results(runs["candidate"], runs["baseline"], args.method, against, args.tolerance, args.allow_missing)
     failed = failed_points(failed_runs["candidate"], runs["baseline"], args.method, against)
-    if not cells and not failed:
+    if not any(c.candidate[2] for c in cells) and not failed:
         sides = [(f"candidate ({args.candidate})", args.method, runs["candidate"]), (f"baseline ({args.baseline})", against, runs["baseline"])]
         raise ReflowbenchError(nothing_to_compare(sides))
-    if cells:
-        print(markdown_table(*comparison_table(cells, args.method, against)))
+    differing = settings_mismatch(runs["candidate"] + failed_runs["candidate"], runs["baseline"], args.method, against)
+    if differing:
+        raise ReflowbenchError(
+            f"the candidate and the baseline were run with other settings, so their accuracies do not compare: {'; '.join(differing)}; "
+            "run both with the same settings (only the method and its options may differ)"
+        )
+    print(markdown_table(*comparison_table(cells, args.method, against)))
     for record in failed:
         print(f"REGRESSION: {args.method} failed on {record['model']} at sparsity {record['sparsity']:g}, seed {record['seed']}: {record['error']}")
-    regressions = [c for c in cells if c.verdict == "REGRESSION"]
-    better = [c for c in cells if c.verdict == "better"]
-    print(
-        f"\n{args.method} vs {against}: {len(better)} cells better, {len(regressions)} regressions, {len(cells) - len(better) - len(regressions)} within tolerance ({args.tolerance:g} points + the seeds' spread)"
-        + (f", {len(failed)} failed runs (regressions)" if failed else "")
-    )
-    return 1 if regressions or failed else 0
+    print("\n" + verdict_summary(cells, len(failed), args.method, against, args.tolerance, args.allow_missing))
+    return 1 if failed or any(c.fails for c in cells) else 0
 
 
 def _refuse_sweep_flags(args: argparse.Namespace, instead: str) -> None:
@@ -385,16 +385,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser(
         "compare",
-        help="compare a method in a results folder with baseline results; exit 1 on a regression",
-        description="Per model and sparsity, top-1 after pruning and after REFLOW (mean over seeds) of --method in CANDIDATE against "
-        "--against (default: the same method) in BASELINE. A cell regresses when it is lower by more than --tolerance points plus "
-        "the larger seed standard deviation. Exit status: 0 no regression, 1 a regression, 2 an error.",
+        help="the regression gate: a method in a results folder against baseline results; any non-zero exit fails",
+        description="Per model and sparsity of BASELINE, top-1 after pruning and after REFLOW of --method in CANDIDATE against "
+        "--against (default: the same method). The allowed drop is --tolerance points plus the baseline's seed standard deviation "
+        "(never the candidate's); where the candidate has the baseline's seeds they are paired. A cell fails as REGRESSION (lower "
+        "than allowed), UNSTABLE (the candidate's seeds spread more than the baseline's plus the tolerance), MISSING (a cell or seed "
+        "the baseline has and the candidate lacks; --allow-missing reports it instead) or NOT FINITE; a failed candidate run fails "
+        "too. Both folders must hold runs of the same settings (all but the method and its options), else the gate refuses. "
+        "Exit status: 0 pass; 1 fail (a regression of any kind); 2 the gate could not judge (bad input, nothing to compare, "
+        "settings that differ). In CI, fail the step on any non-zero exit, not only on 1.",
     )
     compare.add_argument("candidate", help="the --out folder of the runs to check")
     compare.add_argument("baseline", help="the --out folder of the baseline runs (e.g. reports/embedded-default)")
     compare.add_argument("--method", required=True, help="the method (or report label, e.g. 'cbs [options.update=none]') to check")
     compare.add_argument("--against", default=None, help="the baseline method or label (default: --method)")
-    compare.add_argument("--tolerance", type=float, default=1.0, help="points of top-1 a cell may drop beyond the seeds' spread (default: 1.0)")
+    compare.add_argument("--tolerance", type=float, default=1.0, help="points of top-1 a cell may drop beyond the baseline's seed spread (default: 1.0)")
+    compare.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="report the baseline's cells (or seeds) the candidate lacks without failing on them (the verdict line says how many)",
+    )
     compare.set_defaults(handler=cmd_compare)
 
     from reflowbench.suites import SUITES, SuiteCommandSpec

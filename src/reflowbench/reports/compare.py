@@ -1,25 +1,41 @@
 """Regression checks: a results folder against baseline results (e.g. the committed reports).
 
-Per (model, sparsity) and for top-1 right after pruning and after REFLOW, the candidate method's mean over
-its seeds is compared with the baseline method's mean. A cell is a **regression** when the candidate is
-lower by more than ``tolerance`` points plus the larger of the two seeds' standard deviations (the spread
-the seeds already show is not counted against a method). Two uses:
+Per (model, sparsity) of the baseline and for top-1 right after pruning and after REFLOW, the candidate method is
+judged against the baseline method. The verdict rests on the baseline's evidence, never on the candidate's noise:
 
-- a maintainer's new pruner against an established one: ``--method my-method --against mp``;
-- the same method before and after a code change (golden results): ``--method mp`` (``--against`` defaults to it).
+- the allowed drop is ``tolerance`` points plus the **baseline's** seed standard deviation (the candidate's own spread
+  never widens it);
+- where the candidate has every seed the baseline has, the seeds are **paired** (the same seed means the same Fisher,
+  calibration and held-out images on both sides) and the difference is the mean of the per-seed differences;
+  otherwise the difference of the means;
+- a cell whose candidate seeds disagree by more than the baseline's spread plus the tolerance is **UNSTABLE** (a
+  pruner that is magnitude on two seeds and random on the third fails, whatever its mean);
+- a cell (or a seed of it) the baseline has and the candidate lacks is **MISSING** (``allow_missing`` reports it
+  without failing, and says so);
+- a non-finite value is **NOT FINITE**;
+- a candidate run recorded as failed (its pruner diverged) where the baseline has runs is a regression too.
 
-A candidate run recorded as failed (its pruner diverged) where the baseline has runs is a regression too.
+Any of these fails the gate. Two uses: a maintainer's new pruner against an established one (``--method my-method
+--against mp``); the same method before and after a code change (golden results: ``--method mp``).
+
+The two sides must have been run with the same settings (everything in a run's configuration but the method and its
+options: checkpoint and data content, targets, REFLOW, device): :func:`settings_mismatch` names what differs, and the
+command refuses to judge.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from reflowbench.reports.aggregate import mean_std
-from reflowbench.schema.results import annotate_variants
+from reflowbench.schema.results import annotate_variants, config_fields
 
 METRICS = (("pruned", "top-1 pruned"), ("reflow", "top-1 + REFLOW"))
+FAILING = ("REGRESSION", "UNSTABLE", "MISSING", "NOT FINITE")
+NAN = float("nan")
 
 
 @dataclass
@@ -30,44 +46,136 @@ class Cell:
     candidate: Tuple[float, float, int]  # mean, std, seeds
     baseline: Tuple[float, float, int]
     tolerance: float
+    paired: Optional[Tuple[float, ...]] = None  # per-seed differences (candidate - baseline) on the baseline's seeds, where the candidate has them all
+    missing_seeds: Tuple[int, ...] = ()  # baseline seeds the candidate lacks (all of them: the cell is missing)
+    finite: bool = True  # every candidate value is finite
+    allow_missing: bool = False
 
     @property
     def difference(self) -> float:
+        if self.paired is not None:
+            return sum(self.paired) / len(self.paired)
         return self.candidate[0] - self.baseline[0]
 
     @property
     def allowed_drop(self) -> float:
-        return self.tolerance + max(self.candidate[1], self.baseline[1])
+        """The tolerance plus the baseline's seed spread: the candidate's own spread never widens it."""
+        return self.tolerance + self.baseline[1]
+
+    @property
+    def unstable(self) -> bool:
+        """The candidate's seeds disagree by more than the baseline's do plus the tolerance."""
+        return self.candidate[2] >= 2 and self.candidate[1] > self.baseline[1] + self.tolerance
 
     @property
     def verdict(self) -> str:
+        if self.candidate[2] == 0:
+            return "missing (allowed)" if self.allow_missing else "MISSING"
+        if self.missing_seeds and not self.allow_missing:
+            return "MISSING"
+        return self._judged()  # with --allow-missing, a cell short of seeds is judged on the seeds it has
+
+    def _judged(self) -> str:
+        if not self.finite or not math.isfinite(self.difference):
+            return "NOT FINITE"
+        if self.unstable:
+            return "UNSTABLE"
         if self.difference < -self.allowed_drop:
             return "REGRESSION"
         if self.difference > self.allowed_drop:
             return "better"
         return "same"
 
+    @property
+    def fails(self) -> bool:
+        return self.verdict in FAILING
+
+
+def _selected(records: List[Dict[str, Any]], label: str) -> List[Dict[str, Any]]:
+    """The records of ``label``: a report label, or a method name where the method has one configuration."""
+    return [r for r in annotate_variants(records) if r["label"] == label or (r["method"] == label and not r.get("variant"))]
+
 
 def _by_cell(records: List[Dict[str, Any]], label: str) -> Dict[Tuple[str, float], List[Dict[str, Any]]]:
     cells: Dict[Tuple[str, float], List[Dict[str, Any]]] = {}
-    for record in annotate_variants(records):
-        if record["label"] == label or (record["method"] == label and not record.get("variant")):
-            cells.setdefault((record["model"], record["sparsity"]), []).append(record)
+    for record in _selected(records, label):
+        cells.setdefault((record["model"], record["sparsity"]), []).append(record)
     return cells
+
+
+def _top1(record: Dict[str, Any], field: str) -> float:
+    value = record.get(field, {}).get("top1")
+    return float(value) if isinstance(value, (int, float)) else NAN
+
+
+def _cell(
+    key: Tuple[str, float], field: str, label: str, ours: List[Dict[str, Any]], theirs: List[Dict[str, Any]], tolerance: float, allow_missing: bool
+) -> Cell:
+    """One (model, sparsity, metric) cell from the candidate's runs ``ours`` and the baseline's ``theirs``."""
+    mine = {r["seed"]: _top1(r, field) for r in ours}
+    base = {r["seed"]: _top1(r, field) for r in theirs}
+    missing = tuple(sorted(set(base) - set(mine)))
+    values = list(mine.values())
+    paired = tuple(mine[s] - base[s] for s in sorted(base)) if not missing and base else None
+    if missing and allow_missing and set(mine) & set(base):
+        paired = tuple(mine[s] - base[s] for s in sorted(set(mine) & set(base)))
+    candidate = (*mean_std(values), len(values)) if values else (NAN, NAN, 0)
+    return Cell(
+        key[0],
+        key[1],
+        label,
+        candidate,
+        (*mean_std(list(base.values())), len(base)),
+        tolerance,
+        paired=paired,
+        missing_seeds=missing,
+        finite=all(math.isfinite(v) for v in values),
+        allow_missing=allow_missing,
+    )
 
 
 def compare_results(
-    candidate: List[Dict[str, Any]], baseline: List[Dict[str, Any]], method: str, against: Optional[str] = None, tolerance: float = 1.0
+    candidate: List[Dict[str, Any]],
+    baseline: List[Dict[str, Any]],
+    method: str,
+    against: Optional[str] = None,
+    tolerance: float = 1.0,
+    allow_missing: bool = False,
 ) -> List[Cell]:
-    """The cells (model, sparsity, metric) both sides have; ``method``/``against`` are run labels or method names."""
+    """Every (model, sparsity, metric) cell the baseline has, judged for the candidate (a cell the candidate lacks is
+    MISSING); ``method``/``against`` are run labels or method names."""
     ours, theirs = _by_cell(candidate, method), _by_cell(baseline, against or method)
     cells = []
-    for key in sorted(set(ours) & set(theirs)):
+    for key in sorted(theirs):
         for field, label in METRICS:
-            a = [r[field]["top1"] for r in ours[key]]
-            b = [r[field]["top1"] for r in theirs[key]]
-            cells.append(Cell(key[0], key[1], label, (*mean_std(a), len(a)), (*mean_std(b), len(b)), tolerance))
+            cells.append(_cell(key, field, label, ours.get(key, []), theirs[key], tolerance, allow_missing))
     return cells
+
+
+SETTINGS_NOT_COMPARED = ("method", "sparsity")
+
+
+def _settings(records: List[Dict[str, Any]]) -> Dict[str, set]:
+    """field -> the values it takes over ``records``: every configuration field but the method, the sparsity and the
+    pruner's options (what a comparison of two methods is allowed to differ in)."""
+    values: Dict[str, set] = {}
+    for record in records:
+        for name, value in config_fields(record).items():
+            if name in SETTINGS_NOT_COMPARED or name.startswith("options."):
+                continue
+            values.setdefault(name, set()).add(json.dumps(value, sort_keys=True, default=str))
+    return values
+
+
+def settings_mismatch(candidate: List[Dict[str, Any]], baseline: List[Dict[str, Any]], method: str, against: Optional[str] = None) -> List[str]:
+    """The settings the compared runs of the two sides differ in, as ``name (candidate X, baseline Y)``; [] when they match."""
+    ours, theirs = _settings(_selected(candidate, method)), _settings(_selected(baseline, against or method))
+    differing = []
+    for name in sorted(set(ours) | set(theirs)):
+        if ours.get(name, {"null"}) != theirs.get(name, {"null"}):
+            show = lambda values: "/".join(sorted(values)) if values else "none"  # noqa: E731
+            differing.append(f"{name} (candidate {show(ours.get(name, set()))}, baseline {show(theirs.get(name, set()))})")
+    return differing
 
 
 def failed_points(failed: List[Dict[str, Any]], baseline: List[Dict[str, Any]], method: str, against: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -99,22 +207,48 @@ def nothing_to_compare(sides: List[Tuple[str, str, List[Dict[str, Any]]]]) -> st
     return f"nothing to compare: no (model, sparsity) in common: the {sides[0][0]} has {points[0]}, the {sides[1][0]} {points[1]}"
 
 
+def _side(values: Tuple[float, float, int]) -> str:
+    return "–" if values[2] == 0 else f"{values[0]:.2f} ± {values[1]:.2f} (n={values[2]})"
+
+
 def comparison_table(cells: List[Cell], method: str, against: str) -> Tuple[List[str], List[List[str]]]:
-    header = ["model", "sparsity", "metric", f"{method} (%)", f"{against} (%)", "difference", "allowed drop", "verdict"]
-    rows = [
-        [
-            c.model,
-            f"{c.sparsity:g}",
-            c.metric,
-            f"{c.candidate[0]:.2f} ± {c.candidate[1]:.2f} (n={c.candidate[2]})",
-            f"{c.baseline[0]:.2f} ± {c.baseline[1]:.2f} (n={c.baseline[2]})",
-            f"{c.difference:+.2f}",
-            f"{c.allowed_drop:.2f}",
-            c.verdict,
-        ]
-        for c in cells
+    header = [
+        "model",
+        "sparsity",
+        "metric",
+        f"{method} (%)",
+        f"{against} (%)",
+        "difference (paired: mean of per-seed differences)",
+        "allowed drop (tolerance + baseline std)",
+        "verdict",
     ]
+    rows = []
+    for c in cells:
+        note = " (paired)" if c.paired is not None else ""
+        if c.missing_seeds and c.candidate[2]:
+            note += f" (seeds {list(c.missing_seeds)} missing)"
+        difference = "–" if c.candidate[2] == 0 else f"{c.difference:+.2f}{note}"
+        rows.append([c.model, f"{c.sparsity:g}", c.metric, _side(c.candidate), _side(c.baseline), difference, f"{c.allowed_drop:.2f}", c.verdict])
     return header, rows
 
 
-__all__ = ["Cell", "compare_results", "comparison_table", "failed_points", "nothing_to_compare"]
+def verdict_summary(cells: List[Cell], failed: int, method: str, against: str, tolerance: float, allow_missing: bool) -> str:
+    """The closing line: how many cells of each verdict, and what was allowed."""
+    counts = {verdict: sum(c.verdict == verdict for c in cells) for verdict in (*FAILING, "missing (allowed)", "better", "same")}
+    parts = [
+        f"{counts['better']} cells better",
+        f"{counts['REGRESSION']} regressions",
+        f"{counts['UNSTABLE']} unstable",
+        f"{counts['MISSING']} missing",
+        f"{counts['NOT FINITE']} not finite",
+        f"{counts['same']} within tolerance ({tolerance:g} points + the baseline's spread)",
+    ]
+    if allow_missing:
+        parts.append(f"{counts['missing (allowed)']} missing cells allowed by --allow-missing")
+    if failed:
+        parts.append(f"{failed} failed runs (regressions)")
+    passed = not failed and not any(c.fails for c in cells)
+    return f"{method} vs {against}: " + ", ".join(parts) + f". Verdict: {'PASS' if passed else 'FAIL'}"
+
+
+__all__ = ["Cell", "FAILING", "compare_results", "comparison_table", "failed_points", "nothing_to_compare", "settings_mismatch", "verdict_summary"]
