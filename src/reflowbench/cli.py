@@ -54,8 +54,10 @@ def _add_suite_arguments(parser: argparse.ArgumentParser, sections=SECTIONS, wit
 
 def _read_config_file(path_text: str) -> Any:
     path = Path(path_text)
+    from reflowbench.utils.io import loads_settings
+
     try:
-        return json.loads(path.read_text())
+        return loads_settings(path.read_text())
     except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read the file ({exc.strerror or exc})") from None
     except ValueError as exc:
@@ -148,7 +150,7 @@ def _run_named_suite(args: argparse.Namespace) -> int:
     from reflowbench.suites import SuiteCommandSpec
 
     sweep, data = given(args, "sweep__"), given(args, "data__")
-    taken = {"out", "seeds", "sparsities", "device", "threads", "progress"}
+    taken = {"out", "seeds", "sparsities", "device", "threads", "progress", "skip_unreadable"}
     ignored = sorted(set(sweep) - taken) + sorted(set(data) - {"data", "download"}) + sorted(given(args, "model__"))
     if ignored:
         raise ConfigError(
@@ -189,13 +191,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+SKIP_UNREADABLE_HELP = "leave files under runs/ that are not readable run records out (each named); without it they stop the command"
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from reflowbench.harness.sweep import write_results
 
     out = Path(args.out)
     if not out.is_dir():
         raise ConfigError(f"results folder {out} does not exist: pass the --out folder of a `reflowbench run`")
-    write_results(out, _log, signal_sparsity=args.signal_sparsity)
+    write_results(out, _log, signal_sparsity=args.signal_sparsity, skip_unreadable=args.skip_unreadable)
     return 0
 
 
@@ -209,8 +214,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     against = args.against or args.method
     runs, failed_runs = {}, {}
     for side, folder in (("candidate", args.candidate), ("baseline", args.baseline)):
-        runs[side], failed_runs[side] = load_finished_runs(Path(folder))
-        if not runs[side]:
+        runs[side], failed_runs[side] = load_finished_runs(Path(folder), args.skip_unreadable)
+        if not runs[side] and not (side == "candidate" and failed_runs[side]):  # a candidate whose every run failed is judged: it fails
             raise ReflowbenchError(f"no complete runs under {folder}/runs (the {side} folder): pass the --out folder of a `reflowbench run`")
     cells = compare_results(runs["candidate"], runs["baseline"], args.method, against, args.tolerance, args.allow_missing)
     failed = failed_points(failed_runs["candidate"], runs["baseline"], args.method, against)
@@ -381,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="(re)write results.csv, report.md, report.html and figures of a results folder")
     report.add_argument("out", help="the --out folder of a run")
     report.add_argument("--signal-sparsity", type=float, default=None, help="sparsity of the signal-collapse figure (default: the highest)")
+    report.add_argument("--skip-unreadable", action="store_true", help=SKIP_UNREADABLE_HELP)
     report.set_defaults(handler=cmd_report)
 
     compare = commands.add_parser(
@@ -400,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--method", required=True, help="the method (or report label, e.g. 'cbs [options.update=none]') to check")
     compare.add_argument("--against", default=None, help="the baseline method or label (default: --method)")
     compare.add_argument("--tolerance", type=float, default=1.0, help="points of top-1 a cell may drop beyond the baseline's seed spread (default: 1.0)")
+    compare.add_argument("--skip-unreadable", action="store_true", help=SKIP_UNREADABLE_HELP)
     compare.add_argument(
         "--allow-missing",
         action="store_true",

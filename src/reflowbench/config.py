@@ -87,6 +87,9 @@ class SweepSpec:
     report_sparsity: Optional[float] = None  # sparsity of the signal-collapse figure (default: the highest)
     progress: bool = True
     retry_failed: bool = False  # run again the runs recorded as failed (a multi-step pruner that diverged); without it a failed run counts as finished
+    skip_unreadable: bool = (
+        False  # leave files under OUT/runs that are not readable run records out of results.csv and the report (each named); without it they stop the report
+    )
 
 
 @dataclass
@@ -118,7 +121,7 @@ class ReflowAblationSpec:
         return list(dict.fromkeys(grid))
 
     def validate(self) -> "ReflowAblationSpec":
-        check_sparsity(self.sparsity, "--sparsity")
+        self.sparsity = check_sparsity(self.sparsity, "--sparsity")
         _unique(self.batches, "--batches")
         _unique(self.batch_sizes, "--batch-sizes")
         for value in self.batches:
@@ -145,10 +148,9 @@ class TuneSpec:
     first_pass_keep: int = 0  # 0: every cell at every sparsity; K > 0: every cell at the first --at-sparsities value, then only the K best there at the others (the table names the cells cut)
 
     def validate(self) -> "TuneSpec":
+        self.at_sparsities = [check_sparsity(sparsity, "--at-sparsities") for sparsity in self.at_sparsities]
         _unique(self.at_sparsities, "--at-sparsities")
         _require(self.first_pass_keep >= 0, f"--first-pass-keep must be an integer >= 0 (0: no first pass), got {self.first_pass_keep}")
-        for sparsity in self.at_sparsities:
-            check_sparsity(sparsity, "--at-sparsities")
         _require(self.criterion in TUNE_CRITERIA, f"--criterion must be one of {TUNE_CRITERIA}, got {self.criterion!r}")
         return self
 
@@ -349,13 +351,18 @@ def _unique(values: List[Any], flag: str) -> None:
         seen.add(value)
 
 
+SPARSITY_DIGITS = 9  # a sparsity is rounded to this many decimals before it names a run (0.7000000000000001 is 0.7)
+
+
 def check_sparsity(value: float, flag: str = "--sparsities") -> float:
-    """A sparsity is a finite fraction of target weights in [0, 1)."""
+    """A sparsity is a finite fraction of target weights in [0, 1); returns it normalised: a float rounded to
+    SPARSITY_DIGITS decimals, so every spelling of one value (``0.7``, ``0.70``, ``7e-1``, ``1 - 0.3``, an integer ``0``)
+    names the same run."""
     _require(
         isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0.0 <= value < 1.0,
         f"sparsity must be in [0, 1) (the fraction of target weights set to zero), got {value!r} in {flag}; e.g. 0.9 for 90%",
     )
-    return float(value)
+    return float(round(float(value), SPARSITY_DIGITS))
 
 
 def _positive_int(value: int, flag: str, minimum: int = 1) -> None:
@@ -369,14 +376,13 @@ def validate_spec(spec: SuiteSpec) -> SuiteSpec:
     """
     sweep, reflow, data, model = spec.sweep, spec.reflow, spec.data, spec.model
     _unique(sweep.methods, "--methods")
+    sweep.sparsities = [check_sparsity(sparsity) for sparsity in sweep.sparsities]
     _unique(sweep.sparsities, "--sparsities")
     _unique(sweep.seeds, "--seeds")
-    for sparsity in sweep.sparsities:
-        check_sparsity(sparsity)
     for seed in sweep.seeds:
         _require(0 <= seed <= MAX_SEED, f"seeds must be in [0, {MAX_SEED}], got {seed} in --seeds")
     if sweep.report_sparsity is not None:
-        check_sparsity(sweep.report_sparsity, "--report-sparsity")
+        sweep.report_sparsity = check_sparsity(sweep.report_sparsity, "--report-sparsity")
     _require(sweep.threads >= 0, f"--threads must be >= 0 (0 keeps torch's default), got {sweep.threads}")
     _require(
         math.isfinite(sweep.memory_budget_gb) and sweep.memory_budget_gb > 0,

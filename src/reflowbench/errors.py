@@ -39,12 +39,21 @@ class DivergedError(FisherError):
         self.notes = dict(notes or {})
 
 
+class BrokenModelError(DivergedError):
+    """A pruner or a correction left a non-finite parameter or buffer (or a non-positive BatchNorm variance) in the
+    model: the run fails (recorded as failed, with what broke), the sweep goes on."""
+
+
 class MemoryBudgetError(ReflowbenchError, MemoryError):
     """An allocation estimate exceeds the configured memory budget."""
 
 
 class MaskError(ReflowbenchError):
     """A pruning mask does not hold after pruning (weights not zero, wrong sparsity)."""
+
+
+class UnreadableRunsError(ReflowbenchError):
+    """Run files under a results folder that cannot be read as run records: reported by name, never skipped in silence."""
 
 
 class JobsFailed(ReflowbenchError):

@@ -15,12 +15,12 @@ Per-model settings that differ from a pruner's published defaults are here, each
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from reflowbench.errors import ConfigError
+from reflowbench.utils.io import loads_settings
 
 
 @dataclass
@@ -224,7 +224,7 @@ def load_suite(name: str) -> Dict[str, Any]:
         suite = SUITES[name]
     elif name.endswith(".json") or Path(name).is_file():
         try:
-            suite = json.loads(Path(name).read_text())
+            suite = loads_settings(Path(name).read_text())
         except OSError as exc:
             raise ConfigError(f"suite file {name}: cannot read it ({exc.strerror or exc})") from None
         except ValueError as exc:

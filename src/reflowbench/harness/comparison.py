@@ -49,6 +49,7 @@ def job_spec(job: Dict, command: SuiteCommandSpec, index: int) -> SuiteSpec:
     spec = merge_into(preset(job.get("preset")), fill_placeholders(job.get("settings", {}), command.models_dir), source)
     spec.sweep.out = str(Path(command.out) / job["folder"])
     spec.sweep.device, spec.sweep.threads, spec.sweep.progress = command.device, command.threads, command.progress
+    spec.sweep.skip_unreadable = command.skip_unreadable
     if command.data is not None:
         spec.data.data = command.data
     spec.data.download = command.download or spec.data.download
@@ -165,7 +166,7 @@ def search_estimate(job: PlannedJob, search: SearchProgress) -> SearchEstimate:
     the mean :func:`~reflowbench.schema.results.run_wall_seconds` of the method's finished runs."""
     sweep = job.plan.spec.sweep
     row_runs = len(sweep.methods) * len(sweep.sparsities) * len(sweep.seeds)
-    like = [r for r in load_runs(Path(sweep.out)) if r["method"] == job.tune.method]
+    like = [r for r in load_runs(Path(sweep.out), skip_unreadable=True) if r["method"] == job.tune.method]  # a guide only
     left = search.needed - search.scored
     if search.scored:
         search_s, basis = left * search.prune_s, ", at the mean pruning time of the scores in"
@@ -345,7 +346,7 @@ def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Di
             Path(command.out),
             suite_name(name),
             folders,
-            SuiteContext(suite.get("description", ""), completeness, tuned, references, row_roles(references or [], tuned or [])),
+            SuiteContext(suite.get("description", ""), completeness, tuned, references, row_roles(references or [], tuned or []), command.skip_unreadable),
         )
         log(f"suite report: {paths['markdown']}")
         if command.readme is not None:
@@ -358,7 +359,7 @@ def _write_timing(out: Path, name: str, folders: List[str], started_iso: str, wa
     """``<out>/<name>-suite/timing.json``: where this invocation's wall time went (the runs it created)."""
     from reflowbench.reports.suite_report import suite_timing
 
-    records = [r for folder in folders for r in load_runs(out / folder) if r.get("created", "") >= started_iso]
+    records = [r for folder in folders for r in load_runs(out / folder, skip_unreadable=True) if r.get("created", "") >= started_iso]
     timing = suite_timing(records, wall_seconds)
     atomic_write_json(out / f"{name}-suite" / "timing.json", {**timing, "started": started_iso})
     ratio = timing["wall_over_floor"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -18,11 +19,12 @@ from torch import nn
 
 from reflowbench.config import SuiteSpec
 from reflowbench.datasets import DataBundle, SubsetSizes, check_subset_sizes, disjoint_subsets, load_dataset
-from reflowbench.errors import CheckpointError, DivergedError
+from reflowbench.errors import BrokenModelError, CheckpointError, DivergedError
 from reflowbench.harness.evaluate import evaluate
 from reflowbench.harness.objective import measure_objective, objective_images, reference_fisher
 from reflowbench.harness.plan import SuitePlan
 from reflowbench.models import BUILTIN_MODELS, build_model, check_model_fits_data
+from reflowbench.models.state_checks import first_non_finite_module, state_problems
 from reflowbench.pruners import PruneContext, Pruner, apply_masks, select_targets, verify_masks
 from reflowbench.pruners.base import StageCheckpoint, key_options
 from reflowbench.reflow import RecalibrationHandle, bn_output_variances, recalibrate_bn, require_batchnorm, summarize_ratios, variance_ratios
@@ -103,6 +105,13 @@ class SuiteState:
         num_classes = spec.model.num_classes or self.data.num_classes
         self.dense = build_model(spec.model.model, num_classes, Path(checkpoint) if checkpoint else None, spec.model.shortcut, spec.model.weights)
         self.dense.to(self.device).eval()
+        problems = state_problems(self.dense)
+        if problems:
+            shown = ", ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+            raise CheckpointError(
+                f"the dense {spec.model.model} ({checkpoint or spec.model.weights or 'its initial weights'}) cannot be pruned: {shown}; "
+                "use another checkpoint, or re-estimate its BatchNorm statistics (`reflowbench train` writes valid ones)"
+            )
         require_batchnorm(self.dense, "reflowbench (REFLOW is applied to every run)")
         sample, _ = next(iter(self.data.train.batches(np.arange(2), 2)))
         check_model_fits_data(self.dense, sample.to(self.device), self.data.num_classes, spec.model.model, dataset)
@@ -148,6 +157,13 @@ class SuiteState:
     def dense_metrics(self) -> Dict[str, float]:
         if self._dense_metrics is None:
             self._dense_metrics = evaluate(self.dense, self.test_batches(), self.device)
+            if not math.isfinite(self._dense_metrics["loss"]):
+                images, _ = next(iter(self.test_batches()))
+                where = first_non_finite_module(self.dense, images.to(self.device)) or "the loss itself"
+                raise CheckpointError(
+                    f"the dense {self.spec.model.model}'s test loss is not finite (the first non-finite output: {where}); "
+                    "nothing pruned from it would mean anything: use another checkpoint"
+                )
             self.log(f"dense {self.spec.model.model}: top-1 {self._dense_metrics['top1']:.2f}% on {int(self._dense_metrics['images'])} test images")
         return self._dense_metrics
 
@@ -246,7 +262,17 @@ def prune_fresh(
         masks = pruner.prune(model, targets, sparsity, ctx)
         apply_masks(targets, masks)
     actual = verify_masks(targets, masks, sparsity, pruner.mask_scope(), model=model)
+    check_model_state(model, f"{pruner.name} at sparsity {sparsity:g}, seed {seed}: after pruning", ctx.notes)
     return model, actual, ctx
+
+
+def check_model_state(model: nn.Module, where: str, notes: Optional[Dict[str, Any]] = None) -> None:
+    """Raise :class:`BrokenModelError` (the run fails, the sweep goes on) when any parameter or buffer of ``model`` is
+    not finite or a BatchNorm running variance is not positive; ``where`` names the method, sparsity, seed and step."""
+    problems = state_problems(model)
+    if problems:
+        shown = ", ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+        raise BrokenModelError(f"{where}: {shown} (every parameter and buffer must be finite, every BatchNorm variance positive)", notes)
 
 
 def prune_and_measure(
@@ -293,6 +319,7 @@ def prune_and_measure(
             reset=spec.reflow.reflow_mode == "cumulative",
             device=state.device,
         )
+    check_model_state(model, f"{pruner.name} at sparsity {sparsity:g}, seed {seed}: after REFLOW", ctx.notes)
     with ledger.phase("eval_reflow", state.device):
         reflow_metrics = evaluate(model, state.test_batches(), state.device)
     with ledger.phase("diagnostics", state.device):

@@ -21,7 +21,7 @@ from reflowbench.harness.run import SuiteState, run_one
 from reflowbench.hessian.sharded import is_distributed
 from reflowbench.pruners import Pruner, make_pruner, pruner_names
 from reflowbench.pruners.base import StageCheckpoint, key_options
-from reflowbench.schema.results import is_finished, load_runs, run_path, run_wall_seconds, stage_path, timing_doubts, write_csv, write_run
+from reflowbench.schema.results import is_finished, load_runs, run_path, run_wall_seconds, scan_runs, stage_path, timing_doubts, write_csv, write_run
 from reflowbench.utils.io import atomic_write_json
 
 Log = Callable[[str], None]
@@ -73,7 +73,7 @@ def estimate_seconds(out: Path, todo: List[Todo]) -> Tuple[float, int]:
     """(estimated wall seconds of ``todo``, how many of them had nothing to estimate from): each run at the mean
     :func:`~reflowbench.schema.results.run_wall_seconds` of the finished runs in ``out`` with its method and options, else of its method's
     (any options); a rough guide, on the hardware and thread count those runs recorded."""
-    finished = load_runs(out)
+    finished = load_runs(out, skip_unreadable=True)  # a guide only: the report names unreadable files
     total, missing = 0.0, 0
     for pruner, _, _, _, _ in todo:
         options = key_options(pruner)
@@ -124,6 +124,8 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
     if is_main_rank():
         atomic_write_json(out / "suite.json", {"spec": asdict(spec), "settings": state.settings, "targets": state.targets_record})
     todo, total = pending_runs(state, plan)
+    if is_main_rank():
+        _say_unreadable(out, {path for _, _, _, _, path in todo}, spec.sweep.skip_unreadable, log)
     left = set(from_main_rank([key for _, _, _, key, _ in todo]))  # every rank runs rank 0's list, in the same order
     todo = [run for run in todo if run[3] in left]
     saved = _with_saved_steps(todo)
@@ -177,18 +179,33 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
                 f"{len(failed)} runs failed (their pruner diverged; the report lists them): {', '.join(failed)}. "
                 "A rerun skips them; --retry-failed runs them again"
             )
-        write_results(out, log, report, spec.sweep.report_sparsity)
+        write_results(out, log, report, spec.sweep.report_sparsity, spec.sweep.skip_unreadable)
     return {"done": done, "failed": len(failed), "skipped": total - len(todo), "elsewhere": elsewhere, "total": total}
 
 
-def write_results(out: Path, log: Log, report: bool = True, signal_sparsity: Optional[float] = None) -> None:
+def _say_unreadable(out: Path, todo_paths: set, skip: bool, log: Log) -> None:
+    """Name every file under ``out/runs`` that is not a readable run record: one this sweep makes again (its run is not
+    finished), or one the report will refuse (unless ``skip``)."""
+    for bad in scan_runs(out)[1]:
+        if Path(bad.path) in todo_paths:
+            log(f"warning: {bad.path} {bad.why}: its run is made again")
+        else:
+            then = "left out of the report (--skip-unreadable)" if skip else "the report refuses it: move or delete it, or pass --skip-unreadable"
+            log(f"warning: {bad.path} {bad.why}; it is no run of this sweep: {then}")
+
+
+def write_results(out: Path, log: Log, report: bool = True, signal_sparsity: Optional[float] = None, skip_unreadable: bool = False) -> None:
     """results.csv from every run JSON in ``out``, and (``report``) the report: what a sweep ends with and what
-    ``reflowbench report OUT`` does."""
-    log(f"results: {write_csv(out)}")
+    ``reflowbench report OUT`` does. A file under ``runs/`` that is not a readable run record stops both with its name
+    (:class:`~reflowbench.errors.UnreadableRunsError`), unless ``skip_unreadable`` (then it is left out, and said)."""
+    if skip_unreadable:
+        for bad in scan_runs(out)[1]:
+            log(f"left out: {bad.path} {bad.why}")
+    log(f"results: {write_csv(out, skip_unreadable)}")
     if report:
         from reflowbench.reports import write_report
 
-        paths = write_report(out, signal_sparsity=signal_sparsity, reference_options=default_options())
+        paths = write_report(out, signal_sparsity=signal_sparsity, reference_options=default_options(), skip_unreadable=skip_unreadable)
         log(f"report: {paths['markdown']} and {paths['html']}")
 
 

@@ -36,7 +36,7 @@ from reflowbench.pruners.base import key_options
 from reflowbench.reflow import recalibrate_bn
 from reflowbench.reports.aggregate import markdown_table
 from reflowbench.utils.cost import CostLedger
-from reflowbench.utils.io import atomic_write_json, atomic_write_text, read_keyed_json, stable_hash
+from reflowbench.utils.io import atomic_write_json, atomic_write_text, loads_settings, read_keyed_json, stable_hash
 
 Log = Callable[[str], None]
 Grid = Dict[str, List[Dict[str, Any]]]
@@ -51,7 +51,7 @@ def read_grid(tune: TuneSpec, method: str) -> Grid:
             raise ConfigError(f"pruner {method} has no settings grid to tune (only the Hessian pruners do); pass --grid FILE.json")
         return grid
     try:
-        grid = json.loads(Path(tune.grid).read_text())
+        grid = loads_settings(Path(tune.grid).read_text())
     except OSError as exc:
         raise ConfigError(f"--grid {tune.grid}: cannot read the file ({exc.strerror or exc})") from None
     except ValueError as exc:

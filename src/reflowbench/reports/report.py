@@ -35,11 +35,13 @@ def _context_lines(records: List[Dict[str, Any]]) -> List[str]:
     return lines
 
 
-def write_report(out: Path, signal_sparsity: Optional[float] = None, reference_options: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Path]:
+def write_report(
+    out: Path, signal_sparsity: Optional[float] = None, reference_options: Optional[Dict[str, Dict[str, Any]]] = None, skip_unreadable: bool = False
+) -> Dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out``; returns their paths. ``reference_options``:
     method -> the options of its reference settings (the pruner's defaults), which names that configuration "reference"."""
     out = Path(out)
-    records, failed = load_finished_runs(out)
+    records, failed = load_finished_runs(out, skip_unreadable)
     set_short_labels(records + failed, reference_options=reference_options)
     if not records:
         because = f" ({len(failed)} failed: {failed[0]['error']}{' ...' if len(failed) > 1 else ''})" if failed else ""

@@ -165,7 +165,7 @@ def write_suite_report(out: Path, name: str, folders: List[str], context: Option
     found = []
     failed: List[Dict[str, Any]] = []
     for folder in folders:
-        runs, folder_failed = load_finished_runs(out / folder)
+        runs, folder_failed = load_finished_runs(out / folder, context.skip_unreadable)
         failed += folder_failed
         if runs:
             records += runs

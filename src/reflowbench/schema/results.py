@@ -6,8 +6,9 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
+from reflowbench.errors import UnreadableRunsError
 from reflowbench.utils.io import atomic_write_json, atomic_write_text, stable_hash
 
 SCHEMA_VERSION = 1
@@ -89,23 +90,72 @@ def write_run(path: Path, record: Dict[str, Any]) -> None:
     atomic_write_json(path, record)
 
 
-def load_runs(out: Path, status: str = "complete") -> List[Dict[str, Any]]:
+REQUIRED_FIELDS = ("key", "method", "model", "sparsity", "seed", "settings", "options")  # every finished run record has these
+COMPLETE_FIELDS = ("pruned", "reflow", "dense", "cost", "variance")  # and a complete one these
+
+
+class Unreadable(NamedTuple):
+    """A file under ``runs/`` that is not a finished run record, and why."""
+
+    path: Path
+    why: str
+
+
+def read_run_file(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """(the record, None) for a finished run record of this schema; (None, why) for anything else: unreadable, not
+    JSON (e.g. cut short), another schema, a status that is neither complete nor failed, fields missing."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    except ValueError as exc:
+        return None, f"is not valid JSON ({exc}; cut short?)"
+    if not isinstance(record, dict):
+        return None, "is not a run record (not a JSON object)"
+    if record.get("schema") != SCHEMA_VERSION:
+        return None, f"has schema {record.get('schema')!r} where this reflowbench reads {SCHEMA_VERSION}"
+    if record.get("status") not in FINISHED:
+        return None, f"has status {record.get('status')!r}, not one of {FINISHED}"
+    missing = [name for name in (*REQUIRED_FIELDS, *(COMPLETE_FIELDS if record["status"] == "complete" else ())) if name not in record]
+    if missing:
+        return None, f"lacks {', '.join(missing)}"
+    return record, None
+
+
+def unreadable_message(folder: Path, unreadable: List[Unreadable]) -> str:
+    """One line naming each unreadable run file and why, and the two ways on."""
+    shown = "; ".join(f"{u.path.name} {u.why}" for u in unreadable[:5]) + (f"; and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
+    return (
+        f"{len(unreadable)} file(s) under {Path(folder) / RUNS_FOLDER} are not readable run records: {shown}. Move or delete them "
+        "(running the same `reflowbench run` again makes those runs anew), or pass --skip-unreadable to leave them out"
+    )
+
+
+def load_runs(out: Path, status: str = "complete", skip_unreadable: bool = False) -> List[Dict[str, Any]]:
     """Every run record under ``out/runs`` with ``status`` (``complete``, or ``failed``: the runs whose pruner
-    diverged; unreadable or partial files are skipped), each annotated with ``config``, ``variant`` and ``label``
-    (see :func:`annotate_variants`; complete and failed runs are annotated together, so their labels agree)."""
-    return load_finished_runs(out)[FINISHED.index(status)]
+    diverged), each annotated with ``config``, ``variant`` and ``label`` (see :func:`annotate_variants`; complete and
+    failed runs are annotated together, so their labels agree). A file that is not a readable run record raises
+    :class:`UnreadableRunsError` naming it, unless ``skip_unreadable``."""
+    return load_finished_runs(out, skip_unreadable)[FINISHED.index(status)]
 
 
-def load_finished_runs(out: Path) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-    """(complete runs, failed runs) under ``out/runs`` from one read of the folder, annotated as :func:`load_runs`."""
-    records = []
+def scan_runs(out: Path) -> Tuple[List[Dict[str, Any]], List[Unreadable]]:
+    """(every finished run record under ``out/runs``, every other ``*.json`` file there with why it is not one)."""
+    records, unreadable = [], []
     for path in sorted((Path(out) / RUNS_FOLDER).glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if record.get("schema") == SCHEMA_VERSION and record.get("status") in FINISHED:
+        record, why = read_run_file(path)
+        if why is not None:
+            unreadable.append(Unreadable(path, why))
+        else:
             records.append(record)
+    return records, unreadable
+
+
+def load_finished_runs(out: Path, skip_unreadable: bool = False) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """(complete runs, failed runs) under ``out/runs`` from one read of the folder, annotated as :func:`load_runs`."""
+    records, unreadable = scan_runs(out)
+    if unreadable and not skip_unreadable:
+        raise UnreadableRunsError(unreadable_message(out, unreadable))
     annotated = annotate_variants(records)
     return [r for r in annotated if r["status"] == "complete"], [r for r in annotated if r["status"] == "failed"]
 
@@ -228,9 +278,10 @@ def csv_rows(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return rows
 
 
-def write_csv(out: Path) -> Path:
-    """Collect ``out/runs/*.json`` into ``out/results.csv`` (rewritten atomically)."""
-    rows = csv_rows(load_runs(out))
+def write_csv(out: Path, skip_unreadable: bool = False) -> Path:
+    """Collect ``out/runs/*.json`` into ``out/results.csv`` (rewritten atomically); an unreadable run file raises
+    :class:`UnreadableRunsError` unless ``skip_unreadable``."""
+    rows = csv_rows(load_runs(out, skip_unreadable=skip_unreadable))
     rows.sort(key=lambda r: (r["model"], r["method"], r["variant"], r["sparsity"], r["seed"], r["reflow"]))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)

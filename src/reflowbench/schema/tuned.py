@@ -44,6 +44,7 @@ class SuiteContext(NamedTuple):
     tuned: Optional[List[TunedRow]] = None  # the settings searches and their two rows
     references: Optional[List[ReferenceRow]] = None  # every main-sweep method's reference settings, with sources
     roles: Optional[Dict[str, str]] = None  # run key -> "reference" / "tuned" (the short labels of the figures and tables)
+    skip_unreadable: bool = False  # leave files under runs/ that are not readable run records out (else the report refuses them)
 
 
 __all__ = ["ReferenceRow", "SuiteContext", "TunedRow"]

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List, Tuple
 
 
 def current_umask() -> int:
@@ -96,6 +96,25 @@ def cache_dir() -> Path:
         root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "reflowbench"
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object names one key twice (``json`` would keep the last value without a word)."""
+
+
+def _no_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    seen: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKeyError(f"key {key!r} appears twice in one object: keep one")
+        seen[key] = value
+    return seen
+
+
+def loads_settings(text: str) -> Any:
+    """``json.loads`` for files a person writes (settings, suites, grids): a key repeated in one object raises
+    :class:`DuplicateKeyError` instead of keeping the last value."""
+    return json.loads(text, object_pairs_hook=_no_duplicates)
 
 
 def read_keyed_json(path: Path, key: str, list_field: str) -> Dict[str, Any]:
