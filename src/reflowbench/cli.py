@@ -49,7 +49,12 @@ def _add_suite_arguments(parser: argparse.ArgumentParser, sections=SECTIONS, wit
     for name, cls in sorted(PRUNERS.items() if with_pruners else []):
         if fields(cls.Options):
             group = parser.add_argument_group(f"pruner {name} options ({cls.description})")
-            add_dataclass_arguments(group, cls.Options, f"opt__{name}__", flag_prefix=f"{name}_")
+            try:
+                add_dataclass_arguments(group, cls.Options, f"opt__{name}__", flag_prefix=f"{name}_")
+            except argparse.ArgumentError as exc:
+                raise ConfigError(
+                    f"pruner {name!r} ({cls.__module__}): an option flag collides with one of reflowbench's own ({exc}): rename the option or the pruner"
+                ) from None
 
 
 def _read_config_file(path_text: str) -> Any:
@@ -474,7 +479,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ReflowbenchError as exc:
         print(f"reflowbench: error: {exc}", file=sys.stderr)
         return 2
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ReflowbenchError as exc:
+        print(f"reflowbench: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         if args.command in ("run", "prune") and int(os.environ.get("WORLD_SIZE", "1")) > 1:

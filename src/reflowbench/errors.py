@@ -40,8 +40,13 @@ class DivergedError(FisherError):
 
 
 class BrokenModelError(DivergedError):
-    """A pruner or a correction left a non-finite parameter or buffer (or a non-positive BatchNorm variance) in the
+    """A pruner or a correction left a non-finite parameter or buffer (or a negative BatchNorm variance) in the
     model: the run fails (recorded as failed, with what broke), the sweep goes on."""
+
+
+class PrunerCrashed(ReflowbenchError):
+    """A pruner's own code raised (a bug in it, most often a plug-in's): one line naming the pruner, the run and where;
+    ``REFLOWBENCH_DEBUG=1`` shows the traceback instead."""
 
 
 class MemoryBudgetError(ReflowbenchError, MemoryError):

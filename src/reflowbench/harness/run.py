@@ -9,9 +9,12 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import math
+import os
+import traceback
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -19,7 +22,7 @@ from torch import nn
 
 from reflowbench.config import SuiteSpec
 from reflowbench.datasets import DataBundle, SubsetSizes, check_subset_sizes, disjoint_subsets, load_dataset
-from reflowbench.errors import BrokenModelError, CheckpointError, DivergedError
+from reflowbench.errors import BrokenModelError, CheckpointError, DivergedError, MaskError, PrunerCrashed, ReflowbenchError
 from reflowbench.harness.evaluate import evaluate
 from reflowbench.harness.objective import measure_objective, objective_images, reference_fisher
 from reflowbench.harness.plan import SuitePlan
@@ -258,21 +261,45 @@ def prune_fresh(
         keep_curvature=keep_curvature,
         stages=stages,
     )
-    with ledger.phase("prune", state.device):
-        masks = pruner.prune(model, targets, sparsity, ctx)
-        apply_masks(targets, masks)
-    actual = verify_masks(targets, masks, sparsity, pruner.mask_scope(), model=model)
+    where = f"{pruner.name} at sparsity {sparsity:g}, seed {seed}"
+    with _pruner_errors(where):
+        with ledger.phase("prune", state.device):
+            masks = pruner.prune(model, targets, sparsity, ctx)
+            apply_masks(targets, masks)
+        actual = verify_masks(targets, masks, sparsity, pruner.mask_scope(), model=model)
     check_model_state(model, f"{pruner.name} at sparsity {sparsity:g}, seed {seed}: after pruning", ctx.notes)
     return model, actual, ctx
 
 
+@contextmanager
+def _pruner_errors(where: str) -> Iterator[None]:
+    """Inside: a pruner's own exception becomes a one-line :class:`PrunerCrashed` naming ``where`` (method, sparsity,
+    seed), the exception and the file and line it came from; a mask problem is prefixed with ``where``. With
+    ``REFLOWBENCH_DEBUG=1`` the original exception propagates (its traceback)."""
+    try:
+        yield
+    except MaskError as exc:
+        raise MaskError(f"{where}: {exc}") from None
+    except (ReflowbenchError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        if os.environ.get("REFLOWBENCH_DEBUG"):
+            raise
+        frames = traceback.extract_tb(exc.__traceback__)
+        origin = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+        raise PrunerCrashed(
+            f"{where}: the pruner raised {type(exc).__name__}: {exc}{origin}; the runs finished before it are saved. "
+            "Fix the pruner (REFLOWBENCH_DEBUG=1 shows the traceback)"
+        ) from None
+
+
 def check_model_state(model: nn.Module, where: str, notes: Optional[Dict[str, Any]] = None) -> None:
     """Raise :class:`BrokenModelError` (the run fails, the sweep goes on) when any parameter or buffer of ``model`` is
-    not finite or a BatchNorm running variance is not positive; ``where`` names the method, sparsity, seed and step."""
+    not finite or a BatchNorm running variance is negative; ``where`` names the method, sparsity, seed and step."""
     problems = state_problems(model)
     if problems:
         shown = ", ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
-        raise BrokenModelError(f"{where}: {shown} (every parameter and buffer must be finite, every BatchNorm variance positive)", notes)
+        raise BrokenModelError(f"{where}: {shown} (every parameter and buffer must be finite, no BatchNorm variance negative)", notes)
 
 
 def prune_and_measure(

@@ -6,6 +6,7 @@ A pruner registered with ``@register_pruner("name")`` appears in the CLI (with i
 
 from __future__ import annotations
 
+import re
 import typing
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -191,12 +192,42 @@ def option_sources(pruner: "Pruner", overrides: Optional[Dict[str, str]] = None)
     return rows
 
 
+SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9+._-]*$")  # a pruner's name is part of run file names and of --<name>-<option> flags
+
+
+def _flags(cls: Type[Pruner], name: str) -> Dict[str, str]:
+    """flag -> option for every option of ``cls`` registered as ``name``."""
+    return {f"--{name}-{f.name}".replace("_", "-"): f.name for f in fields(cls.Options)}
+
+
+def _check_registration(name: str, cls: Type[Pruner]) -> None:
+    """Refuse, with one line naming the fix, a name that is taken, not a safe file name, or whose option flags collide
+    with another pruner's (which would break every command, ``list`` included)."""
+    if not isinstance(name, str) or not SAFE_NAME.match(name) or ".." in name:
+        raise ConfigError(
+            f"pruner name {name!r} (class {cls.__name__}) is not a safe name: it names run files and flags, so use lower-case "
+            "letters, digits and + . _ - only, starting with a letter or digit (e.g. 'my-pruner')"
+        )
+    if name in PRUNERS and PRUNERS[name] is not cls:
+        taken = PRUNERS[name]
+        raise ConfigError(f"a pruner named {name!r} is already registered ({taken.__module__}.{taken.__name__}): register {cls.__name__} under another name")
+    mine = _flags(cls, name)
+    for other_name, other in PRUNERS.items():
+        if other_name == name:
+            continue
+        clash = sorted(set(mine) & set(_flags(other, other_name)))
+        if clash:
+            raise ConfigError(
+                f"pruner {name!r} (class {cls.__name__}): option flag {clash[0]} is also pruner {other_name!r}'s flag: rename the option or the pruner"
+            )
+
+
 def register_pruner(name: str, description: str = ""):
-    """Class decorator: register a :class:`Pruner` subclass under ``name``."""
+    """Class decorator: register a :class:`Pruner` subclass under ``name`` (checked: a safe, free name whose option flags
+    are its own)."""
 
     def decorate(cls: Type[Pruner]) -> Type[Pruner]:
-        if name in PRUNERS and PRUNERS[name] is not cls:
-            raise ValueError(f"a pruner named {name!r} is already registered ({PRUNERS[name].__name__})")
+        _check_registration(name, cls)
         cls.name = name
         cls.description = description or (cls.__doc__ or "").strip().splitlines()[0]
         PRUNERS[name] = cls
@@ -214,19 +245,33 @@ def load_plugins() -> List[str]:
     entry points of group ``reflowbench.pruners``. Importing a module registers its pruners."""
     import importlib
     import os
+    from functools import partial
     from importlib.metadata import entry_points
 
     loaded = []
     for module in filter(None, (m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(","))):
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigError(f"{PLUGIN_ENV} names module {module!r}, which cannot be imported ({exc}); fix PYTHONPATH or the name") from exc
+        _import_plugin(partial(importlib.import_module, module), f"{PLUGIN_ENV} names module {module!r}", f"fix it or remove it from {PLUGIN_ENV}")
         loaded.append(module)
     for entry in entry_points(group=PLUGIN_GROUP):
-        entry.load()
+        _import_plugin(entry.load, f"the {PLUGIN_GROUP} entry point {entry.name!r} ({entry.value})", "fix the plugin or uninstall its package")
         loaded.append(entry.value)
     return loaded
+
+
+def _import_plugin(load: Callable[[], Any], what: str, fix: str) -> None:
+    """Run ``load`` (an import); any failure is a one-line :class:`ConfigError` naming the plugin, where it failed and ``fix``."""
+    import traceback
+
+    try:
+        load()
+    except ConfigError as exc:  # a registration refused (name taken, unsafe, flags that collide)
+        raise ConfigError(f"{what}: {exc}") from None
+    except ImportError as exc:
+        raise ConfigError(f"{what}, which cannot be imported ({exc}); fix PYTHONPATH or the name") from None
+    except Exception as exc:  # noqa: BLE001 - a plugin's own bug, reported in one line instead of a traceback
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+        raise ConfigError(f"{what}, which raised {type(exc).__name__}: {exc}{where} while being imported; {fix}") from None
 
 
 def pruner_names() -> List[str]:

@@ -70,7 +70,10 @@ def masks_from_flat(targets: TargetSet, flat_keep: torch.Tensor) -> Masks:
 
 
 def apply_masks(targets: TargetSet, masks: Masks) -> None:
-    """Zero every pruned weight in place."""
+    """Zero every pruned weight in place (a target without a mask is a :class:`MaskError` naming it)."""
+    missing = [t.param_name for t in targets if t.param_name not in masks]
+    if missing:
+        raise MaskError(f"the pruner returned no mask for {missing}: every target needs one")
     with torch.no_grad():
         for t in targets:
             t.weight.mul_(masks[t.param_name].to(t.weight.dtype))
