@@ -102,3 +102,64 @@ def test_a_settings_file_with_a_repeated_key_is_refused(tmp_path, capsys, where)
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "appears twice" in line and "Traceback" not in line
     assert not (tmp_path / "o" / "runs").exists()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_undecodable_image_in_an_imagefolder_tree_is_named(tmp_path, workers):
+    from PIL import Image
+    from torchvision import transforms
+
+    from reflowbench.datasets.imagesets import FolderImageSet
+    from reflowbench.errors import DatasetError
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.new("RGB", (8, 8), (40 * i, 10, 200)).save(tmp_path / cls / f"{i}.png")
+    bad = tmp_path / "b" / "2.png"
+    bad.write_bytes(b"not an image at all")
+    images = FolderImageSet(str(tmp_path), transforms.ToTensor(), transforms.ToTensor(), workers=workers)
+    with pytest.raises(DatasetError) as caught:
+        list(images.batches(None, 2))
+    message = str(caught.value)
+    assert message.startswith(f"image {bad} cannot be decoded (") and "\n" not in message and "replace or remove it" in message
+
+
+def test_a_folder_edited_in_place_to_the_same_size_is_a_new_data_identity(tmp_path):
+    import os
+
+    from reflowbench.utils.io import content_sha256
+
+    (tmp_path / "train").mkdir()
+    image = tmp_path / "train" / "x.jpg"
+    image.write_bytes(b"a" * 100)
+    first = content_sha256(tmp_path)
+    image.write_bytes(b"b" * 100)  # same name, same size, other bytes
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 1_000_000_000))
+    assert content_sha256(tmp_path) != first
+
+
+def test_a_full_disk_mid_sweep_is_one_line_and_loses_nothing(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import reflowbench.harness.sweep as sweep
+
+    out = tmp_path / "out"
+    real, calls = sweep.write_run, []
+
+    def full_after_one(path, record):
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path) + ".tmp")
+        real(path, record)
+
+    monkeypatch.setattr(sweep, "write_run", full_after_one)
+    assert main(["run", "--sparsities", "0.5,0.9", "--seeds", "0", "--out", str(out), *QUICK]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "no space left on the disk while writing" in line and "finished runs are saved" in line and "run the same command again" in line
+    saved = list((out / "runs").glob("*.json"))
+    assert len(saved) == 1 and read_run_file(saved[0])[1] is None  # the run finished before the disk filled is whole
+    monkeypatch.setattr(sweep, "write_run", real)
+    capsys.readouterr()
+    assert main(["run", "--sparsities", "0.5,0.9", "--seeds", "0", "--out", str(out), *QUICK]) == 0
+    assert "1 already complete" in capsys.readouterr().out and len(list((out / "runs").glob("*.json"))) == 2

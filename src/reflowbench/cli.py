@@ -7,6 +7,7 @@ from each registered pruner's Options, as ``--<pruner>-<option>``).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -501,6 +502,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"reflowbench: interrupted; {getattr(args, 'interrupted', 'nothing was saved')}", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(
+            f"reflowbench: error: no space left on the disk{where} ({exc.strerror}); {getattr(args, 'interrupted', 'nothing was saved')}. "
+            "Every file is written whole or not at all: free some space and run the same command again to go on",
+            file=sys.stderr,
+        )
+        return 2
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as other command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

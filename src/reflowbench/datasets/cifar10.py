@@ -18,7 +18,7 @@ import numpy as np
 
 from reflowbench.datasets.imagesets import TensorImageSet
 from reflowbench.errors import DatasetError
-from reflowbench.utils.io import cache_dir, file_sha256, stable_hash
+from reflowbench.utils.io import cache_dir, file_sha256, stable_hash, tree_listing
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NORMALIZATIONS: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
@@ -118,8 +118,7 @@ def _read_torchvision(root: Path, download: bool) -> Arrays:
 def _source_key(path: Path) -> str:
     if path.is_file():
         return "file-" + file_sha256(path)[:16]
-    listing = sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*") if p.is_file())
-    return "tree-" + stable_hash(listing, 16)
+    return "tree-" + stable_hash(tree_listing(path), 16)  # names, sizes and modification times: an edit in place is a new cache
 
 
 def _cached(path: Path, reader) -> Arrays:

@@ -8,11 +8,14 @@ Two implementations share one protocol:
 
 from __future__ import annotations
 
+import re
 from typing import Iterator, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
+
+from reflowbench.errors import DatasetError
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
@@ -86,14 +89,29 @@ class TensorImageSet:
             yield x, self.labels[chosen]
 
 
+UNDECODABLE = re.compile(r"image (.+?) cannot be decoded \((.*?)\): replace or remove it")
+
+
+def checked_loader(path: str):
+    """torchvision's image loader, with an image that cannot be decoded named in one line (a :class:`DatasetError`)."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception as exc:  # noqa: BLE001 - PIL raises several kinds for a broken file
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise DatasetError(f"image {path} cannot be decoded ({type(exc).__name__}: {why}): replace or remove it") from None
+
+
 class FolderImageSet:
-    """An ImageFolder tree; ``eval_transform`` / ``train_transform`` are torchvision transforms to tensors."""
+    """An ImageFolder tree; ``eval_transform`` / ``train_transform`` are torchvision transforms to tensors. An image that
+    cannot be decoded stops the iteration with one line naming the file (also from inside a DataLoader worker)."""
 
     def __init__(self, root: str, eval_transform, train_transform, workers: int = 2) -> None:
         from torchvision.datasets import ImageFolder
 
-        self.eval_set = ImageFolder(root, transform=eval_transform)
-        self.train_set = ImageFolder(root, transform=train_transform)
+        self.eval_set = ImageFolder(root, transform=eval_transform, loader=checked_loader)
+        self.train_set = ImageFolder(root, transform=train_transform, loader=checked_loader)
         self.num_classes = len(self.eval_set.classes)
         self.workers = workers
 
@@ -106,4 +124,11 @@ class FolderImageSet:
         generator = torch.Generator().manual_seed(seed)
         loader = DataLoader(subset, batch_size=batch_size, shuffle=shuffle, num_workers=self.workers, generator=generator, persistent_workers=False)
         torch.manual_seed(seed)  # augmentation randomness inside workers derives from the base seed
-        yield from loader
+        try:
+            yield from loader
+        except Exception as exc:
+            found = UNDECODABLE.findall(str(exc))  # a worker's exception arrives wrapped, its traceback (source lines too) first
+            if not found:
+                raise
+            path, why = found[-1]  # the exception's own line comes last
+            raise DatasetError(f"image {path} cannot be decoded ({why}): replace or remove it") from None

@@ -64,13 +64,21 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def content_sha256(path: Path) -> str:
-    """SHA-256 identity of a data source: the file's bytes, or for a folder the sorted (relative path,
-    size) listing of its files (hashing every byte of an ImageNet tree would take hours).
+def tree_listing(path: Path) -> List[Tuple[str, int, int]]:
+    """The sorted (relative path, size in bytes, modification time in ns) of every file below ``path``: a folder's
+    identity (hashing every byte of an ImageNet tree would take hours). A file edited in place, even to the same size,
+    changes its modification time and so the listing."""
+    path = Path(path)
+    return sorted((str(p.relative_to(path)), st.st_size, st.st_mtime_ns) for p in path.rglob("*") if p.is_file() for st in [p.stat()])
 
-    Computed once per (path, size, modification time) and remembered in the user cache folder.
-    """
+
+def content_sha256(path: Path) -> str:
+    """SHA-256 identity of a data source: the file's bytes (computed once per (path, size, modification time) and
+    remembered in the user cache folder), or for a folder the hash of its :func:`tree_listing` (computed every time: a
+    folder's own modification time does not change when a file in it is edited in place)."""
     path = Path(path).resolve()
+    if path.is_dir():
+        return "tree-" + stable_hash(tree_listing(path), 64)
     stat = path.stat()
     memo_key = stable_hash([str(path), stat.st_size, stat.st_mtime_ns, path.is_dir()], 32)
     memo = cache_dir() / "content-hashes" / memo_key
@@ -78,11 +86,7 @@ def content_sha256(path: Path) -> str:
         return memo.read_text().strip()
     except OSError:
         pass
-    if path.is_file():
-        digest = file_sha256(path)
-    else:
-        listing = sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*") if p.is_file())
-        digest = "tree-" + stable_hash(listing, 64)
+    digest = file_sha256(path)
     atomic_write_text(memo, digest + "\n")
     return digest
 
