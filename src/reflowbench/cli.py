@@ -60,14 +60,14 @@ def _add_suite_arguments(parser: argparse.ArgumentParser, sections=SECTIONS, wit
 
 def _read_config_file(path_text: str) -> Any:
     path = Path(path_text)
-    from reflowbench.utils.io import loads_settings
+    from reflowbench.utils.io import DuplicateKeyError, loads_settings
 
     try:
         return loads_settings(path.read_text())
     except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read the file ({exc.strerror or exc})") from None
     except ValueError as exc:
-        raise ConfigError(f"--config {path}: not valid JSON ({exc})") from None
+        raise ConfigError(f"--config {path}: {exc}" if isinstance(exc, DuplicateKeyError) else f"--config {path}: not valid JSON ({exc})") from None
 
 
 def _choose_preset(args: argparse.Namespace, file_overrides: Any) -> Optional[str]:

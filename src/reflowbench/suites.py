@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from reflowbench.errors import ConfigError
-from reflowbench.utils.io import loads_settings
+from reflowbench.utils.io import DuplicateKeyError, loads_settings
 
 
 @dataclass
@@ -228,7 +228,7 @@ def load_suite(name: str) -> Dict[str, Any]:
         except OSError as exc:
             raise ConfigError(f"suite file {name}: cannot read it ({exc.strerror or exc})") from None
         except ValueError as exc:
-            raise ConfigError(f"suite file {name}: not valid JSON ({exc})") from None
+            raise ConfigError(f"suite file {name}: {exc}" if isinstance(exc, DuplicateKeyError) else f"suite file {name}: not valid JSON ({exc})") from None
     else:
         raise ConfigError(f"unknown suite {name!r}: choose one of {sorted(SUITES)} or pass a suite JSON file")
     jobs = suite.get("jobs") if isinstance(suite, dict) else None

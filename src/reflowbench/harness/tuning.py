@@ -36,7 +36,7 @@ from reflowbench.pruners.base import key_options
 from reflowbench.reflow import recalibrate_bn
 from reflowbench.reports.aggregate import markdown_table
 from reflowbench.utils.cost import CostLedger
-from reflowbench.utils.io import atomic_write_json, atomic_write_text, loads_settings, read_keyed_json, stable_hash
+from reflowbench.utils.io import DuplicateKeyError, atomic_write_json, atomic_write_text, loads_settings, read_keyed_json, stable_hash
 
 Log = Callable[[str], None]
 Grid = Dict[str, List[Dict[str, Any]]]
@@ -55,7 +55,7 @@ def read_grid(tune: TuneSpec, method: str) -> Grid:
     except OSError as exc:
         raise ConfigError(f"--grid {tune.grid}: cannot read the file ({exc.strerror or exc})") from None
     except ValueError as exc:
-        raise ConfigError(f"--grid {tune.grid}: not valid JSON ({exc})") from None
+        raise ConfigError(f"--grid {tune.grid}: {exc}" if isinstance(exc, DuplicateKeyError) else f"--grid {tune.grid}: not valid JSON ({exc})") from None
     if not isinstance(grid, dict) or not grid or not all(isinstance(a, list) and a and all(isinstance(c, dict) for c in a) for a in grid.values()):
         raise ConfigError(f'--grid {tune.grid}: must be {{"axis": [{{"option": value, ...}}, ...], ...}} with at least one option set per axis')
     return grid
