@@ -38,6 +38,9 @@ class SuiteCommandSpec:
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     dry_run: bool = False  # list every job with its finished and missing runs, run nothing
     report_only: bool = False  # write the combined report from the runs already finished, run nothing
+    skip_unreadable: bool = (
+        False  # leave files under a job's runs/ that are not readable run records out of the combined report (each named); without it they stop it
+    )
     readme: Optional[str] = (
         None  # also replace the block between <!-- reflowbench-summary:NAME:start --> and <!-- ...:end --> in this markdown file with the report's summary.md
     )
