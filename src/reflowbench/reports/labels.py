@@ -83,22 +83,40 @@ def set_short_labels(
         if not roles:  # options alone cannot tell two reference-option configurations apart (e.g. other REFLOW settings): one is the reference
             role_of = {config: role if role != REFERENCE or config == reference else "" for config, role in role_of.items()}
         base = config_fields(configs[reference][0]) if reference is not None else None
+        differing = {config: _differences(config_fields(runs[0]), base) if base is not None else [] for config, runs in configs.items()}
+        shown = _fewest_settings(method, configs, differing, role_of)
         for config, runs in configs.items():
             role = role_of[config]
             if len(configs) == 1:
                 short = method
             elif role:
                 short = f"{method} {role}"
-            elif base is not None:
-                differing = _differences(config_fields(runs[0]), base)
-                first = f"{_shorten(differing[0])}={_value(config_fields(runs[0]).get(differing[0]))}" if differing else "other"
-                short = f"{method} {first}" + (f" +{len(differing) - 1}" if len(differing) > 1 else "")
             else:
-                short = runs[0].get("label", method)
+                short = shown.get(config) or runs[0].get("label", method)
             for record in runs:
                 record["short"], record["role"] = _cut(short), role
     _disambiguate(records)
     return records
+
+
+def _fewest_settings(
+    method: str, configs: Dict[str, List[Dict[str, Any]]], differing: Dict[str, List[str]], role_of: Dict[str, str]
+) -> Dict[str, str]:
+    """config -> ``method name=value ...`` naming, most salient first, the fewest of its differing settings that tell it
+    from the method's other unnamed configurations (``+N`` when N more differ); '' for a configuration with no difference."""
+    unnamed = [config for config in configs if not role_of[config] and differing[config]]
+    shown: Dict[str, str] = {}
+    for count in range(1, 1 + max((len(differing[c]) for c in unnamed), default=0)):
+        stems = {}
+        for config in unnamed:
+            fields = config_fields(configs[config][0])
+            items = [f"{_shorten(name)}={_value(fields.get(name))}" for name in differing[config][:count]]
+            rest = len(differing[config]) - len(items)
+            stems[config] = f"{method} {' '.join(items)}"
+            shown[config] = stems[config] + (f" +{rest}" if rest else "")
+        if len(set(stems.values())) == len(stems):  # the named settings alone tell them apart
+            break
+    return shown
 
 
 def _role(runs: List[Dict[str, Any]], roles: Mapping[str, str], reference: Optional[Dict[str, Any]]) -> str:
