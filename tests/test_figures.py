@@ -168,3 +168,15 @@ def test_a_broken_figure_fails_the_check(comparison, tmp_path, monkeypatch):
     fig.axes[1].legend(loc="center")
     with pytest.raises(AssertionError, match="overprints a panel"):
         _check_figure(fig)
+
+
+def test_a_configuration_with_fewer_sparsities_is_judged_on_the_shared_ones():
+    """A row still running at its last sparsity must not lose to (or win against) another on points it lacks."""
+    from reflowbench.reports.figures import _curves, best_per_method
+
+    records = [_run("m", "chita++", {"solver": "iht"}, s, 0, f"i{s}", 70.0 if s < 0.9 else 90.0) for s in SPARSITIES]
+    records += [_run("m", "chita++", {"solver": "block-backsolve"}, s, 0, f"b{s}", 80.0) for s in SPARSITIES[:-1]]
+    annotate_variants(records)
+    set_short_labels(records, reference_options={"chita++": {"solver": "block-backsolve"}})
+    best = best_per_method(_curves(records, "m"))
+    assert next(r for r in records if r["label"] == best["chita++"])["options"]["solver"] == "block-backsolve"

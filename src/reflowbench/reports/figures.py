@@ -54,21 +54,25 @@ def _first(curve: Curve) -> Dict[str, Any]:
     return next(iter(curve.values()))[0]
 
 
-def _mean_top1(curve: Curve, stage: str) -> float:
-    return float(np.mean([np.mean([r[stage]["top1"] for r in runs]) for runs in curve.values()]))
+def _mean_top1(curve: Curve, stage: str, sparsities: Optional[set] = None) -> float:
+    """Mean over ``sparsities`` (default: all the curve has) of the mean top-1 at ``stage`` over seeds."""
+    chosen = [runs for sparsity, runs in curve.items() if sparsities is None or sparsity in sparsities]
+    return float(np.mean([np.mean([r[stage]["top1"] for r in runs]) for runs in chosen]))
 
 
 def best_per_method(curves: Dict[str, Curve], stage: str = "reflow") -> Dict[str, str]:
-    """method -> the label of its configuration with the highest mean top-1 at ``stage`` over its sparsities, among
-    those run at the most sparsities (so a configuration with fewer points never wins on an easier subset)."""
+    """method -> the label of its configuration with the highest mean top-1 at ``stage`` over the sparsities every one of
+    the method's configurations has (so a configuration run at fewer sparsities neither wins nor loses on the points it
+    lacks: a row still running at 0.95 is judged on 0.5-0.9 like the others)."""
     by_method: Dict[str, List[str]] = {}
     for label, curve in curves.items():
         by_method.setdefault(_first(curve)["method"], []).append(label)
     best = {}
     for method, labels in by_method.items():
-        most = max(len(curves[label]) for label in labels)
-        full = [label for label in labels if len(curves[label]) == most]
-        best[method] = max(full, key=lambda label: (_mean_top1(curves[label], stage), label))
+        shared = set.intersection(*(set(curves[label]) for label in labels))
+        if not shared:  # no sparsity in common: judge each on its own points
+            shared = None
+        best[method] = max(labels, key=lambda label: (_mean_top1(curves[label], stage, shared), label))
     return best
 
 

@@ -99,9 +99,7 @@ def set_short_labels(
     return records
 
 
-def _fewest_settings(
-    method: str, configs: Dict[str, List[Dict[str, Any]]], differing: Dict[str, List[str]], role_of: Dict[str, str]
-) -> Dict[str, str]:
+def _fewest_settings(method: str, configs: Dict[str, List[Dict[str, Any]]], differing: Dict[str, List[str]], role_of: Dict[str, str]) -> Dict[str, str]:
     """config -> ``method name=value ...`` naming, most salient first, the fewest of its differing settings that tell it
     from the method's other unnamed configurations (``+N`` when N more differ); '' for a configuration with no difference."""
     unnamed = [config for config in configs if not role_of[config] and differing[config]]
