@@ -63,12 +63,9 @@ def _load_failure(exc: Exception) -> str:
 
 def check_finite(state: StateDict, source: str) -> None:
     """Raise :class:`CheckpointError` naming every floating tensor with NaN or Inf entries."""
-    bad = []
-    for key, tensor in state.items():
-        if tensor.is_floating_point():
-            finite = torch.isfinite(tensor)
-            if not bool(finite.all()):
-                bad.append(f"{key} ({int((~finite).sum())} of {tensor.numel()} entries)")
+    from reflowbench.models.state_checks import non_finite_entries
+
+    bad = non_finite_entries(state.items())
     if bad:
         shown = ", ".join(bad[:10]) + (f", ... (+{len(bad) - 10} more)" if len(bad) > 10 else "")
         raise CheckpointError(

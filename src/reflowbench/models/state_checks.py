@@ -4,21 +4,26 @@ the run, not give NaN losses and an invented REFLOW gain)."""
 
 from __future__ import annotations
 
-from typing import List
+from typing import Iterable, List, Tuple
 
 import torch
 from torch import nn
 
 
-def non_finite_tensors(model: nn.Module) -> List[str]:
-    """Names of the floating parameters and buffers with NaN or Inf entries, with how many (e.g. ``bn1.weight (3 of 16)``)."""
+def non_finite_entries(named: Iterable[Tuple[str, torch.Tensor]]) -> List[str]:
+    """Of ``(name, tensor)`` pairs, the floating tensors with NaN or Inf entries, with how many (``bn1.weight (3 of 16 entries)``)."""
     bad = []
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+    for name, tensor in named:
         if tensor.is_floating_point():
             finite = torch.isfinite(tensor)
             if not bool(finite.all()):
                 bad.append(f"{name} ({int((~finite).sum())} of {tensor.numel()} entries)")
     return bad
+
+
+def non_finite_tensors(model: nn.Module) -> List[str]:
+    """The model's floating parameters and buffers with NaN or Inf entries (see :func:`non_finite_entries`)."""
+    return non_finite_entries([*model.named_parameters(), *model.named_buffers()])
 
 
 def invalid_bn_statistics(model: nn.Module) -> List[str]:
@@ -59,4 +64,4 @@ def first_non_finite_module(model: nn.Module, images: torch.Tensor) -> str:
     return found[0] if found else ""
 
 
-__all__ = ["first_non_finite_module", "invalid_bn_statistics", "non_finite_tensors", "state_problems"]
+__all__ = ["first_non_finite_module", "invalid_bn_statistics", "non_finite_entries", "non_finite_tensors", "state_problems"]
