@@ -69,7 +69,7 @@ def benchmark_prune(benchmark, pruner, dense, train, sparsity: float, notes_key:
         with ledger.phase("prune"):
             masks = pruner.prune(model, targets, sparsity, ctx)
             apply_masks(targets, masks)
-        verify_masks(targets, masks, sparsity, model=model)
+        verify_masks(targets, masks, sparsity, pruner.mask_scope(), model=model)
         notes.append(ctx.notes[notes_key])
 
     benchmark.pedantic(prune, setup=fresh_model_setup(dense, ledgers), rounds=rounds, iterations=1)
@@ -104,7 +104,7 @@ def benchmark_large_model(benchmark, model, pruner, sparsity: float, budget_gib:
         with ledger.phase("prune"):
             masks = pruner.prune(model, targets, sparsity, ctx)
             apply_masks(targets, masks)
-        verify_masks(targets, masks, sparsity)
+        verify_masks(targets, masks, sparsity, pruner.mask_scope())
 
     benchmark.pedantic(prune, rounds=1, iterations=1)
     peak = max(peak_rss_mb(), *(cost.peak_rss_mb for cost in ledger.phases.values()))  # phases reset the kernel's high-water mark

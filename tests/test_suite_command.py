@@ -58,8 +58,12 @@ def test_suite_runs_its_jobs_resumes_and_writes_the_combined_report(tmp_path, ca
 def test_named_suite_is_well_formed_and_fills_the_models_dir():
     suite = load_suite("cifar10")
     assert {job["folder"] for job in suite["jobs"]} == {"cifar10-resnet20", "cifar10-resnet56", "cifar10-mobilenetv1", "cifar10-resnet20-objective"}
-    main_jobs = [job for job in suite["jobs"] if job.get("role", "sweep") == "sweep"]
-    assert all(set(job["settings"]["sweep"]["methods"]) >= {"mp", "woodfisher", "cbs", "chita"} for job in main_jobs)
+    reference_methods = {}
+    for job in suite["jobs"]:
+        if job.get("role", "sweep") == "sweep":
+            reference_methods.setdefault(job["folder"], set()).update(job["settings"]["sweep"]["methods"])
+    assert set(reference_methods) == {"cifar10-resnet20", "cifar10-resnet56", "cifar10-mobilenetv1"}
+    assert all(methods >= {"mp", "woodfisher", "cbs", "chita", "chita++", "sparsegpt", "obc", "wanda"} for methods in reference_methods.values())
     filled = fill_placeholders(suite["jobs"][0]["settings"], "/models")
     assert filled["model"]["checkpoint"] == "/models/resnet20_cifar10_jpeg.pt"
     assert "{models}" in SUITES["cifar10"]["jobs"][0]["settings"]["model"]["checkpoint"]  # the definition itself is untouched
@@ -97,10 +101,11 @@ def test_cifar10_suite_plans_against_the_shared_files(tmp_path):
 
     command = SuiteCommandSpec(out=str(tmp_path), models_dir=str(SHARED_MODELS), data=str(SHARED_DATA), dry_run=True)
     planned = plan_jobs("cifar10", command)
-    # main sweeps, the labelled variants (CHITA IHT on each model, CHITA++ IHT and the active set on ResNet-20), selection x update, objective, tuned per model
-    assert sum(len(job.plan.pruners) for job in planned) == 3 * 5 + 5 + 7 + 8 + 3 * 3
-    assert [job.tune.method for job in planned if job.tune] == ["woodfisher", "cbs", "chita"] * 3
-    assert [job.folder for job in planned if job.tune][-3:] == ["cifar10-mobilenetv1"] * 3
+    # main sweeps, the labelled variants (CHITA IHT on each model, CHITA++ IHT and the active set on ResNet-20), selection x
+    # update, objective, tuned per model; the layer-wise family's reference rows and tuned rows per model
+    assert sum(len(job.plan.pruners) for job in planned) == 3 * 5 + 5 + 7 + 8 + 3 * 3 + 3 * (3 + 3)
+    assert [job.tune.method for job in planned if job.tune] == ["woodfisher", "cbs", "chita", "sparsegpt", "obc", "wanda"] * 3
+    assert [job.folder for job in planned if job.tune][-6:] == ["cifar10-mobilenetv1"] * 6
 
 
 def test_spent_seconds_counts_shared_gradients_once():

@@ -173,6 +173,43 @@ def _tuned_jobs(
 
 
 TUNED = ["woodfisher", "cbs", "chita"]
+# The layer-wise reconstruction family (no gradients): each pruner's published setting is its reference row (the class
+# defaults are the best cell of its ResNet-20 search), and every model gets a tuned row from its own search.
+LAYERWISE = ["sparsegpt", "obc", "wanda"]
+LAYERWISE_PUBLISHED = {
+    "sparsegpt": {"sparsity_rule": "uniform", "target": "pruned-inputs", "refit": False, "mode": "sequential"},
+    "obc": {"num_images": 1024, "damp": 1e-6, "sparsity_rule": "uniform", "target": "pruned-inputs", "mode": "sequential"},
+    "wanda": {"mode": "sequential", "sparsity_rule": "uniform"},
+}
+LAYERWISE_SOURCES = {
+    "sparsegpt": {
+        "sparsity_rule": "REFERENCES.md §6 (SparseGPT): the same sparsity in every layer",
+        "target": "REFERENCES.md §6 (SparseGPT): |W X - W_hat X|^2 on the layer's inputs in the network pruned so far",
+        "refit": "REFERENCES.md §6 (SparseGPT): the sweep's own compensation, no re-fit",
+        "mode": "REFERENCES.md §6 (SparseGPT): layers in sequence",
+    },
+    "obc": {
+        "num_images": "REFERENCES.md §6 (OBC): 1024 calibration samples (its 10 augmentation rounds are not done here)",
+        "damp": "REFERENCES.md §6 (OBC): rel_damp 0; the suite needs a positive damping, 1e-6 the nearest",
+        "sparsity_rule": "REFERENCES.md §6 (OBC): every layer at the same sparsity",
+        "target": "REFERENCES.md §6 (OBC): the layer's reconstruction on its own inputs",
+        "mode": "suite choice: sequential, as SparseGPT (REFERENCES.md §6 does not say which inputs OBC's layers see)",
+    },
+    "wanda": {
+        "mode": "REFERENCES.md §6 (Wanda): layers in sequence, as SparseGPT",
+        "sparsity_rule": "REFERENCES.md §6 (Wanda): the same sparsity in every layer",
+    },
+}
+# ResNet-56 and MobileNetV1: SparseGPT's grid (108 cells) and OBC's (36) are cut by a first pass at 0.7.
+LAYERWISE_FIRST_PASS = {"sparsegpt": {"first_pass_keep": 8}, "obc": {"first_pass_keep": 8}}
+
+
+def _layerwise_jobs(folder: str, checkpoint: str, model: str, first_pass: Optional[Dict[str, Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+    """The layer-wise family on one model: its reference rows (each pruner's published setting) and its tuned rows."""
+    reference = {**_job(folder, model, checkpoint, "sweep", {"methods": LAYERWISE}, LAYERWISE_PUBLISHED), "sources": LAYERWISE_SOURCES}
+    return [reference, *_tuned_jobs(folder, checkpoint, model, LAYERWISE, first_pass=first_pass)]
+
+
 # MobileNetV1's grids: WoodFisher's N = 1000 cells store G in bfloat16 (6.4 GB instead of 12.8 GB); CBS (no N axis) at N = 400.
 MNV1_TUNING_OPTIONS = {"woodfisher": {"dtype": "bfloat16"}, "cbs": {"num_grads": 400}}
 # ... and WoodFisher's blocks of 2,000 with N = 1000 still need 9.1 GiB (G, its padded copy, the factors): a 12 GiB budget
@@ -185,9 +222,10 @@ FIRST_PASS = {"chita": {"first_pass_keep": 8}}
 
 SUITES: Dict[str, Dict[str, Any]] = {
     "cifar10": {
-        "description": "MP, WoodFisher, CBS, CHITA and CHITA++ at their published defaults on the three CIFAR-10 _jpeg checkpoints, "
-        "sparsities 0.5-0.95, seeds 0-2, with and without REFLOW; on each model also WoodFisher, CBS and CHITA with settings tuned on the "
-        "held-out training loss; on ResNet-20 the selection x update ablation and the quadratic-model diagnostic",
+        "description": "MP, WoodFisher, CBS, CHITA and CHITA++ and the layer-wise SparseGPT, ExactOBS/OBC and Wanda at their published "
+        "settings on the three CIFAR-10 _jpeg checkpoints, sparsities 0.5-0.95, seeds 0-2, with and without REFLOW; on each model also "
+        "WoodFisher, CBS, CHITA, SparseGPT, OBC and Wanda with settings tuned on the held-out training loss; on ResNet-20 the selection x "
+        "update ablation and the quadratic-model diagnostic",
         "notes": MODEL_NOTES,
         "jobs": [
             _main_job("cifar10-resnet20", "resnet20", R20, {}, {}),
@@ -195,9 +233,11 @@ SUITES: Dict[str, Dict[str, Any]] = {
             *_ablation_jobs("cifar10-resnet20", R20, "resnet20"),
             *_objective_jobs("cifar10-resnet20-objective", R20, "resnet20"),
             *_tuned_jobs("cifar10-resnet20", R20, "resnet20", TUNED),
+            *_layerwise_jobs("cifar10-resnet20", R20, "resnet20", {"sparsegpt": {"first_pass_keep": 16}}),
             _main_job("cifar10-resnet56", "resnet56", R56, CHITA_PP_IHT, {"chita++": {**PP_IHT_SOURCES, "solver": PP_IHT_ONLY}}),
             *_variant_jobs("cifar10-resnet56", "resnet56", R56, chita_pp_iht=False),
             *_tuned_jobs("cifar10-resnet56", R56, "resnet56", TUNED, first_pass=FIRST_PASS),
+            *_layerwise_jobs("cifar10-resnet56", R56, "resnet56", LAYERWISE_FIRST_PASS),
             _main_job(
                 "cifar10-mobilenetv1",
                 "mobilenetv1",
@@ -207,6 +247,7 @@ SUITES: Dict[str, Dict[str, Any]] = {
             ),
             *_variant_jobs("cifar10-mobilenetv1", "mobilenetv1", MNV1, chita_pp_iht=False),
             *_tuned_jobs("cifar10-mobilenetv1", MNV1, "mobilenetv1", TUNED, MNV1_TUNING_OPTIONS, MNV1_TUNING_SWEEPS, FIRST_PASS),
+            *_layerwise_jobs("cifar10-mobilenetv1", MNV1, "mobilenetv1", LAYERWISE_FIRST_PASS),
         ],
     },
 }

@@ -10,7 +10,17 @@ import numpy as np
 
 from reflowbench.schema.results import DOUBT_MIN_CPU_SHARE, cpu_share, timing_doubts
 
-COST_PHASES = ("gradients", "curvature", "selection", "update", "prune", "recalibrate", "eval_pruned")
+COST_PHASES = (
+    "gradients",
+    "curvature",
+    "inputs",
+    "selection",
+    "update",
+    "solve",
+    "prune",
+    "recalibrate",
+    "eval_pruned",
+)  # inputs, solve: the layer-wise pruners
 
 
 BASELINE = "mp"  # the method every comparison table measures the others against (MP + REFLOW)

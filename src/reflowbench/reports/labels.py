@@ -23,10 +23,13 @@ from reflowbench.schema.results import config_fields, option_in_key  # noqa: E40
 REFERENCE, TUNED = "reference", "tuned"
 MAX_LABEL = 32  # characters: a label longer than this is cut (the tables keep the full label)
 # The settings a short label names first when several differ (the structural options before the numeric ones).
-SALIENT = ("solver", "form", "block_size", "update", "damp", "damp_mode", "num_grads", "minibatch", "recompute_steps", "scope", "dtype")
+SALIENT = (
+    "solver", "form", "mask", "sparsity_rule", "mode", "refit", "compare", "block_size", "update", "damp", "damp_mode", "num_grads", "num_images",
+    "minibatch", "recompute_steps", "scope", "dtype",
+)  # fmt: skip
 # A fixed colour per built-in method, so a method has the same colour in every figure of every report; other methods
 # (plug-ins) take the remaining tab20 colours in name order.
-METHOD_ORDER = ("mp", "woodfisher", "cbs", "chita", "chita++", "mp-hessian", "mp-layer")
+METHOD_ORDER = ("mp", "woodfisher", "cbs", "chita", "chita++", "sparsegpt", "mp-hessian", "mp-layer", "obc", "wanda")  # mp-layer: tab10 grey
 MP_REFERENCE_COLOR = "0.55"  # the grey of the MP + REFLOW reference line
 
 

@@ -1,0 +1,189 @@
+"""The base of the layer-wise reconstruction pruners (ExactOBS/OBC, SparseGPT, Wanda): per target layer, H = X X^T / n
+from the layer's inputs on the pruner's own training images (no gradients, no labels), then a per-layer solve.
+
+The harness's contract is kept: exactly round(s * p) weights pruned over all targets (``sparsity_rule`` global-*) or
+per layer (``uniform``), pruned weights exactly zero, the kept ones re-fitted in place.
+
+    sparsity_rule  each layer's share of the pruned weights:
+                   uniform           every layer at s (the published LLM setting of SparseGPT and Wanda);
+                   global-magnitude  each layer at the sparsity one global magnitude threshold gives it (MP's allocation);
+                   global-obs        one threshold on each weight's OBS error w^2 / [H^-1]_jj relative to its layer's
+                                     dense output energy tr(W H W^T) (suite choice: the errors of different layers are
+                                     made comparable by that normalisation), from the dense network's H
+    mode           sequential: each layer's H from the network pruned so far (the default of these methods);
+                   parallel: every H from the dense network, in one pass
+    target         (sequential mode) what a layer's pruned weights reproduce: pruned-inputs, the dense weights' outputs
+                   on the inputs of the network pruned so far, |(W - W_hat) X_hat|^2 (SparseGPT, OBC); dense-outputs, the
+                   dense layer's outputs on the dense network's inputs, |W X - W_hat X_hat|^2, which also undoes the
+                   change of the inputs (each row first moved to its unconstrained optimum H_hat^-1 C w, C = X_hat X^T / n,
+                   then pruned on H_hat as usual: the two objectives differ by a constant)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Dict, List, Optional, Set, Tuple
+
+import torch
+from torch import nn
+
+from reflowbench.errors import ConfigError
+from reflowbench.pruners.base import PruneContext, Pruner
+from reflowbench.pruners.masks import Masks, masks_from_scores, num_to_prune
+from reflowbench.reconstruction import InputHessian, LayerGeometry, collect_hessians, damped
+from reflowbench.schema.targets import Target, TargetSet
+
+SPARSITY_RULES = ("uniform", "global-magnitude", "global-obs")
+MODES = ("sequential", "parallel")
+TARGETS = ("pruned-inputs", "dense-outputs")
+
+
+@dataclass
+class LayerwiseOptions:
+    num_images: int = 128  # calibration images from the pruner's own training subset (SparseGPT: 128 samples)
+    batch_size: int = 64  # images per forward pass while collecting inputs (how the work is split: same result)
+    damp: float = 0.01  # relative damping: lam * mean(diag H) added to H (SparseGPT: 1 %)
+    mode: str = "sequential"  # sequential (inputs from the network pruned so far) or parallel (dense inputs)
+    sparsity_rule: str = "uniform"  # each layer's sparsity: uniform, global-magnitude, global-obs
+    target: str = "pruned-inputs"  # sequential mode: reproduce the dense weights on the pruned inputs, or the dense outputs (dense-outputs)
+
+
+class LayerwisePruner(Pruner):
+    """Collects each layer's H (sequentially or in parallel) and calls :meth:`prune_layer` per target."""
+
+    Options = LayerwiseOptions
+    KEY_NEUTRAL = ("batch_size",)
+    REFERENCE: ClassVar[Dict[str, str]] = {
+        "num_images": "REFERENCES.md §6 (SparseGPT): 128 calibration samples by default",
+        "batch_size": "suite choice: images per forward pass (how the work is split, same result up to float rounding)",
+        "damp": "REFERENCES.md §6 (SparseGPT): percdamp 0.01 of the mean diagonal",
+        "mode": "REFERENCES.md §6 (SparseGPT): layers pruned in sequence, each on the outputs of the pruned layers before it",
+        "sparsity_rule": "REFERENCES.md §6 (SparseGPT, Wanda): the same sparsity in every layer",
+        "target": "REFERENCES.md §6 (SparseGPT, OBC): the reconstruction loss |W X - W_hat X|^2 on the layer's (current) inputs",
+    }
+    # The fair-settings grid ``reflowbench tune`` searches (a subclass adds its own structural axes).
+    TUNING_GRID: ClassVar[Dict[str, List[Dict[str, object]]]] = {
+        "damp": [{"damp": 0.01}, {"damp": 0.1}],
+        "num_images": [{"num_images": 128}, {"num_images": 512}],
+        "mode": [{"mode": "sequential"}, {"mode": "parallel"}],
+        "sparsity_rule": [{"sparsity_rule": "uniform"}, {"sparsity_rule": "global-magnitude"}, {"sparsity_rule": "global-obs"}],
+    }
+    uses_damping: ClassVar[bool] = True
+    # the authors' published setting where it differs from the class defaults (the reference row of a comparison)
+    PUBLISHED: ClassVar[Dict[str, object]] = {}
+
+    def check_options(self) -> None:
+        o = self.options
+        rules = (
+            ("num_images", isinstance(o.num_images, int) and o.num_images >= 1, "an integer >= 1"),
+            ("batch_size", isinstance(o.batch_size, int) and o.batch_size >= 1, "an integer >= 1"),
+            ("damp", math.isfinite(o.damp) and o.damp > 0, "a positive number (a fraction of the mean diagonal of H)"),
+            ("mode", o.mode in MODES, f"one of {MODES}"),
+            ("sparsity_rule", o.sparsity_rule in SPARSITY_RULES, f"one of {SPARSITY_RULES}"),
+            ("target", o.target in TARGETS, f"one of {TARGETS}"),
+        )
+        for name, ok, rule in rules:
+            if not ok:
+                raise ConfigError(f"{self.flag(name)} must be {rule}, got {getattr(o, name)!r}")
+
+    def fisher_images(self) -> int:
+        return self.options.num_images
+
+    def unused_options(self) -> Set[str]:
+        unused = set() if self.uses_damping else {"damp", "target"}
+        return unused | ({"target"} if self.options.mode == "parallel" else set())
+
+    def dense_target(self) -> bool:
+        """Whether each layer reproduces the dense network's outputs (``target`` dense-outputs, sequential mode)."""
+        return self.options.mode == "sequential" and self.options.target == "dense-outputs" and self.uses_damping
+
+    def mask_scope(self) -> str:
+        return "layer" if self.options.sparsity_rule == "uniform" else "global"
+
+    def needs_full_hessian(self) -> bool:
+        """False where the pruner reads only diag(H) (Wanda): the layers then accumulate squared norms only."""
+        return True
+
+    # --- one layer ---------------------------------------------------------------------------------------------
+
+    def prune_layer(self, name: str, rows: torch.Tensor, hessian: InputHessian, count: int, ctx: PruneContext) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Prune ``count`` of the weight rows ``rows`` (G, R, d) float64 of layer ``name`` under ``hessian``: (new rows
+        (G, R, d) float64, keep mask (G, R, d))."""
+        raise NotImplementedError
+
+    def _rows_to_fit(self, target: Target, geometry: LayerGeometry, hessian: InputHessian) -> torch.Tensor:
+        """The rows the layer's solve starts from: the weights (G, R, d) float64, or with the dense-outputs target their
+        unconstrained optimum on the current inputs, H_hat^-1 C w (H_hat damped)."""
+        rows = geometry.rows_of(target.weight.detach()).to(hessian.sum.device, torch.float64)
+        cross = hessian.cross()
+        if cross is None:
+            return rows
+        _, lower = damped(hessian.matrix(), self.options.damp, target.param_name)
+        return torch.cholesky_solve(torch.bmm(cross, rows.transpose(1, 2)), lower).transpose(1, 2)
+
+    # --- the whole network ----------------------------------------------------------------------------------------
+
+    def prune(self, model: nn.Module, targets: TargetSet, sparsity: float, ctx: PruneContext) -> Masks:
+        modules = {t.param_name: model.get_submodule(t.module_name) for t in targets}
+        geometries = {name: LayerGeometry.of(module) for name, module in modules.items()}
+        images = self._calibration_images(ctx)
+        dense: Optional[Dict[str, InputHessian]] = None
+        with ctx.phase("inputs"):
+            if self.options.mode == "parallel" or self.options.sparsity_rule == "global-obs":
+                dense = collect_hessians(model, modules, images, ctx.device, full=self.needs_full_hessian() or self.options.sparsity_rule == "global-obs")
+        with ctx.phase("selection"):
+            counts = self.layer_counts(targets, sparsity, dense)
+        if self.options.mode == "sequential":
+            dense = None  # each layer's H is collected again on the network pruned so far
+        reference = copy.deepcopy(model).eval() if self.dense_target() else None  # the dense network, beside the one being pruned
+        masks: Masks = {}
+        for t in targets:
+            if dense is not None:
+                hessian = dense.pop(t.param_name)
+            else:
+                with ctx.phase("inputs"):
+                    pair = (reference, {t.param_name: reference.get_submodule(t.module_name)}) if reference is not None else None
+                    one = {t.param_name: modules[t.param_name]}
+                    hessian = collect_hessians(model, one, images, ctx.device, stop_early=True, full=self.needs_full_hessian(), dense=pair)[t.param_name]
+            with ctx.phase("solve"):
+                start = self._rows_to_fit(t, geometries[t.param_name], hessian)
+                rows, keep = self.prune_layer(t.param_name, start, hessian, counts[t.param_name], ctx)
+                with torch.no_grad():
+                    t.weight.copy_((rows * keep).reshape(t.weight.shape).to(t.weight.dtype))
+                masks[t.param_name] = keep.reshape(t.weight.shape).to(t.weight.device)
+            del hessian
+        ctx.notes["layerwise"] = {
+            "images": sum(len(batch) for batch in images),
+            "mode": self.options.mode,
+            "sparsity_rule": self.options.sparsity_rule,
+            "layer_sparsity": {t.param_name: round(counts[t.param_name] / t.numel, 6) for t in targets},
+        }
+        return masks
+
+    def _calibration_images(self, ctx: PruneContext) -> List[torch.Tensor]:
+        """The pruner's ``num_images`` training images (its own subset, fixed order, no augmentation), on the device."""
+        return [images.to(ctx.device) for images, _ in ctx.fisher_batches(self.options.batch_size, self.options.num_images)]
+
+    def layer_counts(self, targets: TargetSet, sparsity: float, dense: Optional[Dict[str, InputHessian]]) -> Dict[str, int]:
+        """Weights to prune per layer under ``sparsity_rule``; they sum to round(s * p) for the global rules."""
+        rule = self.options.sparsity_rule
+        if rule == "uniform":
+            return {t.param_name: num_to_prune(t.numel, sparsity) for t in targets}
+        if rule == "global-magnitude":
+            scores = {t.param_name: t.weight.detach().abs() for t in targets}
+        else:
+            assert dense is not None
+            scores = {t.param_name: self._relative_obs_error(t, dense[t.param_name]) for t in targets}
+        masks = masks_from_scores(targets, scores, sparsity, "global")
+        return {name: int((~keep).sum()) for name, keep in masks.items()}
+
+    def _relative_obs_error(self, target: Target, hessian: InputHessian) -> torch.Tensor:
+        """w^2 / [H^-1]_jj of every weight over the layer's dense output energy sum_rows w^T H w, shaped like the weight."""
+        geometry = hessian.geometry
+        matrix, lower = damped(hessian.matrix(), self.options.damp, target.param_name)
+        inverse_diag = torch.cholesky_inverse(lower).diagonal(dim1=1, dim2=2)  # (G, d)
+        rows = geometry.rows_of(target.weight.detach()).to(torch.float64).to(matrix.device)
+        energy = torch.einsum("grd,gde,gre->", rows, hessian.matrix(), rows).clamp_min(torch.finfo(torch.float64).tiny)
+        return (rows.pow(2) / inverse_diag.unsqueeze(1) / energy).reshape(target.weight.shape)

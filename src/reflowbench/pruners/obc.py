@@ -1,0 +1,75 @@
+"""ExactOBS / OBC (Frantar & Alistarh, 2022), row-wise, from the paper's equations: in every row of a layer, remove one
+weight at a time, the one whose removal raises the row's reconstruction error least (w_q^2 / [H^-1]_qq), re-fit the
+rest by the OBS update and downdate H^-1; the layer's count is split between rows by the traced errors (the lowest
+errors over the whole layer, each row's removals taken as a prefix of its order), and every row is finally re-fitted
+exactly on its support (which is what the sequence of exact OBS steps reaches, without its rounding).
+
+Cost O(rows * d^3) per layer: meant for small layers. A layer with more than ``max_columns`` inputs per row is pruned by
+SparseGPT's sweep (blocks of 128) instead, and the run's notes name it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Dict, List, Tuple
+
+import torch
+
+from reflowbench.errors import ConfigError
+from reflowbench.pruners.base import PruneContext, register_pruner
+from reflowbench.pruners.layerwise import LayerwiseOptions, LayerwisePruner
+from reflowbench.pruners.sparsegpt import SEARCHED
+from reflowbench.reconstruction import InputHessian, counts_from_traces, damped, greedy_obs, inverse_upper, prefix_keep, refit_rows, sweep
+
+FALLBACK_BLOCK = 128
+
+
+@dataclass
+class OBCOptions(LayerwiseOptions):
+    sparsity_rule: str = "global-magnitude"  # the ResNet-20 search's choice
+    target: str = "dense-outputs"  # the ResNet-20 search's choice (OBC: the layer's own inputs)
+    max_columns: int = 1152  # layers with more inputs per row than this get SparseGPT's sweep instead (O(rows d^3) otherwise)
+
+
+@register_pruner("obc", "ExactOBS/OBC: greedy row-wise OBS on the layer-wise Hessian, exact re-fit per row (no gradients)")
+class OBCPruner(LayerwisePruner):
+    """ExactOBS: the optimal greedy mask and update of every row."""
+
+    Options = OBCOptions
+    REFERENCE = {
+        **LayerwisePruner.REFERENCE,
+        "num_images": "suite choice: 128 as SparseGPT (REFERENCES.md §6: OBC uses 1024 samples x 10 augmentation rounds)",
+        "damp": "suite choice: 1 % as SparseGPT (REFERENCES.md §6: OBC's rel_damp defaults to 0, + I where Cholesky fails)",
+        "mode": "suite choice: the family's sequential default (REFERENCES.md §6 does not state OBC's)",
+        "sparsity_rule": SEARCHED.format("obc")
+        + " (REFERENCES.md §6: OBC prunes every layer to one sparsity, its count split between rows by their traced errors)",
+        "target": SEARCHED.format("obc") + " (pruned-inputs: OBC's reconstruction of the layer on its inputs, REFERENCES.md §6)",
+        "max_columns": "suite choice: the cost O(rows d^3) of a layer with more inputs per row is out of reach on a CPU",
+    }
+    TUNING_GRID: ClassVar[Dict[str, List[Dict[str, object]]]] = {
+        **{axis: cells for axis, cells in LayerwisePruner.TUNING_GRID.items() if axis != "mode"},
+        "inputs": [
+            {"mode": "sequential", "target": "pruned-inputs"},
+            {"mode": "sequential", "target": "dense-outputs"},
+            {"mode": "parallel", "target": "pruned-inputs"},
+        ],
+    }
+    # OBC's published setting as far as REFERENCES.md §6 gives it: 1024 calibration samples (the 10 augmentation rounds
+    # are not done), rel_damp 0 (the suite needs a positive damping: 1e-6), each layer at the same sparsity
+    PUBLISHED: ClassVar[Dict[str, object]] = {"num_images": 1024, "damp": 1e-6, "sparsity_rule": "uniform", "target": "pruned-inputs", "mode": "sequential"}
+
+    def check_options(self) -> None:
+        super().check_options()
+        if not (isinstance(self.options.max_columns, int) and self.options.max_columns >= 1):
+            raise ConfigError(f"{self.flag('max_columns')} must be an integer >= 1, got {self.options.max_columns!r}")
+
+    def prune_layer(self, name: str, rows: torch.Tensor, hessian: InputHessian, count: int, ctx: PruneContext) -> Tuple[torch.Tensor, torch.Tensor]:
+        matrix, lower = damped(hessian.matrix(), self.options.damp, name)
+        if rows.shape[2] > self.options.max_columns:
+            ctx.notes.setdefault("obc_sweep_layers", []).append(name)
+            return sweep(rows, inverse_upper(lower), count, FALLBACK_BLOCK)
+        g, r, d = rows.shape
+        order, losses = greedy_obs(rows, torch.cholesky_inverse(lower).to(torch.float32))
+        counts = counts_from_traces(losses.reshape(g * r, d), count)
+        keep = prefix_keep(order.reshape(g * r, d), counts, d).view(g, r, d)
+        return refit_rows(rows, matrix, keep), keep
