@@ -199,3 +199,13 @@ def test_unsupported_layers_are_refused_in_one_line():
 
     with pytest.raises(ConfigError, match="handle Conv2d and Linear layers, not Conv1d"):
         LayerGeometry.of(nn.Conv1d(3, 4, 3))
+
+
+def test_dense_inputs_recorded_or_recomputed_give_the_same_pruning(images, monkeypatch):
+    from reflowbench.pruners.layerwise import LayerwisePruner
+
+    recorded, *_ = _prune("sparsegpt", {"target": "dense-outputs"}, 0.7, images)
+    monkeypatch.setattr(LayerwisePruner, "dense_input_bytes", staticmethod(lambda ctx: 0))  # over the budget: one forward per layer
+    recomputed, *_ = _prune("sparsegpt", {"target": "dense-outputs"}, 0.7, images)
+    for a, b in zip(recorded.parameters(), recomputed.parameters()):
+        assert torch.equal(a, b)

@@ -32,7 +32,7 @@ from torch import nn
 from reflowbench.errors import ConfigError
 from reflowbench.pruners.base import PruneContext, Pruner
 from reflowbench.pruners.masks import Masks, masks_from_scores, num_to_prune
-from reflowbench.reconstruction import InputHessian, LayerGeometry, collect_hessians, damped
+from reflowbench.reconstruction import DenseInputs, InputHessian, LayerGeometry, collect_hessians, damped
 from reflowbench.schema.targets import Target, TargetSet
 
 SPARSITY_RULES = ("uniform", "global-magnitude", "global-obs")
@@ -137,14 +137,18 @@ class LayerwisePruner(Pruner):
             counts = self.layer_counts(targets, sparsity, dense)
         if self.options.mode == "sequential":
             dense = None  # each layer's H is collected again on the network pruned so far
-        reference = copy.deepcopy(model).eval() if self.dense_target() else None  # the dense network, beside the one being pruned
+        reference = None
+        if self.dense_target():  # the dense network's inputs to every layer, beside the network being pruned
+            with ctx.phase("inputs"):
+                dense_copy = copy.deepcopy(model)
+                reference = DenseInputs(dense_copy, {t.param_name: dense_copy.get_submodule(t.module_name) for t in targets}, images, self.dense_input_bytes(ctx))
         masks: Masks = {}
         for t in targets:
             if dense is not None:
                 hessian = dense.pop(t.param_name)
             else:
                 with ctx.phase("inputs"):
-                    pair = (reference, {t.param_name: reference.get_submodule(t.module_name)}) if reference is not None else None
+                    pair = reference(t.param_name) if reference is not None else None
                     one = {t.param_name: modules[t.param_name]}
                     hessian = collect_hessians(model, one, images, ctx.device, stop_early=True, full=self.needs_full_hessian(), dense=pair)[t.param_name]
             with ctx.phase("solve"):
@@ -161,6 +165,12 @@ class LayerwisePruner(Pruner):
             "layer_sparsity": {t.param_name: round(counts[t.param_name] / t.numel, 6) for t in targets},
         }
         return masks
+
+    @staticmethod
+    def dense_input_bytes(ctx: PruneContext) -> int:
+        """How much of the memory budget the dense network's recorded layer inputs may take (a quarter): above it they
+        are recomputed layer by layer (the same result, one more forward pass per layer)."""
+        return int(ctx.memory_budget_gb * 2**30 / 4)
 
     def _calibration_images(self, ctx: PruneContext) -> List[torch.Tensor]:
         """The pruner's ``num_images`` training images (its own subset, fixed order, no augmentation), on the device."""

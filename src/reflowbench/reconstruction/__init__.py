@@ -10,12 +10,13 @@
 No gradients and no labels: only forward passes over the pruner's own training subset.
 """
 
-from reflowbench.reconstruction.collect import collect_hessians
+from reflowbench.reconstruction.collect import DenseInputs, collect_hessians
 from reflowbench.reconstruction.layer_inputs import InputHessian, LayerGeometry, input_columns
 from reflowbench.reconstruction.obs import damped, greedy_obs, inverse_upper, refit_rows, sweep
 from reflowbench.reconstruction.selection import counts_from_traces, lowest_k_keep, lowest_per_row, prefix_keep, row_counts
 
 __all__ = [
+    "DenseInputs",
     "InputHessian",
     "LayerGeometry",
     "collect_hessians",

@@ -6,7 +6,7 @@ The model stays in eval mode (BatchNorm uses its stored statistics, as at infere
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -25,12 +25,12 @@ def collect_hessians(
     device: torch.device,
     stop_early: bool = False,
     full: bool = True,
-    dense: Optional[Tuple[nn.Module, Dict[str, nn.Module]]] = None,
+    dense: Optional[Callable[[int, torch.Tensor], Dict[str, torch.Tensor]]] = None,
 ) -> Dict[str, InputHessian]:
     """H of every layer in ``modules`` (name -> module) from the forward passes of ``images`` (batches already on
     ``device``); ``stop_early``: the forward of each batch ends once the last of ``modules`` in call order has its inputs;
-    ``full=False``: only diag(H) (the squared input norms); ``dense`` (the dense network and its modules of the same
-    names): each batch also goes through it first, and every H gets the cross moment of the two networks' inputs."""
+    ``full=False``: only diag(H) (the squared input norms); ``dense(i, batch)``: the inputs of the same layers in the
+    dense network for batch i (see :class:`DenseInputs`), and every H gets the cross moment of the two networks' inputs."""
     hessians = {name: InputHessian(module, device, full) for name, module in modules.items()}
     waiting: List[str] = []
 
@@ -52,9 +52,9 @@ def collect_hessians(
     model.eval()
     try:
         with torch.no_grad():
-            for batch in images:
+            for index, batch in enumerate(images):
                 if dense is not None:
-                    dense_inputs.update(_inputs_of(dense[0], dense[1], batch.to(device)))
+                    dense_inputs.update(dense(index, batch.to(device)))
                 waiting[:] = list(modules)
                 try:
                     model(batch.to(device))
@@ -88,3 +88,29 @@ def _inputs_of(model: nn.Module, modules: Dict[str, nn.Module], batch: torch.Ten
         for handle in handles:
             handle.remove()
     return seen
+
+
+class DenseInputs:
+    """The inputs every target layer receives in the dense network, per calibration batch: recorded in one pass when they
+    fit in ``max_bytes`` (one forward of the dense network in all), else recomputed for each layer it is asked about (a
+    forward per layer, stopped there). Call it as ``dense_inputs(name, module_of_that_name)`` to get the function
+    :func:`collect_hessians` takes for that layer."""
+
+    def __init__(self, dense: nn.Module, modules: Dict[str, nn.Module], images: Sequence[torch.Tensor], max_bytes: int) -> None:
+        self.dense = dense.eval()
+        self.modules = modules
+        self.recorded: Optional[List[Dict[str, torch.Tensor]]] = None
+        with torch.no_grad():
+            first = _inputs_of(self.dense, modules, images[0])
+            per_batch = sum(t.numel() * t.element_size() for t in first.values())
+            if per_batch * len(images) <= max_bytes:
+                self.recorded = [first] + [_inputs_of(self.dense, modules, batch) for batch in images[1:]]
+
+    def __call__(self, name: str) -> Callable[[int, torch.Tensor], Dict[str, torch.Tensor]]:
+        def inputs(index: int, batch: torch.Tensor) -> Dict[str, torch.Tensor]:
+            if self.recorded is not None:
+                return {name: self.recorded[index][name]}
+            with torch.no_grad():
+                return _inputs_of(self.dense, {name: self.modules[name]}, batch)
+
+        return inputs
