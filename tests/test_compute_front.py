@@ -46,7 +46,7 @@ def test_compute_front_rows_name_the_best_the_cheapest_near_it_and_the_front():
     assert by_sparsity["0.9"][2] == "chita 72.67 in 500 s" and by_sparsity["0.9"][3] == "chita 72.67 in 500 s" and by_sparsity["0.9"][4] == "1.0×"
 
 
-def test_best_method_rows_set_mp_reflow_against_the_hessian_pruners():
+def test_best_method_rows_set_mp_reflow_against_the_fisher_pruners_and_the_layerwise_against_both():
     from reflowbench.reports.suite_report import best_method_rows
 
     records = [_record("mp", 0.8, 0.05, 11.0, 84.0, seed) for seed in (0, 1)]
@@ -55,6 +55,12 @@ def test_best_method_rows_set_mp_reflow_against_the_hessian_pruners():
     header, (row,) = best_method_rows(cost_points(records))
     cells = dict(zip(header, row))
     assert cells["best pruned (top-1 %)"] == "cbs 70.00 (1 seed)" and cells["best + REFLOW (top-1 %)"] == "mp 84.00"
-    assert cells["MP + REFLOW"] == "84.00" and cells["best Hessian, no REFLOW"] == "cbs 70.00 (1 seed)"
-    assert cells["MP + REFLOW − best Hessian no REFLOW"] == "+14.00" and cells["best Hessian + REFLOW"] == "woodfisher 83.00"
-    assert cells["best Hessian + REFLOW − MP + REFLOW"] == "-1.00"
+    assert cells["MP + REFLOW"] == "84.00" and cells["best Fisher, no REFLOW"] == "cbs 70.00 (1 seed)"
+    assert cells["MP + REFLOW − best Fisher no REFLOW"] == "+14.00" and cells["best Fisher + REFLOW"] == "woodfisher 83.00"
+    assert cells["best Fisher + REFLOW − MP + REFLOW"] == "-1.00"
+    assert cells["best layer-wise, no REFLOW"] == "–" and cells["best layer-wise + REFLOW − best Fisher + REFLOW"] == "–"
+    records += [_record("sparsegpt", 0.8, 9.0, 75.0 + seed, 85.0, seed) for seed in (0, 1)]  # not a Fisher pruner
+    header, (row,) = best_method_rows(cost_points(records))
+    cells = dict(zip(header, row))
+    assert cells["best Fisher, no REFLOW"] == "cbs 70.00 (1 seed)" and cells["best layer-wise, no REFLOW"] == "sparsegpt 75.50"
+    assert cells["best layer-wise + REFLOW"] == "sparsegpt 85.00" and cells["best layer-wise + REFLOW − best Fisher + REFLOW"] == "+2.00"

@@ -48,7 +48,7 @@ def read_grid(tune: TuneSpec, method: str) -> Grid:
         cls = type(make_pruner(method))
         grid = getattr(cls, "TUNING_GRID", None)
         if not grid:
-            raise ConfigError(f"pruner {method} has no settings grid to tune (only the Hessian pruners do); pass --grid FILE.json")
+            raise ConfigError(f"pruner {method} has no settings grid to tune (the Hessian and layer-wise pruners have one); pass --grid FILE.json")
         return grid
     try:
         grid = loads_settings(Path(tune.grid).read_text())

@@ -21,6 +21,7 @@ from reflowbench.schema.tuned import SuiteContext
 from reflowbench.utils.io import atomic_write_text
 
 MAGNITUDE = ("mp", "mp-layer")  # methods that use no curvature
+LAYERWISE = ("sparsegpt", "obc", "wanda")  # the layer-wise reconstruction family (forward passes only); every other method is a Fisher pruner
 
 
 def _best(points: List[CostPoint], top1: Callable[[CostPoint], float]) -> Optional[CostPoint]:
@@ -45,24 +46,30 @@ def _reflow(point: CostPoint) -> float:
 def best_method_rows(by_point: Points) -> Tuple[List[str], List[List[str]]]:
     """From :func:`cost_points` (means over seeds of the main sweeps' configurations; the seed count shown where it is
     below the most any has), per (model, sparsity): the best configuration after pruning and after REFLOW,
-    MP + REFLOW, the best Hessian pruner without and with REFLOW, and the two differences the comparison is about."""
+    MP + REFLOW, the best Fisher pruner without and with REFLOW and the two differences the comparison is about, then
+    the best layer-wise pruner without and with REFLOW and how far it is above the best Fisher pruner + REFLOW."""
     header = [
         "model",
         "sparsity",
         "best pruned (top-1 %)",
         "best + REFLOW (top-1 %)",
         "MP + REFLOW",
-        "best Hessian, no REFLOW",
-        "MP + REFLOW − best Hessian no REFLOW",
-        "best Hessian + REFLOW",
-        "best Hessian + REFLOW − MP + REFLOW",
+        "best Fisher, no REFLOW",
+        "MP + REFLOW − best Fisher no REFLOW",
+        "best Fisher + REFLOW",
+        "best Fisher + REFLOW − MP + REFLOW",
+        "best layer-wise, no REFLOW",
+        "best layer-wise + REFLOW",
+        "best layer-wise + REFLOW − best Fisher + REFLOW",
     ]
     seeds = most_seeds(by_point)
     rows = []
     for (model, sparsity), points in sorted(by_point.items()):
-        hessian = [p for p in points if p.method not in MAGNITUDE]
+        fisher = [p for p in points if p.method not in MAGNITUDE + LAYERWISE]
+        layerwise = [p for p in points if p.method in LAYERWISE]
         mp = _best([p for p in points if p.method == BASELINE], _reflow)
-        hp, hr = _best(hessian, _pruned), _best(hessian, _reflow)
+        hp, hr = _best(fisher, _pruned), _best(fisher, _reflow)
+        lp, lr = _best(layerwise, _pruned), _best(layerwise, _reflow)
         rows.append(
             [
                 model,
@@ -74,6 +81,9 @@ def best_method_rows(by_point: Points) -> Tuple[List[str], List[List[str]]]:
                 f"{mp.top1_reflow - hp.top1_pruned:+.2f}" if mp and hp else "–",
                 _show(hr, _reflow, seeds),
                 f"{hr.top1_reflow - mp.top1_reflow:+.2f}" if mp and hr else "–",
+                _show(lp, _pruned, seeds),
+                _show(lr, _reflow, seeds),
+                f"{lr.top1_reflow - hr.top1_reflow:+.2f}" if lr and hr else "–",
             ]
         )
     return header, rows
@@ -219,8 +229,9 @@ def write_suite_report(out: Path, name: str, folders: List[str], context: Option
         ),
         "## Best method at each sparsity",
         "",
-        "Top-1 means over seeds. 'Hessian' is every pruner that uses the Fisher (all but magnitude). Positive in the first difference: "
-        "MP + REFLOW beats every Hessian pruner without REFLOW; positive in the second: REFLOW on a Hessian pruner beats MP + REFLOW.",
+        "Top-1 means over seeds. 'Fisher' is every pruner that uses the Fisher (all but magnitude and the layer-wise family: SparseGPT, "
+        "OBC, Wanda). Positive in the first difference: MP + REFLOW beats every Fisher pruner without REFLOW; positive in the second: REFLOW "
+        "on a Fisher pruner beats MP + REFLOW; positive in the third: the best layer-wise pruner + REFLOW beats the best Fisher pruner + REFLOW.",
         "",
         markdown_table(best_header, best_rows),
         "",
