@@ -204,3 +204,19 @@ def test_compare_and_objective_bad_input_are_clear_errors(tmp_path, capsys):
     assert main(["run", "--objective-damp", "0", *_quick_args(out)]) == 2
     assert "--objective-damp must be a positive number" in capsys.readouterr().err
     assert not (out / "runs").exists()
+
+
+def test_a_percent_sign_in_an_options_comment_does_not_break_help():
+    """argparse formats help text with %: a pruner option commented "1 %" (the layer-wise damping) must print."""
+    import argparse
+    from dataclasses import dataclass
+
+    from reflowbench.utils.cli_args import add_dataclass_arguments
+
+    @dataclass
+    class Options:
+        damp: float = 0.01  # 1 % of the mean diagonal
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, Options, "o_", "x-")
+    assert "1 % of the mean diagonal" in parser.format_help()

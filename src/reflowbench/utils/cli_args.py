@@ -73,7 +73,7 @@ def add_dataclass_arguments(parser: argparse._ActionsContainer, cls: type, dest_
     comments = _field_comments(cls)
     for f in fields(cls):
         flag = "--" + (flag_prefix + f.name).replace("_", "-")
-        help_text = comments.get(f.name, "") + _default_text(f)
+        help_text = (comments.get(f.name, "") + _default_text(f)).replace("%", "%%")  # argparse formats help with %: a plugin's "1 %" must not crash --help
         dest = dest_prefix + f.name
         base, _ = _unwrap_optional(hints[f.name])
         if base is bool:
