@@ -134,10 +134,12 @@ def refit_rows(rows: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor) ->
     flat = rows.reshape(g * r, d).to(torch.float64)
     mask = keep.reshape(g * r, d)
     group = torch.arange(g, device=rows.device).repeat_interleave(r)
+    hessian = hessian.to(torch.float64)
     out = torch.zeros_like(flat)
     sizes = mask.sum(dim=1)
-    starts, step = _row_chunks(g * r, max(1, int(sizes.max())), 8)
-    for start in starts:
+    widest = max(1, int(sizes.max()))
+    step = max(1, ROW_CHUNK_BYTES // (8 * widest * d))  # rows whose (m, d) slices of H are in flight at once
+    for start in range(0, g * r, step):
         m_chunk, w = mask[start : start + step], flat[start : start + step]
         width = int(sizes[start : start + step].max())
         if width == 0:
@@ -145,8 +147,7 @@ def refit_rows(rows: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor) ->
         # each row's support first (stable: in column order), padded with pruned positions that are masked out below
         support = torch.argsort((~m_chunk).to(torch.int8), dim=1, stable=True)[:, :width]  # (n, m)
         valid = m_chunk.gather(1, support).to(torch.float64)  # (n, m): 1 on real support entries, 0 on padding
-        h = hessian[group[start : start + step]].to(torch.float64)  # (n, d, d)
-        h_rows = h.gather(1, support.unsqueeze(2).expand(-1, -1, d))  # (n, m, d): rows S of H
+        h_rows = hessian[group[start : start + step].unsqueeze(1), support]  # (n, m, d): rows S of each row's H
         rhs = torch.bmm(h_rows, (w * (~m_chunk)).unsqueeze(2)).squeeze(2) * valid  # H_SP w_P
         system = h_rows.gather(2, support.unsqueeze(1).expand(-1, width, -1))  # (n, m, m): H_SS
         system = valid.unsqueeze(2) * system * valid.unsqueeze(1) + torch.diag_embed(1.0 - valid)
