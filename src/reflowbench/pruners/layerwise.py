@@ -141,7 +141,9 @@ class LayerwisePruner(Pruner):
         if self.dense_target():  # the dense network's inputs to every layer, beside the network being pruned
             with ctx.phase("inputs"):
                 dense_copy = copy.deepcopy(model)
-                reference = DenseInputs(dense_copy, {t.param_name: dense_copy.get_submodule(t.module_name) for t in targets}, images, self.dense_input_bytes(ctx))
+                reference = DenseInputs(
+                    dense_copy, {t.param_name: dense_copy.get_submodule(t.module_name) for t in targets}, images, self.dense_input_bytes(ctx)
+                )
         masks: Masks = {}
         for t in targets:
             if dense is not None:
