@@ -112,7 +112,7 @@ def _batched_form(form: str, gradients: GradientMatrix, spec: FisherSpec):
     """The curvature form ``form`` on ``gradients`` and the block size its dense F is cut with (0 = whole layers, None = not block-diagonal)."""
     from dataclasses import replace
 
-    from reflowbench.hessian.streamed import StreamedBlockFisher
+    from reflowbench.hessian.layer_group_streaming import StreamedBlockFisher
 
     if form == "network":
         return NetworkFisher(gradients, spec, CPU), None

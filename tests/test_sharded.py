@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from conftest import TinyBNNet
 from reflowbench.errors import ConfigError
-from reflowbench.hessian.sharded import assign_layers, row_shares
+from reflowbench.hessian.distributed_fisher import assign_layers, row_shares
 
 CASES = [
     ("woodfisher", {"block_size": 10}),  # saliencies gathered for the global selection, summed OBS update
@@ -57,7 +57,7 @@ def _product_spec():
 
 def _sharded_fisher(rank: int):
     from reflowbench.hessian import GradientMatrix
-    from reflowbench.hessian.sharded import build_sharded
+    from reflowbench.hessian.distributed_fisher import build_sharded
 
     gradients, _ = _product_problem()
     sizes = {name: rows.shape[1] for name, rows in gradients.rows.items()}

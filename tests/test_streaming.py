@@ -6,7 +6,7 @@ import torch
 
 from conftest import TinyBNNet
 from reflowbench.errors import ConfigError
-from reflowbench.hessian.streamed import partition_layers
+from reflowbench.hessian.layer_group_streaming import partition_layers
 from reflowbench.pruners import PruneContext, make_pruner, select_targets
 
 CPU = torch.device("cpu")

@@ -1,7 +1,7 @@
 """``torchrun`` support: the process group from the environment torchrun sets, and the one rank that writes.
 
 Under ``torchrun --nproc-per-node K reflowbench prune|run ...`` every rank runs the same runs in the same order; the
-Hessian pruners shard their gradient rows and layers across the ranks (:mod:`reflowbench.hessian.sharded`); rank 0
+Hessian pruners shard their gradient rows and layers across the ranks (:mod:`reflowbench.hessian.distributed_fisher`); rank 0
 alone claims runs, writes files and prints.
 """
 
@@ -13,7 +13,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from reflowbench.hessian.sharded import is_distributed
+from reflowbench.hessian.distributed_fisher import is_distributed
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ from reflowbench.harness.claims import try_claim
 from reflowbench.harness.distributed import from_main_rank, is_main_rank
 from reflowbench.harness.plan import SuitePlan
 from reflowbench.harness.run import SuiteState, run_one
-from reflowbench.hessian.sharded import is_distributed
+from reflowbench.hessian.distributed_fisher import is_distributed
 from reflowbench.pruners import Pruner, make_pruner, pruner_names
 from reflowbench.pruners.base import StageCheckpoint, key_options
 from reflowbench.schema.results import is_finished, load_runs, run_path, run_wall_seconds, scan_runs, stage_path, timing_doubts, write_csv, write_run

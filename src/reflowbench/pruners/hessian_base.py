@@ -45,8 +45,8 @@ from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatr
 from reflowbench.hessian.block_fisher import DAMP_MODES
 from reflowbench.hessian.gradients import ENGINES, layer_gradient_bytes
 from reflowbench.hessian.memory import DTYPES, resolve_dtype
-from reflowbench.hessian.sharded import assign_layers, build_sharded, gather_owned_rows, is_distributed, row_shares
-from reflowbench.hessian.streamed import StreamedBlockFisher, cut_layers, partition_layers
+from reflowbench.hessian.distributed_fisher import assign_layers, build_sharded, gather_owned_rows, is_distributed, row_shares
+from reflowbench.hessian.layer_group_streaming import StreamedBlockFisher, cut_layers, partition_layers
 from reflowbench.pruners.base import PruneContext, Pruner
 from reflowbench.pruners.masks import Masks
 from reflowbench.pruners.updates import UPDATES, apply_update, flat_masks, flat_weights, write_weights
@@ -411,7 +411,7 @@ class HessianPruner(Pruner):
 
     def _sharded_gradients(self, model: nn.Module, targets: TargetSet, masks: Masks, ctx: PruneContext) -> Tuple[GradientMatrix, Dict[str, int]]:
         """This rank's share of the gradient rows for every layer, then all rows of the layers this rank owns
-        (:mod:`reflowbench.hessian.sharded`); returns (the owned rows, layer -> owning rank)."""
+        (:mod:`reflowbench.hessian.distributed_fisher`); returns (the owned rows, layer -> owning rank)."""
         spec = self.gradient_spec()
         world, rank = dist.get_world_size(), dist.get_rank()
         if spec.num_grads < world:
@@ -424,7 +424,7 @@ class HessianPruner(Pruner):
         return gather_owned_rows(local, owner, spec.num_grads, share), owner
 
     def _sharded(self) -> bool:
-        """Whether this process shares the Fisher with other torch.distributed ranks (see :mod:`reflowbench.hessian.sharded`)."""
+        """Whether this process shares the Fisher with other torch.distributed ranks (see :mod:`reflowbench.hessian.distributed_fisher`)."""
         return is_distributed() and self.streams()
 
     def _collect(
