@@ -170,7 +170,7 @@ def test_obc_prunes_a_layer_with_less_error_than_the_sweep(images):
 
 
 def test_wanda_splits_each_layers_count_evenly_between_rows(images):
-    _, targets, masks, _ = _prune("wanda", {}, 0.55, images)
+    _, targets, masks, _ = _prune("wanda", {"compare": "row"}, 0.55, images)
     for t in targets:
         per_row = (~masks[t.param_name]).reshape(t.weight.shape[0], -1).sum(dim=1)
         assert int(per_row.max() - per_row.min()) <= 1

@@ -179,7 +179,7 @@ LAYERWISE = ["sparsegpt", "obc", "wanda"]
 LAYERWISE_PUBLISHED = {
     "sparsegpt": {"sparsity_rule": "uniform", "target": "pruned-inputs", "refit": False, "mode": "sequential"},
     "obc": {"num_images": 1024, "damp": 1e-6, "sparsity_rule": "uniform", "target": "pruned-inputs", "mode": "sequential"},
-    "wanda": {"mode": "sequential", "sparsity_rule": "uniform"},
+    "wanda": {"mode": "sequential", "sparsity_rule": "uniform", "compare": "row"},
 }
 LAYERWISE_SOURCES = {
     "sparsegpt": {
@@ -198,6 +198,7 @@ LAYERWISE_SOURCES = {
     "wanda": {
         "mode": "REFERENCES.md §6 (Wanda): layers in sequence, as SparseGPT",
         "sparsity_rule": "REFERENCES.md §6 (Wanda): the same sparsity in every layer",
+        "compare": "REFERENCES.md §6 (Wanda): scores compared within each output row",
     },
 }
 # ResNet-56 and MobileNetV1: SparseGPT's grid (108 cells) and OBC's (36) are cut by a first pass at 0.7.

@@ -3,7 +3,7 @@ the calibration positions; for a convolution the unfolded patch entry j), compar
 The gradient-free, update-free baseline of the layer-wise family.
 
 ``compare``: ``row`` (the paper's per-output comparison: the layer's count split evenly between its rows) or ``layer``
-(one comparison over the whole layer).
+(one comparison over the whole layer, the default: the ResNet-20 search's choice).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ COMPARISONS = ("row", "layer")
 class WandaOptions(LayerwiseOptions):
     mode: str = "parallel"  # the ResNet-20 search's choice (published: sequential)
     sparsity_rule: str = "global-magnitude"  # the ResNet-20 search's choice (published: uniform)
-    compare: str = "row"  # where scores compete: within each output row (the paper) or over the whole layer
+    compare: str = "layer"  # where scores compete: over the whole layer (the ResNet-20 search's choice) or within each output row (the paper)
 
 
 @register_pruner("wanda", "Wanda: |w| times the input norm, per output row, no update (no gradients)")
@@ -40,7 +40,7 @@ class WandaPruner(LayerwisePruner):
         "num_images": "REFERENCES.md §6 (Wanda): 128 calibration samples, as SparseGPT",
         "mode": SEARCHED.format("wanda") + " (sequential, as SparseGPT: REFERENCES.md §6)",
         "sparsity_rule": SEARCHED.format("wanda") + " (uniform, REFERENCES.md §6)",
-        "compare": "REFERENCES.md §6 (Wanda): scores compared within each output row",
+        "compare": SEARCHED.format("wanda") + " (row: scores compared within each output row, REFERENCES.md §6)",
     }
     PUBLISHED: ClassVar[Dict[str, object]] = {"mode": "sequential", "sparsity_rule": "uniform", "num_images": 128, "compare": "row"}
     TUNING_GRID: ClassVar[Dict[str, List[Dict[str, object]]]] = {
