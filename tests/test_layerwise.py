@@ -209,3 +209,14 @@ def test_dense_inputs_recorded_or_recomputed_give_the_same_pruning(images, monke
     recomputed, *_ = _prune("sparsegpt", {"target": "dense-outputs"}, 0.7, images)
     for a, b in zip(recorded.parameters(), recomputed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_hessians_over_the_memory_budget_are_refused_before_any_work(images):
+    import numpy as np
+
+    net = _net()
+    pruner = make_pruner("sparsegpt", {"mode": "parallel"})
+    ctx = PruneContext(device=torch.device("cpu"), seed=0, train=images, fisher_indices=np.arange(64), memory_budget_gb=1e-6)
+    with pytest.raises(ConfigError, match=r"sparsegpt: the input Hessians need .* GiB budget \(largest: conv2.weight.*every layer's H at once"):
+        pruner.prune(net, select_targets(net), 0.5, ctx)
+    assert torch.equal(net.conv1.weight, _net().conv1.weight)  # nothing was pruned

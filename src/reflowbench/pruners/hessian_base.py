@@ -43,10 +43,10 @@ from torch import nn
 from reflowbench.errors import ConfigError, DivergedError, FisherError
 from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, batch_loss, collect_gradients, probe_loss
 from reflowbench.hessian.block_fisher import DAMP_MODES
-from reflowbench.hessian.gradients import ENGINES, layer_gradient_bytes
-from reflowbench.hessian.memory import DTYPES, resolve_dtype
 from reflowbench.hessian.distributed_fisher import assign_layers, build_sharded, gather_owned_rows, is_distributed, row_shares
+from reflowbench.hessian.gradients import ENGINES, layer_gradient_bytes
 from reflowbench.hessian.layer_group_streaming import StreamedBlockFisher, cut_layers, partition_layers
+from reflowbench.hessian.memory import DTYPES, resolve_dtype
 from reflowbench.pruners.base import PruneContext, Pruner
 from reflowbench.pruners.masks import Masks
 from reflowbench.pruners.updates import UPDATES, apply_update, flat_masks, flat_weights, write_weights

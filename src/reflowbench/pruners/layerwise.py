@@ -71,8 +71,6 @@ class LayerwisePruner(Pruner):
         "sparsity_rule": [{"sparsity_rule": "uniform"}, {"sparsity_rule": "global-magnitude"}, {"sparsity_rule": "global-obs"}],
     }
     uses_damping: ClassVar[bool] = True
-    # the authors' published setting where it differs from the class defaults (the reference row of a comparison)
-    PUBLISHED: ClassVar[Dict[str, object]] = {}
 
     def check_options(self) -> None:
         o = self.options
@@ -128,6 +126,7 @@ class LayerwisePruner(Pruner):
     def prune(self, model: nn.Module, targets: TargetSet, sparsity: float, ctx: PruneContext) -> Masks:
         modules = {t.param_name: model.get_submodule(t.module_name) for t in targets}
         geometries = {name: LayerGeometry.of(module) for name, module in modules.items()}
+        self.check_memory(geometries, ctx)
         images = self._calibration_images(ctx)
         dense: Optional[Dict[str, InputHessian]] = None
         with ctx.phase("inputs"):
@@ -167,6 +166,26 @@ class LayerwisePruner(Pruner):
             "layer_sparsity": {t.param_name: round(counts[t.param_name] / t.numel, 6) for t in targets},
         }
         return masks
+
+    def check_memory(self, geometries: Dict[str, LayerGeometry], ctx: PruneContext) -> None:
+        """Refuse, before any work, settings whose H matrices exceed ``--memory-budget-gb``: the largest layer's H and its
+        factors (about 4 float64 copies of G d^2; Wanda keeps only the diagonal), and in parallel mode every layer's H at
+        once. The message names the layer and what lowers it."""
+        per_layer = {name: g.groups * g.columns * (g.columns if self.needs_full_hessian() else 1) * 8 for name, g in geometries.items()}
+        largest = max(per_layer, key=per_layer.get)
+        working = 4 * per_layer[largest]
+        held = sum(per_layer.values()) if self.options.mode == "parallel" else 0
+        budget = ctx.memory_budget_gb * 2**30
+        if working + held > budget:
+            g = geometries[largest]
+            raise ConfigError(
+                f"{self.name}: the input Hessians need about {(working + held) / 2**30:.1f} GiB, over the {ctx.memory_budget_gb:g} GiB budget "
+                f"(largest: {largest}, {g.groups} x {g.columns} x {g.columns} in float64"
+                + (", and every layer's H at once in parallel mode" if held else "")
+                + "): exclude that layer from the targets (e.g. --exclude-classifier), use "
+                + (f"{self.flag('mode')} sequential, " if held else "")
+                + "Wanda, or raise --memory-budget-gb"
+            )
 
     @staticmethod
     def dense_input_bytes(ctx: PruneContext) -> int:

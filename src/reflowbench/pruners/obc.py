@@ -54,9 +54,6 @@ class OBCPruner(LayerwisePruner):
             {"mode": "parallel", "target": "pruned-inputs"},
         ],
     }
-    # OBC's published setting as far as REFERENCES.md §6 gives it: 1024 calibration samples (the 10 augmentation rounds
-    # are not done), rel_damp 0 (the suite needs a positive damping: 1e-6), each layer at the same sparsity
-    PUBLISHED: ClassVar[Dict[str, object]] = {"num_images": 1024, "damp": 1e-6, "sparsity_rule": "uniform", "target": "pruned-inputs", "mode": "sequential"}
 
     def check_options(self) -> None:
         super().check_options()

@@ -53,15 +53,6 @@ class SparseGPTPruner(LayerwisePruner):
         "target": SEARCHED.format("sparsegpt") + " (pruned-inputs, REFERENCES.md §6)",
         "refit": SEARCHED.format("sparsegpt") + " (none: the sweep's own compensation, REFERENCES.md §6)",
     }
-    # SparseGPT's published LLM setting (REFERENCES.md §6), the reference row of every comparison
-    PUBLISHED: ClassVar[Dict[str, object]] = {
-        "sparsity_rule": "uniform",
-        "target": "pruned-inputs",
-        "refit": False,
-        "mode": "sequential",
-        "num_images": 128,
-        "damp": 0.01,
-    }
     TUNING_GRID: ClassVar[Dict[str, List[Dict[str, object]]]] = {
         **{axis: cells for axis, cells in LayerwisePruner.TUNING_GRID.items() if axis != "mode"},
         "inputs": [

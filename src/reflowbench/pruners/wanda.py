@@ -42,7 +42,6 @@ class WandaPruner(LayerwisePruner):
         "sparsity_rule": SEARCHED.format("wanda") + " (uniform, REFERENCES.md §6)",
         "compare": SEARCHED.format("wanda") + " (row: scores compared within each output row, REFERENCES.md §6)",
     }
-    PUBLISHED: ClassVar[Dict[str, object]] = {"mode": "sequential", "sparsity_rule": "uniform", "num_images": 128, "compare": "row"}
     TUNING_GRID: ClassVar[Dict[str, List[Dict[str, object]]]] = {
         "num_images": [{"num_images": 128}, {"num_images": 512}],
         "mode": [{"mode": "sequential"}, {"mode": "parallel"}],
