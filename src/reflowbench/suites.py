@@ -177,7 +177,7 @@ TUNED = ["woodfisher", "cbs", "chita"]
 # defaults are the best cell of its ResNet-20 search), and every model gets a tuned row from its own search.
 LAYERWISE = ["sparsegpt", "obc", "wanda"]
 LAYERWISE_PUBLISHED = {
-    "sparsegpt": {"sparsity_rule": "uniform", "target": "pruned-inputs", "refit": False, "mode": "sequential"},
+    "sparsegpt": {"sparsity_rule": "uniform", "target": "pruned-inputs", "refit": False, "mode": "sequential", "mask": "adaptive", "num_images": 128},
     "obc": {"num_images": 1024, "damp": 1e-6, "sparsity_rule": "uniform", "target": "pruned-inputs", "mode": "sequential"},
     "wanda": {"mode": "sequential", "sparsity_rule": "uniform", "compare": "row"},
 }
@@ -186,6 +186,8 @@ LAYERWISE_SOURCES = {
         "sparsity_rule": "REFERENCES.md §6 (SparseGPT): the same sparsity in every layer",
         "target": "REFERENCES.md §6 (SparseGPT): |W X - W_hat X|^2 on the layer's inputs in the network pruned so far",
         "refit": "REFERENCES.md §6 (SparseGPT): the sweep's own compensation, no re-fit",
+        "mask": "REFERENCES.md §6 (SparseGPT): the adaptive mask w^2 / [chol(H^-1)]_cc^2 per 128-column block",
+        "num_images": "REFERENCES.md §6 (SparseGPT): 128 calibration samples",
         "mode": "REFERENCES.md §6 (SparseGPT): layers in sequence",
     },
     "obc": {

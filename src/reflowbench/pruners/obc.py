@@ -18,7 +18,6 @@ import torch
 from reflowbench.errors import ConfigError
 from reflowbench.pruners.base import PruneContext, register_pruner
 from reflowbench.pruners.layerwise import LayerwiseOptions, LayerwisePruner
-from reflowbench.pruners.sparsegpt import SEARCHED
 from reflowbench.reconstruction import InputHessian, counts_from_traces, damped, greedy_obs, inverse_upper, prefix_keep, refit_rows, sweep
 
 FALLBACK_BLOCK = 128
@@ -26,8 +25,8 @@ FALLBACK_BLOCK = 128
 
 @dataclass
 class OBCOptions(LayerwiseOptions):
-    sparsity_rule: str = "global-magnitude"  # the ResNet-20 search's choice
-    target: str = "dense-outputs"  # the ResNet-20 search's choice (OBC: the layer's own inputs)
+    sparsity_rule: str = "global-magnitude"  # SparseGPT's ResNet-20 search's choice (OBC's own search is not finished)
+    target: str = "dense-outputs"  # SparseGPT's ResNet-20 search's choice (OBC: the layer's own inputs)
     max_columns: int = 1152  # layers with more inputs per row than this get SparseGPT's sweep instead (O(rows d^3) otherwise)
 
 
@@ -41,9 +40,10 @@ class OBCPruner(LayerwisePruner):
         "num_images": "suite choice: 128 as SparseGPT (REFERENCES.md §6: OBC uses 1024 samples x 10 augmentation rounds)",
         "damp": "suite choice: 1 % as SparseGPT (REFERENCES.md §6: OBC's rel_damp defaults to 0, + I where Cholesky fails)",
         "mode": "suite choice: the family's sequential default (REFERENCES.md §6 does not state OBC's)",
-        "sparsity_rule": SEARCHED.format("obc")
-        + " (REFERENCES.md §6: OBC prunes every layer to one sparsity, its count split between rows by their traced errors)",
-        "target": SEARCHED.format("obc") + " (pruned-inputs: OBC's reconstruction of the layer on its inputs, REFERENCES.md §6)",
+        "sparsity_rule": "suite choice until OBC's own ResNet-20 search is finished: the choice of SparseGPT's (REFERENCES.md §6: OBC prunes "
+        "every layer to one sparsity, its count split between rows by their traced errors)",
+        "target": "suite choice until OBC's own ResNet-20 search is finished: the choice of SparseGPT's (OBC reconstructs the layer on its "
+        "own inputs, REFERENCES.md §6)",
         "max_columns": "suite choice: the cost O(rows d^3) of a layer with more inputs per row is out of reach on a CPU",
     }
     TUNING_GRID: ClassVar[Dict[str, List[Dict[str, object]]]] = {

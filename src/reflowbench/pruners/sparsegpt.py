@@ -33,10 +33,11 @@ SEARCHED = (
 
 @dataclass
 class SparseGPTOptions(LayerwiseOptions):
+    num_images: int = 512  # the ResNet-20 search's choice (published: 128)
     sparsity_rule: str = "global-magnitude"  # the ResNet-20 search's choice (published: uniform)
     target: str = "dense-outputs"  # the ResNet-20 search's choice (published: pruned-inputs)
     block_size: int = 128  # columns per lazy-update block, each with its own adaptive mask (0: the whole row at once)
-    mask: str = "adaptive"  # adaptive (OBS error per block, during the sweep) or magnitude (lowest |w|, rows re-fitted exactly)
+    mask: str = "magnitude"  # magnitude (lowest |w|, rows re-fitted exactly: the ResNet-20 search's choice) or adaptive (OBS error per block, during the sweep: the paper)
     refit: bool = True  # the ResNet-20 search's choice (published: no re-fit); after the sweep, re-fit every row exactly on the mask it chose (the sweep fixes each kept weight when it passes it)
 
 
@@ -48,7 +49,8 @@ class SparseGPTPruner(LayerwisePruner):
     REFERENCE = {
         **LayerwisePruner.REFERENCE,
         "block_size": "REFERENCES.md §6 (SparseGPT): the mask chosen per 128-column block",
-        "mask": "REFERENCES.md §6 (SparseGPT): the adaptive mask w^2 / [chol(H^-1)]_cc^2 per block",
+        "mask": SEARCHED.format("sparsegpt") + " (adaptive: w^2 / [chol(H^-1)]_cc^2 per block, REFERENCES.md §6)",
+        "num_images": SEARCHED.format("sparsegpt") + " (128 calibration samples, REFERENCES.md §6)",
         "sparsity_rule": SEARCHED.format("sparsegpt") + " (uniform, REFERENCES.md §6)",
         "target": SEARCHED.format("sparsegpt") + " (pruned-inputs, REFERENCES.md §6)",
         "refit": SEARCHED.format("sparsegpt") + " (none: the sweep's own compensation, REFERENCES.md §6)",
