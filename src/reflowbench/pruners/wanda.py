@@ -9,7 +9,7 @@ The gradient-free, update-free baseline of the layer-wise family.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Dict, List, Set, Tuple
+from typing import ClassVar, Dict, List, Tuple
 
 import torch
 
@@ -58,9 +58,6 @@ class WandaPruner(LayerwisePruner):
 
     def needs_full_hessian(self) -> bool:
         return False
-
-    def unused_options(self) -> Set[str]:
-        return {"damp", "target"}
 
     def prune_layer(self, name: str, rows: torch.Tensor, hessian: InputHessian, count: int, ctx: PruneContext) -> Tuple[torch.Tensor, torch.Tensor]:
         norms = hessian.diagonal().sqrt()  # (G, d): ||X_j|| / sqrt(n), the same order

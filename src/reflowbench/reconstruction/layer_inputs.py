@@ -153,9 +153,3 @@ class InputHessian:
     @property
     def nbytes(self) -> int:
         return self.sum.numel() * self.sum.element_size()
-
-
-def layer_output(module: nn.Module, weight_rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """W X per group: (groups, rows, n) from weight rows (groups, rows, d) and columns (groups, d, n); a test helper and
-    the check that the unfolding matches the layer's own forward."""
-    return torch.bmm(weight_rows.to(columns.dtype), columns)
