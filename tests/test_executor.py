@@ -109,9 +109,13 @@ def _kill_and_resubmit(tmp_path: Path, checkpoint: Path, marker: Path) -> None:
     deadline = time.time() + 120
     while not list((out / "runs").glob("*0.9*.claim")) and time.time() < deadline:  # the held job is inside its run
         time.sleep(0.2)
-    assert list((out / "runs").glob("*0.9*.claim")), "the held job never claimed its run"
-    os.kill(held._process.pid, signal.SIGKILL)  # killed mid-run, as a node failure or a Slurm time limit would
+    claims = list((out / "runs").glob("*0.9*.claim"))
+    assert claims, "the held job never claimed its run"
+    worker = json.loads(claims[0].read_text())["pid"]  # the task process submitit's controller started: the one running
+    os.kill(worker, signal.SIGKILL)  # killed mid-run, as a node failure or a Slurm time limit would
+    os.kill(held._process.pid, signal.SIGKILL)  # and its controller, so nothing of the job is left
     held._process.wait()
+    _wait_until_gone(worker)
     finished = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
     assert len(finished) == 1 and all("0.5" in p.name for p in finished)
     marker.unlink()
@@ -121,6 +125,27 @@ def _kill_and_resubmit(tmp_path: Path, checkpoint: Path, marker: Path) -> None:
     runs = sorted((out / "runs").glob("*.json"))
     assert len(runs) == 2 and not list((out / "runs").glob("*.claim"))
     assert all(json.loads(p.read_text())["status"] == "complete" for p in runs)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _wait_until_gone(pid: int, timeout_s: float = 60.0) -> None:
+    """Wait until ``pid`` no longer exists (reaped by its parent, or by init once its parent died)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        if _is_zombie(pid):  # dead, waiting for a parent that may never reap it (a container's init)
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} still exists {timeout_s:.0f} s after SIGKILL")
 
 
 def test_jobs_are_one_per_method_and_seed_or_one_per_run():
