@@ -7,7 +7,7 @@
 # slower from one hour to the next with no change of code, and a single A/B 10-20 % off. This script checks out
 # BASE_REV into a temporary git worktree and benchmarks it and the working tree in ${REFLOWBENCH_AB_ROUNDS:-1}
 # alternating round(s) (base, work; then work, base; ...), then judges each benchmark on each side's best round
-# (reflowbench.reports.bench_ab) with the same threshold as the documented compare: exit 1, "Performance has
+# (bench/bench_ab.py) with the same threshold as the documented compare: exit 1, "Performance has
 # regressed", when a benchmark's minimum time is more than ${REFLOWBENCH_BENCH_FAIL:-min:25%} worse.
 # Nothing is written under reports/.
 set -euo pipefail
@@ -26,7 +26,7 @@ fi
 rounds="${REFLOWBENCH_AB_ROUNDS:-1}"
 fail="${REFLOWBENCH_BENCH_FAIL:-min:25%}"
 case "$rounds" in ''|*[!0-9]*|0) echo "bench/ab_compare.sh: REFLOWBENCH_AB_ROUNDS must be a whole number >= 1, not '$rounds'" >&2; exit 2;; esac
-if ! PYTHONPATH="$repo/src" "$python" -m reflowbench.reports.bench_ab --check --fail "$fail"; then
+if ! PYTHONPATH="$repo/src" "$python" "$repo/bench/bench_ab.py" --check --fail "$fail"; then
     echo "bench/ab_compare.sh: REFLOWBENCH_BENCH_FAIL='$fail' is not a threshold (see above)" >&2
     exit 2
 fi
@@ -51,4 +51,4 @@ for round in $(seq 1 "$rounds"); do
     fi
 done
 echo "== verdict =="
-PYTHONPATH="$repo/src" "$python" -m reflowbench.reports.bench_ab "$store" --fail "$fail"
+PYTHONPATH="$repo/src" "$python" "$repo/bench/bench_ab.py" "$store" --fail "$fail"

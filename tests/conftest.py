@@ -134,7 +134,8 @@ def imagefolder_like(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_smallcnn(digits):
     """The embedded default's dense small CNN on digits (trained once per session, 8 epochs), as a state dict."""
-    from reflowbench.harness.train import TrainSpec, train_dense
+    from reflowbench.config import TrainSpec
+    from reflowbench.harness.train import train_dense
     from reflowbench.models import build_model
 
     torch.manual_seed(0)

@@ -54,7 +54,7 @@ def test_ablation_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["ablate-reflow", "--out", out, "--sparsity", "1.0", *GRID]) == 2
     assert "sparsity must be in [0, 1)" in capsys.readouterr().err
     assert main(["ablate-reflow", "--out", out, "--sparsities", "0.5", *GRID]) == 2
-    assert "use --method and --sparsity" in capsys.readouterr().err
+    assert "use --sparsity instead of --sparsities" in capsys.readouterr().err
     assert main(["ablate-reflow", "--out", out, "--batches", "0,2", "--batch-sizes", "16"]) == 2
     assert "--batches must be an integer >= 1" in capsys.readouterr().err
     assert main(["ablate-reflow", "--out", out, "--batches", "1,1", "--batch-sizes", "16"]) == 2

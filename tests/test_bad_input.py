@@ -105,7 +105,14 @@ PROBES = {
     ),
     "sparsity 1": (lambda f: ["run", *_cifar(f), "--sparsities", "1.0"], "sparsity must be in [0, 1)"),
     "report sparsity 2": (lambda f: ["run", *_cifar(f), "--report-sparsity", "2"], "sparsity must be in [0, 1)"),
-    "prune sparsity -0.1": (lambda f: ["prune", *_cifar(f), "--sparsity", "-0.1"], "sparsity must be in [0, 1)"),
+    "prune sparsity -0.1": (lambda f: ["prune", *_cifar(f), "--sparsity", "-0.1"], "got -0.1 in --sparsity;"),  # its own flag named, not --sparsities
+    "prune without a sparsity": (lambda f: ["prune", *_cifar(f)], "prune needs --sparsity"),
+    # a one-method command refuses the sweep flags its own flags replace, all three alike
+    "prune given --sparsities": (lambda f: ["prune", *_cifar(f), "--sparsity", "0.5", "--sparsities", "0.5,0.6"], "use --sparsity instead of --sparsities"),
+    "prune given --methods": (lambda f: ["prune", *_cifar(f), "--sparsity", "0.5", "--methods", "mp,cbs"], "use --method instead of --methods"),
+    "prune given --seeds": (lambda f: ["prune", *_cifar(f), "--sparsity", "0.5", "--seeds", "0,1"], "use --seed instead of --seeds"),
+    "tune given --sparsities": (lambda f: ["tune", *_cifar(f), "--sparsities", "0.5"], "use --at-sparsities instead of --sparsities"),
+    "ablate-reflow given --methods": (lambda f: ["ablate-reflow", *_cifar(f), "--methods", "mp"], "use --method instead of --methods"),
     # dataset / model mismatches, caught by the tool and not by a conv layer
     "digits model on CIFAR": (
         lambda f: ["run", "--model", "smallcnn", "--checkpoint", str(f["root"] / "smallcnn.pt"), "--data", str(f["archive"]), "--partial-data"],
@@ -167,11 +174,11 @@ def test_probe_is_a_clear_error(name, probe_files, tmp_path, capsys):
 
 
 def test_prune_interrupt_message_promises_nothing(monkeypatch, capsys, files):
-    import reflowbench.cli as cli
+    import reflowbench.cli.commands as commands
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_prune", interrupted)
+    monkeypatch.setattr(commands, "cmd_prune", interrupted)
     assert main(["prune", *_cifar(files), "--sparsity", "0.5"]) == 130
     assert "nothing was saved" in capsys.readouterr().err

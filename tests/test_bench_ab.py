@@ -1,14 +1,20 @@
-"""The A/B verdict of bench/ab_compare.sh (reflowbench.reports.bench_ab) on hand-made pytest-benchmark saves."""
+"""The A/B verdict of bench/ab_compare.sh (bench/bench_ab.py, a developer script beside it) on hand-made pytest-benchmark saves."""
 
+import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Dict
 
 import pytest
 
 from reflowbench.errors import ConfigError
-from reflowbench.reports.bench_ab import Threshold, best_of_rounds, judge, main, parse_threshold
+
+_SPEC = importlib.util.spec_from_file_location("bench_ab", Path(__file__).resolve().parents[1] / "bench" / "bench_ab.py")
+bench_ab = sys.modules.setdefault("bench_ab", importlib.util.module_from_spec(_SPEC))  # registered first: its dataclasses look it up
+_SPEC.loader.exec_module(bench_ab)
+Threshold, best_of_rounds, judge, main, parse_threshold = bench_ab.Threshold, bench_ab.best_of_rounds, bench_ab.judge, bench_ab.main, bench_ab.parse_threshold
 
 
 def _save(storage: Path, number: int, side: str, mins: Dict[str, float]) -> Path:

@@ -211,7 +211,7 @@ def test_a_percent_sign_in_an_options_comment_does_not_break_help():
     import argparse
     from dataclasses import dataclass
 
-    from reflowbench.utils.cli_args import add_dataclass_arguments
+    from reflowbench.cli.flags import add_dataclass_arguments
 
     @dataclass
     class Options:

@@ -45,7 +45,8 @@ def test_cifar_model_and_archive_infer_the_dataset(tmp_path, cifar_like, capsys)
 
 def test_readme_cifar_forms_with_woodfisher_tree_and_download_root(tmp_path, cifar_like, capsys):
     """README: --preset cifar10 ... --methods mp,woodfisher --device auto; an extracted tree; --dataset cifar10."""
-    common = ["--model", "resnet20", "--checkpoint", str(cifar_like["checkpoint"]), "--partial-data", *SMALL_SUBSETS, *WOODFISHER_SMALL]
+    mp_only = ["--model", "resnet20", "--checkpoint", str(cifar_like["checkpoint"]), "--partial-data", *SMALL_SUBSETS]
+    common = [*mp_only, *WOODFISHER_SMALL]
     assert (
         main(
             [
@@ -71,7 +72,10 @@ def test_readme_cifar_forms_with_woodfisher_tree_and_download_root(tmp_path, cif
     )
     assert {r["method"] for r in _rows(tmp_path / "a")} == {"mp", "woodfisher"}
     assert main(["run", *common, "--data", str(cifar_like["tree"]), "--methods", "mp,woodfisher", "--sparsities", "0.5", "--out", str(tmp_path / "b")]) == 0
-    assert main(["run", *common, "--dataset", "cifar10", "--data", str(cifar_like["tree"]), "--sparsities", "0.5", "--out", str(tmp_path / "c")]) == 0
+    # woodfisher's options without woodfisher: refused (they would change nothing)
+    assert main(["run", *common, "--dataset", "cifar10", "--data", str(cifar_like["tree"]), "--sparsities", "0.5", "--out", str(tmp_path / "c")]) == 2
+    assert "--woodfisher-chunk-images sets an option of woodfisher, which this command does not run (--methods mp)" in capsys.readouterr().err
+    assert main(["run", *mp_only, "--dataset", "cifar10", "--data", str(cifar_like["tree"]), "--sparsities", "0.5", "--out", str(tmp_path / "c")]) == 0
     assert {r["dataset"] for r in _rows(tmp_path / "c")} == {"cifar10"}
 
 

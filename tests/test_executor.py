@@ -13,8 +13,8 @@ import torch
 
 from reflowbench.config import ExecutorSpec, merge_into, preset
 from reflowbench.errors import ConfigError
-from reflowbench.harness import plan_suite, run_suite
-from reflowbench.harness.executor import group_runs, submit_suite
+from reflowbench.harness import plan_sweep, run_sweep
+from reflowbench.harness.executor import group_runs, submit_sweep
 
 pytest.importorskip("submitit")
 
@@ -66,15 +66,15 @@ def _local(**kwargs) -> ExecutorSpec:
 
 
 def test_local_submitit_jobs_collect_the_results_of_the_serial_run(tmp_path, checkpoint):
-    run_suite(plan_suite(_spec(tmp_path / "serial", checkpoint)), log=lambda m: None, report=False)
+    run_sweep(plan_sweep(_spec(tmp_path / "serial", checkpoint)), log=lambda m: None, report=False)
     from reflowbench.schema.results import write_csv
 
     write_csv(tmp_path / "serial")
-    result = submit_suite(plan_suite(_spec(tmp_path / "jobs", checkpoint)), _local(), log=lambda m: None)
+    result = submit_sweep(plan_sweep(_spec(tmp_path / "jobs", checkpoint)), _local(), log=lambda m: None)
     assert len(result["jobs"]) == 2 and result["runs"] == 4 and not result["failed"]  # one job per seed, its two sparsities
     assert _results(tmp_path / "jobs") == _results(tmp_path / "serial")
     assert (tmp_path / "jobs" / "report.md").exists()
-    again = submit_suite(plan_suite(_spec(tmp_path / "jobs", checkpoint)), _local(), log=lambda m: None)
+    again = submit_sweep(plan_sweep(_spec(tmp_path / "jobs", checkpoint)), _local(), log=lambda m: None)
     assert again["runs"] == 0 and again["jobs"] == []  # re-submission: nothing left to run
 
 
@@ -101,7 +101,7 @@ def _kill_and_resubmit(tmp_path: Path, checkpoint: Path, marker: Path) -> None:
     out = tmp_path / "out"
     spec = _spec(out, checkpoint, methods=("slowmp",))
     spec.sweep.seeds = [0]
-    first = submit_suite(plan_suite(spec), _local(job_unit="run", wait=False), log=lambda m: None)
+    first = submit_sweep(plan_sweep(spec), _local(job_unit="run", wait=False), log=lambda m: None)
     held = next(h for h, g in zip(first["jobs"], first["groups"]) if g.sparsities == [0.9])
     others = [h for h in first["jobs"] if h is not held]
     for handle in others:
@@ -119,7 +119,7 @@ def _kill_and_resubmit(tmp_path: Path, checkpoint: Path, marker: Path) -> None:
     finished = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
     assert len(finished) == 1 and all("0.5" in p.name for p in finished)
     marker.unlink()
-    second = submit_suite(plan_suite(spec), _local(job_unit="run"), log=lambda m: None)
+    second = submit_sweep(plan_sweep(spec), _local(job_unit="run"), log=lambda m: None)
     assert second["runs"] == 1 and not second["failed"]  # only the killed run
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # nothing finished was redone or lost
     runs = sorted((out / "runs").glob("*.json"))

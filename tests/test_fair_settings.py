@@ -60,7 +60,7 @@ def test_a_search_that_chose_the_defaults_or_is_open_says_so(tmp_path):
 
 
 def test_searched_options_are_those_the_grid_varies_or_sets_away_from_the_defaults():
-    from reflowbench.harness.comparison import searched_options
+    from reflowbench.harness.suite import searched_options
 
     defaults = {"damp": 1e-5, "damp_mode": "absolute", "dtype": "float32", "chunk_images": 16, "num_grads": 400}
     cells = [

@@ -6,7 +6,7 @@ import pytest
 
 from reflowbench.config import merge_into, preset
 from reflowbench.errors import ConfigError
-from reflowbench.harness import plan_suite, run_suite
+from reflowbench.harness import plan_sweep, run_sweep
 from reflowbench.schema.results import CSV_COLUMNS
 
 
@@ -25,7 +25,7 @@ def _quick(out, **sweep):
 
 def test_sweep_writes_runs_csv_report_and_resumes(tmp_path):
     spec = _quick(tmp_path)
-    counts = run_suite(plan_suite(spec), log=lambda m: None)
+    counts = run_sweep(plan_sweep(spec), log=lambda m: None)
     assert counts == {"done": 2, "failed": 0, "skipped": 0, "elsewhere": 0, "total": 2}
     runs = sorted((tmp_path / "runs").glob("*.json"))
     assert len(runs) == 2
@@ -45,10 +45,10 @@ def test_sweep_writes_runs_csv_report_and_resumes(tmp_path):
     assert "data:image/png;base64," in html and "<table>" in html  # self-contained
 
     # a second call skips everything; a changed setting or a lost/corrupt file is (re)run
-    assert run_suite(plan_suite(spec), log=lambda m: None)["done"] == 0
+    assert run_sweep(plan_sweep(spec), log=lambda m: None)["done"] == 0
     runs[0].write_text("{ truncated")
     spec.sweep.sparsities = [0.5, 0.9, 0.7]
-    assert run_suite(plan_suite(spec), log=lambda m: None) == {"done": 2, "failed": 0, "skipped": 1, "elsewhere": 0, "total": 3}
+    assert run_sweep(plan_sweep(spec), log=lambda m: None) == {"done": 2, "failed": 0, "skipped": 1, "elsewhere": 0, "total": 3}
 
 
 def test_a_diverged_run_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
@@ -69,7 +69,7 @@ def test_a_diverged_run_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, mo
     monkeypatch.setattr(MagnitudePruner, "prune", diverging)
     messages = []
     spec = _quick(tmp_path)
-    assert run_suite(plan_suite(spec), log=messages.append) == {"done": 2, "failed": 1, "skipped": 0, "elsewhere": 0, "total": 2}
+    assert run_sweep(plan_sweep(spec), log=messages.append) == {"done": 2, "failed": 1, "skipped": 0, "elsewhere": 0, "total": 2}
     failed = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("mp_s0.9_*.json")]
     assert len(failed) == 1 and failed[0]["status"] == "failed" and "overflow" in failed[0]["error"]
     assert failed[0]["cost"]["prune"]["seconds"] >= 0 and failed[0]["notes"]["mp_failed_step"] == 1
@@ -80,16 +80,16 @@ def test_a_diverged_run_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, mo
     assert "## Failed runs" in report
     failed_section = report.split("## Failed runs")[1]
     assert "| 0.9 | 0 | 2 of 2 |" in failed_section and "overflow" in failed_section
-    assert run_suite(plan_suite(spec), log=lambda m: None)["done"] == 0 and calls == [0.5, 0.9]
+    assert run_sweep(plan_sweep(spec), log=lambda m: None)["done"] == 0 and calls == [0.5, 0.9]
     spec.sweep.retry_failed = True
-    assert run_suite(plan_suite(spec), log=lambda m: None) == {"done": 1, "failed": 1, "skipped": 1, "elsewhere": 0, "total": 2}
+    assert run_sweep(plan_sweep(spec), log=lambda m: None) == {"done": 1, "failed": 1, "skipped": 1, "elsewhere": 0, "total": 2}
     assert calls == [0.5, 0.9, 0.9]
 
 
 def test_a_sweep_killed_mid_run_resumes_that_run_at_its_next_step(tmp_path, monkeypatch):
     """A multi-step run killed in its third step keeps steps 1-2 in <out>/partial/; the rerun starts at step 3, ends
     with the uninterrupted run's result, and removes the file once the record is written."""
-    from reflowbench.harness.run import SuiteState
+    from reflowbench.harness.run import SweepState
     from reflowbench.harness.sweep import count_complete, estimate_seconds, pending_runs
     from reflowbench.pruners.hessian_base import HessianPruner
     from reflowbench.schema.results import load_runs, run_wall_seconds
@@ -99,7 +99,7 @@ def test_a_sweep_killed_mid_run_resumes_that_run_at_its_next_step(tmp_path, monk
         merge_into(spec, {"method_options": {"chita++": {"recompute_steps": 3, "iht_iters": 3}}}, "test")
         return spec
 
-    assert run_suite(plan_suite(staged(tmp_path / "whole")), log=lambda m: None)["done"] == 1
+    assert run_sweep(plan_sweep(staged(tmp_path / "whole")), log=lambda m: None)["done"] == 1
     real_step = HessianPruner._step
 
     def killed_at_third(self, model, targets, masks, step, schedule, ctx):
@@ -109,17 +109,17 @@ def test_a_sweep_killed_mid_run_resumes_that_run_at_its_next_step(tmp_path, monk
 
     monkeypatch.setattr(HessianPruner, "_step", killed_at_third)
     with pytest.raises(KeyboardInterrupt):
-        run_suite(plan_suite(staged(tmp_path / "killed")), log=lambda m: None)
+        run_sweep(plan_sweep(staged(tmp_path / "killed")), log=lambda m: None)
     assert len(list((tmp_path / "killed" / "partial").glob("*.stages.pt"))) == 1 and not list((tmp_path / "killed" / "runs").glob("*.json"))
     monkeypatch.setattr(HessianPruner, "_step", real_step)
-    progress = count_complete(plan_suite(staged(tmp_path / "killed")))  # what --dry-run reports
+    progress = count_complete(plan_sweep(staged(tmp_path / "killed")))  # what --dry-run reports
     assert (progress.complete, progress.total, progress.saved) == (0, 1, 1)
     assert (progress.estimate_s, progress.unestimated) == (0.0, 1)  # no finished chita++ run in that folder to estimate from
-    todo, _ = pending_runs(SuiteState(plan_suite(staged(tmp_path / "killed")), log=lambda m: None), plan_suite(staged(tmp_path / "killed")))
+    todo, _ = pending_runs(SweepState(plan_sweep(staged(tmp_path / "killed")), log=lambda m: None), plan_sweep(staged(tmp_path / "killed")))
     (whole_record,) = load_runs(tmp_path / "whole")
     assert estimate_seconds(tmp_path / "whole", todo) == (pytest.approx(run_wall_seconds(whole_record)), 0)  # the like run's wall time
     messages = []
-    assert run_suite(plan_suite(staged(tmp_path / "killed")), log=messages.append)["done"] == 1
+    assert run_sweep(plan_sweep(staged(tmp_path / "killed")), log=messages.append)["done"] == 1
     assert any("1 to run (1 resume from saved steps)" in m for m in messages)
     assert any("resuming at step 3 of 3" in m for m in messages)
     assert not list((tmp_path / "killed" / "partial").glob("*"))
@@ -130,12 +130,12 @@ def test_a_sweep_killed_mid_run_resumes_that_run_at_its_next_step(tmp_path, monk
 
 def test_embedded_default_shows_signal_collapse_and_reflow_recovery(tmp_path):
     """The phenomenon, not just a run: at 90% sparsity MP collapses and REFLOW recovers most of it."""
-    from reflowbench.harness.run import SuiteState, run_one
+    from reflowbench.harness.run import SweepState, run_one
 
     spec = preset("embedded")
     spec.sweep.progress = False
-    plan = plan_suite(spec, check_out=False)
-    state = SuiteState(plan, log=lambda m: None)
+    plan = plan_sweep(spec, check_out=False)
+    state = SweepState(plan, log=lambda m: None)
     pruner = plan.pruners[0]
     record = run_one(state, pruner, 0.9, 0, state.run_key(pruner, 0.9, 0))
     assert record["dense"]["top1"] > 95
@@ -188,7 +188,7 @@ def test_every_builtin_pruner_reproduces_its_golden_results(tmp_path):
     merge_into(spec, {"methods": methods, "sparsities": sorted({r["sparsity"] for r in golden}), "seeds": [0], "out": str(tmp_path), "progress": False}, "test")
     for method, options in GOLDEN_PRUNER_OPTIONS.items():
         spec.method_options.setdefault(method, {}).update(options)  # on top of the preset's sizing to digits, as the CLI flag
-    run_suite(plan_suite(spec), log=lambda m: None)
+    run_sweep(plan_sweep(spec), log=lambda m: None)
     ours = load_runs(tmp_path)
     assert sorted(r["key"] for r in ours) == sorted(r["key"] for r in golden), "the golden runs were made with other settings: regenerate them"
     moved = []
@@ -214,11 +214,11 @@ def test_deterministic_switch_is_recorded_and_changes_no_cpu_result(tmp_path):
     few_grads = {"woodfisher": {"num_grads": 256}}
     plain = _quick(tmp_path / "plain", methods=["woodfisher"], sparsities=[0.9])
     plain.method_options = few_grads
-    run_suite(plan_suite(plain), log=lambda m: None)
+    run_sweep(plan_sweep(plain), log=lambda m: None)
     strict = _quick(tmp_path / "strict", methods=["woodfisher"], sparsities=[0.9], deterministic=True)
     strict.method_options = few_grads
     try:
-        run_suite(plan_suite(strict), log=lambda m: None)
+        run_sweep(plan_sweep(strict), log=lambda m: None)
         assert torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
@@ -233,10 +233,10 @@ def test_deterministic_switch_is_recorded_and_changes_no_cpu_result(tmp_path):
 def test_the_embedded_preset_sizes_every_registered_pruner_to_digits(tmp_path):
     """`reflowbench run --methods <any pruner>` on the embedded demo needs no extra flag: every pruner's Fisher images
     fit digits' share (the published N = 1000, or 500 x 16, do not)."""
-    from reflowbench.harness.run import SuiteState
+    from reflowbench.harness.run import SweepState
     from reflowbench.pruners import PRUNERS
 
     spec = preset("embedded")
     spec.sweep.methods, spec.sweep.out = sorted(PRUNERS), str(tmp_path / "out")
-    state = SuiteState(plan_suite(spec), log=lambda m: None)  # raises DatasetError naming the pruner's flags otherwise
+    state = SweepState(plan_sweep(spec), log=lambda m: None)  # raises DatasetError naming the pruner's flags otherwise
     assert 0 < state.sizes.fisher <= 539

@@ -15,7 +15,6 @@ from reflowbench.pruners import (
     masks_from_scores,
     register_pruner,
     select_targets,
-    validate_sparsity,
     verify_masks,
 )
 from reflowbench.pruners.masks import lowest_k_mask
@@ -35,8 +34,10 @@ def test_target_policy_groups():
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan"), "x", None])
 def test_sparsity_outside_unit_interval_is_rejected(bad):
+    from reflowbench.config import check_sparsity
+
     with pytest.raises(ConfigError, match=r"sparsity must be"):
-        validate_sparsity(bad)
+        check_sparsity(bad)
 
 
 def test_lowest_k_breaks_ties_by_index():

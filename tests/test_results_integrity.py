@@ -43,14 +43,14 @@ def test_two_settings_in_one_folder_give_two_rows(tmp_path, capsys):
 def test_run_key_covers_data_content_and_device(tmp_path, cifar_like):
     """Same file name, other bytes: another key. The device is part of the settings."""
     from reflowbench.config import preset
-    from reflowbench.harness import SuiteState, plan_suite
+    from reflowbench.harness import SweepState, plan_sweep
 
     def state_for(archive):
         spec = preset(None)
         spec.model.model, spec.model.checkpoint = "resnet20", str(cifar_like["checkpoint"])
         spec.data.data, spec.data.partial_data = str(archive), True
         spec.reflow.calib_batches, spec.reflow.calib_batch_size, spec.reflow.diag_images = 2, 16, 16
-        return SuiteState(plan_suite(spec, check_out=False), log=lambda m: None)
+        return SweepState(plan_sweep(spec, check_out=False), log=lambda m: None)
 
     first = state_for(cifar_like["archive"])
     other_dir = tmp_path / "copy"

@@ -96,8 +96,8 @@ def test_suite_bad_input_is_a_clear_error(tmp_path, capsys):
 def test_cifar10_suite_plans_against_the_shared_files(tmp_path):
     """Every job of the cifar10 suite plans with ../shared (checkpoints, data, options) without running anything."""
     from conftest import SHARED_DATA, SHARED_MODELS
-    from reflowbench.harness.comparison import plan_jobs
-    from reflowbench.suites import SuiteCommandSpec
+    from reflowbench.config import SuiteCommandSpec
+    from reflowbench.harness.suite import plan_jobs
 
     command = SuiteCommandSpec(out=str(tmp_path), models_dir=str(SHARED_MODELS), data=str(SHARED_DATA), dry_run=True)
     planned = plan_jobs("cifar10", command)
@@ -161,7 +161,14 @@ def test_run_suite_is_the_suite_command_and_refuses_other_flags(tmp_path, capsys
     assert "unknown suite 'nosuch'" in capsys.readouterr().err
     assert main(["run", "--suite", "cifar10", "--model", "resnet20", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "takes --out, --data" in err and "['model']" in err and not (tmp_path / "o").exists()
+    assert "it takes --data, --device, --download, --out" in err and "not --model" in err and not (tmp_path / "o").exists()
+    for flag in (
+        ["--calib-batches", "4"],
+        ["--woodfisher-damp", "0.1"],
+        ["--executor", "submitit"],
+    ):  # every other flag too, a pruner's options included (ignored before)
+        assert main(["run", "--suite", "cifar10", *flag, "--out", str(tmp_path / "o")]) == 2
+        assert f"not {flag[0]}" in capsys.readouterr().err
 
 
 def test_durations_read_as_a_person_would_say_them():
@@ -171,7 +178,7 @@ def test_durations_read_as_a_person_would_say_them():
 
 
 def test_report_only_without_the_data_still_writes_the_report_and_says_why_completeness_is_unchecked(tmp_path, capsys, monkeypatch):
-    import reflowbench.harness.comparison as comparison
+    import reflowbench.harness.suite as comparison
     from reflowbench.errors import DatasetError
 
     jobs = [_job("small", ["mp"], [0.5])]

@@ -105,7 +105,7 @@ def test_rank_cells_puts_cells_cut_by_the_first_pass_after_the_fully_scored_ones
         (["--method", "mp"], "has no settings grid"),
         (["--criterion", "test"], "--criterion must be one of"),
         (["--at-sparsities", "0.7,1.2"], "sparsity must be in [0, 1)"),
-        (["--sparsities", "0.5"], "use --method and --at-sparsities"),
+        (["--sparsities", "0.5"], "use --at-sparsities instead of --sparsities"),
         (["--grid", "GRID_MISSING"], "cannot read the file"),
         (["--grid", "GRID_BAD_CELL"], "tuning grid cell"),
     ],

@@ -1,8 +1,8 @@
 """reflowbench: benchmark one-shot pruners with and without BatchNorm recalibration (REFLOW).
 
 Folders by job (docs/architecture.md has the layers they import along):
-  cli.py           the `reflowbench` command
-  harness/         one run (prune -> evaluate -> REFLOW -> evaluate), sweeps, named suites, tuning, executors
+  cli/             the `reflowbench` command: parser (flags from the settings dataclasses), command bodies, entry
+  harness/         one run (prune -> evaluate -> REFLOW -> evaluate), sweeps, named suites, tuning, executors, training
   pruners/         Pruner base class + registry, masks, the pruners themselves (Fisher and layer-wise bases)
   datasets/        embedded digits, CIFAR-10, ImageFolder/ImageNet, disjoint training subsets
   reports/         markdown/HTML reports, figures, the regression gate

@@ -1,4 +1,7 @@
-"""Dataclass specs of a suite (what the CLI is generated from), presets, config files, validation.
+"""Every settings class (what the CLI is generated from), presets, the one trip that builds a sweep's settings, validation.
+
+Words: a **sweep** is one model's methods x sparsities x seeds (``reflowbench run``: :class:`SweepSettings`); a **suite** is a
+named set of sweeps (``reflowbench suite``: :class:`SuiteCommandSpec`, the jobs in :mod:`reflowbench.suites`).
 
 Precedence: dataclass defaults < preset < ``--config FILE.json`` < explicit command-line flags.
 A preset is a named bundle of settings, listed in ``--help`` with every value it sets; without one,
@@ -18,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from reflowbench.errors import ConfigError
 from reflowbench.schema.targets import TargetPolicy
+from reflowbench.utils.known_names import refuse_unknown
 
 MAX_SEED = 2**31 - 1
 REFLOW_MODES = ("cumulative", "ema")
@@ -107,7 +111,7 @@ class ObjectiveSpec:
 @dataclass
 class ReflowAblationSpec:
     """The REFLOW ablation (``reflowbench ablate-reflow``): prune once per seed, then REFLOW with every setting
-    of two one-knob grids and evaluate each: calibration batches at the suite's --calib-batch-size, and
+    of two one-knob grids and evaluate each: calibration batches at the sweep's --calib-batch-size, and
     batch sizes at its --calib-batches. Calibration images are prefixes of the seed's calibration range."""
 
     method: str = "mp"  # the pruner whose output is recalibrated
@@ -119,6 +123,9 @@ class ReflowAblationSpec:
         """(batches, batch size) of every REFLOW to run, each once, the batches grid first."""
         grid = [(b, calib_batch_size) for b in self.batches] + [(calib_batches, size) for size in self.batch_sizes]
         return list(dict.fromkeys(grid))
+
+    def narrowing(self) -> "SweepNarrowing":
+        return SweepNarrowing("ablate-reflow", methods=[self.method], sparsities=[self.sparsity], own_flags={"methods": "--method", "sparsities": "--sparsity"})
 
     def validate(self) -> "ReflowAblationSpec":
         self.sparsity = check_sparsity(self.sparsity, "--sparsity")
@@ -147,11 +154,43 @@ class TuneSpec:
     report_only: bool = False  # write the table and the config from the cells already scored (a partial search says so), score nothing
     first_pass_keep: int = 0  # 0: every cell at every sparsity; K > 0: every cell at the first --at-sparsities value, then only the K best there at the others (the table names the cells cut)
 
+    def narrowing(self) -> "SweepNarrowing":
+        return SweepNarrowing(
+            "tune", methods=[self.method], sparsities=list(self.at_sparsities), own_flags={"methods": "--method", "sparsities": "--at-sparsities"}
+        )
+
     def validate(self) -> "TuneSpec":
         self.at_sparsities = [check_sparsity(sparsity, "--at-sparsities") for sparsity in self.at_sparsities]
         _unique(self.at_sparsities, "--at-sparsities")
         _require(self.first_pass_keep >= 0, f"--first-pass-keep must be an integer >= 0 (0: no first pass), got {self.first_pass_keep}")
         _require(self.criterion in TUNE_CRITERIA, f"--criterion must be one of {TUNE_CRITERIA}, got {self.criterion!r}")
+        return self
+
+
+@dataclass
+class PruneSpec:
+    """One pruning (``reflowbench prune``): one method at one sparsity and seed, the weights and the run record saved."""
+
+    method: str = "mp"  # pruner name (see `reflowbench list`)
+    sparsity: Optional[float] = None  # fraction of target weights to remove, in [0, 1) (required)
+    seed: int = 0  # selects the calibration, Fisher and held-out images
+    reflow: bool = True  # save the REFLOW-recalibrated weights (--no-reflow: the weights right after pruning, without BN recalibration)
+    save: Optional[str] = None  # write the pruned state_dict here
+    record: Optional[str] = None  # write the run record (JSON) here
+
+    def narrowing(self) -> "SweepNarrowing":
+        return SweepNarrowing(
+            "prune",
+            methods=[self.method],
+            sparsities=[self.sparsity],
+            seeds=[self.seed],
+            own_flags={"methods": "--method", "sparsities": "--sparsity", "seeds": "--seed"},
+        )
+
+    def validate(self) -> "PruneSpec":
+        _require(self.sparsity is not None, "prune needs --sparsity: the fraction of target weights to remove, e.g. --sparsity 0.9 for 90%")
+        self.sparsity = check_sparsity(self.sparsity, "--sparsity")
+        _require(0 <= self.seed <= MAX_SEED, f"seeds must be in [0, {MAX_SEED}], got {self.seed} in --seed")
         return self
 
 
@@ -190,7 +229,64 @@ class ExecutorSpec:
 
 
 @dataclass
-class SuiteSpec:
+class TrainSpec:
+    """Recipe of the shared checkpoints (``reflowbench train``): SGD Nesterov 0.9, wd 5e-4, one-cycle (15% warm-up, linear decay)."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1  # peak learning rate
+    weight_decay: float = 5e-4
+    warmup_fraction: float = 0.15
+    seed: int = 0
+    augment: bool = True
+
+    def validate(self) -> "TrainSpec":
+        """Raise :class:`ConfigError` for a recipe that cannot train; return it."""
+        problems = [
+            f"--{name.replace('_', '-')} must be {rule}, got {getattr(self, name)}"
+            for name, ok, rule in (
+                ("epochs", self.epochs >= 1, ">= 1"),
+                ("batch_size", self.batch_size >= 1, ">= 1"),
+                ("lr", math.isfinite(self.lr) and self.lr > 0, "a positive number"),
+                ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, ">= 0"),
+                ("warmup_fraction", 0 <= self.warmup_fraction < 1, "in [0, 1)"),
+                ("seed", 0 <= self.seed < 2**31, "in [0, 2^31)"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return self
+
+
+@dataclass
+class SuiteCommandSpec:
+    """Settings of ``reflowbench suite`` (the jobs set everything else)."""
+
+    out: str = "reflowbench-suite"  # results folder: one sub-folder per job folder, and <suite>-suite/ with the combined report
+    models_dir: str = "../shared/models"  # where the suite's checkpoints are ({models} in the suite)
+    data: Optional[str] = None  # the dataset path for every job (a CIFAR-10 .tar.gz, ImageFolder tree or torchvision root)
+    download: bool = False  # let torchvision download CIFAR-10 into --data
+    only: List[str] = field(default_factory=list)  # run only the jobs of these folders (default: all)
+    seeds: List[int] = field(default_factory=list)  # override the seeds of the main sweeps (default: the suite's; ablation jobs keep theirs)
+    sparsities: List[float] = field(default_factory=list)  # override the sparsities of the main sweeps (default: the suite's)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    threads: int = 0  # torch CPU threads (0: leave torch's default)
+    dry_run: bool = False  # list every job with its finished and missing runs, run nothing
+    report_only: bool = False  # write the combined report from the runs already finished, run nothing
+    skip_unreadable: bool = (
+        False  # leave files under a job's runs/ that are not readable run records out of the combined report (each named); without it they stop it
+    )
+    readme: Optional[str] = (
+        None  # also replace the block between <!-- reflowbench-summary:NAME:start --> and <!-- ...:end --> in this markdown file with the report's summary.md
+    )
+    progress: bool = True
+
+
+@dataclass
+class SweepSettings:
+    """Every setting of one sweep, one section per concern (each a flag group and a ``--config`` section)."""
+
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     reflow: ReflowSpec = field(default_factory=ReflowSpec)
@@ -201,6 +297,14 @@ class SuiteSpec:
 
 
 SECTIONS = ("model", "data", "reflow", "targets", "sweep", "objective")
+SECTION_TYPES: Dict[str, type] = {
+    "model": ModelSpec,
+    "data": DataSpec,
+    "reflow": ReflowSpec,
+    "targets": TargetSpec,
+    "sweep": SweepSpec,
+    "objective": ObjectiveSpec,
+}
 
 PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {  # section -> settings, as in a --config file
     # The embedded demo: a small BN CNN on scikit-learn's digits (1,347 training images, so REFLOW uses 8 x 64).
@@ -241,13 +345,13 @@ def describe_preset(name: str) -> str:
     return f"{name} ({', '.join(values)})"
 
 
-def preset(name: Optional[str]) -> SuiteSpec:
+def preset(name: Optional[str]) -> SweepSettings:
     """A fresh spec with preset ``name`` applied (``None``: the plain dataclass defaults)."""
     if name is None:
-        return SuiteSpec()
+        return SweepSettings()
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
-    return merge_into(SuiteSpec(), PRESETS[name], f"preset {name}")
+    return merge_into(SweepSettings(), PRESETS[name], f"preset {name}")
 
 
 # ----------------------------------------------------------------------------- config files
@@ -296,7 +400,7 @@ def _set_checked(target: Any, key: str, value: Any, source: str) -> None:
     setattr(target, key, value)
 
 
-def merge_into(spec: SuiteSpec, overrides: Any, source: str) -> SuiteSpec:
+def merge_into(spec: SweepSettings, overrides: Any, source: str) -> SweepSettings:
     """Apply ``{section: {field: value}}`` (or flat ``{field: value}``) overrides to ``spec`` in place.
 
     A section holds only its own fields; every value is type-checked against the dataclass field.
@@ -310,10 +414,8 @@ def merge_into(spec: SuiteSpec, overrides: Any, source: str) -> SuiteSpec:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: section {key!r} must be an object of settings, got {value!r}")
             section = getattr(spec, key)
-            own = {f.name for f in fields(section)}
+            refuse_unknown(value, (f.name for f in fields(section)), f"{source}: section {key!r}")
             for name, inner in value.items():
-                if name not in own:
-                    raise ConfigError(f"{source}: section {key!r} has no setting {name!r}; its settings are {sorted(own)}")
                 _set_checked(section, name, inner, source)
         elif key == "method_options":
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
@@ -333,6 +435,111 @@ def names_model_or_data(overrides: Dict[str, Any]) -> bool:
         if name in overrides or (isinstance(overrides.get(section), dict) and name in overrides[section]):
             return True
     return False
+
+
+# ----------------------------------------------------------------------------- a sweep's settings in one trip
+
+
+@dataclass(frozen=True)
+class SettingsLayers:
+    """The plain values a sweep's settings are built from, each layer over the one before:
+    dataclass defaults < ``preset`` < ``file`` < ``flags``."""
+
+    preset: Optional[str] = None  # a preset name, "none" (the plain defaults), or None: embedded when no layer names a model or data
+    file: Any = None  # a --config file's settings ({section: {field: value}} or flat; None: no file)
+    file_source: str = "--config"  # how messages name the file
+    flags: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # section -> field -> value given on the command line
+    method_flags: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # pruner -> option -> value given on the command line
+    flags_source: str = "command-line flags"  # how messages name the flags layer
+
+
+@dataclass
+class BuiltSettings:
+    """A sweep's settings and the preset they started from."""
+
+    spec: "SweepSettings"
+    preset: Optional[str]  # the preset applied (None: the plain defaults)
+    preset_implied: bool  # no preset was asked for and none of the layers named a model or data: the embedded demo was chosen
+
+
+@dataclass(frozen=True)
+class SweepNarrowing:
+    """What a command that runs part of a sweep fixes with its own flags (None: left as the layers set it)."""
+
+    command: str  # the command, for messages
+    methods: Optional[List[str]] = None
+    sparsities: Optional[List[float]] = None
+    seeds: Optional[List[int]] = None
+    own_flags: Dict[str, str] = field(default_factory=dict)  # sweep field -> the command's flag that sets it (e.g. sparsities -> --sparsity)
+
+
+def _implied_preset(layers: SettingsLayers) -> Tuple[Optional[str], bool]:
+    """(preset name or None, implied): ``layers.preset`` when given ('none': no preset); else 'embedded' when neither
+    the file nor the flags name a model or data, else none."""
+    if layers.preset is not None:
+        return (None if layers.preset == "none" else layers.preset), False
+    named = isinstance(layers.file, dict) and names_model_or_data(layers.file)
+    named = named or any(name in layers.flags.get(section, {}) for section, name in MODEL_OR_DATA_FIELDS)
+    return (None, False) if named else ("embedded", True)
+
+
+def build_settings(layers: SettingsLayers, narrowing: Optional[SweepNarrowing] = None) -> BuiltSettings:
+    """The one place a sweep's settings are built: defaults < preset < file < flags, every layer type-checked by
+    :func:`merge_into`, then ``narrowing`` (a one-method command's own flags; the sweep flags it replaces are refused).
+    Range checks follow in the harness's planning step, before any model or data is loaded."""
+    name, implied = _implied_preset(layers)
+    spec = preset(name)
+    if layers.file is not None:
+        merge_into(spec, layers.file, layers.file_source)
+    merge_into(spec, {**{k: v for k, v in layers.flags.items() if v}, "method_options": layers.method_flags}, layers.flags_source)
+    if narrowing is not None:
+        narrow_sweep(spec, narrowing, given=layers.flags.get("sweep", {}))
+    _refuse_options_of_methods_not_run(spec, layers.method_flags, narrowing)
+    return BuiltSettings(spec, name, implied)
+
+
+def _refuse_options_of_methods_not_run(spec: "SweepSettings", method_flags: Dict[str, Dict[str, Any]], narrowing: Optional[SweepNarrowing]) -> None:
+    """A pruner's option given as a flag while that pruner is not run would change nothing: refused, naming the flag."""
+    for method, options in method_flags.items():
+        if options and method not in spec.sweep.methods:
+            flag = f"--{method}-{sorted(options)[0].replace('_', '-')}"
+            methods_flag = narrowing.own_flags.get("methods", "--methods") if narrowing is not None else "--methods"
+            raise ConfigError(
+                f"{flag} sets an option of {method}, which this command does not run ({methods_flag} {','.join(spec.sweep.methods)}): "
+                f"add {method} to {methods_flag} or drop the flag"
+            )
+
+
+SUITE_FLAG_SECTIONS = ("sweep", "data")  # the sections whose flags `run --suite` passes on (those SuiteCommandSpec also has)
+
+
+def suite_command_from_flags(flags: Dict[str, Dict[str, Any]], method_flags: Dict[str, Dict[str, Any]]) -> "SuiteCommandSpec":
+    """``run --suite NAME``'s flags as the suite command's settings: the sweep and data flags that
+    :class:`SuiteCommandSpec` also has; any other flag is refused (the suite's jobs set it)."""
+    own = {f.name for f in fields(SuiteCommandSpec)}
+    taken = {name: value for section in SUITE_FLAG_SECTIONS for name, value in flags.get(section, {}).items() if name in own}
+    refused = sorted(f"--{name.replace('_', '-')}" for values in flags.values() for name in values if name not in taken)
+    refused += sorted(f"--{method}-{option.replace('_', '-')}" for method, options in method_flags.items() for option in options)
+    if refused:
+        usable = sorted(
+            f"--{name.replace('_', '-')}" for section in SUITE_FLAG_SECTIONS for name in own if name in {f.name for f in fields(SECTION_TYPES[section])}
+        )
+        raise ConfigError(f"--suite runs the suite's own models, methods and settings; it takes {', '.join(usable)}, not {', '.join(refused)}")
+    return SuiteCommandSpec(**taken)
+
+
+def narrow_sweep(spec: "SweepSettings", narrowing: SweepNarrowing, given: Optional[Dict[str, Any]] = None) -> "SweepSettings":
+    """The one place a sweep is narrowed to a command's (or a job's) methods, sparsities and seeds, in place.
+    A sweep flag in ``given`` that the narrowing replaces is refused, naming the command's own flag."""
+    for name in ("methods", "sparsities", "seeds"):
+        value = getattr(narrowing, name)
+        if value is None:
+            continue
+        own = narrowing.own_flags.get(name, f"--{name}")
+        if name in (given or {}):
+            raise ConfigError(f"{narrowing.command} sets the sweep's {name} with {own}: use {own} instead of --{name}")
+        setattr(spec.sweep, name, list(value))
+    return spec
 
 
 # ----------------------------------------------------------------------------- validation
@@ -369,7 +576,7 @@ def _positive_int(value: int, flag: str, minimum: int = 1) -> None:
     _require(value >= minimum, f"{flag} must be an integer >= {minimum}, got {value}")
 
 
-def validate_spec(spec: SuiteSpec) -> SuiteSpec:
+def validate_spec(spec: SweepSettings) -> SweepSettings:
     """Check every value of ``spec`` that needs no registry (ranges, duplicates, enums); return it.
 
     Called once, when the settings are built; inner code trusts a validated spec.
@@ -412,8 +619,8 @@ def validate_spec(spec: SuiteSpec) -> SuiteSpec:
     return spec
 
 
-def spec_summary(spec: SuiteSpec) -> Tuple[str, ...]:
-    """Short human lines describing what a suite will run (printed before any work)."""
+def spec_summary(spec: SweepSettings) -> Tuple[str, ...]:
+    """Short human lines describing what a sweep will run (printed before any work)."""
     sweep, reflow = spec.sweep, spec.reflow
     return (
         f"model {spec.model.model}" + (f" from {spec.model.checkpoint}" if spec.model.checkpoint else ""),

@@ -15,37 +15,11 @@ Per-model settings that differ from a pruner's published defaults are here, each
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from reflowbench.errors import ConfigError
-from reflowbench.utils.io import DuplicateKeyError, loads_settings
-
-
-@dataclass
-class SuiteCommandSpec:
-    """Settings of ``reflowbench suite`` (the jobs set everything else)."""
-
-    out: str = "reflowbench-suite"  # results folder: one sub-folder per job folder, and <suite>-suite/ with the combined report
-    models_dir: str = "../shared/models"  # where the suite's checkpoints are ({models} in the suite)
-    data: Optional[str] = None  # the dataset path for every job (a CIFAR-10 .tar.gz, ImageFolder tree or torchvision root)
-    download: bool = False  # let torchvision download CIFAR-10 into --data
-    only: List[str] = field(default_factory=list)  # run only the jobs of these folders (default: all)
-    seeds: List[int] = field(default_factory=list)  # override the seeds of the main sweeps (default: the suite's; ablation jobs keep theirs)
-    sparsities: List[float] = field(default_factory=list)  # override the sparsities of the main sweeps (default: the suite's)
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    threads: int = 0  # torch CPU threads (0: leave torch's default)
-    dry_run: bool = False  # list every job with its finished and missing runs, run nothing
-    report_only: bool = False  # write the combined report from the runs already finished, run nothing
-    skip_unreadable: bool = (
-        False  # leave files under a job's runs/ that are not readable run records out of the combined report (each named); without it they stop it
-    )
-    readme: Optional[str] = (
-        None  # also replace the block between <!-- reflowbench-summary:NAME:start --> and <!-- ...:end --> in this markdown file with the report's summary.md
-    )
-    progress: bool = True
-
+from reflowbench.utils.io import read_settings_file
 
 R20, R56, MNV1 = "{models}/resnet20_cifar10_jpeg.pt", "{models}/resnet56_cifar10_jpeg.pt", "{models}/mobilenetv1_cifar10_jpeg.pt"
 FOUR = ["mp", "woodfisher", "cbs", "chita", "chita++"]
@@ -271,12 +245,7 @@ def load_suite(name: str) -> Dict[str, Any]:
     if name in SUITES:
         suite = SUITES[name]
     elif name.endswith(".json") or Path(name).is_file():
-        try:
-            suite = loads_settings(Path(name).read_text())
-        except OSError as exc:
-            raise ConfigError(f"suite file {name}: cannot read it ({exc.strerror or exc})") from None
-        except ValueError as exc:
-            raise ConfigError(f"suite file {name}: {exc}" if isinstance(exc, DuplicateKeyError) else f"suite file {name}: not valid JSON ({exc})") from None
+        suite = read_settings_file(Path(name), f"suite file {name}")
     else:
         raise ConfigError(f"unknown suite {name!r}: choose one of {sorted(SUITES)} or pass a suite JSON file")
     jobs = suite.get("jobs") if isinstance(suite, dict) else None

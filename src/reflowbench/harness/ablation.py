@@ -19,14 +19,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
-from reflowbench.config import ReflowAblationSpec, SuiteSpec
+from reflowbench.config import ReflowAblationSpec
 from reflowbench.datasets import SubsetSizes, check_subset_sizes, disjoint_subsets
 from reflowbench.errors import DatasetError
 from reflowbench.harness.evaluate import evaluate
-from reflowbench.harness.plan import SuitePlan
-from reflowbench.harness.run import SuiteState, prune_fresh
+from reflowbench.harness.plan import SweepPlan
+from reflowbench.harness.run import SweepState, prune_fresh
 from reflowbench.pruners.base import key_options
-from reflowbench.reflow import recalibrate_bn
 from reflowbench.reports.ablation import FOLDER as ABLATION_FOLDER
 from reflowbench.utils.cost import CostLedger
 from reflowbench.utils.io import atomic_write_json, read_keyed_json, stable_hash
@@ -34,18 +33,11 @@ from reflowbench.utils.io import atomic_write_json, read_keyed_json, stable_hash
 Log = Callable[[str], None]
 
 
-def ablation_spec(spec: SuiteSpec, ablation: ReflowAblationSpec) -> SuiteSpec:
-    """``spec`` with its sweep narrowed to the ablation's one method and sparsity (plan it with ``plan_suite``)."""
-    ablation.validate()
-    spec.sweep.methods, spec.sweep.sparsities = [ablation.method], [ablation.sparsity]
-    return spec
-
-
 def ablation_path(out: Path, model: str, method: str, sparsity: float, seed: int) -> Path:
     return Path(out) / ABLATION_FOLDER / f"{model}_{method}_s{sparsity:g}_seed{seed}.json"
 
 
-def _pool_sizes(state: SuiteState, ablation: ReflowAblationSpec) -> SubsetSizes:
+def _pool_sizes(state: SweepState, ablation: ReflowAblationSpec) -> SubsetSizes:
     """Subset sizes with a calibration pool as large as the largest cell needs; raises naming --batches/--batch-sizes."""
     reflow = state.spec.reflow
     need = max(b * size for b, size in ablation.cells(reflow.calib_batches, reflow.calib_batch_size))
@@ -57,13 +49,13 @@ def _pool_sizes(state: SuiteState, ablation: ReflowAblationSpec) -> SubsetSizes:
     return sizes
 
 
-def run_reflow_ablation(plan: SuitePlan, ablation: ReflowAblationSpec, log: Log = print) -> List[Path]:
+def run_reflow_ablation(plan: SweepPlan, ablation: ReflowAblationSpec, log: Log = print) -> List[Path]:
     """Run (or resume) the ablation for every seed of ``plan`` (whose one method and sparsity are
-    ``ablation.method`` and ``.sparsity``: see :func:`ablation_spec`); returns the result files."""
+    ``ablation.method`` and ``.sparsity``: its sweep narrowed by ``ablation.narrowing()``); returns the result files."""
     spec = plan.spec
     reflow = spec.reflow
     (pruner,) = plan.pruners
-    state = SuiteState(plan, log)
+    state = SweepState(plan, log)
     cells = ablation.cells(reflow.calib_batches, reflow.calib_batch_size)
     sizes = _pool_sizes(state, ablation)
     paths = []
@@ -94,14 +86,10 @@ def run_reflow_ablation(plan: SuitePlan, ablation: ReflowAblationSpec, log: Log 
     return paths
 
 
-def _one_cell(state: SuiteState, model, pool, batches: int, size: int, seed: int) -> Dict[str, Any]:
+def _one_cell(state: SweepState, model, pool, batches: int, size: int, seed: int) -> Dict[str, Any]:
     """REFLOW with ``batches`` x ``size`` images from ``pool`` (from the statistics right after pruning), then the test top-1."""
-    reflow = state.spec.reflow
-    calibration = state.data.train.batches(pool[: batches * size], size, shuffle=True, augment=reflow.calib_augment, seed=seed)
     started = time.perf_counter()
-    handle = recalibrate_bn(
-        model, calibration, batches, reflow.reflow_mode, reflow.reflow_momentum, reset=reflow.reflow_mode == "cumulative", device=state.device
-    )
+    handle = state.recalibrate(model, seed, pool[: batches * size], batches, size)
     seconds = time.perf_counter() - started
     metrics = evaluate(model, state.test_batches(), state.device)
     handle.undo()
@@ -115,7 +103,7 @@ def _one_cell(state: SuiteState, model, pool, batches: int, size: int, seed: int
     }
 
 
-def _new_record(state: SuiteState, method: str, options: Dict[str, Any], ablation: ReflowAblationSpec, seed: int, key: str, actual: float) -> Dict[str, Any]:
+def _new_record(state: SweepState, method: str, options: Dict[str, Any], ablation: ReflowAblationSpec, seed: int, key: str, actual: float) -> Dict[str, Any]:
     reflow = state.spec.reflow
     return {
         "kind": "reflow-ablation",

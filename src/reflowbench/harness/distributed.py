@@ -29,6 +29,18 @@ def init_from_env() -> bool:
     return True
 
 
+def join_launched_group() -> bool:
+    """Where torchrun launched this process (``WORLD_SIZE`` > 1), join its group; progress bars stay on rank 0 only.
+    Returns whether this process is the one that prints and writes (rank 0, or a single process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    init_from_env()
+    if not is_main_rank():
+        os.environ["TQDM_DISABLE"] = "1"
+        return False
+    return True
+
+
 def is_main_rank() -> bool:
     """True in a single process and on rank 0 of a group."""
     return not is_distributed() or dist.get_rank() == 0

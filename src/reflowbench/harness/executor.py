@@ -1,7 +1,7 @@
 """Runs of a suite as submitit jobs: a Slurm job array on a cluster, local subprocesses elsewhere.
 
 The scheduling is submitit's and Slurm's; this module only cuts the suite into jobs and collects. Each job is
-one ``run_suite`` restricted to its runs (one method and seed with its unfinished sparsities, which share the
+one ``run_sweep`` restricted to its runs (one method and seed with its unfinished sparsities, which share the
 dense Fisher, or a single run): it claims each run (:mod:`.claims`) and writes the run's JSON atomically into the
 shared ``--out``, exactly as an in-process sweep does. A re-submission therefore skips finished runs and re-runs
 those whose job died (a dead job's claim is stale); ``reflowbench report OUT`` collects at any time.
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
-from reflowbench.config import ExecutorSpec, SuiteSpec
+from reflowbench.config import ExecutorSpec, SweepNarrowing, SweepSettings, narrow_sweep
 from reflowbench.errors import ConfigError
-from reflowbench.harness.plan import SuitePlan, plan_suite
-from reflowbench.harness.run import SuiteState
-from reflowbench.harness.sweep import pending_runs, run_suite, write_results
+from reflowbench.harness.plan import SweepPlan, plan_sweep
+from reflowbench.harness.run import SweepState
+from reflowbench.harness.sweep import pending_runs, run_sweep, write_results
 
 Log = Callable[[str], None]
 
@@ -53,22 +53,24 @@ def group_runs(todo: List[Tuple[int, str, float, int]], unit: str) -> List[JobRu
     return out
 
 
-def job_spec(spec: SuiteSpec, job: JobRuns, threads: int) -> SuiteSpec:
+def job_spec(spec: SweepSettings, job: JobRuns, threads: int) -> SweepSettings:
     """``spec`` restricted to ``job``'s runs (no progress bars; ``threads`` CPU threads where the spec leaves it open)."""
     restricted = copy.deepcopy(spec)
+    narrow_sweep(
+        restricted, SweepNarrowing("a submitit job", methods=[spec.sweep.methods[job.method_index]], sparsities=list(job.sparsities), seeds=[job.seed])
+    )
     sweep = restricted.sweep
-    sweep.methods, sweep.seeds, sweep.sparsities = [spec.sweep.methods[job.method_index]], [job.seed], list(job.sparsities)
     sweep.progress = False
     sweep.threads = sweep.threads or threads
     return restricted
 
 
-def run_job(spec: SuiteSpec) -> Dict[str, int]:
+def run_job(spec: SweepSettings) -> Dict[str, int]:
     """What a job executes (in its own process): plan the restricted suite and run it without the report."""
     from reflowbench.pruners.base import load_plugins
 
     load_plugins()
-    return run_suite(plan_suite(spec), log=print, report=False)
+    return run_sweep(plan_sweep(spec), log=print, report=False)
 
 
 def _submitit():
@@ -102,17 +104,17 @@ def make_executor(executor: ExecutorSpec, out: Path) -> Any:
     return auto
 
 
-def submit_suite(plan: SuitePlan, executor: ExecutorSpec, log: Log = print) -> Dict[str, Any]:
+def submit_sweep(plan: SweepPlan, executor: ExecutorSpec, log: Log = print) -> Dict[str, Any]:
     """Submit every unfinished run of ``plan`` as submitit jobs (one batch: a job array on Slurm). With ``executor.wait``,
     wait for them, then write results.csv and the report; a failed job is reported (its runs stay unfinished and are
-    re-run on the next submission). Returns {"jobs": handles, "runs": pending runs, "failed": [(job, error)], "total"}."""
-    executor.validate()
+    re-run on the next submission). ``executor`` is validated (:meth:`ExecutorSpec.validate`, with the other flags).
+    Returns {"jobs": handles, "runs": pending runs, "failed": [(job, error)], "total"}."""
     out = Path(plan.spec.sweep.out)
-    state = SuiteState(plan, log)
+    state = SweepState(plan, log)
     todo, total = pending_runs(state, plan)
     index_of = {id(pruner): i for i, pruner in enumerate(plan.pruners)}
     jobs = group_runs([(index_of[id(pruner)], pruner.name, sparsity, seed) for pruner, sparsity, seed, _, _ in todo], executor.job_unit)
-    log(f"{total} runs in the suite, {total - len(todo)} already complete in {out}, {len(todo)} to run as {len(jobs)} submitit jobs")
+    log(f"{total} runs in the sweep, {total - len(todo)} already complete in {out}, {len(todo)} to run as {len(jobs)} submitit jobs")
     handles: List[Any] = []
     if jobs:
         auto = make_executor(executor, out)

@@ -1,8 +1,9 @@
-"""Planning a suite: every setting checked, the dataset resolved, the pruners built, the output
+"""Planning a sweep: every setting range-checked, the dataset resolved, the pruners built, the output
 folder tried, all before any model or data is loaded.
 
-:func:`plan_suite` is the one place where user settings are validated; the code below it trusts
-the :class:`SuitePlan` it returns.
+Settings reach :func:`plan_sweep` type-checked (:func:`~reflowbench.config.build_settings`, the one trip from defaults,
+preset, file and flags); a one-method command's own spec (prune, tune, ablate-reflow) is validated before it narrows the
+sweep. The code below the plan trusts the :class:`SweepPlan` it returns.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import List, Optional
 
 import torch
 
-from reflowbench.config import SuiteSpec, validate_spec
+from reflowbench.config import SweepSettings, validate_spec
 from reflowbench.datasets import DATASETS, dataset_of_path
 from reflowbench.datasets.cifar10 import NORMALIZATIONS
 from reflowbench.errors import CheckpointError, ConfigError, DatasetError
@@ -26,16 +27,16 @@ from reflowbench.utils.env import resolve_device
 
 
 @dataclass
-class SuitePlan:
-    """A validated suite: the spec (with ``data.dataset`` resolved), its device and its pruners."""
+class SweepPlan:
+    """A validated sweep: the spec (with ``data.dataset`` resolved), its device and its pruners."""
 
-    spec: SuiteSpec
+    spec: SweepSettings
     device: torch.device
     pruners: List[Pruner]
     dataset_inferred: bool = False  # True when the dataset was read from --data and the model, not given
 
 
-def resolve_dataset(spec: SuiteSpec) -> str:
+def resolve_dataset(spec: SweepSettings) -> str:
     """The dataset name: ``--dataset`` when given, else what ``--data`` holds, else the model's own data.
 
     Raises :class:`ConfigError` where that is ambiguous, naming ``--dataset``/``--preset``.
@@ -71,13 +72,13 @@ def resolve_dataset(spec: SuiteSpec) -> str:
     return found
 
 
-def _check_model_name(spec: SuiteSpec) -> None:
+def _check_model_name(spec: SweepSettings) -> None:
     name = spec.model.model
     if name not in BUILTIN_MODELS and name not in torchvision_names():
         raise ConfigError(f"unknown model {name!r}: see `reflowbench list` for the built-in and torchvision models")
 
 
-def _check_checkpoint(spec: SuiteSpec) -> None:
+def _check_checkpoint(spec: SweepSettings) -> None:
     checkpoint = spec.model.checkpoint
     if checkpoint is None:
         return
@@ -124,7 +125,7 @@ def check_output_file(path: Optional[str], flag: str) -> None:
         raise ConfigError(f"{flag} {target}: folder {parent} is not writable; choose another path")
 
 
-def plan_suite(spec: SuiteSpec, check_out: bool = True) -> SuitePlan:
+def plan_sweep(spec: SweepSettings, check_out: bool = True) -> SweepPlan:
     """Validate ``spec`` completely and return its plan; nothing heavy is loaded.
 
     ``check_out``: also create and test-write ``--out`` (the ``prune`` command writes no folder).
@@ -144,4 +145,4 @@ def plan_suite(spec: SuiteSpec, check_out: bool = True) -> SuitePlan:
         check_writable_folder(Path(spec.sweep.out), "--out")
         check_writable_folder(Path(spec.sweep.out) / RUNS_FOLDER, "--out (its runs/ folder)")
     resolved = replace(spec, data=replace(spec.data, dataset=dataset))
-    return SuitePlan(spec=resolved, device=device, pruners=pruners, dataset_inferred=inferred)
+    return SweepPlan(spec=resolved, device=device, pruners=pruners, dataset_inferred=inferred)

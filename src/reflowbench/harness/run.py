@@ -1,6 +1,6 @@
 """One run: load dense -> prune -> verify -> evaluate -> REFLOW -> evaluate, with per-phase cost.
 
-:class:`SuiteState` holds what every run of a suite shares (data, the dense weights and their
+:class:`SweepState` holds what every run of a sweep shares (data, the dense weights and their
 accuracy, dense BN variances per seed, a gradient cache); :func:`run_one` produces one record.
 """
 
@@ -20,20 +20,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from reflowbench.config import SuiteSpec
-from reflowbench.datasets import DataBundle, SubsetSizes, check_subset_sizes, disjoint_subsets, load_dataset
+from reflowbench.config import SweepSettings
+from reflowbench.datasets import DataBundle, SubsetSizes, check_subset_sizes, disjoint_subsets
 from reflowbench.errors import BrokenModelError, CheckpointError, DivergedError, MaskError, PrunerCrashed, ReflowbenchError
 from reflowbench.harness.evaluate import evaluate
 from reflowbench.harness.objective import measure_objective, objective_images, reference_fisher
-from reflowbench.harness.plan import SuitePlan
+from reflowbench.harness.plan import SweepPlan
+from reflowbench.harness.process import configure_process, load_spec_data
 from reflowbench.models import BUILTIN_MODELS, build_model, check_model_fits_data
 from reflowbench.models.state_checks import first_non_finite_module, state_problems
 from reflowbench.pruners import PruneContext, Pruner, apply_masks, select_targets, verify_masks
 from reflowbench.pruners.base import StageCheckpoint, key_options
 from reflowbench.reflow import RecalibrationHandle, bn_output_variances, recalibrate_bn, require_batchnorm, summarize_ratios, variance_ratios
 from reflowbench.schema.results import SCHEMA_VERSION
+from reflowbench.schema.run_record import CompleteRecord, FailedRecord, ReflowMetrics, RunHeader, Subsets, Variance
 from reflowbench.utils.cost import CostLedger
-from reflowbench.utils.env import environment, use_deterministic
+from reflowbench.utils.env import environment
 from reflowbench.utils.io import cache_dir, content_sha256, stable_hash
 
 Log = Callable[[str], None]
@@ -42,11 +44,12 @@ Log = Callable[[str], None]
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"  # dense weights of the embedded default, in the package
 
 
-def default_checkpoint(spec: SuiteSpec, data: DataBundle, device: torch.device, log: Log) -> Path:
+def default_checkpoint(spec: SweepSettings, data: DataBundle, device: torch.device, log: Log) -> Path:
     """The embedded default's dense weights: the ones shipped with the package for this model, data and recipe
     (the same weights on every machine: trained once, since training on another CPU's float kernels gives other
     weights), else trained once here and cached."""
-    from reflowbench.harness.train import TrainSpec, train_dense
+    from reflowbench.config import TrainSpec
+    from reflowbench.harness.train import train_dense
 
     recipe = TrainSpec(epochs=40, batch_size=64, lr=0.1, seed=0, augment=False)
     name = f"dense-{spec.model.model}-{data.name}-{stable_hash(asdict(recipe), 8)}.pt"
@@ -65,7 +68,7 @@ def default_checkpoint(spec: SuiteSpec, data: DataBundle, device: torch.device, 
     return path
 
 
-def _fisher_knobs(plan: SuitePlan, need: int) -> str:
+def _fisher_knobs(plan: SweepPlan, need: int) -> str:
     """The flags that lower the Fisher images ``need`` of ``plan``: those of the pruners (or the objective diagnostic)
     that need that many."""
     flags = [f"{p.flag('num-grads')} or {p.flag('minibatch')}" for p in plan.pruners if p.fisher_images() == need and need > 0]
@@ -74,25 +77,23 @@ def _fisher_knobs(plan: SuitePlan, need: int) -> str:
     return "; ".join(flags) or "the pruner's number of gradients or images per gradient"
 
 
-class SuiteState:
-    """Everything the runs of one suite share. Build it once from a :class:`SuitePlan`; call :func:`run_one` per run.
+class SweepState:
+    """Everything the runs of one sweep share. Build it once from a :class:`SweepPlan`; call :func:`run_one` per run.
 
     Order of the checks: data loaded and subset sizes checked, then the model built, its tensors checked
     for NaN/Inf, and one forward pass on training images checking the model takes the data's images and classes.
     """
 
-    def __init__(self, plan: SuitePlan, log: Log = print) -> None:
+    def __init__(self, plan: SweepPlan, log: Log = print) -> None:
         spec = plan.spec
         self.spec = spec
         self.log = log
-        if spec.sweep.threads:
-            torch.set_num_threads(spec.sweep.threads)
-        use_deterministic(spec.sweep.deterministic)
+        configure_process(spec.sweep)
         self.device = plan.device
         dataset = spec.data.dataset
         if plan.dataset_inferred:
             log(f"dataset: {dataset} (from {'--data ' + spec.data.data if spec.data.data else 'the model'}; --dataset overrides)")
-        self.data = load_dataset(dataset, spec.data.data, spec.data.norm, spec.data.download, spec.data.workers, spec.data.partial_data)
+        self.data = load_spec_data(spec, dataset)
         fisher_need = max([p.fisher_images() for p in plan.pruners] + [objective_images(spec.objective)])
         self.sizes = SubsetSizes(spec.reflow.calib_batches * spec.reflow.calib_batch_size, fisher_need, spec.reflow.diag_images)
         check_subset_sizes(len(self.data.train), self.sizes, {"fisher": _fisher_knobs(plan, fisher_need)})  # fail now, not after the first run
@@ -127,7 +128,7 @@ class SuiteState:
         self.settings = self._settings(dataset)
 
     def _settings(self, dataset: str) -> Dict[str, Any]:
-        """Everything shared by the suite's runs that changes a result (hashed into each run key):
+        """Everything shared by the sweep's runs that changes a result (hashed into each run key):
         the model and the checkpoint's content, the data's content, REFLOW, the target policy, the device."""
         spec = self.spec
         data_path = spec.data.data
@@ -173,6 +174,26 @@ class SuiteState:
     def subsets(self, seed: int) -> Dict[str, np.ndarray]:
         return disjoint_subsets(len(self.data.train), self.sizes, seed)
 
+    def recalibrate(
+        self, model: nn.Module, seed: int, images: Optional[np.ndarray] = None, batches: Optional[int] = None, batch_size: Optional[int] = None
+    ) -> RecalibrationHandle:
+        """REFLOW on ``model`` in place with the sweep's REFLOW settings: ``batches`` x ``batch_size`` shuffled images
+        (default: --calib-batches x --calib-batch-size) from ``images`` (indices into the training split; default: the
+        seed's calibration subset); the handle undoes it."""
+        reflow = self.spec.reflow
+        size = batch_size or reflow.calib_batch_size
+        pool = self.subsets(seed)["calibration"] if images is None else images
+        calibration = self.data.train.batches(pool, size, shuffle=True, augment=reflow.calib_augment, seed=seed)
+        return recalibrate_bn(
+            model,
+            calibration,
+            batches or reflow.calib_batches,
+            reflow.reflow_mode,
+            reflow.reflow_momentum,
+            reset=reflow.reflow_mode == "cumulative",
+            device=self.device,
+        )
+
     def diagnostic_batches(self, seed: int):
         return self.data.train.batches(self.subsets(seed)["heldout"], self.spec.data.eval_batch_size)
 
@@ -183,7 +204,7 @@ class SuiteState:
 
 
 def run_one(
-    state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str, keep_curvature: bool = False, stages: Optional[StageCheckpoint] = None
+    state: SweepState, pruner: Pruner, sparsity: float, seed: int, key: str, keep_curvature: bool = False, stages: Optional[StageCheckpoint] = None
 ) -> Dict[str, Any]:
     """Prune a fresh copy of the dense model and return the run record (see ``schema/results.py``); ``keep_curvature``:
     whether a later run reuses the seed's dense curvature (see :class:`PruneContext`); ``stages``: where a multi-step
@@ -199,40 +220,40 @@ def run_one(
         return failed_record(state, pruner, sparsity, seed, key, error, ledger)
 
 
-def run_header(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str, status: str) -> Dict[str, Any]:
+def run_header(state: SweepState, pruner: Pruner, sparsity: float, seed: int, key: str, status: str) -> RunHeader:
     """The fields every run record starts with, finished or failed."""
-    return {
-        "schema": SCHEMA_VERSION,
-        "status": status,
-        "key": key,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": state.spec.model.model,
-        "dataset": state.data.name,
-        "method": pruner.name,
-        "method_description": pruner.description,
-        "options": asdict(pruner.options),
-        "sparsity": sparsity,
-        "seed": seed,
-    }
+    return RunHeader(
+        schema=SCHEMA_VERSION,
+        status=status,
+        key=key,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        model=state.spec.model.model,
+        dataset=state.data.name,
+        method=pruner.name,
+        method_description=pruner.description,
+        options=asdict(pruner.options),
+        sparsity=sparsity,
+        seed=seed,
+    )
 
 
-def failed_record(state: SuiteState, pruner: Pruner, sparsity: float, seed: int, key: str, error: DivergedError, ledger: CostLedger) -> Dict[str, Any]:
+def failed_record(state: SweepState, pruner: Pruner, sparsity: float, seed: int, key: str, error: DivergedError, ledger: CostLedger) -> FailedRecord:
     """The record of a run whose pruner diverged: why (``error``), the pruner's notes and the cost spent until then."""
-    return {
+    return FailedRecord(
         **run_header(state, pruner, sparsity, seed, key, "failed"),
-        "error": str(error),
-        "settings": state.settings,
-        "sources": state.sources(),
-        "targets": state.targets_record,
-        "dense": state.dense_metrics(),
-        "cost": ledger.as_dict(),
-        "notes": error.notes,
-        "environment": state.environment,
-    }
+        error=str(error),
+        settings=state.settings,
+        sources=state.sources(),
+        targets=state.targets_record,
+        dense=state.dense_metrics(),
+        cost=ledger.as_dict(),
+        notes=error.notes,
+        environment=state.environment,
+    )
 
 
 def prune_fresh(
-    state: SuiteState,
+    state: SweepState,
     pruner: Pruner,
     sparsity: float,
     seed: int,
@@ -303,7 +324,7 @@ def check_model_state(model: nn.Module, where: str, notes: Optional[Dict[str, An
 
 
 def prune_and_measure(
-    state: SuiteState,
+    state: SweepState,
     pruner: Pruner,
     sparsity: float,
     seed: int,
@@ -314,7 +335,7 @@ def prune_and_measure(
 ) -> Tuple[Dict[str, Any], nn.Module, RecalibrationHandle]:
     """The run itself: returns (record, the pruned + recalibrated model, the REFLOW undo handle).
 
-    ``sparsity`` and ``seed`` come from a validated plan; ``key`` is :meth:`SuiteState.run_key` of this run;
+    ``sparsity`` and ``seed`` come from a validated plan; ``key`` is :meth:`SweepState.run_key` of this run;
     ``keep_curvature``: whether a later run reuses the seed's dense curvature (else it is freed before the evaluations);
     ``ledger``: where the phases' costs go (a fresh one when None).
     """
@@ -335,48 +356,39 @@ def prune_and_measure(
         pruned_metrics = evaluate(model, state.test_batches(), state.device)
     with ledger.phase("diagnostics", state.device):
         pruned_ratios = variance_ratios(bn_output_variances(model, state.diagnostic_batches(seed), state.device), dense_var)
-    calibration = state.data.train.batches(subsets["calibration"], spec.reflow.calib_batch_size, shuffle=True, augment=spec.reflow.calib_augment, seed=seed)
     with ledger.phase("recalibrate", state.device):
-        handle = recalibrate_bn(
-            model,
-            calibration,
-            spec.reflow.calib_batches,
-            spec.reflow.reflow_mode,
-            spec.reflow.reflow_momentum,
-            reset=spec.reflow.reflow_mode == "cumulative",
-            device=state.device,
-        )
+        handle = state.recalibrate(model, seed, subsets["calibration"])
     check_model_state(model, f"{pruner.name} at sparsity {sparsity:g}, seed {seed}: after REFLOW", ctx.notes)
     with ledger.phase("eval_reflow", state.device):
         reflow_metrics = evaluate(model, state.test_batches(), state.device)
     with ledger.phase("diagnostics", state.device):
         reflow_ratios = variance_ratios(bn_output_variances(model, state.diagnostic_batches(seed), state.device), dense_var)
-    record = {
+    record = CompleteRecord(
         **run_header(state, pruner, sparsity, seed, key, "complete"),
-        "sparsity_actual": actual,
-        "settings": state.settings,
-        "sources": state.sources(),
-        "targets": state.targets_record,
-        "subsets": {
-            "calibration_images": int(len(subsets["calibration"])),
-            "fisher_images": int(pruner.fisher_images()),
-            "diagnostic_images": int(len(subsets["heldout"])),
-        },
-        "dense": dense,
-        "pruned": pruned_metrics,
-        "reflow": {**reflow_metrics, "batches": handle.batches_seen, "images": handle.images_seen},
-        "variance": {
-            "layers": list(dense_var),
-            "dense": [dense_var[k] for k in dense_var],
-            "pruned_ratio": [pruned_ratios[k] for k in dense_var],
-            "reflow_ratio": [reflow_ratios[k] for k in dense_var],
-            "pruned": summarize_ratios(pruned_ratios),
-            "reflow": summarize_ratios(reflow_ratios),
-        },
-        "cost": ledger.as_dict(),
-        "notes": ctx.notes,
-        "environment": state.environment,
-    }
+        sparsity_actual=actual,
+        settings=state.settings,
+        sources=state.sources(),
+        targets=state.targets_record,
+        subsets=Subsets(
+            calibration_images=int(len(subsets["calibration"])),
+            fisher_images=int(pruner.fisher_images()),
+            diagnostic_images=int(len(subsets["heldout"])),
+        ),
+        dense=dense,
+        pruned=pruned_metrics,
+        reflow=ReflowMetrics(**{**reflow_metrics, "batches": handle.batches_seen, "images": handle.images_seen}),  # calibration images replace the test count
+        variance=Variance(
+            layers=list(dense_var),
+            dense=[dense_var[k] for k in dense_var],
+            pruned_ratio=[pruned_ratios[k] for k in dense_var],
+            reflow_ratio=[reflow_ratios[k] for k in dense_var],
+            pruned=summarize_ratios(pruned_ratios),
+            reflow=summarize_ratios(reflow_ratios),
+        ),
+        cost=ledger.as_dict(),
+        notes=ctx.notes,
+        environment=state.environment,
+    )
     if objective is not None:
         record["objective"] = objective
     return record, model, handle

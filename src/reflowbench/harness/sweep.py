@@ -16,8 +16,8 @@ from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, T
 
 from reflowbench.harness.claims import try_claim
 from reflowbench.harness.distributed import from_main_rank, is_main_rank
-from reflowbench.harness.plan import SuitePlan
-from reflowbench.harness.run import SuiteState, run_one
+from reflowbench.harness.plan import SweepPlan
+from reflowbench.harness.run import SweepState, run_one
 from reflowbench.hessian.distributed_fisher import is_distributed
 from reflowbench.pruners import Pruner, make_pruner, pruner_names
 from reflowbench.pruners.base import StageCheckpoint, key_options
@@ -28,7 +28,7 @@ Log = Callable[[str], None]
 Todo = Tuple[Pruner, float, int, str, Path]  # pruner, sparsity, seed, run key, run file
 
 
-def planned_runs(state: SuiteState, plan: SuitePlan) -> List[Todo]:
+def planned_runs(state: SweepState, plan: SweepPlan) -> List[Todo]:
     """Every run of ``plan``, keyed, seed-major (a seed's dense gradients are collected once for all its sparsities)."""
     sweep = plan.spec.sweep
     out = Path(sweep.out)
@@ -46,8 +46,8 @@ def unfinished(runs: List[Todo], retry_failed: bool) -> List[Todo]:
     return [run for run in runs if not is_finished(run[4], run[3], retry_failed)]
 
 
-def pending_runs(state: SuiteState, plan: SuitePlan) -> Tuple[List[Todo], int]:
-    """The runs still to do, seed-major, and the number of runs in the suite."""
+def pending_runs(state: SweepState, plan: SweepPlan) -> Tuple[List[Todo], int]:
+    """The runs still to do, seed-major, and the number of runs in the sweep."""
     runs = planned_runs(state, plan)
     return unfinished(runs, plan.spec.sweep.retry_failed), len(runs)
 
@@ -86,10 +86,10 @@ def estimate_seconds(out: Path, todo: List[Todo]) -> Tuple[float, int]:
     return total, missing
 
 
-def count_complete(plan: SuitePlan) -> Progress:
+def count_complete(plan: SweepPlan) -> Progress:
     """Finished, total and resumable runs of ``plan`` in its ``--out``, and an estimate of the rest's wall time (loads
     the data and the model to key the runs; each run is keyed once)."""
-    runs = planned_runs(SuiteState(plan, log=lambda message: None), plan)
+    runs = planned_runs(SweepState(plan, log=lambda message: None), plan)
     todo = unfinished(runs, plan.spec.sweep.retry_failed)
     estimate, unestimated = estimate_seconds(Path(plan.spec.sweep.out), todo) if todo else (0.0, 0)
     return Progress(len(runs) - len(todo), len(runs), _with_saved_steps(todo), estimate, unestimated, keys_by_method(runs))
@@ -110,16 +110,16 @@ def _with_saved_steps(todo: List[Todo]) -> int:
     return sum(stage_path(path).exists() for _, _, _, _, path in todo)
 
 
-def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[str, int]:
+def run_sweep(plan: SweepPlan, log: Log = print, report: bool = True) -> Dict[str, int]:
     """Run every (method, sparsity, seed) of ``plan`` not already complete (or claimed by another
     live worker) in ``--out``; then write results.csv and the report.
 
     Returns {"done": runs executed now, "failed": how many of those failed (pruner diverged), "skipped": runs found
-    finished, "elsewhere": runs another worker was running, "total": runs in the suite}.
+    finished, "elsewhere": runs another worker was running, "total": runs in the sweep}.
     """
     spec = plan.spec
     out = Path(spec.sweep.out)
-    state = SuiteState(plan, log)
+    state = SweepState(plan, log)
     log(f"targets: {state.targets_record['description']}: {state.targets_record['num_layers']} tensors, {state.targets_record['num_weights']:,} weights")
     if is_main_rank():
         atomic_write_json(out / "suite.json", {"spec": asdict(spec), "settings": state.settings, "targets": state.targets_record})
@@ -130,7 +130,7 @@ def run_suite(plan: SuitePlan, log: Log = print, report: bool = True) -> Dict[st
     todo = [run for run in todo if run[3] in left]
     saved = _with_saved_steps(todo)
     log(
-        f"{total} runs in the suite, {total - len(todo)} already complete in {out}, {len(todo)} to run"
+        f"{total} runs in the sweep, {total - len(todo)} already complete in {out}, {len(todo)} to run"
         + (f" ({saved} resume from saved steps)" if saved else "")
     )
     main = is_main_rank()  # under torchrun every rank runs the same runs; rank 0 alone claims and writes

@@ -2,48 +2,21 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reflowbench.config import SweepSettings, TrainSpec, validate_spec
 from reflowbench.datasets.imagesets import ImageSet
-from reflowbench.errors import ConfigError
-
-
-@dataclass
-class TrainSpec:
-    """Recipe of the shared checkpoints: SGD Nesterov 0.9, wd 5e-4, one-cycle (15% warm-up, linear decay)."""
-
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1  # peak learning rate
-    weight_decay: float = 5e-4
-    warmup_fraction: float = 0.15
-    seed: int = 0
-    augment: bool = True
-
-    def validate(self) -> "TrainSpec":
-        """Raise :class:`ConfigError` for a recipe that cannot train; return it."""
-        problems = [
-            f"--{name.replace('_', '-')} must be {rule}, got {getattr(self, name)}"
-            for name, ok, rule in (
-                ("epochs", self.epochs >= 1, ">= 1"),
-                ("batch_size", self.batch_size >= 1, ">= 1"),
-                ("lr", math.isfinite(self.lr) and self.lr > 0, "a positive number"),
-                ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, ">= 0"),
-                ("warmup_fraction", 0 <= self.warmup_fraction < 1, "in [0, 1)"),
-                ("seed", 0 <= self.seed < 2**31, "in [0, 2^31)"),
-            )
-            if not ok
-        ]
-        if problems:
-            raise ConfigError("; ".join(problems))
-        return self
+from reflowbench.harness.evaluate import evaluate
+from reflowbench.harness.plan import check_output_file, resolve_dataset
+from reflowbench.harness.process import configure_process, load_spec_data
+from reflowbench.models import build_model
+from reflowbench.utils.env import resolve_device
 
 
 def one_cycle(step: int, total: int, warmup_fraction: float) -> float:
@@ -82,3 +55,23 @@ def train_dense(model: nn.Module, train: ImageSet, spec: TrainSpec, device: torc
         if log:
             log(f"epoch {epoch + 1}/{spec.epochs}: train loss {running / len(train):.4f}")
     return model.eval()
+
+
+def train_checkpoint(spec: SweepSettings, recipe: TrainSpec, save: str, log: Callable[[str], None]) -> Dict[str, float]:
+    """``reflowbench train``: every setting checked first, then the same process set-up and data as a sweep's, the
+    model trained with ``recipe``, evaluated on the test split and its state_dict written to ``save``; its metrics."""
+    validate_spec(spec)
+    recipe.validate()
+    check_output_file(save, "--save")
+    configure_process(spec.sweep)
+    device = resolve_device(spec.sweep.device)
+    dataset = resolve_dataset(spec)
+    data = load_spec_data(spec, dataset)
+    model_spec = spec.model
+    checkpoint = Path(model_spec.checkpoint) if model_spec.checkpoint else None
+    model = build_model(model_spec.model, model_spec.num_classes or data.num_classes, checkpoint, model_spec.shortcut if model_spec.shortcut != "auto" else "A")
+    train_dense(model, data.train, recipe, device, log=log)
+    metrics = evaluate(model, data.test.batches(None, spec.data.eval_batch_size), device)
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, save)
+    log(f"dense {model_spec.model} on {dataset}: top-1 {metrics['top1']:.2f}%; saved to {save}")
+    return metrics

@@ -26,17 +26,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
-from reflowbench.config import SuiteSpec, TuneSpec
+from reflowbench.config import SweepSettings, TuneSpec, narrow_sweep
 from reflowbench.errors import ConfigError, DivergedError, MemoryBudgetError
 from reflowbench.harness.evaluate import evaluate
-from reflowbench.harness.plan import SuitePlan, plan_suite
-from reflowbench.harness.run import SuiteState, prune_fresh
+from reflowbench.harness.plan import SweepPlan, plan_sweep
+from reflowbench.harness.run import SweepState, prune_fresh
 from reflowbench.pruners import Pruner, make_pruner
 from reflowbench.pruners.base import key_options
-from reflowbench.reflow import recalibrate_bn
 from reflowbench.reports.aggregate import markdown_table
 from reflowbench.utils.cost import CostLedger
-from reflowbench.utils.io import DuplicateKeyError, atomic_write_json, atomic_write_text, loads_settings, read_keyed_json, stable_hash
+from reflowbench.utils.io import atomic_write_json, atomic_write_text, read_keyed_json, read_settings_file, stable_hash
 
 Log = Callable[[str], None]
 Grid = Dict[str, List[Dict[str, Any]]]
@@ -50,12 +49,7 @@ def read_grid(tune: TuneSpec, method: str) -> Grid:
         if not grid:
             raise ConfigError(f"pruner {method} has no settings grid to tune (the Hessian and layer-wise pruners have one); pass --grid FILE.json")
         return grid
-    try:
-        grid = loads_settings(Path(tune.grid).read_text())
-    except OSError as exc:
-        raise ConfigError(f"--grid {tune.grid}: cannot read the file ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise ConfigError(f"--grid {tune.grid}: {exc}" if isinstance(exc, DuplicateKeyError) else f"--grid {tune.grid}: not valid JSON ({exc})") from None
+    grid = read_settings_file(Path(tune.grid), f"--grid {tune.grid}")
     if not isinstance(grid, dict) or not grid or not all(isinstance(a, list) and a and all(isinstance(c, dict) for c in a) for a in grid.values()):
         raise ConfigError(f'--grid {tune.grid}: must be {{"axis": [{{"option": value, ...}}, ...], ...}} with at least one option set per axis')
     return grid
@@ -66,13 +60,12 @@ def grid_cells(grid: Grid) -> List[Dict[str, Any]]:
     return [{k: v for part in parts for k, v in part.items()} for parts in itertools.product(*grid.values())]
 
 
-def tune_plan(spec: SuiteSpec, tune: TuneSpec, check_out: bool = True) -> Tuple[SuitePlan, List[Dict[str, Any]]]:
+def tune_plan(spec: SweepSettings, tune: TuneSpec, check_out: bool = True) -> Tuple[SweepPlan, List[Dict[str, Any]]]:
     """The plan (one pruner per grid cell, each cell's options checked) and the cells' option overrides.
-    ``spec``'s sweep is narrowed to the method and the tuning sparsities in place."""
-    tune.validate()
+    ``tune`` is validated; ``spec``'s sweep is narrowed to the method and the tuning sparsities in place."""
     base = dict(spec.method_options.get(tune.method, {}))
-    spec.sweep.methods, spec.sweep.sparsities = [tune.method], list(tune.at_sparsities)
-    plan = plan_suite(spec, check_out=check_out)
+    narrow_sweep(spec, tune.narrowing())
+    plan = plan_sweep(spec, check_out=check_out)
     cells = [{**base, **cell} for cell in grid_cells(read_grid(tune, tune.method))]
     pruners = []
     for cell in cells:
@@ -83,14 +76,13 @@ def tune_plan(spec: SuiteSpec, tune: TuneSpec, check_out: bool = True) -> Tuple[
     return replace(plan, pruners=pruners), cells
 
 
-def _loss(model, state: SuiteState, seed: int) -> float:
+def _loss(model, state: SweepState, seed: int) -> float:
     return evaluate(model, state.diagnostic_batches(seed), state.device)["loss"]
 
 
-def _measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: int) -> Dict[str, Any]:
+def _measure(state: SweepState, pruner: Pruner, sparsity: float, seed: int) -> Dict[str, Any]:
     """Prune, the held-out loss, REFLOW, the held-out loss again (both infinite, with the error, when the pruner
     diverged with this cell's settings: ranked last)."""
-    reflow = state.spec.reflow
     ledger = CostLedger()
     try:
         model, _, _ = prune_fresh(state, pruner, sparsity, seed, ledger, keep_curvature=True)
@@ -102,10 +94,7 @@ def _measure(state: SuiteState, pruner: Pruner, sparsity: float, seed: int) -> D
         state.log(f"  skipped, over the {budget:g} GiB memory budget: {error}")
         return _unscored(error, ledger, over_budget_gb=budget)
     pruned = _loss(model, state, seed)
-    calibration = state.data.train.batches(state.subsets(seed)["calibration"], reflow.calib_batch_size, shuffle=True, augment=reflow.calib_augment, seed=seed)
-    recalibrate_bn(
-        model, calibration, reflow.calib_batches, reflow.reflow_mode, reflow.reflow_momentum, reset=reflow.reflow_mode == "cumulative", device=state.device
-    )
+    state.recalibrate(model, seed)
     return {"loss_pruned": pruned, "loss_reflow": _loss(model, state, seed), "prune_seconds": ledger.get("prune").seconds}
 
 
@@ -166,11 +155,11 @@ def first_pass_kept(results: List[Dict[str, Any]], tune: TuneSpec, ids: List[str
     return frozenset(score.cell for score in rank_cells(mine, tune.criterion)[: tune.first_pass_keep])
 
 
-def run_tuning(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec, log: Log = print) -> Dict[str, Any]:
+def run_tuning(plan: SweepPlan, cells: List[Dict[str, Any]], tune: TuneSpec, log: Log = print) -> Dict[str, Any]:
     """Score every cell (resuming from the results file), then write the table and the chosen config; returns
     their paths ("results", "markdown", "config") and the chosen options ("chosen")."""
     spec = plan.spec
-    state = SuiteState(plan, log)
+    state = SweepState(plan, log)
     folder, stem = _where(spec, tune)
     results_path = folder / f"{stem}.json"
     record = _scores(state, tune)
@@ -224,16 +213,16 @@ def _fits_now(result: Dict[str, Any], budget_gb: float) -> bool:
     return result.get("over_budget_gb") is not None and result["over_budget_gb"] < budget_gb
 
 
-def _where(spec: SuiteSpec, tune: TuneSpec) -> Tuple[Path, str]:
+def _where(spec: SweepSettings, tune: TuneSpec) -> Tuple[Path, str]:
     """(the tuning folder under --out, the file stem ``<model>_<method>``)."""
     return Path(spec.sweep.out) / "tuning", f"{spec.model.model}_{tune.method}"
 
 
-def _cell_ids(plan: SuitePlan) -> List[str]:
+def _cell_ids(plan: SweepPlan) -> List[str]:
     return [stable_hash(key_options(pruner), 8) for pruner in plan.pruners]
 
 
-def _scores(state: SuiteState, tune: TuneSpec) -> Dict[str, Any]:
+def _scores(state: SweepState, tune: TuneSpec) -> Dict[str, Any]:
     """The search's results file when it was written under these settings, else a new, empty record."""
     folder, stem = _where(state.spec, tune)
     key = stable_hash({**state.settings, "method": tune.method})
@@ -258,9 +247,9 @@ class SearchProgress(NamedTuple):
     relative_losses: Tuple[Tuple[Dict[str, Any], float], ...] = ()  # (a cell's options, its relative loss) per cell, best first, once every score is in
 
 
-def tuning_status(plan: SuitePlan, cells: List[Dict[str, Any]], tune: TuneSpec) -> SearchProgress:
+def tuning_status(plan: SweepPlan, cells: List[Dict[str, Any]], tune: TuneSpec) -> SearchProgress:
     """The search's progress from its results file only (``--dry-run``); ``plan`` and ``cells`` from :func:`tune_plan`."""
-    state = SuiteState(plan, log=lambda message: None)
+    state = SweepState(plan, log=lambda message: None)
     ids = _cell_ids(plan)
     options_of = dict(zip(ids, cells))
     seeds = plan.spec.sweep.seeds

@@ -32,10 +32,11 @@ from reflowbench.hessian.curvature import split_rows
 from reflowbench.hessian.gradients import GradientMatrix, padded_width
 from reflowbench.hessian.memory import check_budget, resolve_dtype
 from reflowbench.utils.cost import release_freed_memory
+from reflowbench.utils.linalg import escalating_cholesky
 
 DAMP_MODES = ("absolute", "relative")
 FORMS = ("auto", "dual", "primal")
-MAX_DAMP_ESCALATIONS = 6
+
 POWER_ITERATIONS = 50  # power-iteration steps for lam_max(F), at most
 POWER_TOLERANCE = 1e-8  # power iteration stops once no estimate changed by more than this fraction in a step (float32 products: ~1e-9 noise)
 CHUNK_ELEMENTS = 1 << 21  # elements of G converted (or of L^-1 G computed, or of column norms measured) at once: 8 MiB in float32
@@ -98,23 +99,17 @@ def _cholesky_with_escalation(
             f"{matrix.dtype} products, i.e. the weights they were taken at have diverged (a multi-step pruner's earlier "
             "updates; use fewer --<pruner>-recompute-steps or a larger --<pruner>-damp)"
         )
-    for attempt in range(MAX_DAMP_ESCALATIONS + 1):
-        factor, info = torch.linalg.cholesky_ex(matrix)
-        failed = info != 0
-        if not bool(failed.any()):
-            return factor, damp
-        if attempt == MAX_DAMP_ESCALATIONS:
-            break
+
+    def warning(failed: torch.Tensor, damp: torch.Tensor) -> str:
         bad = [first_block + b for b in failed.nonzero().flatten().tolist()]
-        warnings.warn(
+        return (
             f"Fisher block(s) {bad[:8]} of {name} are not positive definite at damping {damp[failed].max().item():.3g}; "
-            "multiplying their damping by 10 (more gradients or a larger --<pruner>-damp avoids this)",
-            RuntimeWarning,
-            stacklevel=3,
+            "multiplying their damping by 10 (more gradients or a larger --<pruner>-damp avoids this)"
         )
-        extra = torch.where(failed, damp * 9.0, torch.zeros_like(damp))
-        matrix = add_identity(matrix, extra)
-        damp = damp + extra
+
+    factor, matrix, damp = escalating_cholesky(matrix, damp, add_identity, warning)
+    if factor is not None:
+        return factor, damp
     largest, lam = float(matrix.diagonal(dim1=-2, dim2=-1).abs().max()), damp.max().item()
     if largest * torch.finfo(matrix.dtype).eps > lam:  # the damping is below the rounding of the largest entries
         why = (

@@ -25,6 +25,7 @@ from reflowbench.schema.results import option_in_key
 from reflowbench.schema.targets import TargetSet
 from reflowbench.utils.cost import CostLedger
 from reflowbench.utils.io import atomic_write
+from reflowbench.utils.known_names import refuse_unknown
 
 
 @dataclass
@@ -287,10 +288,7 @@ def get_pruner_class(name: str) -> Type[Pruner]:
 def make_pruner(name: str, overrides: Optional[Dict[str, Any]] = None) -> Pruner:
     """Instantiate pruner ``name`` with option overrides (unknown option names are an error)."""
     cls = get_pruner_class(name)
-    known = {f.name for f in fields(cls.Options)}
-    unknown = sorted(set(overrides or {}) - known)
-    if unknown:
-        raise ConfigError(f"pruner {name} has no option(s) {unknown}; its options are {sorted(known) or 'none'}")
+    refuse_unknown(overrides or {}, (f.name for f in fields(cls.Options)), f"pruner {name}", "option")
     hints = typing.get_type_hints(cls.Options)
     for option, value in (overrides or {}).items():
         if not value_matches(value, hints[option]):

@@ -4,9 +4,9 @@ weight update, and the bookkeeping of each phase's cost.
 
 One template :meth:`HessianPruner.prune` runs, for each of the R steps of the schedule:
 
-  1. the curvature at the current weights and mask (the dense one of a seed is built once per
-     suite and shared by all its sparsities, its measured gradient and curvature cost charged to
-     every run that uses it);
+  1. the curvature at the current weights and mask, from :class:`~reflowbench.pruners.curvature_source.CurvatureSource`
+     (the dense one of a seed is built once per sweep and shared by all its sparsities, its measured gradient and
+     curvature cost charged to every run that uses it; streamed in layer groups or sharded across ranks where asked);
   2. ``select``: the pruner's own choice of the new keep-mask (the one method a subclass writes);
   3. the update of the kept weights, chosen by the ``update`` option (:mod:`.updates`):
      ``none``, ``obs-sum`` (WoodFisher's summed single-weight OBS updates) or ``joint`` (the exact
@@ -37,17 +37,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Set, Tuple
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from reflowbench.errors import ConfigError, DivergedError, FisherError
-from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, batch_loss, collect_gradients, probe_loss
+from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, GradientSpec, batch_loss, probe_loss
 from reflowbench.hessian.block_fisher import DAMP_MODES
-from reflowbench.hessian.distributed_fisher import assign_layers, build_sharded, gather_owned_rows, is_distributed, row_shares
-from reflowbench.hessian.gradients import ENGINES, layer_gradient_bytes
-from reflowbench.hessian.layer_group_streaming import StreamedBlockFisher, cut_layers, partition_layers
-from reflowbench.hessian.memory import DTYPES, resolve_dtype
+from reflowbench.hessian.distributed_fisher import is_distributed
+from reflowbench.hessian.gradients import ENGINES
+from reflowbench.hessian.memory import DTYPES
 from reflowbench.pruners.base import PruneContext, Pruner
+from reflowbench.pruners.curvature_source import CurvatureSource
 from reflowbench.pruners.masks import Masks
 from reflowbench.pruners.updates import UPDATES, apply_update, flat_masks, flat_weights, write_weights
 from reflowbench.schema.results import RESULT_NEUTRAL_OPTIONS
@@ -56,7 +55,6 @@ from reflowbench.utils.cost import PhaseCost
 
 SCHEDULES = ("geometric", "cubic", "linear")
 UPDATE_GUARDS = ("finite", "loss")  # what makes a multi-step run undo a step's update (see the module)
-DENSE_FISHER = "dense-fisher"  # first element of the suite-cache key of a seed's dense block Fisher
 
 
 @dataclass
@@ -193,22 +191,6 @@ class HessianPruner(Pruner):
         across torch.distributed ranks (each operation is a collective)."""
         return True
 
-    def layer_groups(self, targets: TargetSet, ctx: PruneContext) -> List[List[str]]:
-        """The groups of target layers G is collected for at a time (one group: no streaming), from ``layer_groups``."""
-        spec = self.gradient_spec()
-        sizes = {t.param_name: layer_gradient_bytes(t.numel, spec) for t in targets}
-        if self.options.layer_groups:
-            groups = partition_layers(sizes, self.options.layer_groups)
-        else:  # from the budget: the fewest groups whose G fits in half of it (the other half: factors and temporaries)
-            groups = partition_layers(sizes, len(cut_layers(sizes, 0.5 * ctx.memory_budget_gb * 2**30)))
-        if len(groups) > 1 and not self.streams():
-            raise ConfigError(
-                f"{self.flag('layer-groups')} {self.options.layer_groups} (layer-group streaming, {len(groups)} groups) is not supported by {self.name}: "
-                "its selection reads the gradients at every step; use 1, or shrink G with a smaller "
-                f"{self.flag('num-grads')} or {self.flag('dtype')} bfloat16"
-            )
-        return groups
-
     def prepare(self, fisher: Curvature) -> None:
         """Work on a fresh Fisher that belongs with the curvature (charged to it, kept with a shared Fisher)."""
 
@@ -285,7 +267,7 @@ class HessianPruner(Pruner):
                 ctx.ledger.add(name, PhaseCost(**cost))
         torch.set_rng_state(saved["rng"])
         if not ctx.keep_curvature:  # this run was the dense curvature's last user: it skips step 1, so free it here
-            ctx.cache.pop(self._cache_key(targets, ctx), None)
+            CurvatureSource(self).release_dense(targets, ctx)
         if ctx.log is not None:
             ctx.log(f"{self.name}: resuming at step {saved['steps_done'] + 1} of {len(schedule)} from {ctx.stages.path}")
         return saved["steps_done"], restored
@@ -325,114 +307,8 @@ class HessianPruner(Pruner):
                 ctx.notes,
             )
 
-    # -- the curvature, the dense one shared per seed----------------------------------------------------
-    def _cache_key(self, targets: TargetSet, ctx: PruneContext) -> Tuple:
-        spec, fisher = self.gradient_spec(), self.fisher_spec()
-        return (
-            DENSE_FISHER,
-            ctx.seed,
-            spec.num_grads,
-            spec.minibatch,
-            spec.dtype,
-            fisher.block_size,
-            fisher.damp,
-            fisher.damp_mode,
-            *self.curvature_key(),
-            tuple(targets.names),
-            str(ctx.device),
-        )
-
+    # -- the curvature: from :class:`~reflowbench.pruners.curvature_source.CurvatureSource` ------------------------
     def curvature_at(self, model: nn.Module, targets: TargetSet, masks: Masks, ctx: PruneContext, dense: bool) -> Curvature:
-        """F at the current weights and mask. The dense F (first step) of a seed is kept in the suite
-        cache and reused by the other sparsities (while ``ctx.keep_curvature``: the last run that needs it takes it out,
-        so it is freed when the pruning ends); a reuse is charged the measured gradient and curvature cost."""
-        groups = self.layer_groups(targets, ctx)
-        if len(groups) > 1:
-            return self._streamed_curvature(model, targets, masks, ctx, groups)
-        key = self._cache_key(targets, ctx)
-        if dense and key in ctx.cache:
-            fisher, costs = ctx.cache[key] if ctx.keep_curvature else ctx.cache.pop(key)
-            for phase, cost in costs.items():
-                ctx.ledger.add(phase, cost)
-            ctx.notes["gradients_reused"] = True
-            if self._sharded():
-                ctx.notes["sharded_ranks"] = dist.get_world_size()
-            return fisher
-        if dense:  # one dense Fisher alive at a time: drop another seed's or setting's before building a new one
-            for stale in [k for k in ctx.cache if isinstance(k, tuple) and k and k[0] == DENSE_FISHER]:
-                del ctx.cache[stale]
-        before = {phase: PhaseCost(**vars(ctx.ledger.get(phase))) for phase in ("gradients", "curvature")}
-        prefix = f"--{self.name}-"
-        sharded = self._sharded()
-        with ctx.phase("gradients"):
-            if sharded:
-                owned, owner = self._sharded_gradients(model, targets, masks, ctx)
-            else:
-                gradients = self._collect(model, targets, masks, ctx, self.gradient_spec())
-        with ctx.phase("curvature"):
-            if sharded:
-                sizes = [t.numel for t in targets]
-                fisher = build_sharded(
-                    targets.names, sizes, owned, owner, self.fisher_spec(), ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log, option_prefix=prefix
-                )
-                ctx.notes["sharded_ranks"] = dist.get_world_size()
-                del owned
-            else:
-                fisher = self.build_curvature(gradients, ctx)
-                del gradients
-            self.prepare(fisher)
-        if dense and ctx.keep_curvature:
-            costs = {phase: ctx.ledger.get(phase).since(before[phase]) for phase in ("gradients", "curvature")}
-            ctx.cache[key] = (fisher, costs)
-        return fisher
-
-    def _streamed_curvature(self, model: nn.Module, targets: TargetSet, masks: Masks, ctx: PruneContext, groups: List[List[str]]) -> Curvature:
-        """The block Fisher streamed over ``groups`` of layers: each operation collects one group's gradients at a time at
-        the weights and masks of now (not cached: the model object changes between runs)."""
-        spec, fixed_masks = self.gradient_spec(), dict(masks)
-
-        def group_fisher(names: List[str]) -> BlockFisher:
-            with ctx.phase("gradients"):
-                gradients = self._collect(model, targets.subset(names), fixed_masks, ctx, spec, progress=False)
-            with ctx.phase("curvature"):
-                return self.build_curvature(gradients, ctx)  # a block Fisher: only pruners that stream get here
-
-        if ctx.log is not None:
-            ctx.log(f"{self.name}: layer-group streaming over {len(groups)} groups ({', '.join(str(len(g)) for g in groups)} layers)")
-        fisher_spec = self.fisher_spec()
-        fisher = StreamedBlockFisher(
-            targets.names, [t.numel for t in targets], groups, group_fisher, resolve_dtype(fisher_spec.factor_dtype), ctx.device,
-            absolute_damp=fisher_spec.damp if fisher_spec.damp_mode == "absolute" else None,
-        )  # fmt: skip
-        ctx.notes["layer_groups"] = len(groups)
-        with ctx.phase("curvature"):
-            self.prepare(fisher)
-        return fisher
-
-    def _sharded_gradients(self, model: nn.Module, targets: TargetSet, masks: Masks, ctx: PruneContext) -> Tuple[GradientMatrix, Dict[str, int]]:
-        """This rank's share of the gradient rows for every layer, then all rows of the layers this rank owns
-        (:mod:`reflowbench.hessian.distributed_fisher`); returns (the owned rows, layer -> owning rank)."""
-        spec = self.gradient_spec()
-        world, rank = dist.get_world_size(), dist.get_rank()
-        if spec.num_grads < world:
-            raise ConfigError(f"{self.flag('num-grads')} {spec.num_grads} is fewer than the {world} ranks sharing the gradient rows: use at least {world}")
-        share = row_shares(spec.num_grads, world)
-        mine = share[rank]
-        local_spec = GradientSpec(**{**vars(spec), "num_grads": len(mine), "pad_to": 0})
-        local = self._collect(model, targets, masks, ctx, local_spec, first_image=mine.start * spec.minibatch)
-        owner = assign_layers({t.param_name: t.numel for t in targets}, world)
-        return gather_owned_rows(local, owner, spec.num_grads, share), owner
-
-    def _sharded(self) -> bool:
-        """Whether this process shares the Fisher with other torch.distributed ranks (see :mod:`reflowbench.hessian.distributed_fisher`)."""
-        return is_distributed() and self.streams()
-
-    def _collect(
-        self, model: nn.Module, targets: TargetSet, masks: Masks, ctx: PruneContext, spec: GradientSpec, first_image: int = 0, progress: bool = True
-    ) -> GradientMatrix:
-        """G of ``targets`` (``spec.num_grads`` rows) from the Fisher images from ``first_image`` on, rows masked by ``masks``."""
-        return collect_gradients(
-            model, targets, ctx.fisher_batches(min(256, spec.images), spec.images, start=first_image), spec,
-            masks={t.param_name: masks[t.param_name] for t in targets}, device=ctx.device, budget_gb=ctx.memory_budget_gb, log=ctx.log,
-            progress=ctx.progress and progress, option_prefix=f"--{self.name}-",
-        )  # fmt: skip
+        """F at the current weights and mask (the dense F of a seed shared by its sparsities; streamed or sharded
+        where the options and the process say so): see :class:`CurvatureSource`."""
+        return CurvatureSource(self).at(model, targets, masks, ctx, dense)

@@ -7,17 +7,11 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from reflowbench.config import check_sparsity
 from reflowbench.errors import ConfigError, MaskError
 from reflowbench.schema.targets import TargetSet
 
 Masks = Dict[str, torch.Tensor]
 SCOPES = ("global", "layer")
-
-
-def validate_sparsity(sparsity: float) -> float:
-    """Sparsity must be a finite number in [0, 1) (for library callers; the CLI checks it in ``validate_spec``)."""
-    return check_sparsity(sparsity, "sparsity")
 
 
 def num_to_prune(total: int, sparsity: float) -> int:

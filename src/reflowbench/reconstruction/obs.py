@@ -20,14 +20,13 @@ of q become zero). Three solvers of it:
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable, Optional, Tuple
 
 import torch
 
 from reflowbench.errors import ConfigError
+from reflowbench.utils.linalg import escalating_cholesky
 
-MAX_DAMP_ESCALATIONS = 6
 ROW_CHUNK_BYTES = 1 << 28  # per-row d x d matrices in flight at once (256 MiB) in refit_rows and greedy_obs
 
 
@@ -43,24 +42,19 @@ def damped(hessian: torch.Tensor, relative_damp: float, name: str = "a layer") -
     silent = scale <= 0
     hessian = torch.where(silent.view(-1, 1, 1), eye.expand(g, d, d), hessian)
     scale = torch.where(silent, torch.ones_like(scale), scale)
-    lam = torch.full_like(scale, relative_damp)
-    matrix = hessian + (lam * scale).view(-1, 1, 1) * eye
-    for attempt in range(MAX_DAMP_ESCALATIONS + 1):
-        factor, info = torch.linalg.cholesky_ex(matrix)
-        failed = info != 0
-        if not bool(failed.any()):
-            return matrix, factor
-        if attempt == MAX_DAMP_ESCALATIONS:
-            break
-        warnings.warn(
-            f"the input Hessian of {name} is not positive definite at relative damping {lam[failed].max().item():.3g}; "
-            "multiplying it by 10 (more calibration images or a larger damping avoids this)",
-            RuntimeWarning,
-            stacklevel=2,
+    absolute = torch.full_like(scale, relative_damp) * scale
+
+    def warning(failed: torch.Tensor, damp: torch.Tensor) -> str:
+        return (
+            f"the input Hessian of {name} is not positive definite at relative damping {(damp / scale)[failed].max().item():.3g}; "
+            "multiplying it by 10 (more calibration images or a larger damping avoids this)"
         )
-        matrix = matrix + torch.where(failed, 9.0 * lam * scale, torch.zeros_like(lam)).view(-1, 1, 1) * eye
-        lam = torch.where(failed, lam * 10.0, lam)
-    raise ConfigError(f"the input Hessian of {name} stays singular after raising its damping to {lam.max().item():.3g}: raise the pruner's --...-damp")
+
+    factor, matrix, absolute = escalating_cholesky(hessian + absolute.view(-1, 1, 1) * eye, absolute, lambda m, extra: m + extra.view(-1, 1, 1) * eye, warning)
+    if factor is None:
+        lam = (absolute / scale).max().item()
+        raise ConfigError(f"the input Hessian of {name} stays singular after raising its damping to {lam:.3g}: raise the pruner's --...-damp")
+    return matrix, factor
 
 
 def inverse_upper(lower: torch.Tensor) -> torch.Tensor:

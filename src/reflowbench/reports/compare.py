@@ -28,10 +28,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from reflowbench.reports.aggregate import mean_std
-from reflowbench.schema.results import annotate_variants, config_fields
+from reflowbench.errors import ReflowbenchError
+from reflowbench.reports.aggregate import markdown_table, mean_std
+from reflowbench.schema.results import annotate_variants, config_fields, load_finished_runs
 
 METRICS = (("pruned", "top-1 pruned"), ("reflow", "top-1 + REFLOW"))
 FAILING = ("REGRESSION", "UNSTABLE", "MISSING", "NOT FINITE")
@@ -252,3 +254,51 @@ def verdict_summary(cells: List[Cell], failed: int, method: str, against: str, t
 
 
 __all__ = ["Cell", "FAILING", "compare_results", "comparison_table", "failed_points", "nothing_to_compare", "settings_mismatch", "verdict_summary"]
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """What ``reflowbench compare`` judges: ``method`` in the candidate folder against ``against`` in the baseline's."""
+
+    candidate: str  # the --out folder of the runs to check
+    baseline: str  # the --out folder of the baseline runs
+    method: str  # the method (or report label) to check
+    against: Optional[str] = None  # the baseline's method or label (None: ``method``)
+    tolerance: float = 1.0  # points of top-1 a cell may drop beyond the baseline's seed spread
+    allow_missing: bool = False  # report the baseline's cells the candidate lacks without failing on them
+    skip_unreadable: bool = False  # leave unreadable run files out (each named) instead of stopping
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """The gate's printed lines (the table, one line per failed candidate run, the verdict) and whether it failed."""
+
+    lines: List[str]
+    failed: bool
+
+
+def run_gate(gate: GateSpec) -> GateVerdict:
+    """Judge ``gate``: load both folders, refuse (ReflowbenchError) what cannot be judged, else the verdict."""
+    if not 0 <= gate.tolerance < 100:
+        raise ReflowbenchError(f"--tolerance must be in [0, 100) percentage points, got {gate.tolerance}")
+    against = gate.against or gate.method
+    runs, failed_runs = {}, {}
+    for side, folder in (("candidate", gate.candidate), ("baseline", gate.baseline)):
+        runs[side], failed_runs[side] = load_finished_runs(Path(folder), gate.skip_unreadable)
+        if not runs[side] and not (side == "candidate" and failed_runs[side]):  # a candidate whose every run failed is judged: it fails
+            raise ReflowbenchError(f"no complete runs under {folder}/runs (the {side} folder): pass the --out folder of a `reflowbench run`")
+    cells = compare_results(runs["candidate"], runs["baseline"], gate.method, against, gate.tolerance, gate.allow_missing)
+    failed = failed_points(failed_runs["candidate"], runs["baseline"], gate.method, against)
+    if not any(c.candidate[2] for c in cells) and not failed:
+        sides = [(f"candidate ({gate.candidate})", gate.method, runs["candidate"]), (f"baseline ({gate.baseline})", against, runs["baseline"])]
+        raise ReflowbenchError(nothing_to_compare(sides))
+    differing = settings_mismatch(runs["candidate"] + failed_runs["candidate"], runs["baseline"], gate.method, against)
+    if differing:
+        raise ReflowbenchError(
+            f"the candidate and the baseline were run with other settings, so their accuracies do not compare: {'; '.join(differing)}; "
+            "run both with the same settings (only the method and its options may differ)"
+        )
+    lines = [markdown_table(*comparison_table(cells, gate.method, against))]
+    lines += [f"REGRESSION: {gate.method} failed on {r['model']} at sparsity {r['sparsity']:g}, seed {r['seed']}: {r['error']}" for r in failed]
+    lines.append("\n" + verdict_summary(cells, len(failed), gate.method, against, gate.tolerance, gate.allow_missing))
+    return GateVerdict(lines, bool(failed) or any(c.fails for c in cells))

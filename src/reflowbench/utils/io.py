@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
+from reflowbench.errors import ConfigError
+
 
 def current_umask() -> int:
     mask = os.umask(0)
@@ -119,6 +121,17 @@ def loads_settings(text: str) -> Any:
     """``json.loads`` for files a person writes (settings, suites, grids): a key repeated in one object raises
     :class:`DuplicateKeyError` instead of keeping the last value."""
     return json.loads(text, object_pairs_hook=_no_duplicates)
+
+
+def read_settings_file(path: Path, label: str) -> Any:
+    """The settings in the JSON file a person wrote at ``path`` (see :func:`loads_settings`); a one-line ConfigError
+    starting with ``label`` (e.g. ``--config FILE``) when it cannot be read or is not JSON. Its shape is the caller's to check."""
+    try:
+        return loads_settings(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read the file ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ConfigError(f"{label}: {exc}" if isinstance(exc, DuplicateKeyError) else f"{label}: not valid JSON ({exc})") from None
 
 
 def read_keyed_json(path: Path, key: str, list_field: str) -> Dict[str, Any]:

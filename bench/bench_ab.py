@@ -8,7 +8,7 @@ machine's moods. The threshold has pytest-benchmark's ``--benchmark-compare-fail
 (slower by more than PERCENT %) or ``[FIELD:]SECONDS`` (slower by more than SECONDS); FIELD is a statistic of
 pytest-benchmark (``min``, the default, ``mean``, ``median``, ...).
 
-Run as ``python -m reflowbench.reports.bench_ab STORAGE --fail min:25%``: STORAGE is the pytest-benchmark storage
+Run as ``python bench/bench_ab.py STORAGE --fail min:25%``: STORAGE is the pytest-benchmark storage
 folder holding ``*_base.json`` and ``*_work.json`` saves; exit 1 ("Performance has regressed") when a benchmark is
 slower beyond the threshold, 2 on bad input.
 """
@@ -116,7 +116,7 @@ def saves(storage: Path, side: str) -> List[Path]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reflowbench.reports.bench_ab", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python bench/bench_ab.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("storage", type=Path, nargs="?", help="pytest-benchmark storage folder with *_base.json and *_work.json saves")
     parser.add_argument("--fail", default="min:25%", help="[FIELD:]PERCENT%% or [FIELD:]SECONDS (default min:25%%)")
     parser.add_argument("--check", action="store_true", help="only check the --fail threshold (exit 2 naming the problem)")

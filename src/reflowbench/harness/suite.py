@@ -15,16 +15,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
-from reflowbench.config import SuiteSpec, TuneSpec, merge_into, preset
+from reflowbench.config import SettingsLayers, SuiteCommandSpec, SweepNarrowing, SweepSettings, TuneSpec, build_settings, narrow_sweep
 from reflowbench.errors import ConfigError, ReflowbenchError
-from reflowbench.harness.plan import SuitePlan, plan_suite
-from reflowbench.harness.sweep import Progress, count_complete, run_suite
+from reflowbench.harness.plan import SweepPlan, plan_sweep
+from reflowbench.harness.sweep import Progress, count_complete, run_sweep
 from reflowbench.harness.tuning import SearchProgress, run_tuning, tune_plan, tuning_status
 from reflowbench.pruners.base import option_sources
 from reflowbench.reports.readme_block import check_block, replace_block
 from reflowbench.schema.results import load_runs, run_wall_seconds
 from reflowbench.schema.tuned import ReferenceRow, SuiteContext, TunedRow
-from reflowbench.suites import SuiteCommandSpec, fill_placeholders, load_suite, suite_name
+from reflowbench.suites import fill_placeholders, load_suite, suite_name
 from reflowbench.utils.cost import format_duration
 from reflowbench.utils.io import atomic_write_json
 
@@ -37,26 +37,28 @@ ROLES = (*MAIN_ROLES, "ablation", "objective")
 class PlannedJob:
     folder: str
     role: str  # "sweep" (the methods' reference rows), "variant" (a labelled main row with other settings), "tuned" (after a settings search), "ablation" or "objective" (extra cells)
-    plan: SuitePlan
+    plan: SweepPlan
     tune: Optional[TuneSpec] = None  # the settings search run before a "tuned" job (its chosen options replace the method's)
-    tuning: Optional[Tuple[SuitePlan, List[Dict[str, Any]]]] = None  # that search planned once: one pruner per cell on the tuning seeds, the cells
+    tuning: Optional[Tuple[SweepPlan, List[Dict[str, Any]]]] = None  # that search planned once: one pruner per cell on the tuning seeds, the cells
     sources: Dict[str, Dict[str, str]] = field(default_factory=dict)  # method -> option -> where the job's value comes from
 
 
-def job_spec(job: Dict, command: SuiteCommandSpec, index: int) -> SuiteSpec:
+def job_spec(job: Dict, command: SuiteCommandSpec, index: int) -> SweepSettings:
     """The run settings of one job: its preset and settings, then the command's overrides."""
-    source = f"suite job {index + 1} ({job['folder']})"
-    spec = merge_into(preset(job.get("preset")), fill_placeholders(job.get("settings", {}), command.models_dir), source)
-    spec.sweep.out = str(Path(command.out) / job["folder"])
-    spec.sweep.device, spec.sweep.threads, spec.sweep.progress = command.device, command.threads, command.progress
-    spec.sweep.skip_unreadable = command.skip_unreadable
-    if command.data is not None:
-        spec.data.data = command.data
-    spec.data.download = command.download or spec.data.download
-    if job.get("role", "sweep") in MAIN_ROLES:
-        spec.sweep.seeds = list(command.seeds) or spec.sweep.seeds
-        spec.sweep.sparsities = list(command.sparsities) or spec.sweep.sparsities
-    return spec
+    sweep = {"out": str(Path(command.out) / job["folder"]), "device": command.device, "threads": command.threads, "progress": command.progress}
+    data = {"data": command.data} if command.data is not None else {}
+    if command.download:
+        data["download"] = True
+    main_row = job.get("role", "sweep") in MAIN_ROLES
+    layers = SettingsLayers(
+        preset=job.get("preset") or "none",
+        file=fill_placeholders(job.get("settings", {}), command.models_dir),
+        file_source=f"suite job {index + 1} ({job['folder']})",
+        flags={"sweep": {**sweep, "skip_unreadable": command.skip_unreadable}, "data": data},
+        flags_source="the suite command's flags",
+    )
+    narrowing = SweepNarrowing("suite", seeds=list(command.seeds) or None, sparsities=list(command.sparsities) or None) if main_row else None
+    return build_settings(layers, narrowing).spec
 
 
 def plan_jobs(name: str, command: SuiteCommandSpec) -> List[PlannedJob]:
@@ -73,7 +75,7 @@ def plan_jobs(name: str, command: SuiteCommandSpec) -> List[PlannedJob]:
             continue
         check_out = not (command.dry_run or command.report_only)
         try:
-            plan = plan_suite(job_spec(job, command, index), check_out=check_out)
+            plan = plan_sweep(job_spec(job, command, index), check_out=check_out)
             tune, tuning = _job_tuning(job, command, index, check_out)
         except ConfigError as exc:
             raise type(exc)(f"suite {name}, job {index + 1} ({job['folder']}): {exc}") from None
@@ -86,20 +88,19 @@ def plan_jobs(name: str, command: SuiteCommandSpec) -> List[PlannedJob]:
 
 def _job_tuning(
     job: Dict, command: SuiteCommandSpec, index: int, check_out: bool
-) -> Tuple[Optional[TuneSpec], Optional[Tuple[SuitePlan, List[Dict[str, Any]]]]]:
+) -> Tuple[Optional[TuneSpec], Optional[Tuple[SweepPlan, List[Dict[str, Any]]]]]:
     """(TuneSpec, the search's plan and cells) of a job with a ``tune`` entry ({"method", "at_sparsities", "criterion",
     "seeds"}), its grid checked; (None, None) for any other job."""
     if "tune" not in job:
         return None, None
     settings = dict(job["tune"])
     seeds = settings.pop("seeds", [0])
-    tune = TuneSpec(**settings)
-    spec = job_spec(job, command, index)
-    spec.sweep.seeds = list(seeds)
+    tune = TuneSpec(**settings).validate()
+    spec = narrow_sweep(job_spec(job, command, index), SweepNarrowing("a suite's settings search", seeds=list(seeds)))
     return tune, tune_plan(spec, tune, check_out=check_out)  # checks the method, the grid and every cell's options
 
 
-def _tuned_plan(job: PlannedJob, command: SuiteCommandSpec, log: Log) -> SuitePlan:
+def _tuned_plan(job: PlannedJob, command: SuiteCommandSpec, log: Log) -> SweepPlan:
     """Run (or resume) the job's settings search, then its sweep planned with the chosen options."""
     plan, cells, tune = _tuning_plan(job)
     chosen = run_tuning(plan, cells, tune, log=log)["chosen"]
@@ -117,17 +118,17 @@ def _progress_note(progress: Progress) -> str:
     return f" ({'; '.join(notes)})" if notes else ""
 
 
-def _tuning_plan(job: PlannedJob) -> Tuple[SuitePlan, List[Dict[str, Any]], TuneSpec]:
+def _tuning_plan(job: PlannedJob) -> Tuple[SweepPlan, List[Dict[str, Any]], TuneSpec]:
     """The job's settings search, as planned with the job: its plan (one pruner per cell, on the tuning seeds), cells and spec."""
     plan, cells = job.tuning
     return plan, cells, copy.deepcopy(job.tune)
 
 
-def _planned_with(job: PlannedJob, chosen: Dict[str, Any]) -> SuitePlan:
+def _planned_with(job: PlannedJob, chosen: Dict[str, Any]) -> SweepPlan:
     """The job's sweep with the tuned method's options replaced by the search's ``chosen`` ones."""
     tuned = copy.deepcopy(job.plan.spec)
     tuned.method_options[job.tune.method] = chosen
-    return plan_suite(tuned)
+    return plan_sweep(tuned)
 
 
 @dataclass
@@ -300,7 +301,7 @@ def completeness_lines(statuses: List[JobStatus]) -> List[str]:
     return lines + [f"- {s.line}" for s in statuses if s.search_open or s.complete < s.total]
 
 
-def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Dict[str, int]:
+def run_named_suite(name: str, command: SuiteCommandSpec, log: Log = print) -> Dict[str, int]:
     """Run (or, with ``dry_run``, list) every job, then write the combined report (``report_only``: only that; it says which
     jobs are not finished) and, when runs were made, ``<name>-suite/timing.json`` (wall time against the floor of the
     runs made now); returns {"done", "failed", "skipped", "total"} summed over the jobs run or listed (a tuned job's runs
@@ -324,7 +325,7 @@ def run_comparison(name: str, command: SuiteCommandSpec, log: Log = print) -> Di
             continue
         log(header)
         plan = _tuned_plan(job, command, log) if job.tune is not None else job.plan
-        counts = run_suite(plan, log=log, report=index == len(planned) - 1 or planned[index + 1].folder != job.folder)
+        counts = run_sweep(plan, log=log, report=index == len(planned) - 1 or planned[index + 1].folder != job.folder)
         for key in totals:
             totals[key] += counts[key]
     if not command.dry_run:

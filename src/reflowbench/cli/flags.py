@@ -14,7 +14,7 @@ import typing
 from dataclasses import MISSING, fields
 from typing import Any, Callable, Dict, Tuple
 
-from reflowbench.errors import ConfigError
+from reflowbench.utils.known_names import refuse_unknown
 
 
 def _field_comments(cls: type) -> Dict[str, str]:
@@ -62,6 +62,8 @@ def _default_text(f) -> str:
         value = f.default_factory()  # type: ignore[misc]
     else:
         return ""
+    if value is None:  # unset: the field's own comment says what happens then
+        return ""
     if isinstance(value, list):
         value = ",".join(str(v) for v in value)
     return f" (default: {value})"
@@ -89,8 +91,5 @@ def given(namespace: argparse.Namespace, dest_prefix: str) -> Dict[str, Any]:
 
 
 def build_dataclass(cls: type, overrides: Dict[str, Any], source: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"{source}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    refuse_unknown(overrides, (f.name for f in fields(cls)), source)
     return cls(**overrides)
