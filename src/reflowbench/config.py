@@ -194,6 +194,19 @@ class PruneSpec:
         return self
 
 
+@dataclass(frozen=True)
+class GateSpec:
+    """What ``reflowbench compare`` judges: ``method`` in the candidate folder against ``against`` in the baseline's."""
+
+    candidate: str  # the --out folder of the runs to check
+    baseline: str  # the --out folder of the baseline runs
+    method: str  # the method (or report label) to check
+    against: Optional[str] = None  # the baseline's method or label (None: ``method``)
+    tolerance: float = 1.0  # points of top-1 a cell may drop beyond the baseline's seed spread
+    allow_missing: bool = False  # report the baseline's cells the candidate lacks without failing on them
+    skip_unreadable: bool = False  # leave unreadable run files out (each named) instead of stopping
+
+
 EXECUTORS = ("local", "submitit")
 SUBMITIT_CLUSTERS = ("auto", "slurm", "local", "debug")
 JOB_UNITS = ("seed", "run")

@@ -12,6 +12,7 @@ from reflowbench.cli.flags import build_dataclass, given
 from reflowbench.config import (
     SECTIONS,
     ExecutorSpec,
+    GateSpec,
     PruneSpec,
     ReflowAblationSpec,
     SettingsLayers,
@@ -144,7 +145,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from reflowbench.reports.compare import GateSpec, run_gate
+    from reflowbench.reports.compare import run_gate
 
     gate = GateSpec(args.candidate, args.baseline, args.method, args.against, args.tolerance, args.allow_missing, args.skip_unreadable)
     verdict = run_gate(gate)

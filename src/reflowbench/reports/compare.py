@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from reflowbench.config import GateSpec
 from reflowbench.errors import ReflowbenchError
 from reflowbench.reports.aggregate import markdown_table, mean_std
 from reflowbench.schema.results import annotate_variants, config_fields, load_finished_runs
@@ -254,19 +255,6 @@ def verdict_summary(cells: List[Cell], failed: int, method: str, against: str, t
 
 
 __all__ = ["Cell", "FAILING", "compare_results", "comparison_table", "failed_points", "nothing_to_compare", "settings_mismatch", "verdict_summary"]
-
-
-@dataclass(frozen=True)
-class GateSpec:
-    """What ``reflowbench compare`` judges: ``method`` in the candidate folder against ``against`` in the baseline's."""
-
-    candidate: str  # the --out folder of the runs to check
-    baseline: str  # the --out folder of the baseline runs
-    method: str  # the method (or report label) to check
-    against: Optional[str] = None  # the baseline's method or label (None: ``method``)
-    tolerance: float = 1.0  # points of top-1 a cell may drop beyond the baseline's seed spread
-    allow_missing: bool = False  # report the baseline's cells the candidate lacks without failing on them
-    skip_unreadable: bool = False  # leave unreadable run files out (each named) instead of stopping
 
 
 @dataclass(frozen=True)
