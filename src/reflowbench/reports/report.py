@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from html import escape
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from reflowbench.errors import ReflowbenchError
 from reflowbench.reports.aggregate import accuracy_table, cost_table, failed_table, html_table, markdown_table, objective_table, timing_doubt_lines
@@ -35,19 +35,18 @@ def _context_lines(records: List[Dict[str, Any]]) -> List[str]:
     return lines
 
 
-def write_report(
-    out: Path, signal_sparsity: Optional[float] = None, reference_options: Optional[Dict[str, Dict[str, Any]]] = None, skip_unreadable: bool = False
-) -> Dict[str, Path]:
-    """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out``; returns their paths. ``reference_options``:
-    method -> the options of its reference settings (the pruner's defaults), which names that configuration "reference"."""
-    out = Path(out)
-    records, failed = load_finished_runs(out, skip_unreadable)
-    set_short_labels(records + failed, reference_options=reference_options)
-    if not records:
-        because = f" ({len(failed)} failed: {failed[0]['error']}{' ...' if len(failed) > 1 else ''})" if failed else ""
-        raise ReflowbenchError(f"no complete runs under {out}/runs{because}: run `reflowbench run --out {out}` first")
-    figures = out / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
+FAILED_CAPTION = (
+    "Runs whose pruner diverged (a later step could not form its curvature): recorded with the error and left out "
+    "of every table and figure above; `reflowbench run ... --retry-failed` runs them again."
+)
+HTML_STYLE = "body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+
+Section = Tuple[str, str, str]  # (title, caption, figure key)
+Table = Tuple[List[str], List[List[str]]]  # (header, rows)
+
+
+def _figures(records: List[Dict[str, Any]], figures: Path, signal_sparsity: Optional[float]) -> Tuple[Dict[str, Path], List[Section], Any]:
+    """Draw every figure into ``figures``; (figure key -> path, the figure sections in order, the compute points)."""
     sparsity = pick_sparsity(records, signal_sparsity)
     cost_sparsity = pick_sparsity(sweep_records(records), 0.8)
     points = cost_points(records)
@@ -58,11 +57,6 @@ def write_report(
         "cost": cost_vs_sparsity(records, figures / "cost_vs_sparsity.png"),
         "compute": accuracy_vs_cost(points, cost_sparsity, figures / "accuracy_vs_cost.png"),
     }
-    acc_header, acc_rows = accuracy_table(records)
-    config_header, config_rows = configurations_table(records)
-    cost_header, cost_rows = cost_table(records)
-    front_header, front_rows = compute_front_rows(points)
-    context = _context_lines(records)
     sections = [
         (
             "Accuracy vs sparsity",
@@ -89,6 +83,31 @@ def write_report(
             "compute",
         ),
     ]
+    return images, sections, points
+
+
+def _objective_lines(records: List[Dict[str, Any]]) -> List[str]:
+    """The quadratic-model section, when runs measured it."""
+    objective_header, objective_rows = objective_table(records)
+    if not objective_rows:
+        return []
+    reference = next(r["objective"]["reference"] for r in records if r.get("objective"))
+    return [
+        "## Quadratic model",
+        "",
+        f"Q(w) = ½ (w − w̄)ᵀ F (w − w̄), the local model every Hessian pruner claims to minimise, measured after pruning "
+        f"(before REFLOW) under one reference {reference} per seed; the best Q on the support is the exact ridge "
+        "solve there; the overlap is the share of kept weights that global magnitude pruning also keeps.",
+        "",
+        markdown_table(objective_header, objective_rows),
+        "",
+    ]
+
+
+def _markdown(
+    context: List[str], sections: List[Section], images: Dict[str, Path], tables: Dict[str, Table], records: List[Dict[str, Any]], failed: Table
+) -> str:
+    """report.md: the context, each figure with its caption, then the tables."""
     md = ["# reflowbench report", "", *context, ""]
     for title, caption, key in sections:
         md += [f"## {title}", "", caption, "", f"![{title}](figures/{images[key].name})", ""]
@@ -97,46 +116,32 @@ def write_report(
         "",
         "The short label of each configuration in the figures and tables, and the settings that set it apart.",
         "",
-        markdown_table(config_header, config_rows),
+        markdown_table(*tables["configurations"]),
         "",
         "## Accuracy table",
         "",
-        markdown_table(acc_header, acc_rows),
+        markdown_table(*tables["accuracy"]),
         "",
         "## Cost per phase",
         "",
         "Mean wall seconds per phase over all runs of a method; peak RSS is the largest resident set size of the process during pruning (it includes the data held in memory).",
         "",
-        markdown_table(cost_header, cost_rows),
+        markdown_table(*tables["cost"]),
         "",
         *timing_doubt_lines(records),
         "## Accuracy for the compute, per sparsity",
         "",
-        markdown_table(front_header, front_rows),
+        markdown_table(*tables["front"]),
         "",
+        *_objective_lines(records),
     ]
-    objective_header, objective_rows = objective_table(records)
-    if objective_rows:
-        reference = next(r["objective"]["reference"] for r in records if r.get("objective"))
-        md += [
-            "## Quadratic model",
-            "",
-            f"Q(w) = ½ (w − w̄)ᵀ F (w − w̄), the local model every Hessian pruner claims to minimise, measured after pruning "
-            f"(before REFLOW) under one reference {reference} per seed; the best Q on the support is the exact ridge "
-            "solve there; the overlap is the share of kept weights that global magnitude pruning also keeps.",
-            "",
-            markdown_table(objective_header, objective_rows),
-            "",
-        ]
-    failed_header, failed_rows = failed_table(failed)
-    failed_caption = (
-        "Runs whose pruner diverged (a later step could not form its curvature): recorded with the error and left out "
-        "of every table and figure above; `reflowbench run ... --retry-failed` runs them again."
-    )
-    if failed_rows:
-        md += ["## Failed runs", "", failed_caption, "", markdown_table(failed_header, failed_rows), ""]
-    markdown_path = out / "report.md"
-    atomic_write_text(markdown_path, "\n".join(md))
+    if failed[1]:
+        md += ["## Failed runs", "", FAILED_CAPTION, "", markdown_table(*failed), ""]
+    return "\n".join(md)
+
+
+def _html(context: List[str], sections: List[Section], images: Dict[str, Path], tables: Dict[str, Table], failed: Table) -> str:
+    """report.html: the same figures (embedded) and the main tables, one self-contained page."""
 
     def embedded(path: Path) -> str:
         return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
@@ -144,13 +149,37 @@ def write_report(
     body = ["<h1>reflowbench report</h1>", "<ul>" + "".join(f"<li>{escape(line[2:])}</li>" for line in context) + "</ul>"]
     for title, caption, key in sections:
         body += [f"<h2>{escape(title)}</h2>", f"<p>{escape(caption)}</p>", f'<img alt="{escape(title)}" src="{embedded(images[key])}">']
-    body += ["<h2>Configurations</h2>", html_table(config_header, config_rows)]
-    body += ["<h2>Accuracy table</h2>", html_table(acc_header, acc_rows), "<h2>Cost per phase</h2>", html_table(cost_header, cost_rows)]
-    body += ["<h2>Accuracy for the compute, per sparsity</h2>", html_table(front_header, front_rows)]
-    if failed_rows:
-        body += ["<h2>Failed runs</h2>", f"<p>{escape(failed_caption)}</p>", html_table(failed_header, failed_rows)]
-    style = "body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-    html = f"<!doctype html><html><head><meta charset='utf-8'><title>reflowbench report</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
-    html_path = out / "report.html"
-    atomic_write_text(html_path, html)
+    body += ["<h2>Configurations</h2>", html_table(*tables["configurations"])]
+    body += ["<h2>Accuracy table</h2>", html_table(*tables["accuracy"]), "<h2>Cost per phase</h2>", html_table(*tables["cost"])]
+    body += ["<h2>Accuracy for the compute, per sparsity</h2>", html_table(*tables["front"])]
+    if failed[1]:
+        body += ["<h2>Failed runs</h2>", f"<p>{escape(FAILED_CAPTION)}</p>", html_table(*failed)]
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>reflowbench report</title><style>{HTML_STYLE}</style></head><body>{''.join(body)}</body></html>"
+
+
+def write_report(
+    out: Path, signal_sparsity: Optional[float] = None, reference_options: Optional[Dict[str, Dict[str, Any]]] = None, skip_unreadable: bool = False
+) -> Dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and ``figures/*.png`` into ``out``; returns their paths. ``reference_options``:
+    method -> the options of its reference settings (the pruner's defaults), which names that configuration "reference"."""
+    out = Path(out)
+    records, failed = load_finished_runs(out, skip_unreadable)
+    set_short_labels(records + failed, reference_options=reference_options)
+    if not records:
+        because = f" ({len(failed)} failed: {failed[0]['error']}{' ...' if len(failed) > 1 else ''})" if failed else ""
+        raise ReflowbenchError(f"no complete runs under {out}/runs{because}: run `reflowbench run --out {out}` first")
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    images, sections, points = _figures(records, figures, signal_sparsity)
+    tables = {
+        "accuracy": accuracy_table(records),
+        "configurations": configurations_table(records),
+        "cost": cost_table(records),
+        "front": compute_front_rows(points),
+    }
+    context = _context_lines(records)
+    failed_rows = failed_table(failed)
+    markdown_path, html_path = out / "report.md", out / "report.html"
+    atomic_write_text(markdown_path, _markdown(context, sections, images, tables, records, failed_rows))
+    atomic_write_text(html_path, _html(context, sections, images, tables, failed_rows))
     return {"markdown": markdown_path, "html": html_path, **{f"figure_{k}": v for k, v in images.items()}}

@@ -163,14 +163,10 @@ def _unique_runs(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return list(seen.values())
 
 
-def write_suite_report(out: Path, name: str, folders: List[str], context: Optional[SuiteContext] = None) -> Dict[str, Path]:
-    """Write ``out/<name>-suite/report.md``, its figures, ``reference-settings.md`` and ``summary.md`` (the block a
-    README shows, :mod:`.readme_block`) from the runs in ``out/<folder>`` for each folder. ``context``: the harness's
-    account of the suite (which runs are in, the settings searches, the reference settings with their sources, and the
-    role of each run: reference or tuned)."""
-    context = context or SuiteContext()
-    description, completeness, tuned = context.description, context.completeness, context.tuned
-    out = Path(out)
+def _load_suite_runs(
+    out: Path, folders: List[str], context: SuiteContext, name: str
+) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], List[Dict[str, Any]], List[str]]:
+    """(the main runs, each once; the quadratic-model runs; the failed runs; the folders that had runs), labelled."""
     records: List[Dict[str, Any]] = []
     found = []
     failed: List[Dict[str, Any]] = []
@@ -185,22 +181,15 @@ def write_suite_report(out: Path, name: str, folders: List[str], context: Option
     set_short_labels(records + failed, roles=context.roles)
     diagnostic = [r for r in records if r.get("objective")]
     records = _unique_runs([r for r in records if not r.get("objective")])  # the objective folder repeats main-sweep runs (same keys)
-    target = out / f"{name}-suite"
-    timing_path = target / "timing.json"
-    figures = target / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    accuracy = accuracy_vs_sparsity(records, figures / "accuracy_vs_sparsity.png")
-    every = accuracy_all_configurations(records, figures / "accuracy_all_configurations.png")
-    sparsity = pick_sparsity(sweep_records(records), 0.9)
-    collapse = signal_collapse(records, sparsity, figures / "signal_collapse.png")
-    points = cost_points(records)
-    best_header, best_rows = best_method_rows(points)
-    cost_sparsity = pick_sparsity(sweep_records(records), 0.8)
-    cost_figure = accuracy_vs_cost(points, cost_sparsity, figures / "accuracy_vs_cost.png")
-    front_header, front_rows = compute_front_rows(points)
-    cost_header, cost_rows = cost_table(sweep_records(records))
+    return records, diagnostic, failed, found
+
+
+def _head_lines(
+    name: str, description: str, records: List[Dict[str, Any]], diagnostic: List[Dict[str, Any]], found: List[str], completeness: List[str]
+) -> List[str]:
+    """The title, the description, what runs are in (and from which code), the hardware, the completeness."""
     revisions = sorted({str(r["environment"].get("git_revision") or "n/a")[:12] for r in records})
-    md = [
+    return [
         f"# reflowbench comparison: {name}",
         "",
         description,
@@ -211,15 +200,23 @@ def write_suite_report(out: Path, name: str, folders: List[str], context: Option
         *_hardware(records),
         "",
         *(["## Completeness", "", *completeness, ""] if completeness else []),
+    ]
+
+
+def _accuracy_lines(
+    records: List[Dict[str, Any]], figures: Dict[str, Path], context: SuiteContext, best: Tuple[List[str], List[List[str]]], out: Path
+) -> List[str]:
+    """The accuracy figures, the reference settings, the configurations, the best method per sparsity, fair settings."""
+    return [
         "## Accuracy vs sparsity",
         "",
         "Per model, left: right after pruning (dashed); right: after REFLOW (solid). One curve per method: its configuration with the best mean "
         "top-1 after REFLOW (named in the legend: reference, tuned, or the setting that differs); the thick grey line is MP + REFLOW; bands: "
         "±1 std over seeds. Every configuration run at 3 or more sparsities is in the second figure and the tables.",
         "",
-        f"![accuracy](figures/{accuracy.name})",
+        f"![accuracy](figures/{figures['accuracy'].name})",
         "",
-        f"![every configuration](figures/{every.name})",
+        f"![every configuration](figures/{figures['every'].name})",
         "",
         *reference_lines(context.references or [], "reference-settings.md"),
         *_optional_table(
@@ -233,9 +230,16 @@ def write_suite_report(out: Path, name: str, folders: List[str], context: Option
         "OBC, Wanda). Positive in the first difference: MP + REFLOW beats every Fisher pruner without REFLOW; positive in the second: REFLOW "
         "on a Fisher pruner beats MP + REFLOW; positive in the third: the best layer-wise pruner + REFLOW beats the best Fisher pruner + REFLOW.",
         "",
-        markdown_table(best_header, best_rows),
+        markdown_table(*best),
         "",
-        *(["## Fair settings: published defaults and tuned", "", *fair_settings_lines(records, tuned, out)] if tuned else []),
+        *(["## Fair settings: published defaults and tuned", "", *fair_settings_lines(records, context.tuned, out)] if context.tuned else []),
+    ]
+
+
+def _compute_lines(records: List[Dict[str, Any]], figures: Dict[str, Path], points: Any, cost_sparsity: float, sparsity: float) -> List[str]:
+    """Accuracy for the compute (figure and front), the signal collapse, the cost per method and phase."""
+    cost_header, cost_rows = cost_table(sweep_records(records))
+    return [
         "## Accuracy for the compute",
         "",
         f"Per model and sparsity, each configuration's mean pruning wall seconds per run (its gradients and curvature included, as pruning "
@@ -243,15 +247,15 @@ def write_suite_report(out: Path, name: str, folders: List[str], context: Option
         f"REFLOW: the best, the cheapest within {NEAR_BEST_POINTS:g} points of it, and the Pareto front. The figure shows sparsity "
         f"{cost_sparsity:g} (hollow: right after pruning; filled: after REFLOW).",
         "",
-        f"![accuracy for the compute](figures/{cost_figure.name})",
+        f"![accuracy for the compute](figures/{figures['cost'].name})",
         "",
-        markdown_table(front_header, front_rows),
+        markdown_table(*compute_front_rows(points)),
         "",
         f"## Signal collapse at sparsity {sparsity:g}",
         "",
         "Var(BN output of the pruned model) / Var(dense) by depth; dashed after pruning, solid after REFLOW.",
         "",
-        f"![signal collapse](figures/{collapse.name})",
+        f"![signal collapse](figures/{figures['collapse'].name})",
         "",
         "## Cost per method and phase",
         "",
@@ -260,6 +264,14 @@ def write_suite_report(out: Path, name: str, folders: List[str], context: Option
         markdown_table(cost_header, cost_rows),
         "",
         *timing_doubt_lines(records),
+    ]
+
+
+def _tail_lines(
+    records: List[Dict[str, Any]], failed: List[Dict[str, Any]], diagnostic: List[Dict[str, Any]], timing_path: Path, found: List[str]
+) -> List[str]:
+    """Ablation cells, failed runs, the quadratic model, the end-to-end timing, links to the per-model reports."""
+    return [
         *_optional_table(
             "Ablation cells",
             "Configurations run at one or two sparsities (the selection × update grid); labels name the setting that differs.",
@@ -282,10 +294,39 @@ def write_suite_report(out: Path, name: str, folders: List[str], context: Option
         *[f"- [{folder}](../{folder}/report.md)" for folder in found],
         "",
     ]
+
+
+def write_suite_report(out: Path, name: str, folders: List[str], context: Optional[SuiteContext] = None) -> Dict[str, Path]:
+    """Write ``out/<name>-suite/report.md``, its figures, ``reference-settings.md`` and ``summary.md`` (the block a
+    README shows, :mod:`.readme_block`) from the runs in ``out/<folder>`` for each folder. ``context``: the harness's
+    account of the suite (which runs are in, the settings searches, the reference settings with their sources, and the
+    role of each run: reference or tuned)."""
+    context = context or SuiteContext()
+    out = Path(out)
+    records, diagnostic, failed, found = _load_suite_runs(out, folders, context, name)
+    target = out / f"{name}-suite"
+    figure_folder = target / "figures"
+    figure_folder.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "accuracy": accuracy_vs_sparsity(records, figure_folder / "accuracy_vs_sparsity.png"),
+        "every": accuracy_all_configurations(records, figure_folder / "accuracy_all_configurations.png"),
+    }
+    sparsity = pick_sparsity(sweep_records(records), 0.9)
+    figures["collapse"] = signal_collapse(records, sparsity, figure_folder / "signal_collapse.png")
+    points = cost_points(records)
+    best_header, best_rows = best_method_rows(points)
+    cost_sparsity = pick_sparsity(sweep_records(records), 0.8)
+    figures["cost"] = accuracy_vs_cost(points, cost_sparsity, figure_folder / "accuracy_vs_cost.png")
+    md = [
+        *_head_lines(name, context.description, records, diagnostic, found, context.completeness),
+        *_accuracy_lines(records, figures, context, (best_header, best_rows), out),
+        *_compute_lines(records, figures, points, cost_sparsity, sparsity),
+        *_tail_lines(records, failed, diagnostic, target / "timing.json", found),
+    ]
     markdown = target / "report.md"
     atomic_write_text(markdown, "\n".join(md))
     references = target / "reference-settings.md"
     atomic_write_text(references, "\n".join(reference_page(name, context.references or [])))
     summary = target / "summary.md"
     atomic_write_text(summary, "\n".join(summary_lines(name, best_header, best_rows, context.references or [])))
-    return {"markdown": markdown, "accuracy": accuracy, "collapse": collapse, "summary": summary, "references": references}
+    return {"markdown": markdown, "accuracy": figures["accuracy"], "collapse": figures["collapse"], "summary": summary, "references": references}
