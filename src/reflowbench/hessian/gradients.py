@@ -198,6 +198,61 @@ def probe_loss(model: nn.Module, targets: "TargetSet", x: torch.Tensor, y: torch
         model.train(was_training)
 
 
+def _check_gradient_memory(
+    model: nn.Module,
+    targets: "TargetSet",
+    spec: GradientSpec,
+    activation_bytes: int,
+    device: torch.device,
+    budget_gb: float,
+    log: Optional[Callable[[str], None]],
+    option_prefix: str,
+) -> None:
+    """Refuse, before any allocation, a G (with one chunk's gradients and activations and the channels-last weights) over
+    the memory budget, naming the options that shrink it."""
+    check_budget(
+        gradient_bytes(targets, spec) + chunk_gradient_bytes(targets, spec, activation_bytes) + channels_last_copy_bytes(model),
+        budget_gb,
+        f"the gradient matrix ({spec.num_grads} x {targets.num_weights:,} weights, {spec.dtype}), one chunk's float32 gradients and activations"
+        " and the convolution weights' channels-last copy",
+        f"a smaller {option_prefix}num-grads, {option_prefix}dtype bfloat16/float16 (half the bytes), a smaller {option_prefix}chunk-images, fewer target layers"
+        + (f", or {option_prefix}offload (keep G in host memory)" if device.type == "cuda" and not spec.offload else ""),
+        log,
+    )
+
+
+def _allocate_rows(
+    targets: "TargetSet", spec: GradientSpec, dtype: torch.dtype, device: torch.device
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """(the zero-padded storage of the layers whose width is padded to ``spec.pad_to``, each layer's (N, d) rows: a view
+    of its storage, or its own tensor)."""
+    storage = {
+        t.param_name: torch.zeros(spec.num_grads, padded_width(t.numel, spec.pad_to), dtype=dtype, device=device)
+        for t in targets
+        if padded_width(t.numel, spec.pad_to) > t.numel
+    }
+    rows = {
+        t.param_name: storage[t.param_name][:, : t.numel] if t.param_name in storage else torch.empty(spec.num_grads, t.numel, dtype=dtype, device=device)
+        for t in targets
+    }
+    return storage, rows
+
+
+def _masked_finite(block: torch.Tensor, mask: Optional[torch.Tensor], name: str, first_row: int, option_prefix: str) -> torch.Tensor:
+    """A layer's gradient rows (groups, d) times its flat keep-mask (when given); a FisherError naming the layer and the
+    rows when any entry is not finite."""
+    if mask is not None:
+        block = block * mask
+    if not torch.isfinite(block).all():
+        raise FisherError(
+            f"non-finite gradients in layer {name} (rows {first_row}..{first_row + block.shape[0] - 1}): "
+            "the model's loss on these images is not finite: check the checkpoint and input normalisation; in a later "
+            f"recomputation step the pruned model itself may have diverged (fewer {option_prefix}recompute-steps or a "
+            f"larger {option_prefix}damp)"
+        )
+    return block
+
+
 def collect_gradients(
     model: nn.Module,
     targets: "TargetSet",
@@ -223,24 +278,8 @@ def collect_gradients(
     first = next(batches, None)  # its first image measures the activations a call keeps, before anything is allocated
     activation_bytes = _eval_activation_bytes(model, first[0].to(device)) if first is not None else 0
     per_call = groups_per_call(targets, spec, activation_bytes)
-    check_budget(
-        gradient_bytes(targets, spec) + chunk_gradient_bytes(targets, spec, activation_bytes) + channels_last_copy_bytes(model),
-        budget_gb,
-        f"the gradient matrix ({spec.num_grads} x {targets.num_weights:,} weights, {spec.dtype}), one chunk's float32 gradients and activations"
-        " and the convolution weights' channels-last copy",
-        f"a smaller {option_prefix}num-grads, {option_prefix}dtype bfloat16/float16 (half the bytes), a smaller {option_prefix}chunk-images, fewer target layers"
-        + (f", or {option_prefix}offload (keep G in host memory)" if device.type == "cuda" and not spec.offload else ""),
-        log,
-    )
-    storage = {
-        t.param_name: torch.zeros(spec.num_grads, padded_width(t.numel, spec.pad_to), dtype=dtype, device=store_device)
-        for t in targets
-        if padded_width(t.numel, spec.pad_to) > t.numel
-    }
-    rows = {
-        t.param_name: storage[t.param_name][:, : t.numel] if t.param_name in storage else torch.empty(spec.num_grads, t.numel, dtype=dtype, device=store_device)
-        for t in targets
-    }
+    _check_gradient_memory(model, targets, spec, activation_bytes, device, budget_gb, log, option_prefix)
+    storage, rows = _allocate_rows(targets, spec, dtype, store_device)
     flat_masks = {name: m.reshape(-1).to(device=device, dtype=torch.float32) for name, m in (masks or {}).items()}
     param_names = {id(p): n for n, p in model.named_parameters()}
     target_keys = {t.param_name: param_names[id(t.weight)] for t in targets}
@@ -280,16 +319,9 @@ def collect_gradients(
                         with torch.no_grad():
                             grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, gx, gy)
                     for t in targets:
-                        block = grads[target_keys[t.param_name]].reshape(groups, -1)
-                        if t.param_name in flat_masks:
-                            block = block * flat_masks[t.param_name]
-                        if not torch.isfinite(block).all():
-                            raise FisherError(
-                                f"non-finite gradients in layer {t.param_name} (rows {filled}..{filled + groups - 1}): "
-                                "the model's loss on these images is not finite: check the checkpoint and input normalisation; in a later "
-                                f"recomputation step the pruned model itself may have diverged (fewer {option_prefix}recompute-steps or a "
-                                f"larger {option_prefix}damp)"
-                            )
+                        block = _masked_finite(
+                            grads[target_keys[t.param_name]].reshape(groups, -1), flat_masks.get(t.param_name), t.param_name, filled, option_prefix
+                        )
                         rows[t.param_name][filled : filled + groups] = block.to(dtype=dtype, device=store_device)
                     filled += groups
                     bar.update(groups)
