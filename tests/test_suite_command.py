@@ -241,3 +241,23 @@ def test_suite_report_sets_each_tuned_row_beside_its_defaults_row(tmp_path, caps
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == f"{default_run['pruned']['top1']:.2f} → {default_run['reflow']['top1']:.2f}"
     assert cells[2] == f"{tuned_run['pruned']['top1']:.2f} → {tuned_run['reflow']['top1']:.2f}"
+
+
+def test_a_part_of_a_suite_runs_alone_and_leaves_the_combined_report_to_the_whole(tmp_path, capsys):
+    suite = _suite_file(tmp_path, [_job("a", ["mp"], [0.5]), _job("b", ["mp"], [0.5, 0.7])])
+    out = tmp_path / "out"
+    assert main(["suite", suite, "--out", str(out), "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert "[1/2] job 1: a:" in listed and "[2/2] job 2: b:" in listed
+    assert main(["suite", suite, "--out", str(out), "--jobs", "2", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert not (out / "a").exists() and len(list((out / "b" / "runs").glob("*.json"))) == 2  # job 2 alone
+    assert "the combined report is left as it was" in text and not (out / "tiny-suite" / "report.md").exists()
+    for flags, message in (
+        (["--jobs", "3"], "--jobs names [3], but suite"),
+        (["--only", "b", "--report-only"], "--report-only writes the combined report from every job"),
+    ):
+        assert main(["suite", suite, "--out", str(out), *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["suite", suite, "--out", str(out), "--no-progress"]) == 0  # the whole suite: job 1 runs, the report is written
+    assert "Every run of the suite is in: 3 runs." in (out / "tiny-suite" / "report.md").read_text()

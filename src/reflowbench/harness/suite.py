@@ -35,6 +35,7 @@ ROLES = (*MAIN_ROLES, "ablation", "objective")
 
 @dataclass
 class PlannedJob:
+    number: int  # the job's place in the suite, from 1 (as --jobs and the messages name it)
     folder: str
     role: str  # "sweep" (the methods' reference rows), "variant" (a labelled main row with other settings), "tuned" (after a settings search), "ablation" or "objective" (extra cells)
     plan: SweepPlan
@@ -69,9 +70,14 @@ def plan_jobs(name: str, command: SuiteCommandSpec) -> List[PlannedJob]:
     unknown = sorted(set(command.only) - folders)
     if unknown:
         raise ConfigError(f"--only names {unknown}, which suite {name} has no job for: its folders are {sorted(folders)}")
+    outside = sorted(n for n in command.jobs if not 1 <= n <= len(jobs))
+    if outside:
+        raise ConfigError(f"--jobs names {outside}, but suite {name} has jobs 1 to {len(jobs)} (`reflowbench suite {name} --dry-run` lists them)")
+    if (command.only or command.jobs) and command.report_only:
+        raise ConfigError("--report-only writes the combined report from every job of the suite: drop --only and --jobs")
     planned = []
     for index, job in enumerate(jobs):
-        if command.only and job["folder"] not in command.only:
+        if (command.only and job["folder"] not in command.only) or (command.jobs and index + 1 not in command.jobs):
             continue
         check_out = not (command.dry_run or command.report_only)
         try:
@@ -82,7 +88,7 @@ def plan_jobs(name: str, command: SuiteCommandSpec) -> List[PlannedJob]:
         role = job.get("role", "sweep")
         if role not in ROLES:
             raise ConfigError(f"suite {name}, job {index + 1} ({job['folder']}): role {role!r} is not one of {ROLES}")
-        planned.append(PlannedJob(job["folder"], role, plan, tune, tuning, dict(job.get("sources", {}))))
+        planned.append(PlannedJob(index + 1, job["folder"], role, plan, tune, tuning, dict(job.get("sources", {}))))
     return planned
 
 
@@ -312,12 +318,12 @@ def run_named_suite(name: str, command: SuiteCommandSpec, log: Log = print) -> D
     started, started_iso = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     totals = {"done": 0, "failed": 0, "skipped": 0, "total": 0}
     for index, job in enumerate(planned):
-        header = f"[{index + 1}/{len(planned)}] {job_header(job)}"
+        header = f"[{index + 1}/{len(planned)}] job {job.number}: {job_header(job)}"
         if command.report_only:
             continue
         if command.dry_run:
             status = job_status(job)
-            log(f"[{index + 1}/{len(planned)}] {status.line}")
+            log(f"[{index + 1}/{len(planned)}] job {job.number}: {status.line}")
             totals["skipped"] += status.complete
             totals["total"] += status.total
             totals["estimate_s"] = totals.get("estimate_s", 0) + status.estimate_s
@@ -328,7 +334,9 @@ def run_named_suite(name: str, command: SuiteCommandSpec, log: Log = print) -> D
         counts = run_sweep(plan, log=log, report=index == len(planned) - 1 or planned[index + 1].folder != job.folder)
         for key in totals:
             totals[key] += counts[key]
-    if not command.dry_run:
+    if not command.dry_run and (command.only or command.jobs):  # the combined report needs every job: not rewritten from a part
+        log(f"the combined report is left as it was (--only/--jobs ran part of the suite): `reflowbench suite {name} --report-only` rewrites it")
+    elif not command.dry_run:
         from reflowbench.reports.suite_report import write_suite_report
 
         folders = list(dict.fromkeys(job.folder for job in planned))
