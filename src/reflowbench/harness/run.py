@@ -99,7 +99,7 @@ class SweepState:
         check_subset_sizes(len(self.data.train), self.sizes, {"fisher": _fisher_knobs(plan, fisher_need)})  # fail now, not after the first run
         checkpoint = spec.model.checkpoint
         if checkpoint is None and spec.model.weights is None:
-            if spec.model.model == "smallcnn" and dataset == "digits":
+            if spec.model.model.startswith("smallcnn") and dataset == "digits":
                 checkpoint = str(default_checkpoint(spec, self.data, self.device, log))
             elif spec.model.model in BUILTIN_MODELS:
                 raise CheckpointError(

@@ -16,6 +16,7 @@ from reflowbench.models.checkpoints import StateDict, check_finite, load_into, r
 from reflowbench.models.cifar_resnet import CifarResNet
 from reflowbench.models.compat import check_model_fits_data
 from reflowbench.models.mobilenet import MobileNetV1
+from reflowbench.models.norms import NORM_NAMES
 from reflowbench.models.small_cnn import SmallBNCNN
 from reflowbench.models.torchvision_models import build_torchvision, torchvision_names
 
@@ -29,14 +30,25 @@ class ModelEntry:
     description: str
 
 
-def _resnet(depth: int) -> Callable[..., nn.Module]:
-    return lambda num_classes, shortcut: CifarResNet(depth, num_classes=num_classes, shortcut=shortcut)
+def _resnet(depth: int, norm: str = "bn") -> Callable[..., nn.Module]:
+    return lambda num_classes, shortcut: CifarResNet(depth, num_classes=num_classes, shortcut=shortcut, norm=norm)
+
+
+def _small_cnn(norm: str) -> Callable[..., nn.Module]:
+    return lambda num_classes, shortcut: SmallBNCNN(num_classes, norm=norm)
 
 
 BUILTIN_MODELS: Dict[str, ModelEntry] = {
     **{f"resnet{depth}": ModelEntry(_resnet(depth), "cifar10", f"CIFAR ResNet-{depth}, option A or B shortcuts") for depth in (20, 32, 44, 56, 110)},
     "mobilenetv1": ModelEntry(lambda num_classes, shortcut: MobileNetV1(num_classes), "cifar10", "MobileNetV1 for 32x32 inputs"),
-    "smallcnn": ModelEntry(lambda num_classes, shortcut: SmallBNCNN(num_classes), "digits", "8 x (conv3x3+BN+ReLU) for 8x8 digits"),
+    "smallcnn": ModelEntry(_small_cnn("bn"), "digits", "8 x (conv3x3+BN+ReLU) for 8x8 digits"),
+    # Networks whose normalisation keeps no running statistics (see models/norms.py): nothing for REFLOW to re-estimate.
+    **{
+        f"resnet{depth}-{norm}": ModelEntry(_resnet(depth, norm), "cifar10", f"CIFAR ResNet-{depth} with {NORM_NAMES[norm]} in place of BN")
+        for depth in (20, 56)
+        for norm in ("gn", "ln")
+    },
+    **{f"smallcnn-{norm}": ModelEntry(_small_cnn(norm), "digits", f"8 x (conv3x3+{NORM_NAMES[norm]}+ReLU) for 8x8 digits") for norm in ("gn", "ln")},
 }
 
 

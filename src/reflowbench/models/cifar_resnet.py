@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reflowbench.models.norms import norm_layer
+
 SHORTCUTS = ("A", "B")
 
 
@@ -28,12 +30,13 @@ class PadShortcut(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: str) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: str, norm: str = "bn") -> None:
         super().__init__()
+        make_norm = norm_layer(norm)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = make_norm(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = make_norm(planes)
         self.shortcut_kind = shortcut
         if stride == 1 and in_planes == planes:
             self.shortcut: nn.Module = nn.Identity()
@@ -41,7 +44,7 @@ class BasicBlock(nn.Module):
             self.shortcut = PadShortcut(planes // 4)
         else:
             self.shortcut = nn.Identity()
-            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), make_norm(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -51,7 +54,7 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, depth: int, num_classes: int = 10, shortcut: str = "A") -> None:
+    def __init__(self, depth: int, num_classes: int = 10, shortcut: str = "A", norm: str = "bn") -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
@@ -59,13 +62,13 @@ class CifarResNet(nn.Module):
             raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
         blocks_per_stage = (depth - 2) // 6
         self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
+        self.bn1 = norm_layer(norm)(16)
         in_planes = 16
         stages: List[nn.Sequential] = []
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
             blocks = []
             for index in range(blocks_per_stage):
-                blocks.append(BasicBlock(in_planes, planes, stride if index == 0 else 1, shortcut))
+                blocks.append(BasicBlock(in_planes, planes, stride if index == 0 else 1, shortcut, norm))
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
