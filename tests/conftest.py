@@ -56,17 +56,21 @@ class TinyBNNet(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
-@pytest.fixture
-def tiny_model() -> TinyBNNet:
-    model = TinyBNNet()
+def randomize_batchnorm(model: nn.Module, mean: float = 0.2) -> nn.Module:
+    """Give every BatchNorm2d of ``model`` random running statistics (means in +-``mean``) and affine; returns it in eval mode."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_mean.uniform_(-mean, mean)
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.1, 0.1)
     return model.eval()
+
+
+@pytest.fixture
+def tiny_model() -> TinyBNNet:
+    return randomize_batchnorm(TinyBNNet())
 
 
 @pytest.fixture(scope="session")

@@ -64,3 +64,54 @@ def test_ablation_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["ablate-reflow", "--out", out, "--batches", "100", "--batch-sizes", "64", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "needs 6400 calibration images" in err and "lower --batches or --batch-sizes" in err and "Traceback" not in err
+
+
+LAYERS = ["--calib-batches", "4", "--calib-batch-size", "32", "--diag-images", "64", "--no-progress", "--sparsity", "0.9"]
+
+
+def test_layer_subset_ablation_recalibrates_only_the_named_layers_and_resumes(tmp_path, capsys):
+    out = tmp_path / "abl"
+    args = ["ablate-reflow", "--out", str(out), "--seeds", "0", "--layers", "first,last,each", "--depths", "1,3,8", *LAYERS]
+    assert main(args) == 0
+    path = out / "reflow-ablation" / "smallcnn_mp_s0.9_seed0.json"
+    record = json.loads(path.read_text())
+    cells = {(c["subset"], c["k"]): c for c in record["cells"]}
+    assert sorted(cells) == sorted([("first", k) for k in (1, 3, 8)] + [("last", k) for k in (1, 3, 8)] + [("each", k) for k in range(1, 9)])
+    bn = [c["layers"][0] for c in sorted((c for c in record["cells"] if c["subset"] == "each"), key=lambda c: c["k"])]
+    assert bn == [f"features.{i}" for i in (1, 4, 7, 10, 14, 17, 20, 23)]
+    assert cells[("first", 3)]["layers"] == bn[:3] and cells[("last", 3)]["layers"] == bn[-3:] and cells[("each", 1)]["layers"] == bn[:1]
+    assert cells[("first", 8)]["top1"] == cells[("last", 8)]["top1"]  # all layers either way: full REFLOW
+    assert cells[("last", 8)]["top1"] > record["pruned"]["top1"] + 30  # and it recovers the collapsed network
+    text = (out / "reflow-ablation.md").read_text()
+    assert "## Which BN layers need REFLOW" in text and "| 8 | " in text and (out / "figures" / "reflow_layers.png").stat().st_size > 0
+    assert "figures/reflow_ablation.png" not in text  # no grid cells, no grid figure
+    record["cells"] = record["cells"][:4]
+    path.write_text(json.dumps(record))  # interrupted after four cells
+    capsys.readouterr()
+    assert main(args) == 0
+    log = capsys.readouterr().out
+    assert "REFLOW of the first 1 BN layer:" not in log and "REFLOW of BN layer 8 alone (features.23)" in log
+    assert len(json.loads(path.read_text())["cells"]) == 14
+
+
+def test_reflow_of_some_layers_leaves_the_others_statistics_alone(tiny_model):
+    import torch
+
+    from reflowbench.reflow import recalibrate_bn
+
+    before = tiny_model.bn1.running_var.clone(), tiny_model.bn2.running_var.clone()
+    batches = [(torch.randn(16, 1, 8, 8) * 3, torch.zeros(16)) for _ in range(2)]
+    handle = recalibrate_bn(tiny_model, batches, 2, only=["bn2"])
+    assert torch.equal(tiny_model.bn1.running_var, before[0]) and not torch.equal(tiny_model.bn2.running_var, before[1])
+    handle.undo()
+    assert torch.equal(tiny_model.bn2.running_var, before[1])
+
+
+def test_bad_layer_subset_flags_are_one_line(tmp_path, capsys):
+    for extra, expected in (
+        (["--layers", "middle"], "--layers takes first, last, each"),
+        (["--layers", "each", "--depths", "2"], "--depths sets the k of --layers first/last"),
+    ):
+        assert main(["ablate-reflow", "--out", str(tmp_path / "x"), *extra, *LAYERS]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err

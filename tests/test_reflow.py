@@ -124,13 +124,23 @@ def test_channels_last_calibration_matches_nchw_and_restores_the_weights():
 
 
 def test_bn_output_moments_merged_over_uneven_batches_equal_one_float64_pass():
-    from reflowbench.reflow.diagnostics import _MomentAccumulator
+    from reflowbench.reflow.moments import ChannelMoments
 
     generator = torch.Generator().manual_seed(0)
     batches = [5.0 + 0.1 * torch.randn(n, 3, 4, 4, generator=generator) for n in (7, 1, 32, 5)]  # offset mean: cancellation
-    accumulator = _MomentAccumulator()
+    accumulator = ChannelMoments(nn.BatchNorm2d(3))
     for batch in batches:
         accumulator(None, None, batch)
     everything = torch.cat(batches).double().transpose(0, 1).reshape(3, -1)
-    assert accumulator.variance() == pytest.approx(float(everything.var(dim=1, unbiased=True).mean()), rel=1e-5)
-    assert _MomentAccumulator().variance() != _MomentAccumulator().variance()  # nan before any batch
+    assert torch.allclose(accumulator.variance(), everything.var(dim=1, unbiased=True), rtol=1e-5)
+    assert torch.allclose(accumulator.mean, everything.mean(dim=1), rtol=1e-6)
+    assert ChannelMoments(nn.BatchNorm2d(3)).variance().isnan().all()  # nan before any batch
+
+
+def test_layernorm_moments_are_per_element_of_its_normalised_shape():
+    from reflowbench.reflow.moments import ChannelMoments
+
+    values = torch.randn(6, 5, 4) * torch.arange(1, 5)  # (batch, tokens, features): feature j has std j + 1
+    accumulator = ChannelMoments(nn.LayerNorm(4))
+    accumulator.add(values)
+    assert torch.allclose(accumulator.variance(), values.reshape(-1, 4).double().var(dim=0), rtol=1e-5)

@@ -37,6 +37,7 @@ class ModelSpec:
     shortcut: str = "auto"  # CIFAR ResNet shortcuts: A (padding), B (1x1 conv), auto (from checkpoint keys)
     weights: Optional[str] = None  # torchvision weight enum name, e.g. DEFAULT or IMAGENET1K_V2
     num_classes: Optional[int] = None  # default: the dataset's
+    fold_bn: bool = False  # fold every BatchNorm into the convolution before it, then prune the folded weights (the deployed form: no BN statistics left)
 
 
 @dataclass
@@ -62,6 +63,45 @@ class ReflowSpec:
     reflow_momentum: float = 0.1  # EMA momentum in (0, 1] (ema mode only)
     calib_augment: bool = False  # train-time augmentation on calibration images
     diag_images: int = 1000  # held-out training images for the BN variance ratios
+
+
+CORRECTION_NONE = "none"  # the uncorrected pruned network: always evaluated, so naming it in --corrections changes nothing
+DEFAULT_CORRECTIONS = ["reflow"]
+SHRINKAGE_RULES = ("split-half", "none")
+
+
+@dataclass
+class CorrectionSpec:
+    """Post-pruning corrections (see `reflowbench list`): each applied to the same pruned weights and evaluated."""
+
+    corrections: List[str] = field(
+        default_factory=lambda: list(DEFAULT_CORRECTIONS)
+    )  # corrections to apply, each from the same pruned weights: reflow, statcorr, variance-match, repair; none alone: only the pruned network
+    variance_match_shrinkage: str = "split-half"  # variance-match's per-channel scales: split-half (data-driven shrinkage) or none (naive matching)
+
+    def applied(self) -> List[str]:
+        """The corrections to run, in the order given, without ``none`` (the pruned network is always evaluated)."""
+        return [name for name in self.corrections if name != CORRECTION_NONE]
+
+    def key_fields(self) -> Optional[Dict[str, Any]]:
+        """What enters a run's key: None at the default (REFLOW only: the runs recorded before corrections existed keep
+        their keys), else the sorted corrections and the options of those applied."""
+        applied = sorted(self.applied())
+        if applied == DEFAULT_CORRECTIONS:
+            return None
+        fields_ = {"corrections": applied}
+        if "variance-match" in applied:
+            fields_["variance_match_shrinkage"] = self.variance_match_shrinkage
+        return fields_
+
+    def validate(self) -> "CorrectionSpec":
+        _unique(self.corrections, "--corrections")
+        _require(bool(self.corrections), "--corrections needs at least one name (none: evaluate the pruned network only)")
+        _require(
+            self.variance_match_shrinkage in SHRINKAGE_RULES,
+            f"--variance-match-shrinkage must be one of {SHRINKAGE_RULES}, got {self.variance_match_shrinkage!r}",
+        )
+        return self
 
 
 @dataclass
@@ -108,27 +148,55 @@ class ObjectiveSpec:
     objective_damp: float = 1e-4  # lam of the reference Fisher
 
 
+LAYER_SUBSETS = ("first", "last", "each")
+
+
 @dataclass
 class ReflowAblationSpec:
     """The REFLOW ablation (``reflowbench ablate-reflow``): prune once per seed, then REFLOW with every setting
     of two one-knob grids and evaluate each: calibration batches at the sweep's --calib-batch-size, and
-    batch sizes at its --calib-batches. Calibration images are prefixes of the seed's calibration range."""
+    batch sizes at its --calib-batches. Calibration images are prefixes of the seed's calibration range.
+    With ``--layers``, instead: REFLOW of only the first k, only the last k, or only the k-th BN layer (the others keep
+    the dense statistics), each from the same pruned weights: which layers need it (the paper's open question 4)."""
 
     method: str = "mp"  # the pruner whose output is recalibrated
     sparsity: float = 0.8  # the sparsity it prunes to
     batches: List[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 100])  # calibration batches to try (at --calib-batch-size)
     batch_sizes: List[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # calibration batch sizes to try (at --calib-batches)
+    layers: List[str] = field(
+        default_factory=list
+    )  # which BN layers need REFLOW instead of the grids: first (the first k only), last (the last k only), each (one layer at a time), at --calib-batches x --calib-batch-size
+    depths: List[int] = field(default_factory=list)  # the k of --layers first/last (default: every k from 1 to the number of BN layers)
 
     def cells(self, calib_batches: int, calib_batch_size: int) -> List[Tuple[int, int]]:
-        """(batches, batch size) of every REFLOW to run, each once, the batches grid first."""
+        """(batches, batch size) of every REFLOW to run, each once, the batches grid first (none with --layers)."""
+        if self.layers:
+            return []
         grid = [(b, calib_batch_size) for b in self.batches] + [(calib_batches, size) for size in self.batch_sizes]
         return list(dict.fromkeys(grid))
+
+    def layer_cells(self, num_layers: int) -> List[Tuple[str, int]]:
+        """(subset, k) of every layer-subset REFLOW for a network with ``num_layers`` BN layers: ``first``/``last`` k
+        for each k of --depths (capped at the depth), ``each`` the k-th layer alone."""
+        depths = sorted({min(k, num_layers) for k in self.depths}) if self.depths else list(range(1, num_layers + 1))
+        cells: List[Tuple[str, int]] = []
+        for subset in LAYER_SUBSETS:
+            if subset in self.layers:
+                cells += [(subset, k) for k in (range(1, num_layers + 1) if subset == "each" else depths)]
+        return cells
 
     def narrowing(self) -> "SweepNarrowing":
         return SweepNarrowing("ablate-reflow", methods=[self.method], sparsities=[self.sparsity], own_flags={"methods": "--method", "sparsities": "--sparsity"})
 
     def validate(self) -> "ReflowAblationSpec":
         self.sparsity = check_sparsity(self.sparsity, "--sparsity")
+        if self.layers:
+            _unique(self.layers, "--layers")
+        for subset in self.layers:
+            _require(subset in LAYER_SUBSETS, f"--layers takes {', '.join(LAYER_SUBSETS)} (comma-separated), got {subset!r}")
+        for value in self.depths:
+            _positive_int(value, "--depths")
+        _require(not self.depths or bool({"first", "last"} & set(self.layers)), "--depths sets the k of --layers first/last: give --layers first,last too")
         _unique(self.batches, "--batches")
         _unique(self.batch_sizes, "--batch-sizes")
         for value in self.batches:
@@ -304,17 +372,19 @@ class SweepSettings:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     reflow: ReflowSpec = field(default_factory=ReflowSpec)
+    corrections: CorrectionSpec = field(default_factory=CorrectionSpec)
     targets: TargetSpec = field(default_factory=TargetSpec)
     sweep: SweepSpec = field(default_factory=SweepSpec)
     objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
     method_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # pruner name -> option overrides
 
 
-SECTIONS = ("model", "data", "reflow", "targets", "sweep", "objective")
+SECTIONS = ("model", "data", "reflow", "corrections", "targets", "sweep", "objective")
 SECTION_TYPES: Dict[str, type] = {
     "model": ModelSpec,
     "data": DataSpec,
     "reflow": ReflowSpec,
+    "corrections": CorrectionSpec,
     "targets": TargetSpec,
     "sweep": SweepSpec,
     "objective": ObjectiveSpec,
@@ -618,6 +688,7 @@ def validate_spec(spec: SweepSettings) -> SweepSettings:
         math.isfinite(reflow.reflow_momentum) and 0.0 < reflow.reflow_momentum <= 1.0,
         f"--reflow-momentum must be in (0, 1] (the EMA weight of each new batch), got {reflow.reflow_momentum}",
     )
+    spec.corrections.validate()
     _positive_int(data.eval_batch_size, "--eval-batch-size")
     _positive_int(data.workers, "--workers", minimum=0)
     _require(model.shortcut in SHORTCUTS, f"--shortcut must be one of {SHORTCUTS}, got {model.shortcut!r}")

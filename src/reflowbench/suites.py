@@ -230,6 +230,49 @@ SUITES: Dict[str, Dict[str, Any]] = {
 }
 
 
+# The corrections comparison (issue 39): every correction from the same pruned weights. On the BN checkpoints REFLOW against
+# the statistics correction and variance matching; on networks without BN (BatchNorm folded into the convolutions, the
+# embedded CNN with GroupNorm or LayerNorm) the corrections that apply there.
+BN_CORRECTIONS = {"corrections": ["none", "reflow", "statcorr", "variance-match"]}
+FOLDED_CORRECTIONS = {"corrections": ["none", "repair", "variance-match"]}
+PER_SAMPLE_NORM_CORRECTIONS = {"corrections": ["none", "statcorr", "repair", "variance-match"]}
+CORRECTION_SPARSITIES = {"sparsities": [0.7, 0.8, 0.9], "seeds": [0, 1, 2]}
+NO_BN_SPARSITIES = {"sparsities": [0.5, 0.6, 0.7, 0.8, 0.9], "seeds": [0, 1, 2]}
+
+
+def _corrections_job(
+    folder: str, model: str, checkpoint: str, methods: List[str], options: Dict[str, Dict[str, Any]], corrections: Dict[str, Any], **model_extra: Any
+) -> Dict[str, Any]:
+    sweep = {"methods": methods, **(NO_BN_SPARSITIES if model_extra.get("fold_bn") else CORRECTION_SPARSITIES)}
+    job = _job(folder, model, checkpoint, "sweep", sweep, options, corrections=corrections)
+    job["settings"]["model"].update(model_extra)
+    return job
+
+
+def _embedded_job(model: str) -> Dict[str, Any]:
+    """The embedded CNN with per-sample normalisation on digits (its dense weights trained once and cached, as the embedded default's)."""
+    settings = {"model": {"model": model}, "sweep": {"methods": ["mp", "woodfisher"], **NO_BN_SPARSITIES}, "corrections": PER_SAMPLE_NORM_CORRECTIONS}
+    return {"folder": "corrections-embedded", "preset": "embedded", "settings": settings, "role": "sweep"}
+
+
+SUITES["corrections"] = {
+    "description": "REFLOW against the statistics correction (statcorr) and variance matching (variance-match), each from the same pruned "
+    "weights, for MP, WoodFisher and CHITA at their reference settings on the three CIFAR-10 _jpeg checkpoints (0.7-0.9, seeds 0-2); and "
+    "the corrections that apply where there is no BatchNorm: ResNet-20 and MobileNetV1 with BN folded into their convolutions (repair, "
+    "variance-match; 0.5-0.9) and the embedded CNN with GroupNorm and with LayerNorm (statcorr, repair, variance-match)",
+    "notes": MODEL_NOTES,
+    "jobs": [
+        _corrections_job("corrections-resnet20", "resnet20", R20, ["mp", "woodfisher", "chita"], {}, BN_CORRECTIONS),
+        _corrections_job("corrections-resnet56", "resnet56", R56, ["mp", "woodfisher", "chita"], {}, BN_CORRECTIONS),
+        _corrections_job("corrections-mobilenetv1", "mobilenetv1", MNV1, ["mp", "woodfisher", "chita"], MNV1_OPTIONS, BN_CORRECTIONS),
+        _corrections_job("corrections-folded", "resnet20", R20, ["mp", "woodfisher"], {}, FOLDED_CORRECTIONS, fold_bn=True),
+        _corrections_job("corrections-folded", "mobilenetv1", MNV1, ["mp", "woodfisher"], MNV1_OPTIONS, FOLDED_CORRECTIONS, fold_bn=True),
+        _embedded_job("smallcnn-gn"),
+        _embedded_job("smallcnn-ln"),
+    ],
+}
+
+
 SUITES["resnet20-four"] = {
     "description": "the four pruners (MP, WoodFisher, CBS, CHITA) at their published defaults on the ResNet-20 _jpeg checkpoint, "
     "sparsities 0.5-0.95, seeds 0-2, with and without REFLOW: 72 runs, the end-to-end timing target (wall time against the floor). "

@@ -165,7 +165,8 @@ def cmd_ablate_reflow(args: argparse.Namespace) -> int:
         _log(line)
     reflow = plan.spec.reflow
     cells = ablation.cells(reflow.calib_batches, reflow.calib_batch_size)
-    _log(f"REFLOW ablation: {ablation.method} at {ablation.sparsity:g}, seeds {','.join(map(str, plan.spec.sweep.seeds))}, {len(cells)} REFLOW settings each")
+    what = f"REFLOW of BN layer subsets ({', '.join(ablation.layers)})" if ablation.layers else f"{len(cells)} REFLOW settings each"
+    _log(f"REFLOW ablation: {ablation.method} at {ablation.sparsity:g}, seeds {','.join(map(str, plan.spec.sweep.seeds))}, {what}")
     run_reflow_ablation(plan, ablation, log=_log)
     paths = write_ablation_report(Path(plan.spec.sweep.out))
     _log(f"report: {paths['markdown']} and {paths['figure']}")

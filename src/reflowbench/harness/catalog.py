@@ -1,4 +1,4 @@
-"""What ``reflowbench list`` prints: the registered pruners with their option defaults, the models, datasets and presets."""
+"""What ``reflowbench list`` prints: the registered pruners with their option defaults, the corrections, the models, datasets and presets."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import fields
 from typing import List
 
 from reflowbench.config import PRESETS
+from reflowbench.corrections import CORRECTIONS
 from reflowbench.datasets import DATASETS
 from reflowbench.models import BUILTIN_MODELS, torchvision_names
 from reflowbench.pruners import PRUNERS
@@ -17,6 +18,8 @@ def catalog_lines() -> List[str]:
     for name, cls in sorted(PRUNERS.items()):
         options = ", ".join(f"{f.name}={getattr(cls.Options(), f.name)!r}" for f in fields(cls.Options))
         lines.append(f"  {name:<14} {cls.description}" + (f"  [{options}]" if options else ""))
+    lines.append("corrections (--corrections; none: the pruned network alone):")
+    lines += [f"  {name:<14} {cls.description}" for name, cls in sorted(CORRECTIONS.items())]
     lines.append("models (built-in):")
     lines += [f"  {name:<14} {entry.description} (data: {entry.dataset})" for name, entry in BUILTIN_MODELS.items()]
     lines.append(f"models (torchvision, ImageNet): {', '.join(torchvision_names())}")

@@ -14,25 +14,28 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from reflowbench.config import SweepSettings
+from reflowbench.corrections import Correction, CorrectionContext, make_correction, refuse_inapplicable
 from reflowbench.datasets import DataBundle, SubsetSizes, check_subset_sizes, disjoint_subsets
 from reflowbench.errors import BrokenModelError, CheckpointError, DivergedError, MaskError, PrunerCrashed, ReflowbenchError
+from reflowbench.harness.correct import correct_and_measure, pruned_zeros
 from reflowbench.harness.evaluate import evaluate
 from reflowbench.harness.objective import measure_objective, objective_images, reference_fisher
 from reflowbench.harness.plan import SweepPlan
 from reflowbench.harness.process import configure_process, load_spec_data
 from reflowbench.models import BUILTIN_MODELS, build_model, check_model_fits_data
+from reflowbench.models.fold_bn import fold_batchnorm
 from reflowbench.models.state_checks import first_non_finite_module, state_problems
 from reflowbench.pruners import PruneContext, Pruner, apply_masks, select_targets, verify_masks
 from reflowbench.pruners.base import StageCheckpoint, key_options
-from reflowbench.reflow import RecalibrationHandle, bn_output_variances, recalibrate_bn, require_batchnorm, summarize_ratios, variance_ratios
-from reflowbench.schema.results import SCHEMA_VERSION
+from reflowbench.reflow import RecalibrationHandle, bn_output_variances, recalibrate_bn, summarize_ratios, variance_ratios
+from reflowbench.schema.results import SCHEMA_VERSION, settings_in_key
 from reflowbench.schema.run_record import CompleteRecord, FailedRecord, ReflowMetrics, RunHeader, Subsets, Variance
 from reflowbench.utils.cost import CostLedger
 from reflowbench.utils.env import environment
@@ -116,7 +119,12 @@ class SweepState:
                 f"the dense {spec.model.model} ({checkpoint or spec.model.weights or 'its initial weights'}) cannot be pruned: {shown}; "
                 "use another checkpoint, or re-estimate its BatchNorm statistics (`reflowbench train` writes valid ones)"
             )
-        require_batchnorm(self.dense, "reflowbench (REFLOW is applied to every run)")
+        if spec.model.fold_bn:
+            self.dense = fold_batchnorm(self.dense, spec.model.model).to(self.device)
+            log(f"--fold-bn: every BatchNorm of {spec.model.model} folded into its convolution; the folded weights are pruned")
+        self.corrections: List[Correction] = [make_correction(name, spec.corrections) for name in spec.corrections.applied()]
+        for correction in self.corrections:
+            refuse_inapplicable(correction, self.dense, spec.model.model + (" with --fold-bn" if spec.model.fold_bn else ""))
         sample, _ = next(iter(self.data.train.batches(np.arange(2), 2)))
         check_model_fits_data(self.dense, sample.to(self.device), self.data.num_classes, spec.model.model, dataset)
         self.policy = spec.targets.policy()
@@ -132,8 +140,11 @@ class SweepState:
         the model and the checkpoint's content, the data's content, REFLOW, the target policy, the device."""
         spec = self.spec
         data_path = spec.data.data
-        return {
-            "model": {**asdict(spec.model), "checkpoint": None, "checkpoint_sha256": content_sha256(Path(self.checkpoint))[:16] if self.checkpoint else None},
+        settings: Dict[str, Any] = {
+            "model": settings_in_key(
+                "model",
+                {**asdict(spec.model), "checkpoint": None, "checkpoint_sha256": content_sha256(Path(self.checkpoint))[:16] if self.checkpoint else None},
+            ),
             "data": {
                 "dataset": dataset,
                 "norm": spec.data.norm,
@@ -144,6 +155,10 @@ class SweepState:
             "targets": asdict(self.policy),
             "device": {"type": self.device.type, "name": self.environment.get("cuda_device", "cpu")},
         }
+        corrections = spec.corrections.key_fields()
+        if corrections is not None:  # REFLOW alone (the default) leaves the key as it was before corrections existed
+            settings["corrections"] = corrections
+        return settings
 
     def sources(self) -> Dict[str, Optional[str]]:
         """Where the checkpoint and the data were read from (recorded, not hashed: moving a file changes no result)."""
@@ -175,11 +190,17 @@ class SweepState:
         return disjoint_subsets(len(self.data.train), self.sizes, seed)
 
     def recalibrate(
-        self, model: nn.Module, seed: int, images: Optional[np.ndarray] = None, batches: Optional[int] = None, batch_size: Optional[int] = None
+        self,
+        model: nn.Module,
+        seed: int,
+        images: Optional[np.ndarray] = None,
+        batches: Optional[int] = None,
+        batch_size: Optional[int] = None,
+        only: Optional[List[str]] = None,
     ) -> RecalibrationHandle:
         """REFLOW on ``model`` in place with the sweep's REFLOW settings: ``batches`` x ``batch_size`` shuffled images
         (default: --calib-batches x --calib-batch-size) from ``images`` (indices into the training split; default: the
-        seed's calibration subset); the handle undoes it."""
+        seed's calibration subset), of the BN layers named in ``only`` (default: all); the handle undoes it."""
         reflow = self.spec.reflow
         size = batch_size or reflow.calib_batch_size
         pool = self.subsets(seed)["calibration"] if images is None else images
@@ -191,6 +212,27 @@ class SweepState:
             reflow.reflow_mode,
             reflow.reflow_momentum,
             reset=reflow.reflow_mode == "cumulative",
+            device=self.device,
+            only=only,
+        )
+
+    def calibration_batches(self, seed: int):
+        """The REFLOW calibration batches of ``seed`` (shuffled, --calib-batches x --calib-batch-size), a fresh iterator."""
+        reflow = self.spec.reflow
+        batches = self.data.train.batches(self.subsets(seed)["calibration"], reflow.calib_batch_size, shuffle=True, augment=reflow.calib_augment, seed=seed)
+        for index, batch in enumerate(batches):
+            if index >= reflow.calib_batches:
+                break
+            yield batch
+
+    def correction_context(self, seed: int, targets) -> CorrectionContext:
+        """What a correction of a model pruned with ``seed`` may use: the dense model, the seed's calibration batches
+        (the same images REFLOW sees), REFLOW itself, the pruned layers' names."""
+        return CorrectionContext(
+            dense=self.dense,
+            calibration=lambda: self.calibration_batches(seed),
+            recalibrate=lambda model: self.recalibrate(model, seed),
+            layers=list(dict.fromkeys(t.module_name for t in targets)),
             device=self.device,
         )
 
@@ -333,7 +375,8 @@ def prune_and_measure(
     ledger: Optional[CostLedger] = None,
     stages: Optional[StageCheckpoint] = None,
 ) -> Tuple[Dict[str, Any], nn.Module, RecalibrationHandle]:
-    """The run itself: returns (record, the pruned + recalibrated model, the REFLOW undo handle).
+    """The run itself: returns (record, the pruned model after REFLOW, the REFLOW undo handle); without REFLOW in
+    --corrections, the pruned model and None. The other corrections act on copies, recorded under ``corrections``.
 
     ``sparsity`` and ``seed`` come from a validated plan; ``key`` is :meth:`SweepState.run_key` of this run;
     ``keep_curvature``: whether a later run reuses the seed's dense curvature (else it is freed before the evaluations);
@@ -356,13 +399,46 @@ def prune_and_measure(
         pruned_metrics = evaluate(model, state.test_batches(), state.device)
     with ledger.phase("diagnostics", state.device):
         pruned_ratios = variance_ratios(bn_output_variances(model, state.diagnostic_batches(seed), state.device), dense_var)
-    with ledger.phase("recalibrate", state.device):
-        handle = state.recalibrate(model, seed, subsets["calibration"])
-    check_model_state(model, f"{pruner.name} at sparsity {sparsity:g}, seed {seed}: after REFLOW", ctx.notes)
-    with ledger.phase("eval_reflow", state.device):
-        reflow_metrics = evaluate(model, state.test_batches(), state.device)
-    with ledger.phase("diagnostics", state.device):
-        reflow_ratios = variance_ratios(bn_output_variances(model, state.diagnostic_batches(seed), state.device), dense_var)
+    where = f"{pruner.name} at sparsity {sparsity:g}, seed {seed}"
+    others = [c for c in state.corrections if c.name != "reflow"]
+    corrections: Dict[str, Any] = {}
+    if others:  # each from the same pruned weights (a copy each); REFLOW, when asked, runs last, in place
+        targets = select_targets(model, state.policy)
+        zeros = pruned_zeros(model, targets)
+        correction_ctx = state.correction_context(seed, targets)
+        for correction in others:
+            corrections[correction.name] = correct_and_measure(
+                model,
+                correction,
+                correction_ctx,
+                ledger,
+                state.test_batches,
+                lambda: state.diagnostic_batches(seed),
+                dense_var,
+                zeros,
+                lambda m, at: check_model_state(m, at, ctx.notes),
+                where,
+            )
+    handle: Optional[RecalibrationHandle] = None
+    reflow_metrics: Optional[Dict[str, float]] = None
+    reflow_ratios: Dict[str, float] = {}
+    if any(c.name == "reflow" for c in state.corrections):
+        with ledger.phase("recalibrate", state.device):
+            handle = state.recalibrate(model, seed, subsets["calibration"])
+        check_model_state(model, f"{where}: after REFLOW", ctx.notes)
+        with ledger.phase("eval_reflow", state.device):
+            reflow_metrics = evaluate(model, state.test_batches(), state.device)
+        with ledger.phase("diagnostics", state.device):
+            reflow_ratios = variance_ratios(bn_output_variances(model, state.diagnostic_batches(seed), state.device), dense_var)
+    variance = Variance(
+        layers=list(dense_var),
+        dense=[dense_var[k] for k in dense_var],
+        pruned_ratio=[pruned_ratios[k] for k in dense_var],
+        pruned=summarize_ratios(pruned_ratios),
+    )
+    if reflow_metrics is not None:
+        variance["reflow_ratio"] = [reflow_ratios[k] for k in dense_var]
+        variance["reflow"] = summarize_ratios(reflow_ratios)
     record = CompleteRecord(
         **run_header(state, pruner, sparsity, seed, key, "complete"),
         sparsity_actual=actual,
@@ -376,19 +452,15 @@ def prune_and_measure(
         ),
         dense=dense,
         pruned=pruned_metrics,
-        reflow=ReflowMetrics(**{**reflow_metrics, "batches": handle.batches_seen, "images": handle.images_seen}),  # calibration images replace the test count
-        variance=Variance(
-            layers=list(dense_var),
-            dense=[dense_var[k] for k in dense_var],
-            pruned_ratio=[pruned_ratios[k] for k in dense_var],
-            reflow_ratio=[reflow_ratios[k] for k in dense_var],
-            pruned=summarize_ratios(pruned_ratios),
-            reflow=summarize_ratios(reflow_ratios),
-        ),
+        variance=variance,
         cost=ledger.as_dict(),
         notes=ctx.notes,
         environment=state.environment,
     )
+    if reflow_metrics is not None and handle is not None:  # calibration images replace the test count
+        record["reflow"] = ReflowMetrics(**{**reflow_metrics, "batches": handle.batches_seen, "images": handle.images_seen})
+    if corrections or state.spec.corrections.key_fields() is not None:
+        record["corrections"] = corrections
     if objective is not None:
         record["objective"] = objective
     return record, model, handle

@@ -21,11 +21,29 @@ from reflowbench.harness.run import SweepState, run_one
 from reflowbench.hessian.distributed_fisher import is_distributed
 from reflowbench.pruners import Pruner, make_pruner, pruner_names
 from reflowbench.pruners.base import StageCheckpoint, key_options
-from reflowbench.schema.results import is_finished, load_runs, run_path, run_wall_seconds, scan_runs, stage_path, timing_doubts, write_csv, write_run
+from reflowbench.schema.results import (
+    correction_stages,
+    is_finished,
+    load_runs,
+    run_path,
+    run_wall_seconds,
+    scan_runs,
+    stage_path,
+    timing_doubts,
+    write_csv,
+    write_run,
+)
 from reflowbench.utils.io import atomic_write_json
 
 Log = Callable[[str], None]
 Todo = Tuple[Pruner, float, int, str, Path]  # pruner, sparsity, seed, run key, run file
+
+
+def run_line(record: Dict[str, Any]) -> str:
+    """One line of a finished run: top-1 after pruning and after each correction, pruning seconds, last variance ratios."""
+    after = "".join(f" -> {'REFLOW' if name == 'reflow' else name} {metrics['top1']:6.2f}%" for name, metrics, _, _ in correction_stages(record)[1:])
+    ratios = " -> ".join(f"{summary.get('last', float('nan')):.3g}" for _, _, summary, _ in correction_stages(record))
+    return f"top-1 {record['pruned']['top1']:6.2f}%{after}  (prune {record['cost']['prune']['seconds']:.1f}s, last var ratio {ratios})"
 
 
 def planned_runs(state: SweepState, plan: SweepPlan) -> List[Todo]:
@@ -160,10 +178,7 @@ def run_sweep(plan: SweepPlan, log: Log = print, report: bool = True) -> Dict[st
             if main:
                 progress.write(f"{pruner.name:>12} s={sparsity:<5g} seed={seed}: FAILED (recorded in {path.name}): {record['error']}")
         elif main:
-            progress.write(
-                f"{pruner.name:>12} s={sparsity:<5g} seed={seed}: top-1 {record['pruned']['top1']:6.2f}% -> REFLOW {record['reflow']['top1']:6.2f}%"
-                f"  (prune {record['cost']['prune']['seconds']:.1f}s, last-BN var ratio {record['variance']['pruned']['last']:.3g} -> {record['variance']['reflow']['last']:.3g})"
-            )
+            progress.write(f"{pruner.name:>12} s={sparsity:<5g} seed={seed}: {run_line(record)}")
         if main:
             for doubt in timing_doubts(record):
                 progress.write(f"{pruner.name:>12} s={sparsity:<5g} seed={seed}: timing doubtful, {doubt}")

@@ -16,7 +16,7 @@ The statistics agree with an NCHW pass to float rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Tuple
+from typing import Collection, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -78,10 +78,12 @@ def recalibrate_bn(
     momentum: float = 0.1,
     reset: bool = True,
     device: Optional[torch.device] = None,
+    only: Optional[Collection[str]] = None,
 ) -> RecalibrationHandle:
     """Re-estimate BN running statistics of ``model`` in place from up to ``num_batches`` batches.
 
-    batches: iterable of (x: (B, ...) inputs, y: ignored). The model is left in eval mode.
+    batches: iterable of (x: (B, ...) inputs, y: ignored). The model is left in eval mode. ``only``: the names of the
+    BN layers to re-estimate (the others keep their statistics and run in eval mode); default all.
     """
     if mode not in MODES:
         raise ConfigError(f"REFLOW mode must be one of {MODES}, got {mode!r}")
@@ -90,6 +92,11 @@ def recalibrate_bn(
     if mode == "cumulative" and not reset:
         raise ConfigError("cumulative REFLOW averages from scratch and needs reset=True; use mode='ema' to keep the old statistics")
     layers = require_batchnorm(model, "REFLOW")
+    if only is not None:
+        unknown = sorted(set(only) - {name for name, _ in layers})
+        if unknown:
+            raise ConfigError(f"REFLOW was asked to re-estimate {unknown}, which are not BatchNorm layers with running statistics of {type(model).__name__}")
+        layers = [(name, module) for name, module in layers if name in set(only)]
     device = torch.device(device) if device is not None else next(model.parameters()).device
     saved = [
         _SavedBN(m, m.running_mean.clone(), m.running_var.clone(), None if m.num_batches_tracked is None else m.num_batches_tracked.clone(), m.momentum)

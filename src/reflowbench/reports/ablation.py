@@ -14,11 +14,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reflowbench.errors import ReflowbenchError  # noqa: E402
+from reflowbench.reports.ablation_layers import layer_section, layer_subset_figure  # noqa: E402
 from reflowbench.reports.aggregate import markdown_table  # noqa: E402
 from reflowbench.utils.io import atomic_write_text  # noqa: E402
 
 FOLDER = "reflow-ablation"
 Series = Dict[Tuple[str, str, float], List[Dict[str, Any]]]  # (model, method, sparsity) -> one record per seed
+
+
+def grid_cells(record: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The record's (batches, batch size) cells, without its layer-subset cells."""
+    return [cell for cell in record["cells"] if "subset" not in cell]
+
+
+def only_with(grouped: Series, layer_cells: bool) -> Series:
+    """The series whose records have layer-subset cells (``layer_cells``) or grid cells (not)."""
+    keep = {key: [r for r in records if any(("subset" in c) == layer_cells for c in r["cells"])] for key, records in grouped.items()}
+    return {key: records for key, records in keep.items() if records}
 
 
 def load_ablation(out: Path) -> Series:
@@ -42,7 +54,7 @@ def _axis(records: List[Dict[str, Any]], knob: str) -> Tuple[List[int], np.ndarr
     values = grid["batches"] if knob == "batches" else grid["batch_sizes"]
     top1 = np.full((len(records), len(values)), np.nan)
     for i, record in enumerate(records):
-        cells = {c[knob]: c["top1"] for c in record["cells"] if c[fixed_name] == fixed}
+        cells = {c[knob]: c["top1"] for c in record["cells"] if c[fixed_name] == fixed and "subset" not in c}
         top1[i] = [cells.get(v, np.nan) for v in values]
     return values, top1
 
@@ -101,8 +113,10 @@ def ablation_tables(grouped: Series) -> List[str]:
         ]
         cells: Dict[Tuple[int, int], List[Dict[str, Any]]] = {}
         for record in records:
-            for cell in record["cells"]:
+            for cell in grid_cells(record):
                 cells.setdefault((cell["batches"], cell["batch_size"]), []).append(cell)
+        if not cells:
+            continue
         rows = []
         for (batches, size), found in sorted(cells.items()):
             top1 = np.array([c["top1"] for c in found])
@@ -121,7 +135,9 @@ def write_ablation_report(out: Path) -> Dict[str, Path]:
         raise ReflowbenchError(f"no REFLOW ablation results under {out}/{FOLDER}: run `reflowbench ablate-reflow --out {out}` first")
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    figure = ablation_figure(grouped, figures / "reflow_ablation.png")
+    grid, layered = only_with(grouped, False), only_with(grouped, True)
+    figure = ablation_figure(grid, figures / "reflow_ablation.png") if grid else None
+    layer_figure = layer_subset_figure(layered, figures / "reflow_layers.png") if layered else None
     first = next(iter(grouped.values()))[0]
     env = first["environment"]
     revisions = sorted({str(r["environment"].get("git_revision") or "n/a")[:12] for records in grouped.values() for r in records})
@@ -135,10 +151,10 @@ def write_ablation_report(out: Path) -> Dict[str, Path]:
         f"- environment: reflowbench {env['reflowbench']} (git {', '.join(revisions)}), torch {env['torch']}, device {env['device']}, "
         f"{env['torch_threads']} threads; REFLOW mode {first['settings']['reflow']['reflow_mode']}",
         "",
-        f"![REFLOW ablation](figures/{figure.name})",
-        "",
-        *ablation_tables(grouped),
+        *([f"![REFLOW ablation](figures/{figure.name})", ""] if figure else []),
+        *ablation_tables(grid),
+        *(layer_section(layered, layer_figure) if layer_figure else []),
     ]
     markdown = out / "reflow-ablation.md"
     atomic_write_text(markdown, "\n".join(md))
-    return {"markdown": markdown, "figure": figure}
+    return {"markdown": markdown, "figure": figure or layer_figure, **({"layers_figure": layer_figure} if layer_figure else {})}

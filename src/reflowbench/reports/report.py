@@ -10,9 +10,11 @@ from typing import Any, Dict, List, Optional, Tuple
 from reflowbench.errors import ReflowbenchError
 from reflowbench.reports.aggregate import accuracy_table, cost_table, failed_table, html_table, markdown_table, objective_table, timing_doubt_lines
 from reflowbench.reports.compute_front import NEAR_BEST_POINTS, accuracy_vs_cost, compute_front_rows, cost_points
+from reflowbench.reports.corrections import CAPTION as CORRECTIONS_CAPTION
+from reflowbench.reports.corrections import corrections_figure, corrections_table, has_corrections
 from reflowbench.reports.figures import accuracy_all_configurations, accuracy_vs_sparsity, cost_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
 from reflowbench.reports.labels import configurations_table, set_short_labels
-from reflowbench.schema.results import load_finished_runs
+from reflowbench.schema.results import applied_corrections, load_finished_runs
 from reflowbench.utils.io import atomic_write_text
 
 
@@ -27,8 +29,13 @@ def _context_lines(records: List[Dict[str, Any]]) -> List[str]:
         lines.append(f"- targets ({model}): {description}: {layers} tensors, {weights:,} weights; sparsity is counted over these")
     dense = sorted({(r["model"], r["dense"]["top1"]) for r in records})
     lines += [f"- dense top-1 ({model}): {top1:.2f}%" for model, top1 in dense]
-    calib = first["reflow"]
-    lines.append(f"- REFLOW: {calib['batches']} batches, {calib['images']} training images, mode {first['settings']['reflow']['reflow_mode']}")
+    reflowed = next((r for r in records if "reflow" in r), None)
+    if reflowed is not None:
+        calib = reflowed["reflow"]
+        lines.append(f"- REFLOW: {calib['batches']} batches, {calib['images']} training images, mode {reflowed['settings']['reflow']['reflow_mode']}")
+    chosen = sorted({", ".join(applied_corrections(r)) or "none" for r in records})
+    if chosen != ["reflow"]:
+        lines.append(f"- corrections (each from the same pruned weights): {'; '.join(chosen)}")
     lines.append(
         f"- environment: reflowbench {env['reflowbench']} (git {env.get('git_revision') or 'n/a'}), torch {env['torch']}, device {env['device']}, {env['torch_threads']} threads, {env['platform']}"
     )
@@ -118,23 +125,28 @@ def _markdown(
         "",
         markdown_table(*tables["configurations"]),
         "",
-        "## Accuracy table",
-        "",
-        markdown_table(*tables["accuracy"]),
-        "",
-        "## Cost per phase",
-        "",
-        "Mean wall seconds per phase over all runs of a method; peak RSS is the largest resident set size of the process during pruning (it includes the data held in memory).",
-        "",
-        markdown_table(*tables["cost"]),
-        "",
-        *timing_doubt_lines(records),
-        "## Accuracy for the compute, per sparsity",
-        "",
-        markdown_table(*tables["front"]),
-        "",
-        *_objective_lines(records),
     ]
+    if "corrections" in tables:
+        md += ["## Corrections table", "", CORRECTIONS_CAPTION, "", markdown_table(*tables["corrections"]), ""]
+    if "accuracy" in tables:
+        md += [
+            "## Accuracy table",
+            "",
+            markdown_table(*tables["accuracy"]),
+            "",
+            "## Cost per phase",
+            "",
+            "Mean wall seconds per phase over all runs of a method; peak RSS is the largest resident set size of the process during pruning (it includes the data held in memory).",
+            "",
+            markdown_table(*tables["cost"]),
+            "",
+            *timing_doubt_lines(records),
+            "## Accuracy for the compute, per sparsity",
+            "",
+            markdown_table(*tables["front"]),
+            "",
+            *_objective_lines(records),
+        ]
     if failed[1]:
         md += ["## Failed runs", "", FAILED_CAPTION, "", markdown_table(*failed), ""]
     return "\n".join(md)
@@ -150,8 +162,11 @@ def _html(context: List[str], sections: List[Section], images: Dict[str, Path], 
     for title, caption, key in sections:
         body += [f"<h2>{escape(title)}</h2>", f"<p>{escape(caption)}</p>", f'<img alt="{escape(title)}" src="{embedded(images[key])}">']
     body += ["<h2>Configurations</h2>", html_table(*tables["configurations"])]
-    body += ["<h2>Accuracy table</h2>", html_table(*tables["accuracy"]), "<h2>Cost per phase</h2>", html_table(*tables["cost"])]
-    body += ["<h2>Accuracy for the compute, per sparsity</h2>", html_table(*tables["front"])]
+    if "corrections" in tables:
+        body += ["<h2>Corrections table</h2>", f"<p>{escape(CORRECTIONS_CAPTION)}</p>", html_table(*tables["corrections"])]
+    if "accuracy" in tables:
+        body += ["<h2>Accuracy table</h2>", html_table(*tables["accuracy"]), "<h2>Cost per phase</h2>", html_table(*tables["cost"])]
+        body += ["<h2>Accuracy for the compute, per sparsity</h2>", html_table(*tables["front"])]
     if failed[1]:
         body += ["<h2>Failed runs</h2>", f"<p>{escape(FAILED_CAPTION)}</p>", html_table(*failed)]
     return f"<!doctype html><html><head><meta charset='utf-8'><title>reflowbench report</title><style>{HTML_STYLE}</style></head><body>{''.join(body)}</body></html>"
@@ -170,13 +185,17 @@ def write_report(
         raise ReflowbenchError(f"no complete runs under {out}/runs{because}: run `reflowbench run --out {out}` first")
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    images, sections, points = _figures(records, figures, signal_sparsity)
-    tables = {
-        "accuracy": accuracy_table(records),
-        "configurations": configurations_table(records),
-        "cost": cost_table(records),
-        "front": compute_front_rows(points),
-    }
+    reflowed = [r for r in records if "reflow" in r]  # the REFLOW figures and tables read these; every run is in the corrections section
+    images: Dict[str, Path] = {}
+    sections: List[Section] = []
+    tables: Dict[str, Table] = {"configurations": configurations_table(records)}
+    if reflowed:
+        images, sections, points = _figures(reflowed, figures, signal_sparsity)
+        tables.update(accuracy=accuracy_table(reflowed), cost=cost_table(reflowed), front=compute_front_rows(points))
+    if has_corrections(records):
+        images["corrections"] = corrections_figure(records, figures / "corrections.png")
+        sections.insert(0, ("Corrections", CORRECTIONS_CAPTION, "corrections"))
+        tables["corrections"] = corrections_table(records)
     context = _context_lines(records)
     failed_rows = failed_table(failed)
     markdown_path, html_path = out / "report.md", out / "report.html"

@@ -11,6 +11,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from reflowbench.errors import ReflowbenchError
 from reflowbench.reports.aggregate import BASELINE, cost_table, failed_table, fmt, group, markdown_table, mean_std, objective_table, shown, timing_doubt_lines
 from reflowbench.reports.compute_front import NEAR_BEST_POINTS, CostPoint, Points, accuracy_vs_cost, compute_front_rows, cost_points, most_seeds
+from reflowbench.reports.corrections import CAPTION as CORRECTIONS_CAPTION
+from reflowbench.reports.corrections import corrections_figure, corrections_table, has_corrections
 from reflowbench.reports.fair_settings import fair_settings_lines
 from reflowbench.reports.figures import accuracy_all_configurations, accuracy_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
 from reflowbench.reports.labels import configurations_table, set_short_labels
@@ -296,6 +298,33 @@ def _tail_lines(
     ]
 
 
+def _corrections_lines(records: List[Dict[str, Any]], figure_folder: Path) -> List[str]:
+    """The corrections section: the figure (top-1 vs sparsity per model and method, a line per correction) and the table."""
+    figure = corrections_figure(records, figure_folder / "corrections.png")
+    return ["## Corrections", "", CORRECTIONS_CAPTION, "", f"![corrections](figures/{figure.name})", "", markdown_table(*corrections_table(records)), ""]
+
+
+def _write_corrections_only(
+    target: Path,
+    name: str,
+    context: SuiteContext,
+    records: List[Dict[str, Any]],
+    diagnostic: List[Dict[str, Any]],
+    failed: List[Dict[str, Any]],
+    found: List[str],
+    corrections: List[str],
+) -> Dict[str, Path]:
+    """The report of a suite none of whose runs had REFLOW (networks without BatchNorm): its head, the corrections, the tail."""
+    md = [
+        *_head_lines(name, context.description, records, diagnostic, found, context.completeness),
+        *corrections,
+        *_tail_lines(records, failed, diagnostic, target / "timing.json", found),
+    ]
+    markdown = target / "report.md"
+    atomic_write_text(markdown, "\n".join(md))
+    return {"markdown": markdown}
+
+
 def write_suite_report(out: Path, name: str, folders: List[str], context: Optional[SuiteContext] = None) -> Dict[str, Path]:
     """Write ``out/<name>-suite/report.md``, its figures, ``reference-settings.md`` and ``summary.md`` (the block a
     README shows, :mod:`.readme_block`) from the runs in ``out/<folder>`` for each folder. ``context``: the harness's
@@ -303,10 +332,14 @@ def write_suite_report(out: Path, name: str, folders: List[str], context: Option
     role of each run: reference or tuned)."""
     context = context or SuiteContext()
     out = Path(out)
-    records, diagnostic, failed, found = _load_suite_runs(out, folders, context, name)
+    every, diagnostic, failed, found = _load_suite_runs(out, folders, context, name)
     target = out / f"{name}-suite"
     figure_folder = target / "figures"
     figure_folder.mkdir(parents=True, exist_ok=True)
+    corrections = _corrections_lines(every, figure_folder) if has_corrections(every) else []
+    records = [r for r in every if "reflow" in r]  # the REFLOW sections read these; the corrections section every run
+    if not records:
+        return _write_corrections_only(target, name, context, every, diagnostic, failed, found, corrections)
     figures = {
         "accuracy": accuracy_vs_sparsity(records, figure_folder / "accuracy_vs_sparsity.png"),
         "every": accuracy_all_configurations(records, figure_folder / "accuracy_all_configurations.png"),
@@ -319,6 +352,7 @@ def write_suite_report(out: Path, name: str, folders: List[str], context: Option
     figures["cost"] = accuracy_vs_cost(points, cost_sparsity, figure_folder / "accuracy_vs_cost.png")
     md = [
         *_head_lines(name, context.description, records, diagnostic, found, context.completeness),
+        *corrections,
         *_accuracy_lines(records, figures, context, (best_header, best_rows), out),
         *_compute_lines(records, figures, points, cost_sparsity, sparsity),
         *_tail_lines(records, failed, diagnostic, target / "timing.json", found),

@@ -21,6 +21,7 @@ CSV_COLUMNS = [
     "variant",
     "sparsity",
     "seed",
+    "correction",
     "reflow",
     "top1",
     "top5",
@@ -91,7 +92,14 @@ def write_run(path: Path, record: Dict[str, Any]) -> None:
 
 
 REQUIRED_FIELDS = ("key", "method", "model", "sparsity", "seed", "settings", "options")  # every finished run record has these
-COMPLETE_FIELDS = ("pruned", "reflow", "dense", "cost", "variance")  # and a complete one these
+COMPLETE_FIELDS = ("pruned", "dense", "cost", "variance")  # and a complete one these (and ``reflow`` where REFLOW was among its corrections)
+
+
+def applied_corrections(record: Dict[str, Any]) -> List[str]:
+    """The corrections a run applied, REFLOW first (the default, REFLOW alone, for a record without corrections settings)."""
+    chosen = record.get("settings", {}).get("corrections")
+    names = ["reflow"] if chosen is None else list(chosen.get("corrections", []))
+    return sorted(names, key=lambda name: (name != "reflow", name))
 
 
 class Unreadable(NamedTuple):
@@ -116,7 +124,8 @@ def read_run_file(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
         return None, f"has schema {record.get('schema')!r} where this reflowbench reads {SCHEMA_VERSION}"
     if record.get("status") not in FINISHED:
         return None, f"has status {record.get('status')!r}, not one of {FINISHED}"
-    missing = [name for name in (*REQUIRED_FIELDS, *(COMPLETE_FIELDS if record["status"] == "complete" else ())) if name not in record]
+    complete = (*COMPLETE_FIELDS, *(("reflow",) if "reflow" in applied_corrections(record) else ())) if record["status"] == "complete" else ()
+    missing = [name for name in (*REQUIRED_FIELDS, *complete) if name not in record]
     if missing:
         return None, f"lacks {', '.join(missing)}"
     return record, None
@@ -169,6 +178,16 @@ RESULT_NEUTRAL_OPTIONS = ("layer_groups", "grad_engine")
 # behaviour: at that value an option is left out of run keys and configurations (the runs recorded before it keep
 # their keys and share their rows with the runs after it); at any other value it is part of both.
 LATER_OPTIONS: Dict[str, Any] = {"update_guard": "finite"}
+
+
+# Settings added after runs were recorded, with the value that reproduces the earlier behaviour: left out of a run's
+# settings (so of its key and configuration) at that value.
+LATER_SETTINGS: Dict[Tuple[str, str], Any] = {("model", "fold_bn"): False}
+
+
+def settings_in_key(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
+    """``values`` of settings section ``section`` without the later settings at their earlier behaviour (see above)."""
+    return {name: value for name, value in values.items() if not ((section, name) in LATER_SETTINGS and value == LATER_SETTINGS[(section, name)])}
 
 
 def option_in_key(name: str, value: Any) -> bool:
@@ -235,14 +254,27 @@ def _phase_s(record: Dict[str, Any], name: str) -> Optional[float]:
     return None if phase is None else round(phase["seconds"], 4)
 
 
+def correction_stages(record: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any], Dict[str, Any], Optional[float]]]:
+    """(correction, its test metrics, its variance-ratio summary, its seconds) for each row of a run: ``none`` (right
+    after pruning), ``reflow`` where it ran, then every other correction in name order."""
+    variance = record["variance"]
+    stages = [("none", record["pruned"], variance.get("pruned", {}), 0.0)]
+    if "reflow" in record:
+        stages.append(("reflow", record["reflow"], variance.get("reflow", {}), _phase_s(record, "recalibrate")))
+    for name, entry in sorted(record.get("corrections", {}).items()):
+        stages.append((name, entry, entry.get("ratios", {}), round(entry["seconds"], 4)))
+    return stages
+
+
 def csv_rows(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Two rows per run: reflow=0 (right after pruning) and reflow=1 (after BN recalibration)."""
+    """One row per run and correction: ``correction`` none (right after pruning), reflow (after BN recalibration), and
+    any other --corrections; ``reflow`` keeps its meaning (0 right after pruning, 1 after REFLOW, empty for the other
+    corrections); ``recal_s`` is the correction's seconds."""
     rows = []
     for record in records:
         prune_cost = record["cost"].get("prune", {})
-        for reflow, stage in ((0, "pruned"), (1, "reflow")):
-            metrics = record[stage]
-            ratios = record["variance"].get(stage, {})
+        for correction, metrics, ratios, correction_s in correction_stages(record):
+            reflow = {"none": 0, "reflow": 1}.get(correction, "")
             rows.append(
                 {
                     "model": record["model"],
@@ -251,6 +283,7 @@ def csv_rows(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
                     "variant": record["variant"],
                     "sparsity": record["sparsity"],
                     "seed": record["seed"],
+                    "correction": correction,
                     "reflow": reflow,
                     "top1": metrics["top1"],
                     "top5": metrics.get("top5"),
@@ -262,8 +295,8 @@ def csv_rows(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
                     "curvature_s": _phase_s(record, "curvature"),
                     "selection_s": _phase_s(record, "selection"),
                     "update_s": _phase_s(record, "update"),
-                    "recal_s": _phase_s(record, "recalibrate") if reflow else 0.0,
-                    "eval_s": _phase_s(record, "eval_reflow" if reflow else "eval_pruned"),
+                    "recal_s": correction_s,
+                    "eval_s": _phase_s(record, {"none": "eval_pruned", "reflow": "eval_reflow"}.get(correction, f"eval_{correction}")),
                     "peak_mem_mb": prune_cost.get("peak_rss_mb"),
                     "peak_cuda_mb": prune_cost.get("peak_cuda_mb"),
                     "last_bn_ratio": ratios.get("last"),
@@ -282,7 +315,8 @@ def write_csv(out: Path, skip_unreadable: bool = False) -> Path:
     """Collect ``out/runs/*.json`` into ``out/results.csv`` (rewritten atomically); an unreadable run file raises
     :class:`UnreadableRunsError` unless ``skip_unreadable``."""
     rows = csv_rows(load_runs(out, skip_unreadable=skip_unreadable))
-    rows.sort(key=lambda r: (r["model"], r["method"], r["variant"], r["sparsity"], r["seed"], r["reflow"]))
+    order = {"none": 0, "reflow": 1}
+    rows.sort(key=lambda r: (r["model"], r["method"], r["variant"], r["sparsity"], r["seed"], order.get(r["correction"], 2), r["correction"]))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
     writer.writeheader()
@@ -344,7 +378,13 @@ def timing_doubts(record: Dict[str, Any]) -> List[str]:
     return doubts
 
 
+def correction_phases(record: Dict[str, Any]) -> List[str]:
+    """The phases of the corrections other than REFLOW (``correct_<name>`` and ``eval_<name>``) in a run's cost."""
+    names = record.get("corrections", {})
+    return [phase for name in names for phase in (f"correct_{name}", f"eval_{name}") if phase in record.get("cost", {})]
+
+
 def run_wall_seconds(record: Dict[str, Any]) -> float:
-    """Wall seconds a finished run really spent (:func:`spent_seconds` over :data:`RUN_PHASES`): what a like run costs
-    again on the same machine, its seed's shared gradients and curvature counted once."""
-    return sum(spent_seconds(record, phase) for phase in RUN_PHASES)
+    """Wall seconds a finished run really spent (:func:`spent_seconds` over :data:`RUN_PHASES` and its corrections'
+    phases): what a like run costs again on the same machine, its seed's shared gradients and curvature counted once."""
+    return sum(spent_seconds(record, phase) for phase in (*RUN_PHASES, *correction_phases(record)))

@@ -38,15 +38,34 @@ class Subsets(TypedDict):
     diagnostic_images: int
 
 
-class Variance(TypedDict):
-    """Signal-collapse diagnostics: per BN layer, the dense output variance and the pruned / dense ratio before and after REFLOW."""
-
-    layers: List[str]
+class _VarianceBase(TypedDict):
+    layers: List[str]  # the signal points: BN layers (other normalisation layers, or the layers, where a network has none)
     dense: List[float]
     pruned_ratio: List[float]
+    pruned: Dict[str, float]  # summary of the ratios (first, last, min)
+
+
+class Variance(_VarianceBase, total=False):
+    """Signal-collapse diagnostics: per signal point, the dense output variance and the pruned / dense ratio before and
+    after REFLOW (``reflow_ratio`` and ``reflow`` only where REFLOW ran)."""
+
     reflow_ratio: List[float]
-    pruned: Dict[str, float]  # summary of the ratios (last, min, mean, ...)
     reflow: Dict[str, float]
+
+
+class CorrectionMetrics(TypedDict):
+    """A correction other than REFLOW (``--corrections``): the test metrics after it, what it ran through the network
+    (calibration images and batches per pass, forward passes, seconds) and the variance ratios after it."""
+
+    top1: float
+    top5: float
+    loss: float
+    images: int
+    batches: int
+    passes: int
+    seconds: float
+    ratio: List[float]  # per signal point, as Variance.layers
+    ratios: Dict[str, float]  # their summary
 
 
 class RunHeader(TypedDict):
@@ -82,11 +101,13 @@ class FailedRecord(_Shared):
 
 
 class CompleteRecord(_Shared, total=False):
-    """A finished run: pruned, evaluated, recalibrated, evaluated again (``objective`` only with --objective-grads)."""
+    """A finished run: pruned, evaluated, recalibrated, evaluated again (``objective`` only with --objective-grads;
+    ``reflow`` unless --corrections leaves REFLOW out; ``corrections`` with any other --corrections than the default)."""
 
     sparsity_actual: float
     subsets: Subsets
     pruned: Metrics
     reflow: ReflowMetrics
     variance: Variance
+    corrections: Dict[str, CorrectionMetrics]
     objective: Dict[str, Any]

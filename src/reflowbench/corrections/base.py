@@ -1,0 +1,111 @@
+"""The Correction base class, what a correction may use, and the one registry every entry point reads.
+
+A correction is a post-step applied to a pruned network (never to the dense one) with forward passes only: no
+gradients, no labels. It may change normalisation statistics and affine parameters and rescale whole output channels
+of a layer (weight rows and bias), never revive a pruned weight: the harness checks that every zero of every target
+weight is still zero afterwards. ``@register_correction("name")`` makes it a ``--corrections`` value, a row of
+results.csv and the report, and a case of the contract tests.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Tuple, Type
+
+import torch
+from torch import nn
+
+from reflowbench.config import CorrectionSpec
+from reflowbench.errors import ConfigError, NoBatchNormError
+from reflowbench.reflow import RecalibrationHandle
+
+Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class CorrectionContext:
+    """What a correction may use besides the pruned model.
+
+    ``dense``: the dense model (eval mode; read, never changed), whose modules have the pruned model's names.
+    ``calibration``: a fresh iterator over the calibration batches on each call, the same images in the same order
+    (the seed's REFLOW calibration range of the training split; never the test split).
+    ``recalibrate``: REFLOW with the sweep's settings on a model, in place (BN running statistics re-estimated).
+    ``layers``: names of the pruned layers (the target weights' modules), in forward order.
+    """
+
+    dense: nn.Module
+    calibration: Callable[[], Iterator[Tuple[torch.Tensor, torch.Tensor]]]
+    recalibrate: Callable[[nn.Module], RecalibrationHandle]
+    layers: List[str]
+    device: torch.device
+
+
+@dataclass
+class CorrectionCost:
+    """What a correction ran through the network: calibration ``images`` per pass, forward ``passes`` over them (a
+    pass cut short after the layer it measures counts as one), ``batches`` per pass."""
+
+    images: int
+    batches: int
+    passes: int
+
+
+class Correction(ABC):
+    """A post-pruning correction; subclasses set ``description`` and implement :meth:`apply`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def from_settings(cls, settings: CorrectionSpec) -> "Correction":
+        """The correction with the sweep's correction settings (``--corrections`` and the correction options)."""
+        return cls()
+
+    def cannot_apply(self, model: nn.Module) -> Optional[str]:
+        """Why this correction has nothing to act on in ``model`` (one line naming the fix), or None when it applies."""
+        return None
+
+    @abstractmethod
+    def apply(self, model: nn.Module, ctx: CorrectionContext) -> CorrectionCost:
+        """Correct the pruned ``model`` in place (eval mode afterwards); return what it cost in images and passes."""
+
+
+CORRECTIONS: Dict[str, Type[Correction]] = {}
+
+
+def register_correction(name: str) -> Callable[[Type[Correction]], Type[Correction]]:
+    """Class decorator: make ``name`` a value of ``--corrections``."""
+
+    def decorate(cls: Type[Correction]) -> Type[Correction]:
+        if name in CORRECTIONS and CORRECTIONS[name] is not cls:
+            raise ConfigError(f"correction {name!r} is registered twice ({CORRECTIONS[name].__module__} and {cls.__module__}): rename one")
+        if name == "none":
+            raise ConfigError("'none' names the uncorrected pruned network, not a correction: choose another name")
+        cls.name = name
+        CORRECTIONS[name] = cls
+        return cls
+
+    return decorate
+
+
+def correction_names() -> List[str]:
+    return sorted(CORRECTIONS)
+
+
+def make_correction(name: str, settings: Optional[CorrectionSpec] = None) -> Correction:
+    if name not in CORRECTIONS and name != "none":
+        raise ConfigError(f"unknown correction {name!r} in --corrections: choose among none, {', '.join(correction_names())} (see `reflowbench list`)")
+    if name == "none":
+        raise ConfigError("'none' is the uncorrected pruned network (always evaluated), not a correction to make")
+    return CORRECTIONS[name].from_settings(settings or CorrectionSpec())
+
+
+def refuse_inapplicable(correction: Correction, model: nn.Module, model_name: str) -> None:
+    """Raise :class:`NoBatchNormError` (one line) when ``correction`` has nothing to act on in ``model``."""
+    why = correction.cannot_apply(model)
+    if why is not None:
+        usable = [name for name in correction_names() if CORRECTIONS[name]().cannot_apply(model) is None]
+        raise NoBatchNormError(
+            f"--corrections {correction.name} cannot apply to {model_name}: {why}; choose among those that do: --corrections none,{','.join(usable)}"
+        )

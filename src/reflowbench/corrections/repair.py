@@ -1,0 +1,35 @@
+"""``repair``: fold a per-channel affine into each pruned layer so its outputs have the dense mean and spread.
+
+REPAIR (Jordan et al. 2022; ``../shared/REFERENCES.md`` 6b), written from its description for pruned networks: for each
+pruned convolution and linear layer, in forward order from the input (the layers before it already repaired), measure
+on the calibration images the per-channel mean and standard deviation of the dense layer's output (mu_d, sigma_d) and of
+the pruned one's (mu_p, sigma_p), and fold y <- (y - mu_p) * sigma_d / sigma_p + mu_d into the layer: its weight rows
+scaled by s = sigma_d / sigma_p (zeros stay zero), its bias set to s * (b - mu_p) + mu_d (a layer without a bias gets
+one). Needs no normalisation layer, so it is the correction for networks without BatchNorm (BN folded into the
+convolutions, or none); in a BN network it acts before each BN, whose stored statistics then see dense-like inputs.
+Cost: one dense pass, then one pass per pruned layer, each cut short after that layer.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from reflowbench.corrections.base import Correction, CorrectionContext, CorrectionCost, register_correction
+from reflowbench.corrections.channel_affine import fold_into_layer, matching_scale
+from reflowbench.reflow.moments import collect_moments
+
+
+@register_correction("repair")
+class Repair(Correction):
+    description = "REPAIR: fold a per-channel affine into each pruned layer so its outputs match the dense mean and std (for networks without BN)"
+
+    def apply(self, model: nn.Module, ctx: CorrectionContext) -> CorrectionCost:
+        modules = dict(model.named_modules())
+        dense_modules = dict(ctx.dense.named_modules())
+        dense, batches, images = collect_moments(ctx.dense, ctx.calibration(), {name: dense_modules[name] for name in ctx.layers}, ctx.device)
+        for name in ctx.layers:
+            layer = modules[name]
+            pruned, _, _ = collect_moments(model, ctx.calibration(), {name: layer}, ctx.device, stop_after=layer)
+            scale = matching_scale(dense[name].std(), pruned[name].std())
+            fold_into_layer(layer, scale, dense[name].mean - scale * pruned[name].mean)
+        return CorrectionCost(images=images, batches=batches, passes=1 + len(ctx.layers))

@@ -1,0 +1,44 @@
+"""``statcorr``: match each normalisation layer's per-channel output mean and standard deviation to the dense model's.
+
+The statistics correction of the layer-wise OBS code (``../shared/REFERENCES.md`` 6b), written from its description:
+on the calibration images, for each BatchNorm, GroupNorm and LayerNorm with an affine, in forward order, measure the
+dense output's per-channel mean mu_d and standard deviation sigma_d and the pruned output's mu_p and sigma_p (the
+layers before it already corrected), and rewrite its affine so the output becomes (y - mu_p) * sigma_d / sigma_p + mu_d:
+gamma <- s * gamma, beta <- s * (beta - mu_p) + mu_d with s = sigma_d / sigma_p. BatchNorm keeps its running statistics
+(eval mode throughout). After it, every corrected layer's output has the dense mean and spread on the calibration
+images, channel by channel. Cost: one dense pass, then one pass per layer, each cut short after that layer.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from reflowbench.corrections.base import Correction, CorrectionContext, CorrectionCost, register_correction
+from reflowbench.corrections.channel_affine import fold_into_norm, matching_scale
+from reflowbench.reflow.moments import collect_moments, norm_layers
+
+
+def affine_norm_layers(model: nn.Module):
+    return [(name, m) for name, m in norm_layers(model) if getattr(m, "weight", None) is not None and getattr(m, "bias", None) is not None]
+
+
+@register_correction("statcorr")
+class StatisticsCorrection(Correction):
+    description = "match each BN/GN/LN layer's per-channel output mean and std to the dense model's through its affine (forward passes only)"
+
+    def cannot_apply(self, model: nn.Module) -> Optional[str]:
+        if affine_norm_layers(model):
+            return None
+        return "it adjusts the affine of normalisation layers (BatchNorm, GroupNorm, LayerNorm) and the network has none with an affine"
+
+    def apply(self, model: nn.Module, ctx: CorrectionContext) -> CorrectionCost:
+        layers = affine_norm_layers(model)
+        dense_modules = dict(ctx.dense.named_modules())
+        dense, batches, images = collect_moments(ctx.dense, ctx.calibration(), {name: dense_modules[name] for name, _ in layers}, ctx.device)
+        for name, module in layers:
+            pruned, _, _ = collect_moments(model, ctx.calibration(), {name: module}, ctx.device, stop_after=module)
+            scale = matching_scale(dense[name].std(), pruned[name].std())
+            fold_into_norm(module, scale, dense[name].mean - scale * pruned[name].mean)
+        return CorrectionCost(images=images, batches=batches, passes=1 + len(layers))
