@@ -261,3 +261,38 @@ def test_a_part_of_a_suite_runs_alone_and_leaves_the_combined_report_to_the_whol
         assert message in capsys.readouterr().err
     assert main(["suite", suite, "--out", str(out), "--no-progress"]) == 0  # the whole suite: job 1 runs, the report is written
     assert "Every run of the suite is in: 3 runs." in (out / "tiny-suite" / "report.md").read_text()
+
+
+def test_a_corrections_suite_reports_every_correction_with_and_without_batchnorm(tmp_path, capsys):
+    import torch
+
+    from reflowbench.models import build_model
+
+    checkpoint = tmp_path / "ln.pt"  # untrained weights: what runs and is reported, not how well
+    torch.save(build_model("smallcnn-ln").state_dict(), checkpoint)
+    bn = _job("bn", ["mp"], [0.5, 0.7, 0.9])
+    bn["settings"]["corrections"] = {"corrections": ["none", "reflow", "statcorr"]}
+    ln = _job("ln", ["mp"], [0.5, 0.9])
+    ln["settings"].update(model={"model": "smallcnn-ln", "checkpoint": str(checkpoint)}, corrections={"corrections": ["none", "statcorr", "repair"]})
+    out = tmp_path / "out"
+    assert main(["suite", _suite_file(tmp_path, [bn, ln]), "--out", str(out), "--no-progress"]) == 0
+    report = (out / "tiny-suite" / "report.md").read_text()
+    assert "## Corrections" in report and "| smallcnn | mp | 0.9 | statcorr | 1 |" in report and "| smallcnn-ln | mp | 0.9 | repair | 1 |" in report
+    assert "## Best method at each sparsity" in report and (out / "tiny-suite" / "figures" / "corrections.png").exists()
+    assert main(["suite", _suite_file(tmp_path, [ln]), "--out", str(tmp_path / "only-ln"), "--no-progress"]) == 0  # no BN at all
+    report = (tmp_path / "only-ln" / "tiny-suite" / "report.md").read_text()
+    assert "## Corrections" in report and "## Best method" not in report and "## Per-model reports" in report
+
+
+def test_the_corrections_suite_is_well_formed():
+    suite = load_suite("corrections")
+    by_folder = {}
+    for job in suite["jobs"]:
+        by_folder.setdefault(job["folder"], []).append(job["settings"])
+    assert set(by_folder) == {"corrections-resnet20", "corrections-resnet56", "corrections-mobilenetv1", "corrections-folded", "corrections-embedded"}
+    for folder in ("corrections-resnet20", "corrections-resnet56", "corrections-mobilenetv1"):
+        (settings,) = by_folder[folder]
+        assert settings["corrections"]["corrections"] == ["none", "reflow", "statcorr", "variance-match"]
+        assert settings["sweep"]["methods"] == ["mp", "woodfisher", "chita"] and settings["sweep"]["sparsities"] == [0.7, 0.8, 0.9]
+    assert all(s["model"]["fold_bn"] and "reflow" not in s["corrections"]["corrections"] for s in by_folder["corrections-folded"])
+    assert {s["model"]["model"] for s in by_folder["corrections-embedded"]} == {"smallcnn-gn", "smallcnn-ln"}

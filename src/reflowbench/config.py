@@ -104,13 +104,52 @@ class CorrectionSpec:
         return self
 
 
+UNSTRUCTURED = "unstructured"
+MAX_GROUP = 64  # the largest M of an N:M pattern
+
+
+@dataclass(frozen=True)
+class SparsityPattern:
+    """Which weights may be pruned together: ``unstructured`` (any), or ``n:m`` (in each group of ``m`` consecutive
+    weights along an output row's flattened input dimension, exactly ``n`` kept; the sparsity is 1 - n/m)."""
+
+    kind: str = UNSTRUCTURED
+    n: int = 0
+    m: int = 0
+
+    @staticmethod
+    def parse(text: str) -> "SparsityPattern":
+        """``unstructured`` or ``N:M`` (0 < N < M <= 64); anything else is a :class:`ConfigError` naming the forms."""
+        if text == UNSTRUCTURED:
+            return SparsityPattern()
+        parts = text.split(":")
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            n, m = int(parts[0]), int(parts[1])
+            if 0 < n < m <= MAX_GROUP:
+                return SparsityPattern("n:m", n, m)
+        if text == "channels":
+            raise ConfigError("--pattern channels (whole output channels removed, a smaller network) is not built yet: use unstructured or N:M")
+        raise ConfigError(f"--pattern must be unstructured or N:M with 0 < N < M <= {MAX_GROUP} (e.g. 2:4, 4:8, 1:4), got {text!r}")
+
+    def sparsity(self) -> Optional[float]:
+        """The sparsity the pattern fixes (1 - N/M), or None (unstructured: the sweep's sparsities)."""
+        return 1.0 - self.n / self.m if self.kind == "n:m" else None
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.kind == "n:m" else self.kind
+
+
 @dataclass
 class TargetSpec:
-    """Which weights count as prunable (all conv + linear by default)."""
+    """Which weights count as prunable (all conv + linear by default), and in which pattern."""
 
     exclude_first_conv: bool = False
     exclude_classifier: bool = False
     exclude_shortcuts: bool = False  # 1x1 convs on residual shortcuts
+    pattern: str = UNSTRUCTURED  # unstructured, or N:M (e.g. 2:4: N of every M consecutive weights along each output row's input dimension kept; sparsity 1 - N/M, --sparsities may be omitted)
+
+    def sparsity_pattern(self) -> SparsityPattern:
+        return SparsityPattern.parse(self.pattern)
 
     def policy(self) -> TargetPolicy:
         return TargetPolicy(not self.exclude_first_conv, not self.exclude_classifier, not self.exclude_shortcuts)
@@ -240,7 +279,7 @@ class PruneSpec:
     """One pruning (``reflowbench prune``): one method at one sparsity and seed, the weights and the run record saved."""
 
     method: str = "mp"  # pruner name (see `reflowbench list`)
-    sparsity: Optional[float] = None  # fraction of target weights to remove, in [0, 1) (required)
+    sparsity: Optional[float] = None  # fraction of target weights to remove, in [0, 1) (required, unless --pattern N:M fixes it)
     seed: int = 0  # selects the calibration, Fisher and held-out images
     reflow: bool = True  # save the REFLOW-recalibrated weights (--no-reflow: the weights right after pruning, without BN recalibration)
     save: Optional[str] = None  # write the pruned state_dict here
@@ -250,16 +289,26 @@ class PruneSpec:
         return SweepNarrowing(
             "prune",
             methods=[self.method],
-            sparsities=[self.sparsity],
+            sparsities=None if self.sparsity is None else [self.sparsity],
             seeds=[self.seed],
             own_flags={"methods": "--method", "sparsities": "--sparsity", "seeds": "--seed"},
         )
 
     def validate(self) -> "PruneSpec":
-        _require(self.sparsity is not None, "prune needs --sparsity: the fraction of target weights to remove, e.g. --sparsity 0.9 for 90%")
-        self.sparsity = check_sparsity(self.sparsity, "--sparsity")
+        """Check the values given (a missing --sparsity is checked once the pattern is known: :meth:`resolve_sparsity`)."""
+        if self.sparsity is not None:
+            self.sparsity = check_sparsity(self.sparsity, "--sparsity")
         _require(0 <= self.seed <= MAX_SEED, f"seeds must be in [0, {MAX_SEED}], got {self.seed} in --seed")
         return self
+
+
+def resolve_prune_sparsity(prune: "PruneSpec", spec: "SweepSettings") -> float:
+    """``prune``'s sparsity: --sparsity, else the one an N:M --pattern fixes; else a :class:`ConfigError` asking for it."""
+    if prune.sparsity is None:
+        fixed = spec.targets.sparsity_pattern().sparsity()
+        _require(fixed is not None, "prune needs --sparsity: the fraction of target weights to remove, e.g. --sparsity 0.9 for 90% (or an N:M --pattern)")
+        prune.sparsity = fixed
+    return prune.sparsity
 
 
 @dataclass(frozen=True)
@@ -576,10 +625,24 @@ def build_settings(layers: SettingsLayers, narrowing: Optional[SweepNarrowing] =
     if layers.file is not None:
         merge_into(spec, layers.file, layers.file_source)
     merge_into(spec, {**{k: v for k, v in layers.flags.items() if v}, "method_options": layers.method_flags}, layers.flags_source)
+    _pattern_sparsities(spec, layers)
     if narrowing is not None:
         narrow_sweep(spec, narrowing, given=layers.flags.get("sweep", {}))
     _refuse_options_of_methods_not_run(spec, layers.method_flags, narrowing)
     return BuiltSettings(spec, name, implied)
+
+
+def _pattern_sparsities(spec: "SweepSettings", layers: SettingsLayers) -> None:
+    """An N:M pattern fixes the sparsity: the sweep's sparsities become 1 - N/M unless a file or a flag gave them (then
+    validation checks they agree). A preset's sparsities give way."""
+    pattern = SparsityPattern.parse(spec.targets.pattern) if spec.targets.pattern != UNSTRUCTURED else None
+    if pattern is None or pattern.kind != "n:m":
+        return
+    file_sweep = layers.file.get("sweep", {}) if isinstance(layers.file, dict) else {}
+    in_file = isinstance(layers.file, dict) and ("sparsities" in layers.file or (isinstance(file_sweep, dict) and "sparsities" in file_sweep))
+    given = "sparsities" in layers.flags.get("sweep", {}) or in_file
+    if not given:
+        spec.sweep.sparsities = [pattern.sparsity()]
 
 
 def _refuse_options_of_methods_not_run(spec: "SweepSettings", method_flags: Dict[str, Dict[str, Any]], narrowing: Optional[SweepNarrowing]) -> None:
@@ -689,6 +752,14 @@ def validate_spec(spec: SweepSettings) -> SweepSettings:
         f"--reflow-momentum must be in (0, 1] (the EMA weight of each new batch), got {reflow.reflow_momentum}",
     )
     spec.corrections.validate()
+    pattern = spec.targets.sparsity_pattern()
+    if pattern.kind == "n:m":
+        fixed = pattern.sparsity()
+        wrong = [s for s in sweep.sparsities if abs(s - fixed) > 1e-9]
+        _require(
+            not wrong,
+            f"--pattern {pattern} fixes the sparsity at {fixed:g}, but --sparsities has {','.join(f'{s:g}' for s in wrong)}: omit --sparsities or give {fixed:g}",
+        )
     _positive_int(data.eval_batch_size, "--eval-batch-size")
     _positive_int(data.workers, "--workers", minimum=0)
     _require(model.shortcut in SHORTCUTS, f"--shortcut must be one of {SHORTCUTS}, got {model.shortcut!r}")

@@ -153,8 +153,9 @@ def _add_one_method_commands(subcommands: argparse._SubParsersAction) -> None:
         ),
         (
             "ablate-reflow",
-            "REFLOW ablation: prune once per seed, then REFLOW with each number of calibration batches and each batch size, "
-            "evaluating each; resumable; writes reflow-ablation.md and figures/reflow_ablation.png into --out",
+            "REFLOW ablation: prune once per seed, then REFLOW with each number of calibration batches and each batch size "
+            "(or, with --layers, of only the first k, the last k or the k-th BN layer), evaluating each; resumable; writes "
+            "reflow-ablation.md and its figures into --out",
             ReflowAblationSpec,
             "ablation__",
             commands.cmd_ablate_reflow,

@@ -21,7 +21,7 @@ from reflowbench.datasets import DATASETS, dataset_of_path
 from reflowbench.datasets.cifar10 import NORMALIZATIONS
 from reflowbench.errors import CheckpointError, ConfigError, DatasetError
 from reflowbench.models import BUILTIN_MODELS, default_dataset_for, torchvision_names
-from reflowbench.pruners import Pruner, make_pruner
+from reflowbench.pruners import PRUNERS, Pruner, make_pruner
 from reflowbench.schema.results import RUNS_FOLDER
 from reflowbench.utils.env import resolve_device
 
@@ -139,6 +139,11 @@ def plan_sweep(spec: SweepSettings, check_out: bool = True) -> SweepPlan:
     if dataset == "cifar10" and spec.data.norm is not None and spec.data.norm not in NORMALIZATIONS:
         raise ConfigError(f"unknown CIFAR-10 normalisation --norm {spec.data.norm!r}: choose one of {sorted(NORMALIZATIONS)}")
     pruners = [make_pruner(name, spec.method_options.get(name)) for name in spec.sweep.methods]
+    pattern = spec.targets.sparsity_pattern()
+    unable = [p.name for p in pruners if pattern.kind not in p.PATTERNS]
+    if unable:
+        able = sorted(name for name, cls in PRUNERS.items() if pattern.kind in cls.PATTERNS)
+        raise ConfigError(f"--pattern {pattern}: {', '.join(unable)} cannot prune to this pattern yet; the pruners that can: {', '.join(able)}")
     for name, options in spec.method_options.items():
         make_pruner(name, options)  # options of a pruner outside --methods are checked too
     if check_out:

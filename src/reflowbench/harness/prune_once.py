@@ -8,10 +8,11 @@ from typing import Any, Callable, Dict
 
 import torch
 
-from reflowbench.config import PruneSpec, SweepSettings
+from reflowbench.config import PruneSpec, SweepSettings, resolve_prune_sparsity
 from reflowbench.harness.distributed import is_main_rank
 from reflowbench.harness.plan import check_output_file, plan_sweep
 from reflowbench.harness.run import SweepState, prune_and_measure
+from reflowbench.schema.results import correction_stages
 from reflowbench.utils.io import atomic_write_json
 
 
@@ -19,6 +20,7 @@ def prune_once(spec: SweepSettings, prune: PruneSpec, log: Callable[[str], None]
     """Prune, evaluate, REFLOW, evaluate (``spec``'s sweep already narrowed to ``prune``'s method, sparsity and seed);
     save the weights (after REFLOW when ``prune.reflow``) and the record where ``prune`` says; the record.
     ``prune`` is validated (:meth:`PruneSpec.validate`, before the sweep was narrowed to it)."""
+    resolve_prune_sparsity(prune, spec)
     check_output_file(prune.save, "--save")
     check_output_file(prune.record, "--record")
     plan = plan_sweep(spec, check_out=False)
@@ -26,14 +28,15 @@ def prune_once(spec: SweepSettings, prune: PruneSpec, log: Callable[[str], None]
     pruner = plan.pruners[0]
     key = state.run_key(pruner, prune.sparsity, prune.seed)
     record, model, reflow_handle = prune_and_measure(state, pruner, prune.sparsity, prune.seed, key)
-    if not prune.reflow:
+    if not prune.reflow and reflow_handle is not None:
         reflow_handle.undo()  # back to the BN statistics right after pruning
-    log(f"{prune.method} at sparsity {prune.sparsity:g}: top-1 {record['pruned']['top1']:.2f}% after pruning, {record['reflow']['top1']:.2f}% after REFLOW")
+    after = "".join(f", {metrics['top1']:.2f}% after {'REFLOW' if name == 'reflow' else name}" for name, metrics, _, _ in correction_stages(record)[1:])
+    log(f"{prune.method} at sparsity {prune.sparsity:g}: top-1 {record['pruned']['top1']:.2f}% after pruning{after}")
     if not is_main_rank():
         return record  # under torchrun: every rank pruned the same model; rank 0 writes
     if prune.save:
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, prune.save)
-        log(f"saved the {'REFLOW-recalibrated ' if prune.reflow else ''}pruned weights to {prune.save}")
+        log(f"saved the {'REFLOW-recalibrated ' if prune.reflow and reflow_handle is not None else ''}pruned weights to {prune.save}")
     if prune.record:
         atomic_write_json(Path(prune.record), record)
     return record

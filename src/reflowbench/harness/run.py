@@ -34,6 +34,7 @@ from reflowbench.models.fold_bn import fold_batchnorm
 from reflowbench.models.state_checks import first_non_finite_module, state_problems
 from reflowbench.pruners import PruneContext, Pruner, apply_masks, select_targets, verify_masks
 from reflowbench.pruners.base import StageCheckpoint, key_options
+from reflowbench.pruners.nm import dense_layers, verify_nm
 from reflowbench.reflow import RecalibrationHandle, bn_output_variances, recalibrate_bn, summarize_ratios, variance_ratios
 from reflowbench.schema.results import SCHEMA_VERSION, settings_in_key
 from reflowbench.schema.run_record import CompleteRecord, FailedRecord, ReflowMetrics, RunHeader, Subsets, Variance
@@ -128,6 +129,7 @@ class SweepState:
         sample, _ = next(iter(self.data.train.batches(np.arange(2), 2)))
         check_model_fits_data(self.dense, sample.to(self.device), self.data.num_classes, spec.model.model, dataset)
         self.policy = spec.targets.policy()
+        self.pattern = spec.targets.sparsity_pattern()
         self.targets_record = select_targets(self.dense, self.policy).record()
         self.cache: Dict[Any, Any] = {}
         self._dense_metrics: Optional[Dict[str, float]] = None
@@ -152,7 +154,7 @@ class SweepState:
                 "content_sha256": content_sha256(Path(data_path))[:16] if data_path and Path(data_path).exists() else f"builtin-{dataset}",
             },
             "reflow": asdict(spec.reflow),
-            "targets": asdict(self.policy),
+            "targets": {**asdict(self.policy), **({"pattern": str(self.pattern)} if self.pattern.kind != "unstructured" else {})},
             "device": {"type": self.device.type, "name": self.environment.get("cuda_device", "cpu")},
         }
         corrections = spec.corrections.key_fields()
@@ -323,13 +325,17 @@ def prune_fresh(
         log=state.log,
         keep_curvature=keep_curvature,
         stages=stages,
+        pattern=state.pattern,
     )
     where = f"{pruner.name} at sparsity {sparsity:g}, seed {seed}"
     with _pruner_errors(where):
         with ledger.phase("prune", state.device):
             masks = pruner.prune(model, targets, sparsity, ctx)
             apply_masks(targets, masks)
-        actual = verify_masks(targets, masks, sparsity, pruner.mask_scope(), model=model)
+        if state.pattern.kind == "n:m":
+            verify_nm(targets, masks, state.pattern)
+            ctx.notes["nm_dense_layers"] = dense_layers(targets, state.pattern)
+        actual = verify_masks(targets, masks, sparsity, pruner.mask_scope(), model=model, count=state.pattern.kind != "n:m")
     check_model_state(model, f"{pruner.name} at sparsity {sparsity:g}, seed {seed}: after pruning", ctx.notes)
     return model, actual, ctx
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reflowbench.config import type_name, value_matches
+from reflowbench.config import SparsityPattern, type_name, value_matches
 from reflowbench.errors import ConfigError
 from reflowbench.pruners.masks import SCOPES, Masks
 from reflowbench.schema.results import option_in_key
@@ -85,6 +85,7 @@ class PruneContext:
     # pruner neither keeps it in ``cache`` nor leaves it there, so it is freed before the evaluations of this run
     keep_curvature: bool = True
     stages: Optional[StageCheckpoint] = None  # where a multi-step pruner saves each finished step (None: not saved)
+    pattern: SparsityPattern = field(default_factory=SparsityPattern)  # unstructured, or N:M (only for pruners whose PATTERNS has "n:m")
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -116,6 +117,8 @@ class Pruner(ABC):
     # Where each option's default comes from (option -> a section of ../shared/REFERENCES.md, or "suite choice: why"):
     # the "reference settings" table of a comparison prints it beside the value (see :func:`option_sources`).
     REFERENCE: ClassVar[Dict[str, str]] = {}
+    # The sparsity patterns this pruner can produce ("unstructured", "n:m"); the harness refuses any other --pattern for it.
+    PATTERNS: ClassVar[Tuple[str, ...]] = ("unstructured",)
 
     def __init__(self, options: Optional[Any] = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -8,6 +8,7 @@ from torch import nn
 
 from reflowbench.pruners.base import PruneContext, Pruner, register_pruner
 from reflowbench.pruners.masks import Masks, masks_from_scores
+from reflowbench.pruners.nm import nm_masks_from_scores
 from reflowbench.schema.targets import TargetSet
 
 
@@ -22,10 +23,13 @@ class MagnitudePruner(Pruner):
 
     Options = MagnitudeOptions
     REFERENCE = {"scope": "REFERENCES.md §1: global magnitude (WoodFisher `globalmagni`, M-FAC `MagPruner`), the paper's MP"}
+    PATTERNS = ("unstructured", "n:m")
 
     def prune(self, model: nn.Module, targets: TargetSet, sparsity: float, ctx: PruneContext) -> Masks:
         with ctx.phase("selection"):
             scores = {t.param_name: t.weight.detach().abs() for t in targets}
+            if ctx.pattern.kind == "n:m":  # the N largest |w| of every group (the scope plays no part)
+                return nm_masks_from_scores(targets, scores, ctx.pattern)
             return masks_from_scores(targets, scores, sparsity, self.options.scope)
 
 

@@ -83,8 +83,8 @@ def mask_sparsity(masks: Masks) -> float:
     return sum(int((~m).sum()) for m in masks.values()) / total
 
 
-def verify_masks(targets: TargetSet, masks: Masks, sparsity: float, scope: str = "global", model: Optional[nn.Module] = None) -> float:
-    """Check that every pruned weight is exactly zero and the pruned count is what was asked; return the sparsity.
+def verify_masks(targets: TargetSet, masks: Masks, sparsity: float, scope: str = "global", model: Optional[nn.Module] = None, count: bool = True) -> float:
+    """Check that every pruned weight is exactly zero and (``count``) the pruned count is what was asked; return the sparsity.
 
     With ``model``, the weights checked are the model's own parameters looked up by name (what a forward
     pass uses and what is saved), not the references in ``targets``: a pruner that replaced a parameter
@@ -106,6 +106,8 @@ def verify_masks(targets: TargetSet, masks: Masks, sparsity: float, scope: str =
         if not torch.isfinite(live).all():
             raise MaskError(f"{t.param_name} has non-finite weights after pruning")
     pruned = sum(int((~masks[t.param_name]).sum()) for t in targets)
+    if not count:  # the count is the pattern's (an N:M pattern is checked group by group: pruners/nm.py)
+        return pruned / targets.num_weights
     if scope == "layer":
         expected = sum(num_to_prune(t.numel, sparsity) for t in targets)
     else:

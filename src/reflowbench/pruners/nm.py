@@ -1,0 +1,71 @@
+"""N:M sparsity: in each group of M consecutive weights along an output row's input dimension, exactly N kept.
+
+The layout: a target's weight viewed as (rows, columns) = (out, in * kh * kw) for a convolution (PyTorch's own
+row-major flattening: the kernel positions of one input channel are consecutive), (out, in) for a linear layer; groups
+are M consecutive columns of a row. That is the layout of PyTorch's semi-structured (2:4) sparse matrices for a linear
+layer's weight, and of a convolution run as a matrix product over its unfolded input. A target whose column count is not
+a multiple of M (the stem's 3 x 3 x 3 = 27 columns, a depthwise convolution's 9) cannot hold the pattern: it is left
+dense, listed in the run's notes (``nm_dense_layers``), and the sparsity over the targets is below 1 - N/M.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+
+from reflowbench.config import SparsityPattern
+from reflowbench.errors import MaskError
+from reflowbench.pruners.masks import Masks
+from reflowbench.schema.targets import Target, TargetSet
+
+
+def grouped(target: Target, m: int) -> bool:
+    """Whether ``target``'s rows split into groups of ``m`` columns."""
+    return (target.numel // target.weight.shape[0]) % m == 0
+
+
+def dense_layers(targets: TargetSet, pattern: SparsityPattern) -> List[str]:
+    """The targets left dense under ``pattern`` (their column count is not a multiple of M)."""
+    return [t.param_name for t in targets if not grouped(t, pattern.m)]
+
+
+def as_groups(tensor: torch.Tensor, m: int) -> torch.Tensor:
+    """``tensor`` (out, ...) viewed as (out, columns / m, m)."""
+    return tensor.reshape(tensor.shape[0], -1, m)
+
+
+def keep_top_n(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep-mask shaped like ``scores`` keeping the ``n`` highest scores of every group of ``m`` (ties: the lower index)."""
+    groups = as_groups(scores.detach(), m)
+    order = torch.argsort(-groups, dim=-1, stable=True)  # NaN sorts first among -scores: a NaN score is never kept over a number
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(-1, order[..., :n], True)
+    return keep.view_as(scores)
+
+
+def nm_masks_from_scores(targets: TargetSet, scores: Dict[str, torch.Tensor], pattern: SparsityPattern) -> Masks:
+    """Keep-masks holding ``pattern`` exactly: the N highest-scoring weights of each group (higher = more important);
+    the targets that cannot hold it are kept whole."""
+    masks: Masks = {}
+    for t in targets:
+        score = torch.nan_to_num(scores[t.param_name].float(), nan=-float("inf"))
+        masks[t.param_name] = keep_top_n(score, pattern.n, pattern.m) if grouped(t, pattern.m) else torch.ones_like(score, dtype=torch.bool)
+    return masks
+
+
+def verify_nm(targets: TargetSet, masks: Masks, pattern: SparsityPattern) -> Tuple[int, int]:
+    """Raise :class:`MaskError` unless every group of every grouped target keeps exactly N and every other target is
+    whole; returns (pruned weights, target weights)."""
+    pruned = 0
+    for t in targets:
+        keep = masks[t.param_name]
+        if grouped(t, pattern.m):
+            counts = as_groups(keep, pattern.m).sum(-1)
+            bad = int((counts != pattern.n).sum())
+            if bad:
+                raise MaskError(f"{t.param_name}: {bad} groups of {pattern.m} do not keep exactly {pattern.n} weights (--pattern {pattern})")
+        elif not bool(keep.all()):
+            raise MaskError(f"{t.param_name} cannot hold --pattern {pattern} ({t.numel // t.weight.shape[0]} columns per row) and must stay dense")
+        pruned += int((~keep).sum())
+    return pruned, targets.num_weights

@@ -1,0 +1,104 @@
+"""N:M sparsity: the exact pattern for every pruner that declares it, checked on the saved weights; refusals in one line."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from reflowbench.cli import main
+from reflowbench.config import SparsityPattern
+from reflowbench.errors import ConfigError, MaskError
+from reflowbench.models import build_model
+from reflowbench.pruners import PRUNERS, select_targets
+from reflowbench.pruners.nm import dense_layers, keep_top_n, nm_masks_from_scores, verify_nm
+
+
+def test_keep_top_n_keeps_the_best_n_of_every_group_as_brute_force_does():
+    generator = torch.Generator().manual_seed(0)
+    for n, m in ((1, 4), (2, 4), (4, 8), (3, 5)):
+        scores = torch.randn(3, 4 * m, generator=generator)
+        keep = keep_top_n(scores, n, m)
+        for row, group in itertools.product(range(3), range(4)):
+            values = scores[row, group * m : (group + 1) * m]
+            best = max(itertools.combinations(range(m), n), key=lambda subset: float(values[list(subset)].sum()))
+            assert set(keep[row, group * m : (group + 1) * m].nonzero().flatten().tolist()) == set(best)
+
+
+def test_pattern_parsing_and_its_sparsity():
+    assert SparsityPattern.parse("2:4").sparsity() == 0.5 and str(SparsityPattern.parse("1:4")) == "1:4"
+    assert SparsityPattern.parse("unstructured").sparsity() is None
+    for bad in ("4:2", "0:4", "2:4:8", "two:four", "2:128"):
+        with pytest.raises(ConfigError, match="--pattern must be unstructured or N:M"):
+            SparsityPattern.parse(bad)
+    with pytest.raises(ConfigError, match="channels.*not built yet"):
+        SparsityPattern.parse("channels")
+
+
+def test_layers_that_cannot_hold_the_pattern_stay_dense_and_broken_masks_are_caught():
+    model = build_model("resnet20")
+    targets = select_targets(model)
+    pattern = SparsityPattern.parse("2:4")
+    assert dense_layers(targets, pattern) == ["conv1.weight"]  # 3 x 3 x 3 = 27 columns
+    masks = nm_masks_from_scores(targets, {t.param_name: t.weight.detach().abs() for t in targets}, pattern)
+    pruned, total = verify_nm(targets, masks, pattern)
+    assert total == targets.num_weights and pruned == (targets.num_weights - 432) // 2
+    broken = dict(masks)
+    broken["layer1.0.conv1.weight"] = masks["layer1.0.conv1.weight"].clone()
+    broken["layer1.0.conv1.weight"].view(-1)[:4] = True  # a group keeps 4
+    with pytest.raises(MaskError, match="layer1.0.conv1.weight: 1 groups of 4 do not keep exactly 2"):
+        verify_nm(targets, broken, pattern)
+    broken = dict(masks, **{"conv1.weight": torch.zeros_like(masks["conv1.weight"])})
+    with pytest.raises(MaskError, match="conv1.weight cannot hold --pattern 2:4 .* must stay dense"):
+        verify_nm(targets, broken, pattern)
+
+
+NM_PRUNERS = sorted(name for name, cls in PRUNERS.items() if "n:m" in cls.PATTERNS)
+
+
+@pytest.mark.parametrize("name", NM_PRUNERS)
+@pytest.mark.parametrize("text", ["2:4", "1:4"])
+def test_every_pruner_that_declares_nm_holds_it_exactly_in_the_saved_weights(tmp_path, name, text):
+    save, record = tmp_path / "w.pt", tmp_path / "r.json"
+    args = ["prune", "--method", name, "--pattern", text, "--calib-batches", "2", "--calib-batch-size", "32", "--diag-images", "64"]
+    assert main([*args, "--save", str(save), "--record", str(record)]) == 0
+    pattern = SparsityPattern.parse(text)
+    weights = torch.load(save, weights_only=True)
+    model = build_model("smallcnn")
+    model.load_state_dict(weights)
+    targets = select_targets(model)
+    verify_nm(targets, {t.param_name: t.weight.detach() != 0 for t in targets}, pattern)  # the pattern, read back from the file
+    saved = json.loads(record.read_text())
+    assert saved["sparsity"] == pattern.sparsity() and saved["settings"]["targets"]["pattern"] == text
+    assert saved["notes"]["nm_dense_layers"] == ["features.0.weight"]  # 1 x 3 x 3 = 9 columns
+
+
+def test_nm_refusals_and_sparsities_are_one_line(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "x")]
+    for args, expected in (
+        (["run", "--pattern", "2:4", "--methods", "mp,woodfisher"], "--pattern 2:4: woodfisher cannot prune to this pattern yet; the pruners that can: mp"),
+        (["run", "--pattern", "2:4", "--sparsities", "0.5,0.7"], "--pattern 2:4 fixes the sparsity at 0.5, but --sparsities has 0.7"),
+        (["run", "--pattern", "3"], "--pattern must be unstructured or N:M"),
+        (["prune"], "prune needs --sparsity"),
+    ):
+        assert main([*args, *out]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0] and "Traceback" not in err[0], err
+
+
+def test_the_pattern_enters_the_key_only_away_from_unstructured(tmp_path):
+    from reflowbench.config import merge_into, preset
+    from reflowbench.harness import plan_sweep
+    from reflowbench.harness.run import SweepState
+
+    keys = {}
+    for pattern in ("unstructured", "2:4"):
+        spec = preset("embedded")
+        merge_into(spec, {"targets": {"pattern": pattern}, "sweep": {"sparsities": [0.5], "progress": False}}, "test")
+        plan = plan_sweep(spec, check_out=False)
+        state = SweepState(plan, log=lambda m: None)
+        keys[pattern] = (state.run_key(plan.pruners[0], 0.5, 0), state.settings["targets"])
+    assert "pattern" not in keys["unstructured"][1] and keys["2:4"][1]["pattern"] == "2:4"
+    assert keys["unstructured"][0] != keys["2:4"][0]
