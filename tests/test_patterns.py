@@ -56,6 +56,17 @@ def test_layers_that_cannot_hold_the_pattern_stay_dense_and_broken_masks_are_cau
 
 
 NM_PRUNERS = sorted(name for name, cls in PRUNERS.items() if "n:m" in cls.PATTERNS)
+# Small Fisher samples (the embedded data's Fisher share), one stage where a pruner reaches N:M in one stage only.
+QUICK_OPTIONS = {
+    "woodfisher": ["--woodfisher-num-grads", "64"],
+    "mp-hessian": ["--mp-hessian-num-grads", "64"],
+    "chita": ["--chita-num-grads", "32", "--chita-minibatch", "4"],
+    "chita++": ["--chita++-num-grads", "32", "--chita++-minibatch", "4", "--chita++-recompute-steps", "1"],
+}
+
+
+def test_the_pruners_that_declare_nm_are_the_ones_built_for_it():
+    assert NM_PRUNERS == ["chita", "chita++", "mp", "mp-hessian", "mp-layer", "woodfisher"]
 
 
 @pytest.mark.parametrize("name", NM_PRUNERS)
@@ -63,6 +74,7 @@ NM_PRUNERS = sorted(name for name, cls in PRUNERS.items() if "n:m" in cls.PATTER
 def test_every_pruner_that_declares_nm_holds_it_exactly_in_the_saved_weights(tmp_path, name, text):
     save, record = tmp_path / "w.pt", tmp_path / "r.json"
     args = ["prune", "--method", name, "--pattern", text, "--calib-batches", "2", "--calib-batch-size", "32", "--diag-images", "64"]
+    args += QUICK_OPTIONS.get(name, [])
     assert main([*args, "--save", str(save), "--record", str(record)]) == 0
     pattern = SparsityPattern.parse(text)
     weights = torch.load(save, weights_only=True)
@@ -78,7 +90,9 @@ def test_every_pruner_that_declares_nm_holds_it_exactly_in_the_saved_weights(tmp
 def test_nm_refusals_and_sparsities_are_one_line(tmp_path, capsys):
     out = ["--out", str(tmp_path / "x")]
     for args, expected in (
-        (["run", "--pattern", "2:4", "--methods", "mp,woodfisher"], "--pattern 2:4: woodfisher cannot prune to this pattern yet; the pruners that can: mp"),
+        (["run", "--pattern", "2:4", "--methods", "mp,cbs"], "--pattern 2:4: cbs cannot prune to this pattern yet; the pruners that can (some only with certain options): chita, chita++, mp"),
+        (["run", "--pattern", "2:4", "--methods", "chita++"], "chita++ reaches N:M only with --chita++-solver backsolve or block-backsolve in one stage"),
+        (["run", "--pattern", "2:4", "--methods", "chita", "--chita-solver", "iht"], "chita reaches N:M only with --chita-solver backsolve"),
         (["run", "--pattern", "2:4", "--sparsities", "0.5,0.7"], "--pattern 2:4 fixes the sparsity at 0.5, but --sparsities has 0.7"),
         (["run", "--pattern", "3"], "--pattern must be unstructured or N:M"),
         (["prune"], "prune needs --sparsity"),

@@ -140,10 +140,12 @@ def plan_sweep(spec: SweepSettings, check_out: bool = True) -> SweepPlan:
         raise ConfigError(f"unknown CIFAR-10 normalisation --norm {spec.data.norm!r}: choose one of {sorted(NORMALIZATIONS)}")
     pruners = [make_pruner(name, spec.method_options.get(name)) for name in spec.sweep.methods]
     pattern = spec.targets.sparsity_pattern()
-    unable = [p.name for p in pruners if pattern.kind not in p.PATTERNS]
-    if unable:
+    refusals = [(p.name, p.pattern_refusal(pattern)) for p in pruners]
+    refusals = [(name, why) for name, why in refusals if why is not None]
+    if refusals:
         able = sorted(name for name, cls in PRUNERS.items() if pattern.kind in cls.PATTERNS)
-        raise ConfigError(f"--pattern {pattern}: {', '.join(unable)} cannot prune to this pattern yet; the pruners that can: {', '.join(able)}")
+        shown = "; ".join(f"{name} {why}" for name, why in refusals)
+        raise ConfigError(f"--pattern {pattern}: {shown}; the pruners that can (some only with certain options): {', '.join(able)}")
     for name, options in spec.method_options.items():
         make_pruner(name, options)  # options of a pruner outside --methods are checked too
     if check_out:

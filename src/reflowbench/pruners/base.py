@@ -147,6 +147,12 @@ class Pruner(ABC):
         """Training images this pruner draws gradients from (0 when it needs none)."""
         return 0
 
+    def pattern_refusal(self, pattern: SparsityPattern) -> Optional[str]:
+        """Why this pruner, with these options, cannot produce ``pattern`` (one line), or None when it can."""
+        if pattern.kind in self.PATTERNS:
+            return None
+        return "cannot prune to this pattern yet"
+
     def mask_scope(self) -> str:
         """'global' when the sparsity is exact over all targets, 'layer' when exact per layer."""
         return getattr(self.options, "scope", "global")

@@ -29,17 +29,19 @@ backsolve of 500 weights, N = 500 gradients, each the mean over a mini-batch of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Set, Tuple
+from typing import Any, Optional, Set, Tuple
 
 import torch
 from torch import nn
 
+from reflowbench.config import SparsityPattern
 from reflowbench.errors import ConfigError
 from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, NetworkFisher, check_budget, gradient_bytes
 from reflowbench.pruners.base import PruneContext, register_pruner
 from reflowbench.pruners.chita_solvers import IHTSettings, SparseRidge, iht_working_bytes, solve_active_set, solve_iht
 from reflowbench.pruners.hessian_base import HessianOptions, HessianPruner
 from reflowbench.pruners.masks import Masks, masks_from_flat, num_to_prune
+from reflowbench.pruners.nm import nm_masks_from_scores
 from reflowbench.pruners.updates import flat_masks, flat_weights
 from reflowbench.schema.targets import TargetSet
 
@@ -138,6 +140,17 @@ class CHITAPruner(HessianPruner):
             unused.add("block_size")
         return unused
 
+    PATTERNS = ("unstructured", "n:m")
+
+    def pattern_refusal(self, pattern: SparsityPattern) -> Optional[str]:
+        """N:M: the magnitude support projected onto the pattern (CHITA's hard thresholding of w-bar onto the N:M set),
+        then the solve on it; so only with the backsolve solvers and in one stage."""
+        if pattern.kind != "n:m":
+            return super().pattern_refusal(pattern)
+        if self.options.solver not in ("backsolve", "block-backsolve") or self.options.recompute_steps != 1:
+            return f"reaches N:M only with --{self.name}-solver backsolve or block-backsolve in one stage (--{self.name}-recompute-steps 1)"
+        return None
+
     @property
     def effective_form(self) -> str:
         """``block`` for the block-backsolve solver, else the ``form`` option."""
@@ -169,7 +182,12 @@ class CHITAPruner(HessianPruner):
         like = fisher.damp_vector()
         problem = SparseRidge(fisher, flat_weights(targets, like), flat_masks(targets, masks, like.device))
         keep_count = problem.w_bar.numel() - num_to_prune(problem.w_bar.numel(), sparsity)
-        magnitude = problem.magnitude_support(keep_count)
+        if ctx is not None and ctx.pattern.kind == "n:m":  # hard thresholding of w-bar onto the N:M set: the N largest |w| per group
+            nm = nm_masks_from_scores(targets, {t.param_name: t.weight.detach().abs() * masks[t.param_name] for t in targets}, ctx.pattern)
+            magnitude = flat_masks(targets, nm, like.device)
+            keep_count = int(magnitude.sum())
+        else:
+            magnitude = problem.magnitude_support(keep_count)
         settings = IHTSettings(max_iters=o.iht_iters, tolerance=o.tolerance)
         if o.solver in ("iht", "active-set"):  # G stays resident through the iterations: it counts too
             check_budget(

@@ -13,14 +13,17 @@ lam = 1e-5, global selection, one step.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
+from reflowbench.config import SparsityPattern
 from reflowbench.hessian import BlockFisher
 from reflowbench.pruners.base import PruneContext, register_pruner
 from reflowbench.pruners.hessian_base import HessianOptions, HessianPruner, step_sparsities
 from reflowbench.pruners.masks import Masks, masks_from_scores
+from reflowbench.pruners.nm import nm_masks_from_scores
 from reflowbench.pruners.updates import apply_update
 from reflowbench.schema.targets import TargetSet
 
@@ -48,6 +51,13 @@ class WoodFisherPruner(HessianPruner):
         "update": "REFERENCES.md §2(d): the summed single-weight OBS updates",
     }
 
+    PATTERNS = ("unstructured", "n:m")
+
+    def pattern_refusal(self, pattern: SparsityPattern) -> Optional[str]:
+        if pattern.kind == "n:m" and self.options.recompute_steps != 1:
+            return f"reaches N:M in one step only (--{self.name}-recompute-steps 1)"
+        return super().pattern_refusal(pattern)
+
     def prepare(self, fisher: BlockFisher) -> None:
         """diag(F^-1) of every layer, computed with the curvature (and kept with a shared Fisher)."""
         fisher.diag_inverse()
@@ -60,6 +70,8 @@ class WoodFisherPruner(HessianPruner):
             rho = w.pow(2) / (2.0 * diag)
             rho = torch.where(masks[t.param_name].reshape(-1).to(rho.device), rho, torch.full_like(rho, -1.0))  # pruned stay pruned
             scores[t.param_name] = rho.view(t.weight.shape)
+        if ctx is not None and ctx.pattern.kind == "n:m":  # the N highest-saliency weights of every group (single-weight saliency)
+            return nm_masks_from_scores(targets, scores, ctx.pattern)
         return masks_from_scores(targets, scores, sparsity, self.options.scope)
 
     def prune_with_fisher(self, targets: TargetSet, fisher: BlockFisher, sparsity: float, masks: Masks) -> Masks:
