@@ -90,7 +90,10 @@ def test_every_pruner_that_declares_nm_holds_it_exactly_in_the_saved_weights(tmp
 def test_nm_refusals_and_sparsities_are_one_line(tmp_path, capsys):
     out = ["--out", str(tmp_path / "x")]
     for args, expected in (
-        (["run", "--pattern", "2:4", "--methods", "mp,cbs"], "--pattern 2:4: cbs cannot prune to this pattern yet; the pruners that can (some only with certain options): chita, chita++, mp"),
+        (
+            ["run", "--pattern", "2:4", "--methods", "mp,cbs"],
+            "--pattern 2:4: cbs cannot prune to this pattern yet; the pruners that can (some only with certain options): chita, chita++, mp",
+        ),
         (["run", "--pattern", "2:4", "--methods", "chita++"], "chita++ reaches N:M only with --chita++-solver backsolve or block-backsolve in one stage"),
         (["run", "--pattern", "2:4", "--methods", "chita", "--chita-solver", "iht"], "chita reaches N:M only with --chita-solver backsolve"),
         (["run", "--pattern", "2:4", "--sparsities", "0.5,0.7"], "--pattern 2:4 fixes the sparsity at 0.5, but --sparsities has 0.7"),
@@ -116,3 +119,54 @@ def test_the_pattern_enters_the_key_only_away_from_unstructured(tmp_path):
         keys[pattern] = (state.run_key(plan.pruners[0], 0.5, 0), state.settings["targets"])
     assert "pattern" not in keys["unstructured"][1] and keys["2:4"][1]["pattern"] == "2:4"
     assert keys["unstructured"][0] != keys["2:4"][0]
+
+
+def test_joint_obs_choice_per_group_equals_brute_force_on_a_dense_inverse():
+    from reflowbench.pruners.nm import joint_obs_keep
+
+    generator = torch.Generator().manual_seed(1)
+    for n, m in ((2, 4), (1, 4), (4, 8)):
+        groups = 5
+        a = torch.randn(groups, m, m, generator=generator, dtype=torch.float64)
+        inverse = a @ a.transpose(1, 2) + 0.5 * torch.eye(m, dtype=torch.float64)  # SPD blocks of F^-1
+        w = torch.randn(groups, m, generator=generator, dtype=torch.float64)
+        keep = joint_obs_keep(w, inverse, n)
+        assert (keep.sum(1) == n).all()
+        for g in range(groups):
+            best = min(
+                itertools.combinations(range(m), m - n),
+                key=lambda p: float(0.5 * w[g, list(p)] @ torch.linalg.solve(inverse[g][list(p)][:, list(p)], w[g, list(p)])),
+            )
+            assert set((~keep[g]).nonzero().flatten().tolist()) == set(best)
+
+
+def test_the_fisher_inverse_group_blocks_equal_the_dense_inverse():
+    from reflowbench.hessian.block_fisher import FisherSpec, LayerFisher
+
+    generator = torch.Generator().manual_seed(2)
+    for num_grads, numel, block in ((6, 16, 8), (40, 16, 8), (6, 24, 0), (50, 12, 0)):  # dual and primal forms
+        grads = torch.randn(num_grads, numel, generator=generator)
+        layer = LayerFisher("x", grads, FisherSpec(block_size=block, damp=0.1, damp_mode="absolute"), torch.device("cpu"))
+        side = block or numel
+        dense = torch.zeros(numel, numel, dtype=torch.float64)
+        for start in range(0, numel, side):
+            g = grads[:, start : start + side].double()
+            dense[start : start + side, start : start + side] = 0.1 * torch.eye(side, dtype=torch.float64) + g.T @ g / num_grads
+        inverse = torch.linalg.inv(dense)
+        want = torch.stack([inverse[i : i + 4, i : i + 4] for i in range(0, numel, 4)])
+        assert torch.allclose(layer.group_inverse(4), want, atol=1e-5), layer.form
+    with pytest.raises(Exception, match="do not split into groups of 8"):
+        LayerFisher("y", torch.randn(6, 12), FisherSpec(block_size=12, damp=0.1, damp_mode="absolute"), torch.device("cpu")).group_inverse(8)
+
+
+def test_woodfisher_joint_nm_runs_and_holds_the_pattern(tmp_path):
+    save = tmp_path / "w.pt"
+    args = ["prune", "--method", "woodfisher", "--pattern", "2:4", "--woodfisher-nm-selection", "joint", "--woodfisher-num-grads", "64"]
+    assert (
+        main([*args, "--calib-batches", "2", "--calib-batch-size", "32", "--diag-images", "64", "--save", str(save), "--record", str(tmp_path / "r.json")]) == 0
+    )
+    model = build_model("smallcnn")
+    model.load_state_dict(torch.load(save, weights_only=True))
+    targets = select_targets(model)
+    verify_nm(targets, {t.param_name: t.weight.detach() != 0 for t in targets}, SparsityPattern.parse("2:4"))
+    assert json.loads((tmp_path / "r.json").read_text())["options"]["nm_selection"] == "joint"

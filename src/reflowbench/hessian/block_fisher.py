@@ -70,15 +70,18 @@ class FisherSpec:
                 )
 
 
-def column_chunks(tensor: torch.Tensor, direct: bool, whole: bool, device: torch.device, dtype: torch.dtype) -> Iterator[Tuple[int, torch.Tensor]]:
+def column_chunks(
+    tensor: torch.Tensor, direct: bool, whole: bool, device: torch.device, dtype: torch.dtype, multiple: int = 1
+) -> Iterator[Tuple[int, torch.Tensor]]:
     """(first index, ``tensor[..., start:start + c]`` in ``dtype`` on ``device``) covering the last dimension, c chosen so
     a piece holds at most :data:`CHUNK_ELEMENTS` elements: storage in another dtype or on another device is converted one
     piece at a time. ``direct`` (already in ``dtype`` on ``device``): the pieces are views, and with ``whole`` the
-    whole tensor is one piece."""
+    whole tensor is one piece. ``multiple``: every piece but the last is a multiple of this many columns wide."""
     if direct and whole:
         yield 0, tensor
         return
     step = max(1, CHUNK_ELEMENTS // max(1, tensor.numel() // max(1, tensor.shape[-1])))
+    step = max(multiple, step - step % multiple)
     for start in range(0, tensor.shape[-1], step):
         piece = tensor[..., start : start + step]
         yield start, piece if direct else piece.to(device=device, dtype=dtype)
@@ -161,10 +164,11 @@ class LayerFisher:
         self._diag_inverse: Optional[torch.Tensor] = None
 
     # -- G in chunks -----------------------------------------------------------------------------
-    def _chunks(self, blocks: slice = slice(None), whole_if_direct: bool = True) -> Iterator[Tuple[int, torch.Tensor]]:
+    def _chunks(self, blocks: slice = slice(None), whole_if_direct: bool = True, multiple: int = 1) -> Iterator[Tuple[int, torch.Tensor]]:
         """(first column, (nb', N, c) columns of G in the compute dtype on the compute device) covering every column of
-        ``blocks``; the whole of G at once (a view) when it needs no conversion and ``whole_if_direct``."""
-        return column_chunks(self.grads[blocks], self._direct, whole_if_direct, self.device, self.compute_dtype)
+        ``blocks``; the whole of G at once (a view) when it needs no conversion and ``whole_if_direct``; every piece but
+        the last a multiple of ``multiple`` columns wide."""
+        return column_chunks(self.grads[blocks], self._direct, whole_if_direct, self.device, self.compute_dtype, multiple)
 
     def _block_groups(self, side: int) -> List[slice]:
         """Groups of consecutive blocks whose side x side float64 temporaries stay within :data:`FACTOR_GROUP_ELEMENTS`."""
@@ -392,6 +396,34 @@ class LayerFisher:
         for blocks, lower in self._factor_groups():
             diagonal[blocks] = torch.diagonal(torch.cholesky_inverse(lower), dim1=1, dim2=2)
         return self._flat(diagonal)
+
+    def group_inverse(self, m: int) -> torch.Tensor:
+        """The m x m diagonal blocks of F^-1 over groups of m consecutive weights: (d / m, m, m), factor dtype.
+
+        Needs the block size (and so the layer) to be a multiple of m: a group never straddles two Fisher blocks.
+        Dual form: F_b^-1 = (I - Z^T Z) / lam with Z = L^-1 G_b (K = N lam I + G_b G_b^T = L L^T), so a group's block
+        is (I - Z_g^T Z_g) / lam from its m columns of Z; primal form: the blocks of the inverse from the factor."""
+        if self.block % m or self.numel % m:
+            raise FisherError(f"{self.name}: Fisher blocks of {self.block} weights do not split into groups of {m}: use a block size that is a multiple of {m}")
+        _ = self.factor  # first: factorising may raise the damping
+        groups_per_block = self.block // m
+        out = torch.empty(self.num_blocks, groups_per_block, m, m, dtype=self.factor_dtype, device=self.device)
+        eye = torch.eye(m, dtype=self.factor_dtype, device=self.device)
+        if self.form == "dual":
+            for blocks in self._block_groups(self.num_grads):
+                lower = self.unpacked_factor(blocks)
+                for start, g in self._chunks(blocks, whole_if_direct=False, multiple=m):
+                    z = torch.linalg.solve_triangular(lower, g, upper=False).to(self.factor_dtype)  # (nb', N, c)
+                    z = z.reshape(z.shape[0], z.shape[1], -1, m)
+                    gram = torch.einsum("bngi,bngj->bgij", z, z)
+                    out[blocks, start // m : start // m + gram.shape[1]] = (eye - gram) / self.damp[blocks].view(-1, 1, 1, 1)
+                    del z, gram
+        else:
+            for blocks, lower in self._factor_groups():
+                inverse = torch.cholesky_inverse(lower)  # (nb', B, B)
+                tiles = inverse.reshape(inverse.shape[0], groups_per_block, m, groups_per_block, m)
+                out[blocks] = torch.diagonal(tiles, dim1=1, dim2=3).permute(0, 3, 1, 2)
+        return out.reshape(-1, m, m)[: self.numel // m]
 
     def _clamp_to_lower_bound(self, diag: torch.Tensor) -> torch.Tensor:
         """Keep the dual diagonal (1 - sum z^2) / lam, a difference of nearly equal numbers when lam is small,
@@ -639,6 +671,10 @@ class BlockFisher:
     def diag_inverse(self) -> torch.Tensor:
         """diag(F^-1), (p,)."""
         return torch.cat([layer.diag_inverse() for layer in self])
+
+    def group_inverse(self, m: int) -> Dict[str, torch.Tensor]:
+        """Layer name -> the (d_l / m, m, m) blocks of F^-1 over groups of m consecutive weights (see LayerFisher)."""
+        return {layer.name: layer.group_inverse(m) for layer in self}
 
     def damp_vector(self) -> torch.Tensor:
         """lam of each weight's block, (p,)."""

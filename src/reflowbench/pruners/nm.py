@@ -10,6 +10,7 @@ dense, listed in the run's notes (``nm_dense_layers``), and the sparsity over th
 
 from __future__ import annotations
 
+import itertools
 from typing import Dict, List, Tuple
 
 import torch
@@ -52,6 +53,32 @@ def nm_masks_from_scores(targets: TargetSet, scores: Dict[str, torch.Tensor], pa
         score = torch.nan_to_num(scores[t.param_name].float(), nan=-float("inf"))
         masks[t.param_name] = keep_top_n(score, pattern.n, pattern.m) if grouped(t, pattern.m) else torch.ones_like(score, dtype=torch.bool)
     return masks
+
+
+def subsets_to_prune(m: int, n: int) -> torch.Tensor:
+    """(C(m, m - n), m) bool: every choice of the m - n weights of a group to prune, in lexicographic order."""
+    choices = list(itertools.combinations(range(m), m - n))
+    table = torch.zeros(len(choices), m, dtype=torch.bool)
+    for row, choice in enumerate(choices):
+        table[row, list(choice)] = True
+    return table
+
+
+def joint_obs_keep(weights: torch.Tensor, inverse_blocks: torch.Tensor, n: int) -> torch.Tensor:
+    """Keep-mask (groups, m) keeping, in each group, the n weights whose complement P has the lowest joint OBS cost
+    1/2 w_P^T ([F^-1]_PP)^-1 w_P (the loss increase of pruning P together with the optimal update of the rest), by
+    enumerating the C(m, m - n) choices: ``weights`` (groups, m), ``inverse_blocks`` (groups, m, m) the group's block
+    of F^-1. Ties go to the first choice in lexicographic order."""
+    m = weights.shape[1]
+    table = subsets_to_prune(m, n)
+    costs = []
+    for pruned in table:
+        index = pruned.nonzero().flatten().to(weights.device)
+        sub = inverse_blocks[:, index][:, :, index]
+        w = weights[:, index]
+        costs.append(0.5 * (w * torch.linalg.solve(sub, w.unsqueeze(-1)).squeeze(-1)).sum(-1))
+    choice = torch.stack(costs, dim=1).argmin(dim=1)
+    return ~table.to(weights.device)[choice]
 
 
 def verify_nm(targets: TargetSet, masks: Masks, pattern: SparsityPattern) -> Tuple[int, int]:

@@ -13,26 +13,32 @@ lam = 1e-5, global selection, one step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Set
 
 import torch
 from torch import nn
 
 from reflowbench.config import SparsityPattern
+from reflowbench.errors import ConfigError
 from reflowbench.hessian import BlockFisher
 from reflowbench.pruners.base import PruneContext, register_pruner
 from reflowbench.pruners.hessian_base import HessianOptions, HessianPruner, step_sparsities
 from reflowbench.pruners.masks import Masks, masks_from_scores
-from reflowbench.pruners.nm import nm_masks_from_scores
+from reflowbench.pruners.nm import grouped, joint_obs_keep, nm_masks_from_scores
 from reflowbench.pruners.updates import apply_update
 from reflowbench.schema.targets import TargetSet
 
 __all__ = ["WoodFisherOptions", "WoodFisherPruner", "step_sparsities"]
 
 
+NM_SELECTIONS = ("single", "joint")
+
+
 @dataclass
 class WoodFisherOptions(HessianOptions):
     """WoodFisher keeps every default of :class:`HessianOptions` (update: obs-sum)."""
+
+    nm_selection: str = "single"  # --pattern N:M only: single (the N highest single-weight saliencies per group) or joint (the N-of-M subset with the lowest joint OBS cost, enumerated)
 
 
 @register_pruner("woodfisher", "WoodFisher: OBS saliency + summed OBS update, block empirical Fisher")
@@ -53,9 +59,22 @@ class WoodFisherPruner(HessianPruner):
 
     PATTERNS = ("unstructured", "n:m")
 
+    def check_options(self) -> None:
+        super().check_options()
+        if self.options.nm_selection not in NM_SELECTIONS:
+            raise ConfigError(f"--{self.name}-nm-selection must be one of {NM_SELECTIONS}, got {self.options.nm_selection!r}")
+
+    def unused_options(self) -> Set[str]:
+        return super().unused_options() | {"nm_selection"}  # read only under an N:M --pattern
+
     def pattern_refusal(self, pattern: SparsityPattern) -> Optional[str]:
         if pattern.kind == "n:m" and self.options.recompute_steps != 1:
             return f"reaches N:M in one step only (--{self.name}-recompute-steps 1)"
+        block = self.options.block_size
+        if pattern.kind == "n:m" and self.options.nm_selection == "joint" and self.options.layer_groups != 1:
+            return f"chooses N:M jointly only on the one-pass Fisher (--{self.name}-layer-groups 1)"
+        if pattern.kind == "n:m" and self.options.nm_selection == "joint" and block and block % pattern.m:
+            return f"chooses N:M jointly only with Fisher blocks that split into groups of {pattern.m} (--{self.name}-block-size {block})"
         return super().pattern_refusal(pattern)
 
     def prepare(self, fisher: BlockFisher) -> None:
@@ -70,9 +89,24 @@ class WoodFisherPruner(HessianPruner):
             rho = w.pow(2) / (2.0 * diag)
             rho = torch.where(masks[t.param_name].reshape(-1).to(rho.device), rho, torch.full_like(rho, -1.0))  # pruned stay pruned
             scores[t.param_name] = rho.view(t.weight.shape)
+        if ctx is not None and ctx.pattern.kind == "n:m" and self.options.nm_selection == "joint":
+            return self._joint_nm_masks(targets, fisher, ctx.pattern)
         if ctx is not None and ctx.pattern.kind == "n:m":  # the N highest-saliency weights of every group (single-weight saliency)
             return nm_masks_from_scores(targets, scores, ctx.pattern)
         return masks_from_scores(targets, scores, sparsity, self.options.scope)
+
+    def _joint_nm_masks(self, targets: TargetSet, fisher: BlockFisher, pattern: SparsityPattern) -> Masks:
+        """Per group of every grouped target, the N-of-M subset with the lowest joint OBS cost (pruners/nm.py); the
+        targets that cannot hold the pattern are kept whole."""
+        masks: Masks = {}
+        for t in targets:
+            if not grouped(t, pattern.m):
+                masks[t.param_name] = torch.ones_like(t.weight, dtype=torch.bool)
+                continue
+            blocks = fisher[t.param_name].group_inverse(pattern.m)
+            weights = t.weight.detach().reshape(-1, pattern.m).to(device=blocks.device, dtype=blocks.dtype)
+            masks[t.param_name] = joint_obs_keep(weights, blocks, pattern.n).reshape(t.weight.shape).to(t.weight.device)
+        return masks
 
     def prune_with_fisher(self, targets: TargetSet, fisher: BlockFisher, sparsity: float, masks: Masks) -> Masks:
         """One step on a given Fisher: select by OBS saliency, apply the configured update; returns the new masks."""
