@@ -302,6 +302,25 @@ class PruneSpec:
         return self
 
 
+@dataclass
+class SpeedSpec:
+    """Inference speed of a pruned model against its dense one (``reflowbench speed``), measured, not counted."""
+
+    pruned: List[str] = field(
+        default_factory=list
+    )  # state_dicts of pruned models (`prune --save`) of the --model; each is measured beside the dense --checkpoint
+    batch_sizes: List[int] = field(default_factory=lambda: [1, 32, 256])  # images per forward pass
+    min_run_time: float = 2.0  # seconds of timed forward passes per model and batch size (torch.utils.benchmark's blocked_autorange)
+    save: Optional[str] = None  # also write the table (markdown) here
+
+    def validate(self) -> "SpeedSpec":
+        _unique(self.batch_sizes, "--batch-sizes")
+        for size in self.batch_sizes:
+            _positive_int(size, "--batch-sizes")
+        _require(math.isfinite(self.min_run_time) and self.min_run_time > 0, f"--min-run-time must be a positive number of seconds, got {self.min_run_time}")
+        return self
+
+
 def resolve_prune_sparsity(prune: "PruneSpec", spec: "SweepSettings") -> float:
     """``prune``'s sparsity: --sparsity, else the one an N:M --pattern fixes; else a :class:`ConfigError` asking for it."""
     if prune.sparsity is None:

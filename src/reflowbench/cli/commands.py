@@ -16,6 +16,7 @@ from reflowbench.config import (
     PruneSpec,
     ReflowAblationSpec,
     SettingsLayers,
+    SpeedSpec,
     SuiteCommandSpec,
     SweepNarrowing,
     SweepSettings,
@@ -203,6 +204,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     recipe = build_dataclass(TrainSpec, given(args, "train__"), "train settings")
     train_checkpoint(_spec_from_args(args), recipe, args.save, log=_log)
+    return 0
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    from reflowbench.harness.speed import measure_speed
+
+    speed = build_dataclass(SpeedSpec, given(args, "speed__"), "speed settings").validate()
+    measure_speed(_spec_from_args(args), speed, log=_log)
     return 0
 
 

@@ -15,6 +15,7 @@ from reflowbench.config import (
     ExecutorSpec,
     PruneSpec,
     ReflowAblationSpec,
+    SpeedSpec,
     SuiteCommandSpec,
     SweepSettings,
     TrainSpec,
@@ -180,6 +181,21 @@ def _add_train(subcommands: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=commands.cmd_train, interrupted="nothing was saved")
 
 
+def _add_speed(subcommands: argparse._SubParsersAction) -> None:
+    """speed: measured latency of pruned models against the dense one."""
+    speed = _settings_command(
+        subcommands,
+        "speed",
+        "measure inference latency and throughput of pruned models (prune --save) against the dense --checkpoint, with parameter and FLOP counts",
+        sections=("model", "data"),
+        with_pruners=False,
+    )
+    speed.add_argument("--device", dest="sweep__device", metavar="DEVICE", default=argparse.SUPPRESS, help="auto, cpu, cuda or cuda:N (default: auto)")
+    speed.add_argument("--threads", dest="sweep__threads", metavar="INT", type=int, default=argparse.SUPPRESS, help="torch CPU threads (default: torch's)")
+    add_dataclass_arguments(speed.add_argument_group("speed settings"), SpeedSpec, "speed__")
+    speed.set_defaults(handler=commands.cmd_speed, interrupted="nothing was saved")
+
+
 def _add_list(subcommands: argparse._SubParsersAction) -> None:
     """list: the registries."""
     listing = subcommands.add_parser("list", help="list pruners, models, datasets and presets")
@@ -190,6 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of every command; each command's handler (in :mod:`.commands`) is set as ``handler``."""
     parser = argparse.ArgumentParser(prog="reflowbench", description="Benchmark one-shot pruners with and without BN recalibration (REFLOW).")
     subcommands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_prune, _add_report, _add_compare, _add_suite, _add_one_method_commands, _add_train, _add_list):
+    for add in (_add_run, _add_prune, _add_report, _add_compare, _add_suite, _add_one_method_commands, _add_train, _add_speed, _add_list):
         add(subcommands)
     return parser

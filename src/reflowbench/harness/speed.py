@@ -1,0 +1,135 @@
+"""``reflowbench speed``: inference latency and throughput of pruned models against the dense one, measured on this
+machine with ``torch.utils.benchmark`` (warm-up, then ``blocked_autorange``: the median of blocks of timed forward passes
+and its interquartile range), beside the parameter and FLOP counts (``torch.utils.flop_counter``, PyTorch's own counter:
+the dense FLOPs of the shapes run, so an unstructured or N:M model counts as many FLOPs as the dense one, and only a
+genuinely smaller network counts fewer).
+
+Why ``torch.utils.benchmark`` rather than a hand-timed loop: it handles warm-up, thread settings and the block sizing
+that makes sub-millisecond timings stable, and reports spread; pytest-benchmark stays the tool of the suite's own
+benchmarks (``bench/``), whose baselines CI compares.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.utils.benchmark as benchmark
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from reflowbench.config import SpeedSpec, SweepSettings
+from reflowbench.errors import CheckpointError
+from reflowbench.harness.plan import check_output_file
+from reflowbench.models import BUILTIN_MODELS, build_model, default_dataset_for, read_state_dict
+from reflowbench.models.checkpoints import load_into
+from reflowbench.utils.env import resolve_device
+from reflowbench.utils.io import atomic_write_text
+
+INPUT_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "imagenet": (3, 224, 224), "imagefolder": (3, 224, 224)}
+
+
+def counts(model: nn.Module, shape: Tuple[int, ...]) -> Dict[str, float]:
+    """Parameters (all, and non-zero) and the FLOPs of one forward pass of one image of ``shape``."""
+    params = list(model.parameters())
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *shape, device=params[0].device))
+    return {
+        "params": float(sum(p.numel() for p in params)),
+        "nonzero_params": float(sum(int((p != 0).sum()) for p in params)),
+        "flops": float(counter.get_total_flops()),
+    }
+
+
+def latency(model: nn.Module, shape: Tuple[int, ...], batch: int, device: torch.device, min_run_time: float) -> Dict[str, float]:
+    """Median and interquartile range of one forward pass of ``batch`` images (milliseconds), and images per second."""
+    x = torch.randn(batch, *shape, device=device)
+    with torch.no_grad():
+        for _ in range(3):  # warm-up: allocator, kernels chosen
+            model(x)
+        timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads())
+        measured = timer.blocked_autorange(min_run_time=min_run_time)
+    return {"median_ms": measured.median * 1e3, "iqr_ms": measured.iqr * 1e3, "images_per_s": batch / measured.median}
+
+
+def _load(spec: SweepSettings, path: str) -> nn.Module:
+    model = build_model(spec.model.model, spec.model.num_classes or 10, None, spec.model.shortcut if spec.model.shortcut != "auto" else "A")
+    try:
+        load_into(model, read_state_dict(Path(path)), source=f"--pruned {path}")
+    except CheckpointError as exc:
+        one_line = " ".join(str(exc).split())
+        raise CheckpointError(f"{one_line} (--pruned takes the weights `reflowbench prune --save` wrote for this --model)") from None
+    return model.eval()
+
+
+def _default_checkpoint(spec: SweepSettings, device: torch.device, log: Callable[[str], None]) -> Optional[Path]:
+    """The embedded CNNs' dense weights (shipped, or trained once and cached); any other built-in model needs --checkpoint."""
+    from reflowbench.harness.process import load_spec_data
+    from reflowbench.harness.run import default_checkpoint
+
+    name = spec.model.model
+    if name.startswith("smallcnn") and (spec.data.dataset or "digits") == "digits":
+        return default_checkpoint(spec, load_spec_data(spec, "digits"), device, log)
+    if name in BUILTIN_MODELS:
+        raise CheckpointError(f"{name} needs its dense weights: pass --checkpoint PATH (the weights the pruned models were pruned from)")
+    return None
+
+
+def machine_load() -> str:
+    """The 1-minute load average against the CPU count: timings on a busy machine are not idle-machine figures."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return "load average unknown"
+    return f"load average {load:.2f} on {os.cpu_count()} CPUs" + (" (busy: not idle-machine figures)" if load > 0.5 else " (idle)")
+
+
+def measure_speed(spec: SweepSettings, speed: SpeedSpec, log: Callable[[str], None]) -> List[Dict[str, Any]]:
+    """Rows (model label, batch size, counts, latency, speed-up against dense) for the dense --checkpoint and each
+    --pruned model; the markdown table goes to ``log`` and to ``speed.save``."""
+    speed.validate()
+    check_output_file(speed.save, "--save")
+    for path in speed.pruned:
+        if not Path(path).is_file():
+            raise CheckpointError(f"--pruned {path} does not exist: give the file `reflowbench prune --save` wrote")
+    device = resolve_device(spec.sweep.device)
+    if spec.sweep.threads:
+        torch.set_num_threads(spec.sweep.threads)
+    shape = INPUT_SHAPES[spec.data.dataset or default_dataset_for(spec.model.model)]
+    checkpoint = Path(spec.model.checkpoint) if spec.model.checkpoint else _default_checkpoint(spec, device, log)
+    models = [("dense", build_model(spec.model.model, spec.model.num_classes or 10, checkpoint, spec.model.shortcut, spec.model.weights).eval())]
+    models += [(Path(path).name, _load(spec, path)) for path in speed.pruned]
+    rows: List[Dict[str, Any]] = []
+    dense_ms: Dict[int, float] = {}
+    for label, model in models:
+        model.to(device)
+        counted = counts(model, shape)
+        for batch in speed.batch_sizes:
+            timed = latency(model, shape, batch, device, speed.min_run_time)
+            dense_ms.setdefault(batch, timed["median_ms"])
+            rows.append({"model": label, "batch": batch, **counted, **timed, "speedup": dense_ms[batch] / timed["median_ms"]})
+    table = speed_markdown(rows, device, torch.get_num_threads(), machine_load())
+    for line in table:
+        log(line)
+    if speed.save:
+        atomic_write_text(Path(speed.save), "\n".join(table) + "\n")
+    return rows
+
+
+def speed_markdown(rows: List[Dict[str, Any]], device: torch.device, threads: int, load: str = "") -> List[str]:
+    """The table: per model and batch size, parameters (non-zero), FLOPs per image, latency and throughput, speed-up."""
+    lines = [
+        f"Measured on {device.type} with {threads} thread(s), torch {torch.__version__}, {load}: median of timed blocks (interquartile range); "
+        "FLOPs per image as PyTorch counts them for the shapes run (dense kernels: pruned weights still cost FLOPs).",
+        "",
+        "| model | batch | params (non-zero) | GFLOPs / image | latency ms (IQR) | images / s | speed-up vs dense |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['params'] / 1e6:.3f} M ({r['nonzero_params'] / 1e6:.3f} M) | {r['flops'] / 1e9:.4f} | "
+            f"{r['median_ms']:.3f} ({r['iqr_ms']:.3f}) | {r['images_per_s']:.0f} | {r['speedup']:.2f}× |"
+        )
+    return lines
