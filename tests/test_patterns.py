@@ -69,8 +69,7 @@ def test_the_pruners_that_declare_nm_are_the_ones_built_for_it():
     assert NM_PRUNERS == ["chita", "chita++", "mp", "mp-hessian", "mp-layer", "woodfisher"]
 
 
-@pytest.mark.parametrize("name", NM_PRUNERS)
-@pytest.mark.parametrize("text", ["2:4", "1:4"])
+@pytest.mark.parametrize("name,text", [(name, "2:4") for name in NM_PRUNERS] + [("mp", "1:4"), ("mp-layer", "4:8")])
 def test_every_pruner_that_declares_nm_holds_it_exactly_in_the_saved_weights(tmp_path, name, text):
     save, record = tmp_path / "w.pt", tmp_path / "r.json"
     args = ["prune", "--method", name, "--pattern", text, "--calib-batches", "2", "--calib-batch-size", "32", "--diag-images", "64"]
