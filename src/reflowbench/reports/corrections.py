@@ -104,8 +104,12 @@ def corrections_figure(records: List[Dict[str, Any]], path: Path) -> Path:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", title="correction", fontsize=9)
+    legend: Dict[str, Any] = {}  # every correction of every panel, once, in the panels' order
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    ordered = [name for name in names if name in legend]
+    fig.legend([legend[name] for name in ordered], ordered, loc="center right", title="correction", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1 - 1.5 / (4.4 * columns + 1.6), 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -351,7 +351,7 @@ def write_suite_report(out: Path, name: str, folders: List[str], context: Option
     cost_sparsity = pick_sparsity(sweep_records(records), 0.8)
     figures["cost"] = accuracy_vs_cost(points, cost_sparsity, figure_folder / "accuracy_vs_cost.png")
     md = [
-        *_head_lines(name, context.description, records, diagnostic, found, context.completeness),
+        *_head_lines(name, context.description, every, diagnostic, found, context.completeness),
         *corrections,
         *_accuracy_lines(records, figures, context, (best_header, best_rows), out),
         *_compute_lines(records, figures, points, cost_sparsity, sparsity),
