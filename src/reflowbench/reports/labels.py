@@ -125,7 +125,8 @@ def _role(runs: List[Dict[str, Any]], roles: Mapping[str, str], reference: Optio
     found = {roles[r["key"]] for r in runs if r.get("key") in roles}
     if found:
         return TUNED if TUNED in found and REFERENCE not in found else sorted(found)[0]
-    if reference is not None and not roles and all(_key_options(r) == reference for r in runs):
+    patterned = any(r.get("settings", {}).get("targets", {}).get("pattern") for r in runs)  # N:M: not the authors' (unstructured) setting
+    if reference is not None and not roles and not patterned and all(_key_options(r) == reference for r in runs):
         return REFERENCE
     return ""
 
