@@ -24,7 +24,15 @@ def _stop_at(line: str):
 
 @pytest.mark.parametrize("name", ["smallcnn-gn", "smallcnn-ln"])
 def test_an_interrupted_training_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, name):
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float kernels in both trainings; restored for the tests after this one
+    try:
+        _resume_matches(tmp_path, name)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _resume_matches(tmp_path, name):
     digits = load_dataset("digits")
     recipe = TrainSpec(epochs=3, batch_size=128, lr=0.05, seed=0, augment=False)
     identity = {"model": name}
