@@ -61,7 +61,7 @@ def test_config_file_and_flags(tmp_path, capsys):
     config.write_text(json.dumps({"sweep": {"sparsities": [0.5]}, "method_options": {"mp": {"scope": "layer"}}}))
     assert main(["run", "--config", str(config), "--no-report", *_quick_args(tmp_path / "o")]) == 0
     record = json.loads(next((tmp_path / "o" / "runs").glob("*.json")).read_text())
-    assert record["sparsity"] == 0.5 and record["options"] == {"scope": "layer"}
+    assert record["sparsity"] == 0.5 and record["options"] == {"scope": "layer", "channel_norm": "l1"}
 
 
 def test_prune_command_saves_weights(tmp_path, capsys):

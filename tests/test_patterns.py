@@ -31,10 +31,9 @@ def test_pattern_parsing_and_its_sparsity():
     assert SparsityPattern.parse("2:4").sparsity() == 0.5 and str(SparsityPattern.parse("1:4")) == "1:4"
     assert SparsityPattern.parse("unstructured").sparsity() is None
     for bad in ("4:2", "0:4", "2:4:8", "two:four", "2:128"):
-        with pytest.raises(ConfigError, match="--pattern must be unstructured or N:M"):
+        with pytest.raises(ConfigError, match="--pattern must be unstructured, channels or N:M"):
             SparsityPattern.parse(bad)
-    with pytest.raises(ConfigError, match="channels.*not built yet"):
-        SparsityPattern.parse("channels")
+    assert SparsityPattern.parse("channels").sparsity() is None and str(SparsityPattern.parse("channels")) == "channels"
 
 
 def test_layers_that_cannot_hold_the_pattern_stay_dense_and_broken_masks_are_caught():
@@ -96,7 +95,7 @@ def test_nm_refusals_and_sparsities_are_one_line(tmp_path, capsys):
         (["run", "--pattern", "2:4", "--methods", "chita++"], "chita++ reaches N:M only with --chita++-solver backsolve or block-backsolve in one stage"),
         (["run", "--pattern", "2:4", "--methods", "chita", "--chita-solver", "iht"], "chita reaches N:M only with --chita-solver backsolve"),
         (["run", "--pattern", "2:4", "--sparsities", "0.5,0.7"], "--pattern 2:4 fixes the sparsity at 0.5, but --sparsities has 0.7"),
-        (["run", "--pattern", "3"], "--pattern must be unstructured or N:M"),
+        (["run", "--pattern", "3"], "--pattern must be unstructured, channels or N:M"),
         (["prune"], "prune needs --sparsity"),
     ):
         assert main([*args, *out]) == 2

@@ -7,6 +7,7 @@ from conftest import TinyBNNet
 from reflowbench.datasets import SubsetSizes, disjoint_subsets
 from reflowbench.pruners import PRUNERS, PruneContext, apply_masks, make_pruner, select_targets, verify_masks
 
+UNSTRUCTURED = sorted(name for name, cls in PRUNERS.items() if "unstructured" in cls.PATTERNS)  # channel-only pruners: tests/test_channels.py
 SMALL_OPTIONS = {"num_grads": 32, "minibatch": 2, "chunk_images": 16, "iht_iters": 10, "candidates": 5}
 
 
@@ -37,7 +38,7 @@ def _prune(name, digits, seed, sparsity):
     return targets, masks, pruner
 
 
-@pytest.mark.parametrize("name", sorted(PRUNERS))
+@pytest.mark.parametrize("name", UNSTRUCTURED)
 @pytest.mark.parametrize("sparsity", [0.5, 0.9])
 def test_pruner_contract(name, digits, sparsity):
     targets, masks, pruner = _prune(name, digits, 0, sparsity)
@@ -77,7 +78,7 @@ def magnitude_reference(digits, trained_smallcnn):
     return _prune_trained("mp", digits, trained_smallcnn)
 
 
-@pytest.mark.parametrize("name", sorted(PRUNERS))
+@pytest.mark.parametrize("name", UNSTRUCTURED)
 def test_pruner_output_is_finite_reflowable_and_near_magnitude(name, digits, trained_smallcnn, magnitude_reference):
     pruned, reflow = _prune_trained(name, digits, trained_smallcnn)
     mp_pruned, mp_reflow = magnitude_reference

@@ -105,13 +105,16 @@ class CorrectionSpec:
 
 
 UNSTRUCTURED = "unstructured"
+CHANNELS = "channels"
 MAX_GROUP = 64  # the largest M of an N:M pattern
 
 
 @dataclass(frozen=True)
 class SparsityPattern:
-    """Which weights may be pruned together: ``unstructured`` (any), or ``n:m`` (in each group of ``m`` consecutive
-    weights along an output row's flattened input dimension, exactly ``n`` kept; the sparsity is 1 - n/m)."""
+    """Which weights may be pruned together: ``unstructured`` (any), ``n:m`` (in each group of ``m`` consecutive
+    weights along an output row's flattened input dimension, exactly ``n`` kept; the sparsity is 1 - n/m), or
+    ``channels`` (whole output channels removed, giving a smaller network; the sparsity is the fraction of the
+    prunable channels removed)."""
 
     kind: str = UNSTRUCTURED
     n: int = 0
@@ -119,17 +122,17 @@ class SparsityPattern:
 
     @staticmethod
     def parse(text: str) -> "SparsityPattern":
-        """``unstructured`` or ``N:M`` (0 < N < M <= 64); anything else is a :class:`ConfigError` naming the forms."""
+        """``unstructured``, ``channels`` or ``N:M`` (0 < N < M <= 64); anything else is a :class:`ConfigError` naming the forms."""
         if text == UNSTRUCTURED:
             return SparsityPattern()
+        if text == CHANNELS:
+            return SparsityPattern(CHANNELS)
         parts = text.split(":")
         if len(parts) == 2 and all(p.isdigit() for p in parts):
             n, m = int(parts[0]), int(parts[1])
             if 0 < n < m <= MAX_GROUP:
                 return SparsityPattern("n:m", n, m)
-        if text == "channels":
-            raise ConfigError("--pattern channels (whole output channels removed, a smaller network) is not built yet: use unstructured or N:M")
-        raise ConfigError(f"--pattern must be unstructured or N:M with 0 < N < M <= {MAX_GROUP} (e.g. 2:4, 4:8, 1:4), got {text!r}")
+        raise ConfigError(f"--pattern must be unstructured, channels or N:M with 0 < N < M <= {MAX_GROUP} (e.g. 2:4, 4:8, 1:4), got {text!r}")
 
     def sparsity(self) -> Optional[float]:
         """The sparsity the pattern fixes (1 - N/M), or None (unstructured: the sweep's sparsities)."""
@@ -146,7 +149,7 @@ class TargetSpec:
     exclude_first_conv: bool = False
     exclude_classifier: bool = False
     exclude_shortcuts: bool = False  # 1x1 convs on residual shortcuts
-    pattern: str = UNSTRUCTURED  # unstructured, or N:M (e.g. 2:4: N of every M consecutive weights along each output row's input dimension kept; sparsity 1 - N/M, --sparsities may be omitted)
+    pattern: str = UNSTRUCTURED  # unstructured; N:M (e.g. 2:4: N of every M consecutive weights along each output row's input dimension kept; sparsity 1 - N/M, --sparsities may be omitted); or channels (whole output channels removed: a smaller network; the sparsity is the fraction of prunable channels removed)
 
     def sparsity_pattern(self) -> SparsityPattern:
         return SparsityPattern.parse(self.pattern)

@@ -273,6 +273,37 @@ SUITES["corrections"] = {
 }
 
 
+# Sparsity a machine can use (issue 40): N:M (2:4, 4:8; the first convolution left dense, as the issue asks) for every
+# pruner that can hold it, and whole channels removed (a quarter, half and three quarters of every prunable group) by
+# filter norm, BN scale and the Fisher score, each ± REFLOW, three seeds.
+NM_MODELS = [("resnet20", R20, {}), ("resnet56", R56, {}), ("mobilenetv1", MNV1, MNV1_OPTIONS)]
+NM_METHODS = ["mp", "mp-hessian", "woodfisher", "chita"]
+CHANNEL_METHODS = ["mp", "bn-scale", "woodfisher"]
+CHANNEL_SWEEP = {"methods": CHANNEL_METHODS, "sparsities": [0.25, 0.5, 0.75], "seeds": [0, 1, 2]}
+
+
+def _nm_job(folder: str, model: str, checkpoint: str, pattern: str, options: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    targets = {"pattern": pattern, "exclude_first_conv": True}
+    return _job(folder, model, checkpoint, "sweep", {"methods": NM_METHODS, "seeds": [0, 1, 2]}, options, targets=targets)
+
+
+def _channel_job(folder: str, model: str, checkpoint: str, options: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    return _job(folder, model, checkpoint, "sweep", dict(CHANNEL_SWEEP), options, targets={"pattern": "channels"})
+
+
+SUITES["patterns"] = {
+    "description": "N:M (2:4 and 4:8, first convolution dense) for MP, MP-Hessian, WoodFisher and CHITA, and channel pruning (0.25, 0.5, 0.75 "
+    "of every prunable channel group: MP filter norm, BN scale, WoodFisher's Fisher score) with FLOPs, parameters and measured latency, "
+    "each ± REFLOW on the CIFAR-10 _jpeg checkpoints, seeds 0-2",
+    "notes": MODEL_NOTES,
+    "jobs": [
+        *[_nm_job(f"nm-{model}", model, checkpoint, pattern, options) for model, checkpoint, options in NM_MODELS for pattern in ("2:4", "4:8")],
+        _channel_job("channels-resnet20", "resnet20", R20, {}),
+        _channel_job("channels-mobilenetv1", "mobilenetv1", MNV1, MNV1_OPTIONS),
+    ],
+}
+
+
 SUITES["resnet20-four"] = {
     "description": "the four pruners (MP, WoodFisher, CBS, CHITA) at their published defaults on the ResNet-20 _jpeg checkpoint, "
     "sparsities 0.5-0.95, seeds 0-2, with and without REFLOW: 72 runs, the end-to-end timing target (wall time against the floor). "

@@ -14,10 +14,11 @@ from reflowbench.pruners import PRUNERS
 
 def catalog_lines() -> List[str]:
     """One line per pruner, built-in model and dataset, then the torchvision models and the presets."""
-    lines = ["pruners:"]
+    lines = ["pruners (patterns: the --pattern values each can produce):"]
     for name, cls in sorted(PRUNERS.items()):
         options = ", ".join(f"{f.name}={getattr(cls.Options(), f.name)!r}" for f in fields(cls.Options))
-        lines.append(f"  {name:<14} {cls.description}" + (f"  [{options}]" if options else ""))
+        patterns = ", ".join("N:M" if p == "n:m" else p for p in cls.PATTERNS)
+        lines.append(f"  {name:<14} {cls.description} (patterns: {patterns})" + (f"  [{options}]" if options else ""))
     lines.append("corrections (--corrections; none: the pruned network alone):")
     lines += [f"  {name:<14} {cls.description}" for name, cls in sorted(CORRECTIONS.items())]
     lines.append("models (built-in):")

@@ -146,6 +146,13 @@ def plan_sweep(spec: SweepSettings, check_out: bool = True) -> SweepPlan:
         able = sorted(name for name, cls in PRUNERS.items() if pattern.kind in cls.PATTERNS)
         shown = "; ".join(f"{name} {why}" for name, why in refusals)
         raise ConfigError(f"--pattern {pattern}: {shown}; the pruners that can (some only with certain options): {', '.join(able)}")
+    if pattern.kind == "channels":
+        others = [name for name in spec.corrections.applied() if name != "reflow"]
+        if others:
+            raise ConfigError(
+                f"--pattern channels: --corrections {','.join(others)} match each channel to the dense model's same channel, and channel pruning "
+                "removes channels (the rest are renumbered): use --corrections none,reflow"
+            )
     for name, options in spec.method_options.items():
         make_pruner(name, options)  # options of a pruner outside --methods are checked too
     if check_out:

@@ -12,6 +12,7 @@ from reflowbench.config import PruneSpec, SweepSettings, resolve_prune_sparsity
 from reflowbench.harness.distributed import is_main_rank
 from reflowbench.harness.plan import check_output_file, plan_sweep
 from reflowbench.harness.run import SweepState, prune_and_measure
+from reflowbench.models.pruned_shapes import module_shapes
 from reflowbench.schema.results import correction_stages
 from reflowbench.utils.io import atomic_write_json
 
@@ -35,7 +36,9 @@ def prune_once(spec: SweepSettings, prune: PruneSpec, log: Callable[[str], None]
     if not is_main_rank():
         return record  # under torchrun: every rank pruned the same model; rank 0 writes
     if prune.save:
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, prune.save)
+        weights = {k: v.cpu() for k, v in model.state_dict().items()}
+        # a channel-pruned network is smaller: its module sizes go beside the weights (models/pruned_shapes.py), no pickled code
+        torch.save({"state_dict": weights, "pruned_shapes": module_shapes(model)} if state.channel_search is not None else weights, prune.save)
         log(f"saved the {'REFLOW-recalibrated ' if prune.reflow and reflow_handle is not None else ''}pruned weights to {prune.save}")
     if prune.record:
         atomic_write_json(Path(prune.record), record)

@@ -20,20 +20,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from reflowbench.channels import GroupSearch, find_channel_groups, remove_channels
 from reflowbench.config import SweepSettings
 from reflowbench.corrections import Correction, CorrectionContext, make_correction, refuse_inapplicable
 from reflowbench.datasets import DataBundle, SubsetSizes, check_subset_sizes, disjoint_subsets
-from reflowbench.errors import BrokenModelError, CheckpointError, DivergedError, MaskError, PrunerCrashed, ReflowbenchError
+from reflowbench.errors import BrokenModelError, CheckpointError, ConfigError, DivergedError, MaskError, PrunerCrashed, ReflowbenchError
 from reflowbench.harness.correct import correct_and_measure, pruned_zeros
 from reflowbench.harness.evaluate import evaluate
 from reflowbench.harness.objective import measure_objective, objective_images, reference_fisher
 from reflowbench.harness.plan import SweepPlan
 from reflowbench.harness.process import configure_process, load_spec_data
 from reflowbench.models import BUILTIN_MODELS, build_model, check_model_fits_data
+from reflowbench.models.counts import counts
 from reflowbench.models.fold_bn import fold_batchnorm
 from reflowbench.models.state_checks import first_non_finite_module, state_problems
 from reflowbench.pruners import PruneContext, Pruner, apply_masks, select_targets, verify_masks
 from reflowbench.pruners.base import StageCheckpoint, key_options
+from reflowbench.pruners.channels import channel_fraction, channels_to_remove, removed_channels
 from reflowbench.pruners.nm import dense_layers, verify_nm
 from reflowbench.reflow import RecalibrationHandle, bn_output_variances, recalibrate_bn, summarize_ratios, variance_ratios
 from reflowbench.schema.results import SCHEMA_VERSION, settings_in_key
@@ -131,11 +134,26 @@ class SweepState:
         self.policy = spec.targets.policy()
         self.pattern = spec.targets.sparsity_pattern()
         self.targets_record = select_targets(self.dense, self.policy).record()
+        self.example = sample  # two training images: the channel groups' and the surgery's check batch
+        self.channel_search: Optional[GroupSearch] = None
+        if self.pattern.kind == "channels":
+            self.channel_search = self._channel_groups()
         self.cache: Dict[Any, Any] = {}
         self._dense_metrics: Optional[Dict[str, float]] = None
         self._dense_variances: Dict[int, Dict[str, float]] = {}
         self.environment = environment(self.device)
         self.settings = self._settings(dataset)
+
+    def _channel_groups(self) -> GroupSearch:
+        """The dense model's prunable channel groups under the target policy (refused when there is none), logged."""
+        name = self.spec.model.model + (" with --fold-bn" if self.spec.model.fold_bn else "")
+        found = find_channel_groups(self.dense, self.example, name)
+        search = found.restricted({t.param_name for t in select_targets(self.dense, self.policy)})
+        left = "; ".join(f"{root}: {why}" for root, why in search.excluded.items())
+        if not search.groups:
+            raise ConfigError(f"--pattern channels: no channel of {name} can be removed ({left or 'no convolution found'})")
+        self.log(f"channel groups: {len(search.groups)} prunable ({search.prunable_channels()} channels)" + (f"; left whole: {left}" if left else ""))
+        return search
 
     def _settings(self, dataset: str) -> Dict[str, Any]:
         """Everything shared by the sweep's runs that changes a result (hashed into each run key):
@@ -326,18 +344,44 @@ def prune_fresh(
         keep_curvature=keep_curvature,
         stages=stages,
         pattern=state.pattern,
+        channel_groups=state.channel_search.groups if state.channel_search else (),
     )
     where = f"{pruner.name} at sparsity {sparsity:g}, seed {seed}"
     with _pruner_errors(where):
         with ledger.phase("prune", state.device):
             masks = pruner.prune(model, targets, sparsity, ctx)
             apply_masks(targets, masks)
+            if state.channel_search is not None:
+                actual = _remove_channels(state, model, targets, masks, sparsity, ctx)
         if state.pattern.kind == "n:m":
             verify_nm(targets, masks, state.pattern)
             ctx.notes["nm_dense_layers"] = dense_layers(targets, state.pattern)
-        actual = verify_masks(targets, masks, sparsity, pruner.mask_scope(), model=model, count=state.pattern.kind != "n:m")
+        if state.channel_search is None:
+            actual = verify_masks(targets, masks, sparsity, pruner.mask_scope(), model=model, count=state.pattern.kind != "n:m")
     check_model_state(model, f"{pruner.name} at sparsity {sparsity:g}, seed {seed}: after pruning", ctx.notes)
     return model, actual, ctx
+
+
+def _remove_channels(state: SweepState, model: nn.Module, targets, masks, fraction: float, ctx: PruneContext) -> float:
+    """Read the removed channels back from ``masks`` (whole channels only, the pattern's count in every group), remove
+    them from ``model`` in place (checked against the zeroed model), note them; the fraction of prunable channels removed."""
+    assert state.channel_search is not None
+    groups = state.channel_search.groups
+    removal = removed_channels(targets, groups, masks)
+    wrong = [
+        f"{g.root}: {len(removal[g.root])} of {g.channels}, not {channels_to_remove(g.channels, fraction)}"
+        for g in groups
+        if len(removal[g.root]) != channels_to_remove(g.channels, fraction)
+    ]
+    if wrong:
+        raise MaskError(
+            f"the pruner removed other channel counts than --pattern channels at {fraction:g} asks (the same fraction of every group): {'; '.join(wrong[:4])}"
+        )
+    surgery = remove_channels(model, groups, removal, state.example)
+    ctx.notes["channels_removed"] = {g.root: f"{len(removal[g.root])}/{g.channels}" for g in groups}
+    ctx.notes["channels_left_whole"] = dict(state.channel_search.excluded)
+    ctx.notes["channel_surgery_relative_error"] = surgery.relative_error
+    return channel_fraction(groups, removal)
 
 
 @contextmanager
@@ -469,4 +513,33 @@ def prune_and_measure(
         record["corrections"] = corrections
     if objective is not None:
         record["objective"] = objective
+    if state.channel_search is not None:
+        record["structure"] = structure_record(state, model)
     return record, model, handle
+
+
+LATENCY_BATCHES = (1, 256)  # images per timed forward pass of a channel-pruned network and of its dense one
+LATENCY_SECONDS = 1.0  # torch.utils.benchmark's min_run_time per model and batch size
+
+
+def structure_record(state: SweepState, model: nn.Module) -> Dict[str, Any]:
+    """The channel-pruned ``model`` against the dense one: parameters and FLOPs per image (PyTorch's FLOP counter), and
+    the latency of a forward pass at batch 1 and 256 measured on this device with this run's threads (median and
+    interquartile range of ``torch.utils.benchmark`` blocks; the dense model timed right before, so both see the same
+    machine load), with the load average."""
+    from reflowbench.harness.speed import latency, machine_load
+
+    shape = tuple(state.example.shape[1:])
+    dense, pruned = counts(state.dense, shape), counts(model, shape)
+    dense_latency = {str(b): latency(state.dense, shape, b, state.device, LATENCY_SECONDS) for b in LATENCY_BATCHES}
+    return {
+        "params": pruned["params"],
+        "dense_params": dense["params"],
+        "flops": pruned["flops"],
+        "dense_flops": dense["flops"],
+        "channels_prunable": state.channel_search.prunable_channels() if state.channel_search else 0,
+        "latency": {str(b): latency(model, shape, b, state.device, LATENCY_SECONDS) for b in LATENCY_BATCHES},
+        "dense_latency": dense_latency,
+        "threads": torch.get_num_threads(),
+        "machine": machine_load(),
+    }

@@ -11,36 +11,37 @@ benchmarks (``bench/``), whose baselines CI compares.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.utils.benchmark as benchmark
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from reflowbench.config import SpeedSpec, SweepSettings
 from reflowbench.errors import CheckpointError
 from reflowbench.harness.plan import check_output_file
-from reflowbench.models import BUILTIN_MODELS, build_model, default_dataset_for, read_state_dict
-from reflowbench.models.checkpoints import load_into
+from reflowbench.models import BUILTIN_MODELS, build_model, default_dataset_for
+from reflowbench.models.counts import counts
 from reflowbench.utils.env import resolve_device
 from reflowbench.utils.io import atomic_write_text
 
+
+def _import_benchmark() -> Any:
+    """``torch.utils.benchmark``, imported without the "No CUDA runtime is found" warning it logs on CPU-only machines."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.benchmark as module
+    finally:
+        logger.setLevel(level)
+    return module
+
+
+benchmark = _import_benchmark()
 INPUT_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "imagenet": (3, 224, 224), "imagefolder": (3, 224, 224)}
-
-
-def counts(model: nn.Module, shape: Tuple[int, ...]) -> Dict[str, float]:
-    """Parameters (all, and non-zero) and the FLOPs of one forward pass of one image of ``shape``."""
-    params = list(model.parameters())
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *shape, device=params[0].device))
-    return {
-        "params": float(sum(p.numel() for p in params)),
-        "nonzero_params": float(sum(int((p != 0).sum()) for p in params)),
-        "flops": float(counter.get_total_flops()),
-    }
 
 
 def latency(model: nn.Module, shape: Tuple[int, ...], batch: int, device: torch.device, min_run_time: float) -> Dict[str, float]:
@@ -55,9 +56,8 @@ def latency(model: nn.Module, shape: Tuple[int, ...], batch: int, device: torch.
 
 
 def _load(spec: SweepSettings, path: str) -> nn.Module:
-    model = build_model(spec.model.model, spec.model.num_classes or 10, None, spec.model.shortcut if spec.model.shortcut != "auto" else "A")
     try:
-        load_into(model, read_state_dict(Path(path)), source=f"--pruned {path}")
+        model = build_model(spec.model.model, spec.model.num_classes or 10, Path(path), spec.model.shortcut)
     except CheckpointError as exc:
         one_line = " ".join(str(exc).split())
         raise CheckpointError(f"{one_line} (--pruned takes the weights `reflowbench prune --save` wrote for this --model)") from None

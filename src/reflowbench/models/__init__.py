@@ -12,11 +12,12 @@ from typing import Callable, Dict, Optional
 from torch import nn
 
 from reflowbench.errors import ConfigError
-from reflowbench.models.checkpoints import StateDict, check_finite, load_into, read_state_dict
+from reflowbench.models.checkpoints import StateDict, check_finite, load_into, read_checkpoint, read_state_dict
 from reflowbench.models.cifar_resnet import CifarResNet
 from reflowbench.models.compat import check_model_fits_data
 from reflowbench.models.mobilenet import MobileNetV1
 from reflowbench.models.norms import NORM_NAMES
+from reflowbench.models.pruned_shapes import apply_pruned_shapes
 from reflowbench.models.small_cnn import SmallBNCNN
 from reflowbench.models.torchvision_models import build_torchvision, torchvision_names
 
@@ -82,7 +83,7 @@ def build_model(
     ``shortcut``: 'A', 'B' or 'auto' (read from the checkpoint's keys; 'A' without a checkpoint).
     ``weights``: torchvision weight enum name, for torchvision models only.
     """
-    state = read_state_dict(checkpoint) if checkpoint else None
+    state, shapes = read_checkpoint(checkpoint) if checkpoint else (None, None)
     if name in BUILTIN_MODELS:
         if weights:
             raise ConfigError(f"--weights applies to torchvision models only; {name} loads weights with --checkpoint")
@@ -92,6 +93,8 @@ def build_model(
         model = BUILTIN_MODELS[name].build(num_classes=num_classes, shortcut=resolved)
     else:
         model = build_torchvision(name, weights, None if weights else num_classes)
+    if shapes is not None:  # a channel-pruned network: its modules resized to the saved shapes first
+        apply_pruned_shapes(model, shapes, f"checkpoint {checkpoint}")
     if state is not None:
         load_into(model, state, source=f"checkpoint {checkpoint}")
     return model.eval()

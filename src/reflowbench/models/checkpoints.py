@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -17,7 +17,12 @@ _BENIGN_MISSING_SUFFIXES = (".num_batches_tracked",)
 
 
 def read_state_dict(path: Path) -> StateDict:
-    """Tensors of a checkpoint file, unwrapped and with any ``module.`` prefix removed.
+    """Tensors of a checkpoint file, unwrapped and with any ``module.`` prefix removed (see :func:`read_checkpoint`)."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: Path) -> Tuple[StateDict, Optional[Any]]:
+    """(tensors, the saved shapes of a channel-pruned network or None): tensors unwrapped, any ``module.`` prefix removed.
 
     Accepts ``.safetensors`` files, plain ``torch.save``-d state_dicts, and dicts that hold one under
     ``state_dict`` / ``model_state_dict`` / ``model`` (Distiller, Lightning-like). Always ``weights_only``.
@@ -46,7 +51,8 @@ def read_state_dict(path: Path) -> StateDict:
             ) from exc
     state = _strip_module_prefix(_unwrap(raw, path))
     check_finite(state, str(path))
-    return state
+    shapes = raw.get("pruned_shapes") if isinstance(raw, Mapping) else None
+    return state, shapes
 
 
 def _load_failure(exc: Exception) -> str:

@@ -12,12 +12,13 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Set, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type
 
 import numpy as np
 import torch
 from torch import nn
 
+from reflowbench.channels import ChannelGroup
 from reflowbench.config import SparsityPattern, type_name, value_matches
 from reflowbench.errors import ConfigError
 from reflowbench.pruners.masks import SCOPES, Masks
@@ -85,7 +86,8 @@ class PruneContext:
     # pruner neither keeps it in ``cache`` nor leaves it there, so it is freed before the evaluations of this run
     keep_curvature: bool = True
     stages: Optional[StageCheckpoint] = None  # where a multi-step pruner saves each finished step (None: not saved)
-    pattern: SparsityPattern = field(default_factory=SparsityPattern)  # unstructured, or N:M (only for pruners whose PATTERNS has "n:m")
+    pattern: SparsityPattern = field(default_factory=SparsityPattern)  # unstructured, N:M or channels (only for pruners whose PATTERNS has it)
+    channel_groups: Sequence[ChannelGroup] = ()  # under --pattern channels: the prunable channel groups (channels/groups.py)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -117,7 +119,7 @@ class Pruner(ABC):
     # Where each option's default comes from (option -> a section of ../shared/REFERENCES.md, or "suite choice: why"):
     # the "reference settings" table of a comparison prints it beside the value (see :func:`option_sources`).
     REFERENCE: ClassVar[Dict[str, str]] = {}
-    # The sparsity patterns this pruner can produce ("unstructured", "n:m"); the harness refuses any other --pattern for it.
+    # The sparsity patterns this pruner can produce ("unstructured", "n:m", "channels"); the harness refuses any other --pattern for it.
     PATTERNS: ClassVar[Tuple[str, ...]] = ("unstructured",)
 
     def __init__(self, options: Optional[Any] = None) -> None:

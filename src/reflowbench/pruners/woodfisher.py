@@ -22,6 +22,7 @@ from reflowbench.config import SparsityPattern
 from reflowbench.errors import ConfigError
 from reflowbench.hessian import BlockFisher
 from reflowbench.pruners.base import PruneContext, register_pruner
+from reflowbench.pruners.channels import channel_masks, lowest_channels, summed_scores
 from reflowbench.pruners.hessian_base import HessianOptions, HessianPruner, step_sparsities
 from reflowbench.pruners.masks import Masks, masks_from_scores
 from reflowbench.pruners.nm import grouped, joint_obs_keep, nm_masks_from_scores
@@ -57,7 +58,7 @@ class WoodFisherPruner(HessianPruner):
         "update": "REFERENCES.md §2(d): the summed single-weight OBS updates",
     }
 
-    PATTERNS = ("unstructured", "n:m")
+    PATTERNS = ("unstructured", "n:m", "channels")
 
     def check_options(self) -> None:
         super().check_options()
@@ -68,8 +69,8 @@ class WoodFisherPruner(HessianPruner):
         return super().unused_options() | {"nm_selection"}  # read only under an N:M --pattern
 
     def pattern_refusal(self, pattern: SparsityPattern) -> Optional[str]:
-        if pattern.kind == "n:m" and self.options.recompute_steps != 1:
-            return f"reaches N:M in one step only (--{self.name}-recompute-steps 1)"
+        if pattern.kind in ("n:m", "channels") and self.options.recompute_steps != 1:
+            return f"reaches {'N:M' if pattern.kind == 'n:m' else 'channel sparsity'} in one step only (--{self.name}-recompute-steps 1)"
         block = self.options.block_size
         if pattern.kind == "n:m" and self.options.nm_selection == "joint" and self.options.layer_groups != 1:
             return f"chooses N:M jointly only on the one-pass Fisher (--{self.name}-layer-groups 1)"
@@ -89,6 +90,9 @@ class WoodFisherPruner(HessianPruner):
             rho = w.pow(2) / (2.0 * diag)
             rho = torch.where(masks[t.param_name].reshape(-1).to(rho.device), rho, torch.full_like(rho, -1.0))  # pruned stay pruned
             scores[t.param_name] = rho.view(t.weight.shape)
+        if ctx is not None and ctx.pattern.kind == "channels":  # a channel's Fisher score: the summed OBS costs of its weights
+            channel_scores = summed_scores(ctx.channel_groups, targets, scores)
+            return channel_masks(targets, ctx.channel_groups, lowest_channels(channel_scores, ctx.channel_groups, sparsity))
         if ctx is not None and ctx.pattern.kind == "n:m" and self.options.nm_selection == "joint":
             return self._joint_nm_masks(targets, fisher, ctx.pattern)
         if ctx is not None and ctx.pattern.kind == "n:m":  # the N highest-saliency weights of every group (single-weight saliency)

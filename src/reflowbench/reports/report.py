@@ -14,6 +14,8 @@ from reflowbench.reports.corrections import CAPTION as CORRECTIONS_CAPTION
 from reflowbench.reports.corrections import corrections_figure, corrections_table, has_corrections
 from reflowbench.reports.figures import accuracy_all_configurations, accuracy_vs_sparsity, cost_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
 from reflowbench.reports.labels import configurations_table, set_short_labels
+from reflowbench.reports.structure import CAPTION as STRUCTURE_CAPTION
+from reflowbench.reports.structure import has_structure, structure_figure, structure_table
 from reflowbench.schema.results import applied_corrections, load_finished_runs
 from reflowbench.utils.io import atomic_write_text
 
@@ -128,6 +130,8 @@ def _markdown(
     ]
     if "corrections" in tables:
         md += ["## Corrections table", "", CORRECTIONS_CAPTION, "", markdown_table(*tables["corrections"]), ""]
+    if "structure" in tables:
+        md += ["## Channel pruning: size, FLOPs and measured speed", "", STRUCTURE_CAPTION, "", markdown_table(*tables["structure"]), ""]
     if "accuracy" in tables:
         md += [
             "## Accuracy table",
@@ -164,6 +168,8 @@ def _html(context: List[str], sections: List[Section], images: Dict[str, Path], 
     body += ["<h2>Configurations</h2>", html_table(*tables["configurations"])]
     if "corrections" in tables:
         body += ["<h2>Corrections table</h2>", f"<p>{escape(CORRECTIONS_CAPTION)}</p>", html_table(*tables["corrections"])]
+    if "structure" in tables:
+        body += ["<h2>Channel pruning: size, FLOPs and measured speed</h2>", f"<p>{escape(STRUCTURE_CAPTION)}</p>", html_table(*tables["structure"])]
     if "accuracy" in tables:
         body += ["<h2>Accuracy table</h2>", html_table(*tables["accuracy"]), "<h2>Cost per phase</h2>", html_table(*tables["cost"])]
         body += ["<h2>Accuracy for the compute, per sparsity</h2>", html_table(*tables["front"])]
@@ -196,6 +202,10 @@ def write_report(
         images["corrections"] = corrections_figure(records, figures / "corrections.png")
         sections.insert(0, ("Corrections", CORRECTIONS_CAPTION, "corrections"))
         tables["corrections"] = corrections_table(records)
+    if has_structure(records):
+        images["structure"] = structure_figure(records, figures / "accuracy_vs_speedup.png")
+        sections.insert(0, ("Accuracy against measured speed-up", STRUCTURE_CAPTION, "structure"))
+        tables["structure"] = structure_table(records)
     context = _context_lines(records)
     failed_rows = failed_table(failed)
     markdown_path, html_path = out / "report.md", out / "report.html"

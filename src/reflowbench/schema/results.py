@@ -177,7 +177,7 @@ RESULT_NEUTRAL_OPTIONS = ("layer_groups", "grad_engine")
 # Result-changing pruner options added after runs were recorded, with the value that reproduces the earlier
 # behaviour: at that value an option is left out of run keys and configurations (the runs recorded before it keep
 # their keys and share their rows with the runs after it); at any other value it is part of both.
-LATER_OPTIONS: Dict[str, Any] = {"update_guard": "finite", "nm_selection": "single"}
+LATER_OPTIONS: Dict[str, Any] = {"update_guard": "finite", "nm_selection": "single", "channel_norm": "l1"}
 
 
 # Settings added after runs were recorded, with the value that reproduces the earlier behaviour: left out of a run's

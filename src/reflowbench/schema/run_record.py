@@ -111,3 +111,4 @@ class CompleteRecord(_Shared, total=False):
     variance: Variance
     corrections: Dict[str, CorrectionMetrics]
     objective: Dict[str, Any]
+    structure: Dict[str, Any]  # --pattern channels: the smaller network (channels removed per group, parameters and FLOPs against dense)
