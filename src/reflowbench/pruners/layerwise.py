@@ -29,9 +29,11 @@ from typing import ClassVar, Dict, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
+from reflowbench.config import SparsityPattern
 from reflowbench.errors import ConfigError
 from reflowbench.pruners.base import PruneContext, Pruner
 from reflowbench.pruners.masks import Masks, masks_from_scores, num_to_prune
+from reflowbench.pruners.nm import grouped
 from reflowbench.reconstruction import DenseInputs, InputHessian, LayerGeometry, collect_hessians, damped
 from reflowbench.schema.targets import Target, TargetSet
 
@@ -111,6 +113,11 @@ class LayerwisePruner(Pruner):
         (G, R, d) float64, keep mask (G, R, d))."""
         raise NotImplementedError
 
+    def prune_layer_nm(self, name: str, rows: torch.Tensor, hessian: InputHessian, pattern: SparsityPattern) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Under an N:M ``pattern``: (new rows, keep mask) of layer ``name`` with exactly N of every M consecutive columns
+        of each row kept (the layers that declare N:M override it)."""
+        raise NotImplementedError
+
     def _rows_to_fit(self, target: Target, geometry: LayerGeometry, hessian: InputHessian) -> torch.Tensor:
         """The rows the layer's solve starts from: the weights (G, R, d) float64, or with the dense-outputs target their
         unconstrained optimum on the current inputs, H_hat^-1 C w (H_hat damped)."""
@@ -132,8 +139,9 @@ class LayerwisePruner(Pruner):
         with ctx.phase("inputs"):
             if self.options.mode == "parallel" or self.options.sparsity_rule == "global-obs":
                 dense = collect_hessians(model, modules, images, ctx.device, full=self.needs_full_hessian() or self.options.sparsity_rule == "global-obs")
+        nm = ctx.pattern.kind == "n:m"
         with ctx.phase("selection"):
-            counts = self.layer_counts(targets, sparsity, dense)
+            counts = {t.param_name: 0 for t in targets} if nm else self.layer_counts(targets, sparsity, dense)
         if self.options.mode == "sequential":
             dense = None  # each layer's H is collected again on the network pruned so far
         reference = None
@@ -154,7 +162,12 @@ class LayerwisePruner(Pruner):
                     hessian = collect_hessians(model, one, images, ctx.device, stop_early=True, full=self.needs_full_hessian(), dense=pair)[t.param_name]
             with ctx.phase("solve"):
                 start = self._rows_to_fit(t, geometries[t.param_name], hessian)
-                rows, keep = self.prune_layer(t.param_name, start, hessian, counts[t.param_name], ctx)
+                if nm and grouped(t, ctx.pattern.m) and geometries[t.param_name].groups == 1:
+                    rows, keep = self.prune_layer_nm(t.param_name, start, hessian, ctx.pattern)
+                elif nm:  # a layer that cannot hold the pattern stays dense (listed in the run's notes by the harness)
+                    rows, keep = start, torch.ones_like(start, dtype=torch.bool)
+                else:
+                    rows, keep = self.prune_layer(t.param_name, start, hessian, counts[t.param_name], ctx)
                 with torch.no_grad():
                     t.weight.copy_((rows * keep).reshape(t.weight.shape).to(t.weight.dtype))
                 masks[t.param_name] = keep.reshape(t.weight.shape).to(t.weight.device)

@@ -18,9 +18,11 @@ from typing import ClassVar, Dict, List, Set, Tuple
 
 import torch
 
+from reflowbench.config import SparsityPattern
 from reflowbench.errors import ConfigError
 from reflowbench.pruners.base import PruneContext, register_pruner
 from reflowbench.pruners.layerwise import LayerwiseOptions, LayerwisePruner
+from reflowbench.pruners.nm import keep_top_n
 from reflowbench.reconstruction import InputHessian, damped, inverse_upper, lowest_k_keep, refit_rows, sweep
 
 MASKS = ("adaptive", "magnitude")
@@ -69,6 +71,8 @@ class SparseGPTPruner(LayerwisePruner):
         ],
     }
 
+    PATTERNS = ("unstructured", "n:m")
+
     def check_options(self) -> None:
         super().check_options()
         o = self.options
@@ -86,4 +90,21 @@ class SparseGPTPruner(LayerwisePruner):
             keep = lowest_k_keep(rows.abs(), count)
             return refit_rows(rows, matrix, keep), keep
         swept, keep = sweep(rows, inverse_upper(lower), count, self.options.block_size)
+        return (refit_rows(rows, matrix, keep) if self.options.refit else swept), keep
+
+    def prune_layer_nm(self, name: str, rows: torch.Tensor, hessian: InputHessian, pattern: SparsityPattern) -> Tuple[torch.Tensor, torch.Tensor]:
+        """N:M: ``magnitude``: the N largest |w| of every group, each row re-fitted exactly on that support; ``adaptive``:
+        the paper's sweep with the mask of each group of M columns chosen when the sweep reaches it (the N highest
+        OBS errors w^2 / U_jj^2 kept, at the weights the sweep has reached), then the re-fit if ``refit``."""
+        matrix, lower = damped(hessian.matrix(), self.options.damp, name)
+        g, r, d = rows.shape
+        if self.options.mask == "magnitude":
+            keep = keep_top_n(rows.abs().reshape(g * r, d), pattern.n, pattern.m).view(g, r, d)
+            return refit_rows(rows, matrix, keep), keep
+
+        def choose(block: torch.Tensor, diag: torch.Tensor, start: int, k: int) -> torch.Tensor:
+            saliency = block.pow(2) / diag.pow(2).unsqueeze(1)  # (G, R, M)
+            return keep_top_n(saliency.reshape(g * r, -1), pattern.n, pattern.m).view_as(block)
+
+        swept, keep = sweep(rows, inverse_upper(lower), 0, pattern.m, choose)
         return (refit_rows(rows, matrix, keep) if self.options.refit else swept), keep

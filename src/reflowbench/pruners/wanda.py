@@ -13,9 +13,11 @@ from typing import ClassVar, Dict, List, Tuple
 
 import torch
 
+from reflowbench.config import SparsityPattern
 from reflowbench.errors import ConfigError
 from reflowbench.pruners.base import PruneContext, register_pruner
 from reflowbench.pruners.layerwise import LayerwiseOptions, LayerwisePruner
+from reflowbench.pruners.nm import keep_top_n
 from reflowbench.pruners.sparsegpt import SEARCHED
 from reflowbench.reconstruction import InputHessian, lowest_k_keep, lowest_per_row, row_counts
 
@@ -56,8 +58,16 @@ class WandaPruner(LayerwisePruner):
         if self.options.sparsity_rule == "global-obs":
             raise ConfigError(f"{self.flag('sparsity_rule')} global-obs needs H^-1, which Wanda does not use: choose uniform or global-magnitude")
 
+    PATTERNS = ("unstructured", "n:m")
+
     def needs_full_hessian(self) -> bool:
         return False
+
+    def prune_layer_nm(self, name: str, rows: torch.Tensor, hessian: InputHessian, pattern: SparsityPattern) -> Tuple[torch.Tensor, torch.Tensor]:
+        """N:M: the N highest |w| ||x_j|| of every group of M columns kept (Wanda's own N:M rule), no update."""
+        g, r, d = rows.shape
+        scores = rows.abs() * hessian.diagonal().sqrt().unsqueeze(1)
+        return rows, keep_top_n(scores.reshape(g * r, d), pattern.n, pattern.m).view(g, r, d)
 
     def prune_layer(self, name: str, rows: torch.Tensor, hessian: InputHessian, count: int, ctx: PruneContext) -> Tuple[torch.Tensor, torch.Tensor]:
         norms = hessian.diagonal().sqrt()  # (G, d): ||X_j|| / sqrt(n), the same order
