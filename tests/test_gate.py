@@ -66,6 +66,8 @@ def folders(tmp_path_factory):
             ("flaky", "gate-flaky", SPARSITIES, []),
             ("partial", "gate-clone", "0.5", []),
             ("other-settings", "gate-clone", SPARSITIES, ["--calib-batches", "3"]),
+            ("other-pattern", "mp", "0.5", ["--pattern", "2:4"]),
+            ("other-corrections", "gate-clone", "0.5", ["--corrections", "none,reflow,statcorr"]),
         ):
             out = root / name
             args = ["run", "--methods", methods, "--sparsities", sparsities, "--seeds", "0,1,2", "--out", str(out), *QUICK, *extra]
@@ -120,6 +122,18 @@ def test_other_settings_are_refused_with_what_differs(folders, capsys):
     assert code == 2 and out == ""
     (line,) = err.strip().splitlines()
     assert "other settings" in line and "reflow.calib_batches (candidate 3, baseline 2)" in line and "Traceback" not in line
+
+
+@pytest.mark.parametrize(
+    "candidate,method,differs",
+    [("other-pattern", "mp", 'targets.pattern (candidate "2:4", baseline "unstructured")'), ("other-corrections", "gate-clone", "corrections.corrections")],
+)
+def test_another_pattern_or_other_corrections_are_refused(folders, capsys, candidate, method, differs):
+    """A 2:4 candidate against an unstructured baseline, or one corrected otherwise, is not a comparison of pruners."""
+    code, out, err = _gate(folders, candidate, method, capsys)
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert "other settings" in line and differs in line and "Traceback" not in line, line
 
 
 def test_a_non_finite_accuracy_fails(folders, capsys):

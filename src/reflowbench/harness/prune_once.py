@@ -12,8 +12,8 @@ from reflowbench.config import PruneSpec, SweepSettings, resolve_prune_sparsity
 from reflowbench.harness.distributed import is_main_rank
 from reflowbench.harness.plan import check_output_file, plan_sweep
 from reflowbench.harness.run import SweepState, prune_and_measure
+from reflowbench.harness.sweep import run_line
 from reflowbench.models.pruned_shapes import module_shapes
-from reflowbench.schema.results import correction_stages
 from reflowbench.utils.io import atomic_write_json
 
 
@@ -31,8 +31,7 @@ def prune_once(spec: SweepSettings, prune: PruneSpec, log: Callable[[str], None]
     record, model, reflow_handle = prune_and_measure(state, pruner, prune.sparsity, prune.seed, key)
     if not prune.reflow and reflow_handle is not None:
         reflow_handle.undo()  # back to the BN statistics right after pruning
-    after = "".join(f", {metrics['top1']:.2f}% after {'REFLOW' if name == 'reflow' else name}" for name, metrics, _, _ in correction_stages(record)[1:])
-    log(f"{prune.method} at sparsity {prune.sparsity:g}: top-1 {record['pruned']['top1']:.2f}% after pruning{after}")
+    log(f"{prune.method} at sparsity {prune.sparsity:g}, seed {prune.seed}: {run_line(record)}")
     if not is_main_rank():
         return record  # under torchrun: every rank pruned the same model; rank 0 writes
     if prune.save:

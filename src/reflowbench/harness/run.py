@@ -172,7 +172,7 @@ class SweepState:
                 "content_sha256": content_sha256(Path(data_path))[:16] if data_path and Path(data_path).exists() else f"builtin-{dataset}",
             },
             "reflow": asdict(spec.reflow),
-            "targets": {**asdict(self.policy), **({"pattern": str(self.pattern)} if self.pattern.kind != "unstructured" else {})},
+            "targets": settings_in_key("targets", {**asdict(self.policy), "pattern": str(self.pattern)}),
             "device": {"type": self.device.type, "name": self.environment.get("cuda_device", "cpu")},
         }
         corrections = spec.corrections.key_fields()

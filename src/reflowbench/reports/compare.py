@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from reflowbench.config import GateSpec
 from reflowbench.errors import ReflowbenchError
 from reflowbench.reports.aggregate import markdown_table, mean_std
-from reflowbench.schema.results import annotate_variants, config_fields, load_finished_runs
+from reflowbench.schema.results import annotate_variants, config_fields, load_finished_runs, omitted_value
 
 METRICS = (("pruned", "top-1 pruned"), ("reflow", "top-1 + REFLOW"))
 FAILING = ("REGRESSION", "UNSTABLE", "MISSING", "NOT FINITE")
@@ -162,11 +162,11 @@ def _settings(records: List[Dict[str, Any]]) -> Dict[str, set]:
     """field -> the values it takes over ``records``: every configuration field but the method, the sparsity and the
     pruner's options (what a comparison of two methods is allowed to differ in)."""
     values: Dict[str, set] = {}
-    for record in records:
-        for name, value in config_fields(record).items():
-            if name in SETTINGS_NOT_COMPARED or name.startswith("options."):
-                continue
-            values.setdefault(name, set()).add(json.dumps(value, sort_keys=True, default=str))
+    fields = [config_fields(record) for record in records]
+    names = {name for flat in fields for name in flat if name not in SETTINGS_NOT_COMPARED and not name.startswith("options.")}
+    for flat in fields:  # a setting left out of a run's configuration at its earlier behaviour counts as that value
+        for name in names:
+            values.setdefault(name, set()).add(json.dumps(flat.get(name, omitted_value(name)), sort_keys=True, default=str))
     return values
 
 
@@ -175,9 +175,10 @@ def settings_mismatch(candidate: List[Dict[str, Any]], baseline: List[Dict[str, 
     ours, theirs = _settings(_selected(candidate, method)), _settings(_selected(baseline, against or method))
     differing = []
     for name in sorted(set(ours) | set(theirs)):
-        if ours.get(name, {"null"}) != theirs.get(name, {"null"}):
-            show = lambda values: "/".join(sorted(values)) if values else "none"  # noqa: E731
-            differing.append(f"{name} (candidate {show(ours.get(name, set()))}, baseline {show(theirs.get(name, set()))})")
+        default = {json.dumps(omitted_value(name), sort_keys=True, default=str)}
+        if ours.get(name, default) != theirs.get(name, default):
+            show = lambda values: "/".join(sorted(values))  # noqa: E731
+            differing.append(f"{name} (candidate {show(ours.get(name, default))}, baseline {show(theirs.get(name, default))})")
     return differing
 
 

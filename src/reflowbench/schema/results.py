@@ -182,7 +182,7 @@ LATER_OPTIONS: Dict[str, Any] = {"update_guard": "finite", "nm_selection": "sing
 
 # Settings added after runs were recorded, with the value that reproduces the earlier behaviour: left out of a run's
 # settings (so of its key and configuration) at that value.
-LATER_SETTINGS: Dict[Tuple[str, str], Any] = {("model", "fold_bn"): False}
+LATER_SETTINGS: Dict[Tuple[str, str], Any] = {("model", "fold_bn"): False, ("targets", "pattern"): "unstructured"}
 
 
 def settings_in_key(section: str, values: Dict[str, Any]) -> Dict[str, Any]:
@@ -219,11 +219,11 @@ def config_id(record: Dict[str, Any]) -> str:
     return stable_hash(fields, 10)
 
 
-def _omitted_value(field: str) -> Any:
-    """The value a configuration without ``field`` has: a later option's earlier behaviour (left out of configurations
-    at that value, see :data:`LATER_OPTIONS`), else None."""
+def omitted_value(field: str) -> Any:
+    """The value a configuration without ``field`` has: a later option's or setting's earlier behaviour (left out of
+    configurations at that value, see :data:`LATER_OPTIONS` and :data:`LATER_SETTINGS`), else None."""
     section, _, name = field.partition(".")
-    return LATER_OPTIONS.get(name) if section == "options" else None
+    return LATER_OPTIONS.get(name) if section == "options" else LATER_SETTINGS.get((section, name))
 
 
 def annotate_variants(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -243,7 +243,7 @@ def annotate_variants(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             mine = configs[record["config"]]
             names = sorted({k for fields in configs.values() for k in fields if k != "sparsity"})
             differing = [k for k in names if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in configs.values()}) > 1]
-            variant = ", ".join(f"{k}={mine.get(k, _omitted_value(k))}" for k in differing)
+            variant = ", ".join(f"{k}={mine.get(k, omitted_value(k))}" for k in differing)
         record["variant"] = variant
         record["label"] = f"{record['method']} [{variant}]" if variant else record["method"]
     return records
