@@ -58,6 +58,7 @@ NM_PRUNERS = sorted(name for name, cls in PRUNERS.items() if "n:m" in cls.PATTER
 # Small Fisher samples (the embedded data's Fisher share), one stage where a pruner reaches N:M in one stage only.
 QUICK_OPTIONS = {
     "woodfisher": ["--woodfisher-num-grads", "64"],
+    "cbs": ["--cbs-num-grads", "64", "--cbs-max-iters", "5", "--cbs-score-images", "64"],
     "mp-hessian": ["--mp-hessian-num-grads", "64"],
     "chita": ["--chita-num-grads", "32", "--chita-minibatch", "4"],
     "chita++": ["--chita++-num-grads", "32", "--chita++-minibatch", "4", "--chita++-recompute-steps", "1"],
@@ -65,7 +66,7 @@ QUICK_OPTIONS = {
 
 
 def test_the_pruners_that_declare_nm_are_the_ones_built_for_it():
-    assert NM_PRUNERS == ["chita", "chita++", "mp", "mp-hessian", "mp-layer", "sparsegpt", "wanda", "woodfisher"]
+    assert NM_PRUNERS == ["cbs", "chita", "chita++", "mp", "mp-hessian", "mp-layer", "sparsegpt", "wanda", "woodfisher"]
 
 
 @pytest.mark.parametrize(
@@ -101,8 +102,8 @@ def test_nm_refusals_and_sparsities_are_one_line(tmp_path, capsys):
     out = ["--out", str(tmp_path / "x")]
     for args, expected in (
         (
-            ["run", "--pattern", "2:4", "--methods", "mp,cbs"],
-            "--pattern 2:4: cbs cannot prune to this pattern yet; the pruners that can (some only with certain options): chita, chita++, mp",
+            ["run", "--pattern", "2:4", "--methods", "mp,obc"],
+            "--pattern 2:4: obc cannot prune to this pattern yet; the pruners that can (some only with certain options): cbs, chita, chita++, mp",
         ),
         (["run", "--pattern", "2:4", "--methods", "chita++"], "chita++ reaches N:M only with --chita++-solver backsolve or block-backsolve in one stage"),
         (["run", "--pattern", "2:4", "--methods", "chita", "--chita-solver", "iht"], "chita reaches N:M only with --chita-solver backsolve"),

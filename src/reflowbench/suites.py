@@ -277,7 +277,7 @@ SUITES["corrections"] = {
 # pruner that can hold it, and whole channels removed (a quarter, half and three quarters of every prunable group) by
 # filter norm, BN scale and the Fisher score, each ± REFLOW, three seeds.
 NM_MODELS = [("resnet20", R20, {}), ("resnet56", R56, {}), ("mobilenetv1", MNV1, MNV1_OPTIONS)]
-NM_METHODS = ["mp", "mp-hessian", "woodfisher", "chita"]
+NM_METHODS = ["mp", "mp-hessian", "woodfisher", "cbs", "chita", "sparsegpt", "wanda"]
 CHANNEL_METHODS = ["mp", "bn-scale", "woodfisher"]
 CHANNEL_SWEEP = {"methods": CHANNEL_METHODS, "sparsities": [0.25, 0.5, 0.75], "seeds": [0, 1, 2]}
 
@@ -292,7 +292,7 @@ def _channel_job(folder: str, model: str, checkpoint: str, options: Dict[str, Di
 
 
 SUITES["patterns"] = {
-    "description": "N:M (2:4 and 4:8, first convolution dense) for MP, MP-Hessian, WoodFisher and CHITA, and channel pruning (0.25, 0.5, 0.75 "
+    "description": "N:M (2:4 and 4:8, first convolution dense) for MP, MP-Hessian, WoodFisher, CBS, CHITA, SparseGPT and Wanda, and channel pruning (0.25, 0.5, 0.75 "
     "of every prunable channel group: MP filter norm, BN scale, WoodFisher's Fisher score) with FLOPs, parameters and measured latency, "
     "each ± REFLOW on the CIFAR-10 _jpeg checkpoints, seeds 0-2",
     "notes": MODEL_NOTES,

@@ -14,19 +14,21 @@ lam = 1e-5, 50 perturbed candidates, window 10, epsilon 1e-4, give-up 20, at mos
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from reflowbench.config import SparsityPattern
 from reflowbench.errors import ConfigError
 from reflowbench.hessian import BlockFisher
 from reflowbench.pruners.base import PruneContext, register_pruner
 from reflowbench.pruners.cbs_search import SearchSettings, SelectionObjective, local_search, perturbed_magnitude_masks
 from reflowbench.pruners.hessian_base import HessianOptions, HessianPruner
 from reflowbench.pruners.masks import Masks, masks_from_flat, num_to_prune
+from reflowbench.pruners.nm import grouped, nm_masks_from_scores
 from reflowbench.schema.targets import TargetSet
 from reflowbench.utils.memory_format import as_channels_last, prefers_channels_last
 
@@ -69,8 +71,15 @@ class CBSPruner(HessianPruner):
         "Fisher images, REFERENCES.md §4(c); pitfall 8: never the test split)",
     }
 
+    PATTERNS = ("unstructured", "n:m")
+
     def streams(self) -> bool:
         return False  # the swap search reads G at every step
+
+    def pattern_refusal(self, pattern: SparsityPattern) -> Optional[str]:
+        if pattern.kind == "n:m" and self.options.recompute_steps != 1:
+            return f"reaches N:M in one step only (--{self.name}-recompute-steps 1)"
+        return super().pattern_refusal(pattern)
 
     # CBS's selection costs ~1 CPU minute a run on ResNet-20: a smaller grid (damping x block size, N = 1000).
     TUNING_GRID = {
@@ -97,6 +106,8 @@ class CBSPruner(HessianPruner):
         return SearchSettings(window=o.window, epsilon=o.epsilon, give_up=o.give_up, max_iters=o.max_iters, patience=o.patience)
 
     def select(self, model: nn.Module, targets: TargetSet, fisher: BlockFisher, masks: Masks, sparsity: float, ctx: PruneContext) -> Masks:
+        if ctx.pattern.kind == "n:m":
+            return self._select_nm(model, targets, fisher, ctx)
         flat_w = torch.cat([t.weight.detach().reshape(-1) for t in targets])
         frozen = torch.cat([~masks[t.param_name].reshape(-1) for t in targets]).to(flat_w.device)
         num_pruned = num_to_prune(len(flat_w), sparsity)
@@ -119,6 +130,26 @@ class CBSPruner(HessianPruner):
             "swapped_from_start": int((pruned & ~starts[best_start]).sum()),
             "differs_from_magnitude": int((pruned & ~starts[0]).sum()),
         }
+        return masks_from_flat(targets, ~pruned)
+
+    def _select_nm(self, model: nn.Module, targets: TargetSet, fisher: BlockFisher, ctx: PruneContext) -> Masks:
+        """N:M: start from the N largest |w| of every group (random perturbations have no N:M form, so there is one
+        start), then the local search with swaps inside a group only; the targets that cannot hold the pattern stay whole."""
+        pattern = ctx.pattern
+        flat_w = torch.cat([t.weight.detach().reshape(-1) for t in targets])
+        start = nm_masks_from_scores(targets, {t.param_name: t.weight.detach().abs() for t in targets}, pattern)
+        pruned = torch.cat([~start[t.param_name].reshape(-1) for t in targets])
+        objective = SelectionObjective(fisher, targets.names, flat_w)
+        offsets, members = 0, []
+        for t in targets:
+            if grouped(t, pattern.m):
+                members.append(offsets + torch.arange(t.numel).view(-1, pattern.m))
+            offsets += t.numel
+        groups = torch.cat(members).to(objective.device)
+        frozen = torch.zeros_like(pruned).to(objective.device)
+        measure = self._loss_meter(model, targets, flat_w, ctx)
+        pruned, summary = local_search(objective, pruned.to(objective.device), frozen, self.search_settings(), measure, members=groups)
+        ctx.notes["cbs"] = {"start": f"magnitude {pattern}", **summary, "swapped_from_start": int((pruned.cpu() & start_kept(start, targets)).sum())}
         return masks_from_flat(targets, ~pruned)
 
     def _loss_meter(self, model: nn.Module, targets: TargetSet, flat_w: torch.Tensor, ctx: PruneContext):
@@ -150,6 +181,11 @@ class CBSPruner(HessianPruner):
             return total / count
 
         return measure
+
+
+def start_kept(start: Masks, targets: TargetSet) -> torch.Tensor:
+    """The flat keep-mask of a start (p,), on the CPU."""
+    return torch.cat([start[t.param_name].reshape(-1).cpu() for t in targets])
 
 
 def _magnitude_mask(magnitudes: torch.Tensor, frozen: torch.Tensor, num_pruned: int) -> torch.Tensor:

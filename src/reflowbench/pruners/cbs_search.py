@@ -132,10 +132,45 @@ def _pick_swaps(scores: torch.Tensor, epsilon: float) -> List[Tuple[int, int]]:
     return chosen
 
 
+def group_candidates(pruned: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, members: torch.Tensor, side: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Under N:M, swaps stay inside a group (``members``: (groups, M) flat indices): every (pruned, kept) pair of every
+    group is scored without gamma (-alpha_i + beta_j), and the ``side`` most promising are returned for the exact
+    scores. Returns (rows, cols): the pairs' pruned and kept flat indices."""
+    m = members.shape[1]
+    first, second = zip(*[(a, b) for a in range(m) for b in range(m) if a != b])
+    rows, cols = members[:, list(first)].reshape(-1), members[:, list(second)].reshape(-1)
+    valid = pruned[rows] & ~pruned[cols]
+    rows, cols = rows[valid], cols[valid]
+    chosen = torch.argsort(-alpha[rows] + beta[cols], stable=True)[:side]
+    return rows[chosen], cols[chosen]
+
+
+def _pick_pairs(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, epsilon: float) -> List[Tuple[int, int]]:
+    """Greedy swaps among candidate pairs ``k`` (pruned ``rows[k]`` kept, kept ``cols[k]`` pruned), best first, each
+    lowering J by more than epsilon and touching weights no earlier accepted swap touches; as (k, k) positions."""
+    used, chosen = set(), []
+    for k in torch.argsort(scores, stable=True).tolist():
+        if float(scores[k]) >= -epsilon:
+            break
+        i, j = int(rows[k]), int(cols[k])
+        if i in used or j in used:
+            continue
+        used.update((i, j))
+        chosen.append((k, k))
+    return chosen
+
+
 def local_search(
-    objective: SelectionObjective, pruned: torch.Tensor, frozen: torch.Tensor, settings: SearchSettings, measure_loss: Optional[LossFn] = None
+    objective: SelectionObjective,
+    pruned: torch.Tensor,
+    frozen: torch.Tensor,
+    settings: SearchSettings,
+    measure_loss: Optional[LossFn] = None,
+    members: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, dict]:
     """Improve the pruned-mask ``pruned`` (p,) by swaps; weights in ``frozen`` (already pruned earlier) never move.
+    With ``members`` ((groups, M) flat indices: an N:M pattern) a swap exchanges a pruned and a kept weight of one
+    group, so the pattern holds after every swap; weights in no group never move.
 
     Returns (the pruned-mask with the lowest measured loss, or the last one when ``measure_loss`` is None;
     a summary dict). J never increases from one iteration to the next.
@@ -151,14 +186,19 @@ def local_search(
     iterations = 0
     for _ in range(settings.max_iters):
         alpha, beta = objective.alpha_beta(pruned, objective.correlations(residuals))
-        candidates_in = torch.nonzero(pruned & movable).flatten()
-        candidates_out = torch.nonzero(~pruned).flatten()
-        if len(candidates_in) == 0 or len(candidates_out) == 0:
-            break
-        rows = candidates_in[torch.argsort(alpha[candidates_in], descending=True)[:side]]
-        cols = candidates_out[torch.argsort(beta[candidates_out])[:side]]
-        scores = -alpha[rows].view(-1, 1) + beta[cols].view(1, -1) - objective.gamma(rows, cols)
-        swaps = _pick_swaps(scores, settings.epsilon)
+        if members is not None:  # pairs inside a group only, each scored exactly; a weight in at most one accepted swap
+            rows, cols = group_candidates(pruned, alpha, beta, members, side)
+            exact = -alpha[rows] + beta[cols] - objective.gamma(rows, cols).diagonal()
+            swaps = _pick_pairs(exact, rows, cols, settings.epsilon)
+        else:
+            candidates_in = torch.nonzero(pruned & movable).flatten()
+            candidates_out = torch.nonzero(~pruned).flatten()
+            if len(candidates_in) == 0 or len(candidates_out) == 0:
+                break
+            rows = candidates_in[torch.argsort(alpha[candidates_in], descending=True)[:side]]
+            cols = candidates_out[torch.argsort(beta[candidates_out])[:side]]
+            scores = -alpha[rows].view(-1, 1) + beta[cols].view(1, -1) - objective.gamma(rows, cols)
+            swaps = _pick_swaps(scores, settings.epsilon)
         if not swaps:
             break
         trial = _swapped(pruned, rows, cols, swaps)
