@@ -71,7 +71,13 @@ def test_the_pruners_that_declare_nm_are_the_ones_built_for_it():
 
 @pytest.mark.parametrize(
     "name,text",
-    [(name, "2:4") for name in NM_PRUNERS] + [("mp", "1:4"), ("mp-layer", "4:8"), ("sparsegpt --sparsegpt-mask adaptive --no-sparsegpt-refit", "4:8")],
+    [(name, "2:4") for name in NM_PRUNERS]
+    + [
+        ("mp", "1:4"),
+        ("mp-layer", "4:8"),
+        ("sparsegpt --sparsegpt-mask adaptive --no-sparsegpt-refit", "4:8"),
+        ("chita --chita-solver iht --chita-iht-iters 5", "2:4"),
+    ],
 )
 def test_every_pruner_that_declares_nm_holds_it_exactly_in_the_saved_weights(tmp_path, name, text):
     save, record = tmp_path / "w.pt", tmp_path / "r.json"
@@ -105,8 +111,11 @@ def test_nm_refusals_and_sparsities_are_one_line(tmp_path, capsys):
             ["run", "--pattern", "2:4", "--methods", "mp,obc"],
             "--pattern 2:4: obc cannot prune to this pattern yet; the pruners that can (some only with certain options): cbs, chita, chita++, mp",
         ),
-        (["run", "--pattern", "2:4", "--methods", "chita++"], "chita++ reaches N:M only with --chita++-solver backsolve or block-backsolve in one stage"),
-        (["run", "--pattern", "2:4", "--methods", "chita", "--chita-solver", "iht"], "chita reaches N:M only with --chita-solver backsolve"),
+        (["run", "--pattern", "2:4", "--methods", "chita++"], "chita++ reaches N:M only with --chita++-solver backsolve, block-backsolve or iht in one stage"),
+        (
+            ["run", "--pattern", "2:4", "--methods", "chita", "--chita-solver", "active-set"],
+            "chita reaches N:M only with --chita-solver backsolve, block-backsolve or iht",
+        ),
         (["run", "--pattern", "2:4", "--sparsities", "0.5,0.7"], "--pattern 2:4 fixes the sparsity at 0.5, but --sparsities has 0.7"),
         (["run", "--pattern", "3"], "--pattern must be unstructured, channels or N:M"),
         (["prune"], "prune needs --sparsity"),
@@ -208,3 +217,30 @@ def test_sparsegpt_nm_sweep_with_an_identity_hessian_keeps_the_largest_weights_u
         h = x @ x.T / 40
         exact = torch.linalg.solve(h[s][:, s], h[s] @ rows[0, row])  # argmin (v - w)^T H (v - w) with v zero off the support
         assert torch.allclose(fitted[0, row, s], exact, atol=1e-8)
+
+
+def test_the_nm_projection_keeps_n_of_every_group_among_the_allowed_and_whole_layers_that_cannot_hold_it():
+    from reflowbench.pruners.nm import nm_projection
+
+    model = build_model("smallcnn")
+    targets = select_targets(model)
+    pattern = SparsityPattern.parse("2:4")
+    project = nm_projection(targets, pattern, torch.device("cpu"))
+    total = targets.num_weights
+    scores = torch.rand(total, generator=torch.Generator().manual_seed(0))
+    allowed = torch.ones(total, dtype=torch.bool)
+    allowed[100] = False  # in the first layer (9 columns: kept whole where allowed)
+    allowed[500] = False  # in a grouped layer: never kept, its group keeps its 2 best allowed
+    support = project(scores, allowed)
+    first = targets.names.index("features.0.weight")
+    assert first == 0 and bool(support[:288].sum() == 287) and not bool(support[100])  # 32 x 9 weights, all allowed ones kept
+    offset = 288
+    for t in list(targets)[1:]:
+        part = support[offset : offset + t.numel]
+        if (t.numel // t.weight.shape[0]) % 4 == 0:
+            groups = part.view(-1, 4)
+            assert bool((groups.sum(dim=1) == 2).all())
+            expected = keep_top_n(torch.where(allowed[offset : offset + t.numel], scores[offset : offset + t.numel], torch.tensor(-1.0)).view(-1, 4), 2, 4)
+            assert torch.equal(groups, expected)
+        offset += t.numel
+    assert not bool(support[500])

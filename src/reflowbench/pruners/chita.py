@@ -41,7 +41,7 @@ from reflowbench.pruners.base import PruneContext, register_pruner
 from reflowbench.pruners.chita_solvers import IHTSettings, SparseRidge, iht_working_bytes, solve_active_set, solve_iht
 from reflowbench.pruners.hessian_base import HessianOptions, HessianPruner
 from reflowbench.pruners.masks import Masks, masks_from_flat, num_to_prune
-from reflowbench.pruners.nm import nm_masks_from_scores
+from reflowbench.pruners.nm import nm_masks_from_scores, nm_projection
 from reflowbench.pruners.updates import flat_masks, flat_weights
 from reflowbench.schema.targets import TargetSet
 
@@ -143,12 +143,12 @@ class CHITAPruner(HessianPruner):
     PATTERNS = ("unstructured", "n:m")
 
     def pattern_refusal(self, pattern: SparsityPattern) -> Optional[str]:
-        """N:M: the magnitude support projected onto the pattern (CHITA's hard thresholding of w-bar onto the N:M set),
-        then the solve on it; so only with the backsolve solvers and in one stage."""
+        """N:M: the backsolve solvers solve on the magnitude support projected onto the pattern (CHITA's hard
+        thresholding of w-bar onto the N:M set); IHT iterates with that projection as its thresholding; in one stage."""
         if pattern.kind != "n:m":
             return super().pattern_refusal(pattern)
-        if self.options.solver not in ("backsolve", "block-backsolve") or self.options.recompute_steps != 1:
-            return f"reaches N:M only with --{self.name}-solver backsolve or block-backsolve in one stage (--{self.name}-recompute-steps 1)"
+        if self.options.solver not in ("backsolve", "block-backsolve", "iht") or self.options.recompute_steps != 1:
+            return f"reaches N:M only with --{self.name}-solver backsolve, block-backsolve or iht in one stage (--{self.name}-recompute-steps 1)"
         return None
 
     @property
@@ -182,10 +182,12 @@ class CHITAPruner(HessianPruner):
         like = fisher.damp_vector()
         problem = SparseRidge(fisher, flat_weights(targets, like), flat_masks(targets, masks, like.device))
         keep_count = problem.w_bar.numel() - num_to_prune(problem.w_bar.numel(), sparsity)
+        project = None
         if ctx is not None and ctx.pattern.kind == "n:m":  # hard thresholding of w-bar onto the N:M set: the N largest |w| per group
             nm = nm_masks_from_scores(targets, {t.param_name: t.weight.detach().abs() * masks[t.param_name] for t in targets}, ctx.pattern)
             magnitude = flat_masks(targets, nm, like.device)
             keep_count = int(magnitude.sum())
+            project = nm_projection(targets, ctx.pattern, like.device)
         else:
             magnitude = problem.magnitude_support(keep_count)
         settings = IHTSettings(max_iters=o.iht_iters, tolerance=o.tolerance)
@@ -199,7 +201,7 @@ class CHITAPruner(HessianPruner):
                 ctx.log,
             )
         if o.solver == "iht":
-            support, trace = solve_iht(problem, keep_count, settings)
+            support, trace = solve_iht(problem, keep_count, settings, project)
         elif o.solver == "active-set":
             support, trace = solve_active_set(problem, keep_count, settings, o.active_factor, o.active_rounds)
         else:

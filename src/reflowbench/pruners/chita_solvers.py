@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -127,8 +127,12 @@ def top_k_support(scores: torch.Tensor, k: int, allowed: torch.Tensor) -> torch.
     return support
 
 
-def _threshold(z: torch.Tensor, k: int, allowed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    support = top_k_support(z.abs(), k, allowed)
+Projection = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scores (p,), allowed (p,)) -> the support kept, (p,) bool
+
+
+def _threshold(z: torch.Tensor, k: int, allowed: torch.Tensor, project: Optional[Projection] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """H_k(z): the k largest |z| among ``allowed`` (or ``project``'s support of |z|, e.g. onto an N:M set), z kept there."""
+    support = project(z.abs(), allowed) if project is not None else top_k_support(z.abs(), k, allowed)
     return z * support, support
 
 
@@ -140,6 +144,7 @@ def iht(
     settings: IHTSettings,
     allowed: Optional[torch.Tensor] = None,
     trace: Optional[SolverTrace] = None,
+    project: Optional[Projection] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, SolverTrace]:
     """IHT with line search from the k-sparse ``start`` (its support ``support``), iterates kept in ``allowed``
     (default: the problem's). Each iteration, with g = grad Q(w):
@@ -151,6 +156,7 @@ def iht(
       lowest Q below Q(w) is accepted, then, with ``debias``, w = the exact backsolve on its support;
     - when no such step lowers Q: the exact minimising step along -g restricted to the support.
 
+    ``project`` replaces H_k by another hard thresholding (the projection onto an N:M set keeps N of every group).
     Q never increases; returns (w, support, trace)."""
     allowed = problem.allowed if allowed is None else allowed
     trace = trace if trace is not None else SolverTrace()
@@ -163,7 +169,7 @@ def iht(
         g = g_full * allowed
         if not bool(g.any()):
             break
-        accepted = _step_search(problem, w, g, q, k, allowed, support, safe, settings, trace)
+        accepted = _step_search(problem, w, g, q, k, allowed, support, safe, settings, trace, project)
         if accepted is None:  # no thresholded step lowers Q: the exact line step on the support
             w_new, q_new = _line_step(problem, w, g * support, g_full)
             if q_new >= q:
@@ -205,6 +211,7 @@ def _step_search(
     safe: float,
     settings: IHTSettings,
     trace: SolverTrace,
+    project: Optional[Projection] = None,
 ) -> Optional[Tuple[torch.Tensor, torch.Tensor, float, float]]:
     """The best support-changing thresholded step that lowers Q: (z, support, Q(z), eta), or None. The trial points'
     gradients and their line steps' curvatures are batched (``Curvature.fisher_products``: the passes over G of one
@@ -215,7 +222,7 @@ def _step_search(
     eta = max(safe, entry * (1.0 + 1e-9))
     trials: List[Tuple[torch.Tensor, torch.Tensor, float]] = []
     for _ in range(settings.search_steps):
-        z, z_support = _threshold(w - eta * g, k, allowed)
+        z, z_support = _threshold(w - eta * g, k, allowed, project)
         if not torch.equal(z_support, support):
             trials.append((z, z_support, eta))
         eta *= 2.0
@@ -253,12 +260,12 @@ def _exact_step(w: torch.Tensor, direction: torch.Tensor, d_g: float, curvature:
     return w - alpha * direction, q - alpha * d_g + 0.5 * alpha * alpha * curvature
 
 
-def solve_iht(problem: SparseRidge, k: int, settings: IHTSettings) -> Tuple[torch.Tensor, SolverTrace]:
-    """IHT from the magnitude point H_k(w_bar); the support whose backsolve has the lower Q of IHT's and the
-    magnitude one is returned (so the result is never worse than magnitude), with the trace."""
-    start_support = problem.magnitude_support(k)
+def solve_iht(problem: SparseRidge, k: int, settings: IHTSettings, project: Optional[Projection] = None) -> Tuple[torch.Tensor, SolverTrace]:
+    """IHT from the magnitude point H_k(w_bar) (or ``project``'s support of |w_bar|); the support whose backsolve has
+    the lower Q of IHT's and the magnitude one is returned (so the result is never worse than magnitude), with the trace."""
+    start_support = problem.magnitude_support(k) if project is None else project(problem.w_bar.abs(), problem.allowed)
     start = problem.start_point(start_support, settings.debias)
-    _, support, trace = iht(problem, start, start_support, k, settings)
+    _, support, trace = iht(problem, start, start_support, k, settings, project=project)
     return problem.better_support(support, start_support, trace), trace
 
 

@@ -96,3 +96,26 @@ def verify_nm(targets: TargetSet, masks: Masks, pattern: SparsityPattern) -> Tup
             raise MaskError(f"{t.param_name} cannot hold --pattern {pattern} ({t.numel // t.weight.shape[0]} columns per row) and must stay dense")
         pruned += int((~keep).sum())
     return pruned, targets.num_weights
+
+
+def nm_projection(targets: TargetSet, pattern: SparsityPattern, device: torch.device):
+    """The hard thresholding onto the N:M set of the flat weight vector of ``targets`` (layer after layer): a function
+    (scores (p,), allowed (p,) bool) -> support (p,) bool keeping, in every group, the N highest allowed scores (a
+    disallowed weight never kept), and every weight of a target that cannot hold the pattern (where allowed)."""
+    grouped_parts, whole_parts, offset = [], [], 0
+    for t in targets:
+        index = offset + torch.arange(t.numel, device=device)
+        (grouped_parts if grouped(t, pattern.m) else whole_parts).append(index)
+        offset += t.numel
+    members = torch.cat(grouped_parts).view(-1, pattern.m) if grouped_parts else torch.zeros(0, pattern.m, dtype=torch.long, device=device)
+    whole = torch.cat(whole_parts) if whole_parts else torch.zeros(0, dtype=torch.long, device=device)
+
+    def project(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        support = torch.zeros_like(allowed)
+        support[whole] = allowed[whole]
+        group_scores = torch.where(allowed[members], scores[members].float(), torch.full_like(scores[members].float(), -float("inf")))
+        keep = keep_top_n(group_scores, pattern.n, pattern.m) & allowed[members]
+        support[members[keep]] = True
+        return support
+
+    return project
