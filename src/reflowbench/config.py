@@ -425,7 +425,8 @@ class SuiteCommandSpec:
     sparsities: List[float] = field(default_factory=list)  # override the sparsities of the main sweeps (default: the suite's)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int = 0  # torch CPU threads (0: leave torch's default)
-    dry_run: bool = False  # list every job with its finished and missing runs, run nothing
+    dry_run: bool = False  # list every job with its finished and missing runs and its cost plan (estimated peak memory and wall time), run nothing
+    cost_plan: bool = True  # with --dry-run: measure each model once on the device and print each job's estimated peak memory and wall time
     report_only: bool = False  # write the combined report from the runs already finished, run nothing
     skip_unreadable: bool = (
         False  # leave files under a job's runs/ that are not readable run records out of the combined report (each named); without it they stop it

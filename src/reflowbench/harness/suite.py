@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, T
 
 from reflowbench.config import SettingsLayers, SuiteCommandSpec, SweepNarrowing, SweepSettings, TuneSpec, build_settings, narrow_sweep
 from reflowbench.errors import ConfigError, ReflowbenchError
+from reflowbench.harness.cost_plan import CostPlanner
 from reflowbench.harness.plan import SweepPlan, plan_sweep
 from reflowbench.harness.sweep import Progress, count_complete, run_sweep
 from reflowbench.harness.tuning import SearchProgress, run_tuning, tune_plan, tuning_status
@@ -148,6 +149,7 @@ class JobStatus:
     unestimated: int = 0
     search_open: bool = False  # its settings search has scores missing
     keys: Dict[str, FrozenSet[str]] = field(default_factory=dict)  # method -> its runs' keys (empty while the search is open)
+    todo: Optional[Dict[str, int]] = None  # method -> its unfinished runs (None while the search is open)
     search: Optional[SearchProgress] = None  # a tuned job's settings search
 
 
@@ -212,7 +214,9 @@ def job_status(job: PlannedJob) -> JobStatus:
         plan = _planned_with(job, search.chosen)
     progress = count_complete(plan)
     line = f"{header}: {progress.complete} of {progress.total} runs finished, {progress.total - progress.complete} to run" + _progress_note(progress)
-    return JobStatus(line, progress.complete, progress.total, progress.estimate_s, progress.unestimated, keys=progress.keys or {}, search=search)
+    return JobStatus(
+        line, progress.complete, progress.total, progress.estimate_s, progress.unestimated, keys=progress.keys or {}, search=search, todo=progress.todo
+    )
 
 
 def _relative_loss_of(search: Optional[SearchProgress], options: Dict[str, Any]) -> Optional[float]:
@@ -317,6 +321,7 @@ def run_named_suite(name: str, command: SuiteCommandSpec, log: Log = print) -> D
         check_block(Path(command.readme), suite_name(name))
     started, started_iso = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     totals = {"done": 0, "failed": 0, "skipped": 0, "total": 0}
+    planner: Optional[CostPlanner] = None
     for index, job in enumerate(planned):
         header = f"[{index + 1}/{len(planned)}] job {job.number}: {job_header(job)}"
         if command.report_only:
@@ -324,6 +329,12 @@ def run_named_suite(name: str, command: SuiteCommandSpec, log: Log = print) -> D
         if command.dry_run:
             status = job_status(job)
             log(f"[{index + 1}/{len(planned)}] job {job.number}: {status.line}")
+            if command.cost_plan:
+                planner = planner or CostPlanner(job.plan.device)
+                cost = planner.plan(job.plan.spec, job.plan.pruners, runs_to_do(job, status))
+                log(cost.line())
+                totals["cost_s"] = totals.get("cost_s", 0) + cost.todo_seconds
+                totals["not_fitting"] = totals.get("not_fitting", 0) + (not cost.fits)
             totals["skipped"] += status.complete
             totals["total"] += status.total
             totals["estimate_s"] = totals.get("estimate_s", 0) + status.estimate_s
@@ -362,6 +373,14 @@ def run_named_suite(name: str, command: SuiteCommandSpec, log: Log = print) -> D
             changed = replace_block(Path(command.readme), suite_name(name), paths["summary"].read_text(encoding="utf-8"))
             log(f"{command.readme}: the {suite_name(name)} summary block {'rewritten' if changed else 'already up to date'}")
     return totals
+
+
+def runs_to_do(job: PlannedJob, status: JobStatus) -> Dict[str, int]:
+    """Method -> the job's runs not finished yet (all of them while a settings search is open)."""
+    if status.todo is not None:
+        return status.todo
+    sweep = job.plan.spec.sweep
+    return {name: len(sweep.sparsities) * len(sweep.seeds) for name in sweep.methods}
 
 
 def _write_timing(out: Path, name: str, folders: List[str], started_iso: str, wall_seconds: float, log: Log) -> None:

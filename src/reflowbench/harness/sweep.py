@@ -85,6 +85,7 @@ class Progress(NamedTuple):
     estimate_s: float  # wall seconds the unfinished runs would take, each at the mean of its like finished runs (see estimate_seconds)
     unestimated: int  # unfinished runs with no finished run of their method in --out to estimate from
     keys: Optional[Dict[str, FrozenSet[str]]] = None  # method -> the run keys of its runs in the sweep (finished or not)
+    todo: Optional[Dict[str, int]] = None  # method -> its unfinished runs
 
 
 def estimate_seconds(out: Path, todo: List[Todo]) -> Tuple[float, int]:
@@ -110,7 +111,10 @@ def count_complete(plan: SweepPlan) -> Progress:
     runs = planned_runs(SweepState(plan, log=lambda message: None), plan)
     todo = unfinished(runs, plan.spec.sweep.retry_failed)
     estimate, unestimated = estimate_seconds(Path(plan.spec.sweep.out), todo) if todo else (0.0, 0)
-    return Progress(len(runs) - len(todo), len(runs), _with_saved_steps(todo), estimate, unestimated, keys_by_method(runs))
+    by_method: Dict[str, int] = {}
+    for pruner, _, _, _, _ in todo:
+        by_method[pruner.name] = by_method.get(pruner.name, 0) + 1
+    return Progress(len(runs) - len(todo), len(runs), _with_saved_steps(todo), estimate, unestimated, keys_by_method(runs), by_method)
 
 
 def keys_by_method(runs: List[Todo]) -> Dict[str, FrozenSet[str]]:

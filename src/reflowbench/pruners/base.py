@@ -57,6 +57,16 @@ class StageCheckpoint:
         self.path.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class WorkingSet:
+    """What a pruner holds at its peak besides the model (bytes), what that is, and the settings that lower it: the
+    suite's cost plan reads it before anything runs (an estimate from the pruner's own formulas, not a measurement)."""
+
+    bytes: int = 0
+    what: str = "no working memory beyond the model"
+    knobs: str = ""
+
+
 @dataclass
 class NoOptions:
     """A pruner without options."""
@@ -148,6 +158,16 @@ class Pruner(ABC):
     def fisher_images(self) -> int:
         """Training images this pruner draws gradients from (0 when it needs none)."""
         return 0
+
+    def working_set(self, targets: TargetSet, activation_bytes: int) -> WorkingSet:
+        """Its peak memory besides the model, for the cost plan (``activation_bytes``: what one image keeps for a backward
+        pass). Pruners with large state (gradients, curvature, Hessians) override it."""
+        return WorkingSet()
+
+    def forward_passes(self, targets: TargetSet) -> Tuple[float, float]:
+        """(images through a forward pass, images through a forward and backward pass) one run of this pruner costs,
+        for the cost plan's time estimate (linear algebra not counted)."""
+        return 0.0, 0.0
 
     def pattern_refusal(self, pattern: SparsityPattern) -> Optional[str]:
         """Why this pruner, with these options, cannot produce ``pattern`` (one line), or None when it can."""

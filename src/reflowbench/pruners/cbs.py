@@ -14,7 +14,7 @@ lam = 1e-5, 50 perturbed candidates, window 10, epsilon 1e-4, give-up 20, at mos
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +75,12 @@ class CBSPruner(HessianPruner):
 
     def streams(self) -> bool:
         return False  # the swap search reads G at every step
+
+    def forward_passes(self, targets: TargetSet) -> Tuple[float, float]:
+        """Its gradients, plus every candidate start and every local-search iteration scored on the held-out images."""
+        _, backward = super().forward_passes(targets)
+        o = self.options
+        return float((o.candidates + 1 + o.max_iters) * o.score_images), backward
 
     def pattern_refusal(self, pattern: SparsityPattern) -> Optional[str]:
         if pattern.kind == "n:m" and self.options.recompute_steps != 1:

@@ -37,7 +37,7 @@ from torch import nn
 from reflowbench.config import SparsityPattern
 from reflowbench.errors import ConfigError
 from reflowbench.hessian import BlockFisher, Curvature, FisherSpec, GradientMatrix, NetworkFisher, check_budget, gradient_bytes
-from reflowbench.pruners.base import PruneContext, register_pruner
+from reflowbench.pruners.base import PruneContext, WorkingSet, register_pruner
 from reflowbench.pruners.chita_solvers import IHTSettings, SparseRidge, iht_working_bytes, solve_active_set, solve_iht
 from reflowbench.pruners.hessian_base import HessianOptions, HessianPruner
 from reflowbench.pruners.masks import Masks, masks_from_flat, num_to_prune
@@ -150,6 +150,17 @@ class CHITAPruner(HessianPruner):
         if self.options.solver not in ("backsolve", "block-backsolve", "iht") or self.options.recompute_steps != 1:
             return f"reaches N:M only with --{self.name}-solver backsolve, block-backsolve or iht in one stage (--{self.name}-recompute-steps 1)"
         return None
+
+    def working_set(self, targets: TargetSet, activation_bytes: int) -> WorkingSet:
+        """The Hessian base's G and factors (the network form: one N x N factor instead of the blocks), plus IHT's and the
+        active set's working vectors (the iterate, gradients and a batch of trial steps)."""
+        base = super().working_set(targets, activation_bytes)
+        extra = 0
+        if self.effective_form == "network":
+            extra += self.options.num_grads**2 * 8
+        if self.options.solver in ("iht", "active-set"):
+            extra += iht_working_bytes(targets.num_weights, 4, IHTSettings(max_iters=self.options.iht_iters, tolerance=self.options.tolerance))
+        return WorkingSet(base.bytes + extra, base.what + (f" and {self.options.solver}'s working vectors" if extra else ""), base.knobs)
 
     @property
     def effective_form(self) -> str:

@@ -45,7 +45,7 @@ from reflowbench.hessian.block_fisher import DAMP_MODES
 from reflowbench.hessian.distributed_fisher import is_distributed
 from reflowbench.hessian.gradients import ENGINES
 from reflowbench.hessian.memory import DTYPES
-from reflowbench.pruners.base import PruneContext, Pruner
+from reflowbench.pruners.base import PruneContext, Pruner, WorkingSet
 from reflowbench.pruners.curvature_source import CurvatureSource
 from reflowbench.pruners.masks import Masks
 from reflowbench.pruners.updates import UPDATES, apply_update, flat_masks, flat_weights, write_weights
@@ -128,6 +128,31 @@ class HessianPruner(Pruner):
 
     def fisher_images(self) -> int:
         return self.options.num_grads * self.options.minibatch
+
+    def working_set(self, targets: TargetSet, activation_bytes: int) -> WorkingSet:
+        """G (N x p in its dtype, padded to the blocks; one layer group of it when streamed), the block Fisher's packed
+        factors (per block of B columns: side = min(N, B), side^2 / 2 floats) and one gradient call's temporaries."""
+        from reflowbench.hessian.gradients import chunk_gradient_bytes, gradient_bytes
+
+        o = self.options
+        spec = self.gradient_spec()
+        groups = max(1, o.layer_groups)
+        factors = 0
+        for t in targets:
+            block = t.numel if o.block_size <= 0 else min(o.block_size, t.numel)
+            side = min(o.num_grads, block)
+            factors += -(-t.numel // block) * side * (side + 1) // 2 * 4
+        total = gradient_bytes(targets, spec) // groups + factors // groups + chunk_gradient_bytes(targets, spec, activation_bytes)
+        flag = self.flag
+        return WorkingSet(
+            total,
+            f"G ({o.num_grads:,} x {targets.num_weights:,} in {o.dtype}{f', one of {groups} layer groups' if groups > 1 else ''}) and the block Fisher factors",
+            f"{flag('dtype')} bfloat16, {flag('layer-groups')} 0 (from the memory budget), fewer {flag('num-grads')}, a smaller {flag('block-size')}",
+        )
+
+    def forward_passes(self, targets: TargetSet) -> Tuple[float, float]:
+        """Per-sample gradients of N x minibatch images, once per step."""
+        return 0.0, float(self.fisher_images() * self.options.recompute_steps)
 
     def unused_options(self) -> Set[str]:
         return {"schedule", "update_guard"} if self.options.recompute_steps == 1 else set()

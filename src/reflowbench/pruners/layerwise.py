@@ -31,7 +31,7 @@ from torch import nn
 
 from reflowbench.config import SparsityPattern
 from reflowbench.errors import ConfigError
-from reflowbench.pruners.base import PruneContext, Pruner
+from reflowbench.pruners.base import PruneContext, Pruner, WorkingSet
 from reflowbench.pruners.masks import Masks, masks_from_scores, num_to_prune
 from reflowbench.pruners.nm import grouped
 from reflowbench.reconstruction import DenseInputs, InputHessian, LayerGeometry, collect_hessians, damped
@@ -179,6 +179,24 @@ class LayerwisePruner(Pruner):
             "layer_sparsity": {t.param_name: round(counts[t.param_name] / t.numel, 6) for t in targets},
         }
         return masks
+
+    def working_set(self, targets: TargetSet, activation_bytes: int) -> WorkingSet:
+        """The largest layer's H and its factors (about 4 float64 copies of d^2, d a row's inputs), every layer's H at once
+        in parallel mode (Wanda: the diagonals only), and the calibration images' recorded inputs of one layer."""
+        square = [t.weight[0].numel() ** (2 if self.needs_full_hessian() else 1) * 8 for t in targets]
+        held = sum(square) if self.options.mode == "parallel" else 0
+        inputs = self.options.num_images * activation_bytes // 4  # one layer's inputs of the calibration images, roughly
+        return WorkingSet(
+            4 * max(square) + held + inputs,
+            "the largest layer's input Hessian and factors" + (", every layer's H (parallel mode)" if held else ""),
+            f"{self.flag('mode')} sequential, fewer {self.flag('num-images')}, or exclude the largest layer",
+        )
+
+    def forward_passes(self, targets: TargetSet) -> Tuple[float, float]:
+        """Sequential mode: one pass per layer over the calibration images (cut after the layer: about half a pass each);
+        parallel: one pass."""
+        passes = 1.0 if self.options.mode == "parallel" else max(1.0, len(targets) / 2)
+        return self.options.num_images * passes, 0.0
 
     def check_memory(self, geometries: Dict[str, LayerGeometry], ctx: PruneContext) -> None:
         """Refuse, before any work, settings whose H matrices exceed ``--memory-budget-gb``: the largest layer's H and its

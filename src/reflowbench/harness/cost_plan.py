@@ -1,0 +1,186 @@
+"""The cost plan a suite's ``--dry-run`` prints before anything runs: per job, the estimated peak memory of one run
+(on the device the runs use, and on the host) and the wall time of the runs still to do, from the pruners' own memory
+formulas (:meth:`~reflowbench.pruners.base.Pruner.working_set`) and one short measurement on this machine: a forward
+and a forward-backward pass of a small batch of the model (random weights: the cost does not depend on them).
+
+What it counts: the process as it is now (Python, torch, the data held in memory), the model three times (the dense
+network, the pruned copy, a correction's copy), the largest pruner working set of the job, and a batch of activations;
+the forward passes of evaluation, diagnostics, REFLOW and the other corrections; the pruner's own forward and
+per-sample backward passes (:meth:`~reflowbench.pruners.base.Pruner.forward_passes`). What it does not: the linear
+algebra of the solvers (an IHT, a CBS search or a block factorisation can dominate on large layers) and the data
+loading of an ImageFolder tree. It is a plan, not a measurement: the suite's records give the measured peaks and times.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from reflowbench.config import SweepSettings
+from reflowbench.hessian.gradients import image_activation_bytes
+from reflowbench.hessian.memory import gib
+from reflowbench.models import BUILTIN_MODELS, build_model
+from reflowbench.pruners import Pruner, select_targets
+from reflowbench.pruners.base import WorkingSet
+from reflowbench.utils.cost import current_rss_mb, format_duration
+
+MODEL_COPIES = 3  # the dense network, the pruned copy, one correction's copy
+PER_SAMPLE_BACKWARD = 3.0  # a per-sample gradient costs about this many batched forward-backward passes per image (hooks/vmap)
+CALIBRATION_BATCH = {"small": 64, "large": 16}  # images per calibration pass: 32 x 32 and smaller, 224 x 224
+IMAGE_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}  # every other dataset: 3 x 224 x 224
+TEST_IMAGES = {"digits": 450, "cifar10": 10000, "imagenet": 50000}
+CLASSES = {"digits": 10, "cifar10": 10, "imagenet": 1000}
+IN_MEMORY_BYTES = {"digits": 1797 * 64 * 4, "cifar10": 60000 * 3072}  # the splits held in memory (ImageFolder trees stream)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One model measured on this device: seconds per image of a forward pass (eval mode, no gradients) and of a
+    forward-backward pass, the bytes one image keeps for a backward pass, and the model's own bytes."""
+
+    forward_s: float
+    backward_s: float
+    activation_bytes: int
+    model_bytes: int
+
+
+@dataclass(frozen=True)
+class JobCost:
+    """One job's plan: its largest peak (bytes, and which method sets it), the budget it is compared with, the seconds of
+    one run of each method and of the runs still to do, and, when it does not fit, the settings that lower it."""
+
+    peak_bytes: int
+    peak_method: str
+    host_bytes: int
+    budget_bytes: int
+    where: str
+    run_seconds: Dict[str, float]
+    todo_seconds: float
+    fits: bool
+    knobs: str
+
+    def line(self) -> str:
+        per_run = ", ".join(f"{method} {format_duration(seconds)}" for method, seconds in self.run_seconds.items())
+        verdict = "fits" if self.fits else f"DOES NOT FIT (or a pruner's working set is over --memory-budget-gb): lower it with {self.knobs}"
+        return (
+            f"    cost plan: peak about {gib(self.peak_bytes):.1f} GiB on {self.where} ({self.peak_method}; budget {gib(self.budget_bytes):.0f} GiB, {verdict}), "
+            f"host about {gib(self.host_bytes):.1f} GiB; per run {per_run}; the runs to do about {format_duration(self.todo_seconds)}"
+        )
+
+
+def image_shape(spec: SweepSettings) -> Tuple[int, ...]:
+    return IMAGE_SHAPES.get(spec.data.dataset or "", (3, 224, 224))
+
+
+def _tree_count(spec: SweepSettings, split: str, classes: bool) -> Optional[int]:
+    """Files (or class folders) under ``<data>/<split>`` of an ImageFolder tree, None when there is no such folder."""
+    root = Path(spec.data.data or "") / split
+    if not spec.data.data or not root.is_dir():
+        return None
+    if classes:
+        return sum(1 for entry in root.iterdir() if entry.is_dir())
+    return sum(len(files) for _, _, files in os.walk(root))
+
+
+def test_images(spec: SweepSettings) -> int:
+    return TEST_IMAGES.get(spec.data.dataset or "") or _tree_count(spec, "val", False) or TEST_IMAGES["imagenet"]
+
+
+def num_classes(spec: SweepSettings) -> int:
+    return spec.model.num_classes or CLASSES.get(spec.data.dataset or "") or _tree_count(spec, "train", True) or CLASSES["imagenet"]
+
+
+def calibration_model(spec: SweepSettings) -> nn.Module:
+    """The job's architecture with random weights (no checkpoint, no download)."""
+    shortcut = spec.model.shortcut if spec.model.shortcut != "auto" else "A"
+    return build_model(spec.model.model, num_classes(spec), None, shortcut if spec.model.model in BUILTIN_MODELS else "auto", None)
+
+
+def calibrate(model: nn.Module, shape: Tuple[int, ...], device: torch.device, batch: Optional[int] = None) -> Calibration:
+    """Time one forward (after a warm-up) and one forward-backward pass of ``batch`` random images of ``shape``
+    (default: 64 small images, 16 of 224 x 224)."""
+    batch = batch or CALIBRATION_BATCH["small" if shape[-1] <= 64 else "large"]
+    model = model.to(device).eval()
+    x = torch.randn(batch, *shape, device=device)
+    with torch.no_grad():
+        model(x)
+        _sync(device)
+        start = time.perf_counter()
+        model(x)
+        _sync(device)
+        forward = (time.perf_counter() - start) / batch
+    start = time.perf_counter()
+    model(x).float().logsumexp(dim=1).sum().backward()
+    _sync(device)
+    backward = (time.perf_counter() - start) / batch
+    model.zero_grad(set_to_none=True)
+    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    return Calibration(forward, backward, image_activation_bytes(model, x), size)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_budget(device: torch.device) -> Tuple[int, str]:
+    """(bytes, where): a GPU's memory, else this machine's (a pruner's own working set is also held to --memory-budget-gb)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory, f"{torch.cuda.get_device_name(device)}"
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this CPU's memory"
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
+        return 2**40, "this CPU (memory unknown)"
+
+
+def run_seconds(pruner: Pruner, spec: SweepSettings, targets, calibration: Calibration) -> float:
+    """Forward and backward images of one run of ``pruner`` at the calibrated seconds per image."""
+    stages = 1 + len(spec.corrections.applied())  # the pruned network and each correction are evaluated
+    reflow = spec.reflow
+    calibration_images = reflow.calib_batches * reflow.calib_batch_size
+    forward = stages * (test_images(spec) + reflow.diag_images) + calibration_images * (1 + 2 * max(0, stages - 2))
+    pruner_forward, pruner_backward = pruner.forward_passes(targets)
+    return (forward + pruner_forward) * calibration.forward_s + pruner_backward * PER_SAMPLE_BACKWARD * calibration.backward_s
+
+
+def job_cost(spec: SweepSettings, pruners: List[Pruner], todo: Dict[str, int], calibration: Calibration, device: torch.device) -> JobCost:
+    """The plan of one job (``todo``: method -> runs still to do)."""
+    model = calibration_model(spec)
+    targets = select_targets(model, spec.targets.policy())
+    working: Dict[str, WorkingSet] = {p.name: p.working_set(targets, calibration.activation_bytes) for p in pruners}
+    largest = max(working, key=lambda name: working[name].bytes)
+    activations = spec.data.eval_batch_size * calibration.activation_bytes // 2  # a no-grad batch keeps its outputs only, roughly
+    resident = MODEL_COPIES * calibration.model_bytes + working[largest].bytes + activations
+    baseline = int(current_rss_mb() * 2**20)
+    data = IN_MEMORY_BYTES.get(spec.data.dataset or "", 0)
+    budget, where = device_budget(device)
+    if device.type == "cuda":
+        peak, host = resident, baseline + data + calibration.model_bytes
+    else:
+        peak = host = baseline + data + resident
+    seconds = {p.name: run_seconds(p, spec, targets, calibration) for p in pruners}
+    over_budget = [name for name, w in working.items() if w.bytes > spec.sweep.memory_budget_gb * 2**30]
+    fits = peak <= budget and not over_budget
+    knobs = "; ".join(f"{name}: {working[name].knobs}" for name in (over_budget or [largest]) if working[name].knobs) or "a machine with more memory"
+    return JobCost(peak, f"{largest}: {working[largest].what}", host, budget, where, seconds, sum(seconds[m] * n for m, n in todo.items()), fits, knobs)
+
+
+class CostPlanner:
+    """Calibrates each architecture once per suite (on the suite's device) and plans each job."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._calibrations: Dict[Tuple[str, Tuple[int, ...]], Calibration] = {}
+
+    def plan(self, spec: SweepSettings, pruners: List[Pruner], todo: Dict[str, int]) -> JobCost:
+        shape = image_shape(spec)
+        key = (spec.model.model, shape)
+        if key not in self._calibrations:
+            self._calibrations[key] = calibrate(calibration_model(spec), shape, self.device)
+        return job_cost(spec, pruners, todo, self._calibrations[key], self.device)
