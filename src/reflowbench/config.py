@@ -427,6 +427,10 @@ class SuiteCommandSpec:
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     dry_run: bool = False  # list every job with its finished and missing runs and its cost plan (estimated peak memory and wall time), run nothing
     cost_plan: bool = True  # with --dry-run: measure each model once on the device and print each job's estimated peak memory and wall time
+    plan_memory_gb: float = 0.0  # with --dry-run: judge each job against a device of this many GiB (e.g. 80 for an 80 GB GPU; 0: this machine's device); the times stay this machine's
+    random_weights: bool = (
+        False  # every job's torchvision --weights left out: random initial weights (a check or a cost plan without the download; not the paper's results)
+    )
     report_only: bool = False  # write the combined report from the runs already finished, run nothing
     skip_unreadable: bool = (
         False  # leave files under a job's runs/ that are not readable run records out of the combined report (each named); without it they stop it
@@ -477,6 +481,12 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {  # section -> settings, as in 
             "chita": {"num_grads": 64, "minibatch": 8},
             "chita++": {"num_grads": 64, "minibatch": 8},
         },
+    },
+    # The paper's ImageNet comparison (pass --model, --weights and --data: an ImageFolder tree with train/ and val/),
+    # sized for one 80 GB GPU: a pruner's working set may take 70 GiB; one seed (ImageNet is expensive); batches of 256.
+    "imagenet": {
+        "data": {"dataset": "imagenet", "eval_batch_size": 256, "workers": 8},
+        "sweep": {"sparsities": [0.5, 0.6, 0.7, 0.8, 0.9], "seeds": [0], "memory_budget_gb": 70.0},
     },
     # The paper-style CIFAR-10 comparison (pass --model, --checkpoint and --data).
     "cifar10": {

@@ -306,6 +306,105 @@ SUITES["patterns"] = {
 }
 
 
+# The paper's ImageNet comparison (issue 41): torchvision's ImageNet models the paper reports, every pruner family
+# (magnitude; the Fisher pruners WoodFisher, CBS and CHITA; the layer-wise SparseGPT and Wanda) at 0.5-0.9 and at 2:4, each
+# followed by every correction that applies to a BatchNorm network. Needs ImageNet as an ImageFolder tree (--data) and
+# torchvision's weights (downloaded once). Sized for one 80 GB GPU (the imagenet preset: a working set may take 70 GiB);
+# `reflowbench suite imagenet --dry-run` prints each job's estimated peak memory and time on the machine it runs on.
+IMAGENET_MODELS = {  # model -> torchvision weights: the classic V1 recipe of each (the dense accuracy torchvision documents)
+    "resnet50": "IMAGENET1K_V1",
+    "resnext101_32x8d": "IMAGENET1K_V1",
+    "regnet_x_32gf": "IMAGENET1K_V1",
+    "mobilenet_v2": "IMAGENET1K_V1",
+    "mobilenet_v3_large": "IMAGENET1K_V1",
+}
+IMAGENET_METHODS = ["mp", "woodfisher", "cbs", "chita", "sparsegpt", "wanda"]
+IMAGENET_NM_METHODS = ["mp", "woodfisher", "chita", "sparsegpt", "wanda"]
+ALL_BN_CORRECTIONS = {"corrections": ["none", "reflow", "statcorr", "variance-match"]}
+# Per pruner, the published ImageNet setting where one exists (REFERENCES.md), each in G's bfloat16 and with layer groups
+# chosen from the memory budget, so the largest model's gradients fit 70 GiB.
+IMAGENET_OPTIONS = {
+    "woodfisher": {"num_grads": 400, "minibatch": 400, "block_size": 2000, "dtype": "bfloat16", "layer_groups": 0},
+    "cbs": {"num_grads": 240, "minibatch": 100, "block_size": 1000, "dtype": "bfloat16", "score_images": 10000},
+    "chita": {"dtype": "bfloat16", "layer_groups": 0},
+}
+IMAGENET_SOURCES = {
+    "woodfisher": {
+        "num_grads": "REFERENCES.md §2 (ResNet-50 one-shot): N = 400",
+        "minibatch": "REFERENCES.md §2 (ResNet-50 one-shot): mini-batch 400",
+        "block_size": "REFERENCES.md §2 (ResNet-50): c = 2,000",
+        "dtype": "suite choice: G in bfloat16 (half the memory; products in float32) so that ResNeXt-101's fits one GPU",
+        "layer_groups": "suite choice: layer groups from the memory budget (the same result as one pass)",
+    },
+    "cbs": {
+        "num_grads": "REFERENCES.md §4 (ResNet-50): N = 240",
+        "minibatch": "REFERENCES.md §4 (ResNet-50): mini-batch 100",
+        "block_size": "REFERENCES.md §4 (ResNet-50): c = 1,000",
+        "dtype": "suite choice: G in bfloat16, as WoodFisher's",
+        "score_images": "REFERENCES.md §4(c): 10,000 images (the code's validation images; here held-out training images, pitfall 8)",
+    },
+    "chita": {"dtype": "suite choice: G in bfloat16, as WoodFisher's", "layer_groups": "suite choice: layer groups from the memory budget"},
+}
+
+
+def _imagenet_job(model: str, weights: Optional[str], pattern: str, methods: List[str], options: Dict[str, Dict[str, Any]], preset: str) -> Dict[str, Any]:
+    settings: Dict[str, Any] = {
+        "model": {"model": model, **({"weights": weights} if weights else {})},
+        "sweep": {"methods": methods},
+        "corrections": ALL_BN_CORRECTIONS,
+        "method_options": options,
+    }
+    if pattern != "unstructured":
+        settings["targets"] = {"pattern": pattern}
+    folder = f"imagenet-{model}" + ("" if pattern == "unstructured" else f"-{pattern.replace(':', 'of')}")
+    return {"folder": folder, "preset": preset, "settings": settings, "role": "sweep", "sources": IMAGENET_SOURCES}
+
+
+SUITES["imagenet"] = {
+    "description": "the paper's ImageNet comparison: ResNet-50, ResNeXt-101 32x8d, RegNetX-32GF, MobileNetV2 and MobileNetV3-Large "
+    "(torchvision's V1 weights) x MP, WoodFisher, CBS, CHITA, SparseGPT and Wanda at 0.5-0.9 and at 2:4, each with none, REFLOW, "
+    "statcorr and variance-match, one seed; sized for one 80 GB GPU",
+    "notes": {model: f"torchvision's {weights} weights (ImageNet, the classic recipe)" for model, weights in IMAGENET_MODELS.items()},
+    "jobs": [
+        *[_imagenet_job(model, weights, "unstructured", IMAGENET_METHODS, IMAGENET_OPTIONS, "imagenet") for model, weights in IMAGENET_MODELS.items()],
+        *[_imagenet_job(model, weights, "2:4", IMAGENET_NM_METHODS, IMAGENET_OPTIONS, "imagenet") for model, weights in IMAGENET_MODELS.items()],
+    ],
+}
+
+# The same jobs, smallest: the two smallest models with random weights, the cheapest settings, on any small ImageFolder tree
+# (a few images per class). What CI runs end to end, and what a user runs first to check an installation and a data tree.
+SMOKE_REFLOW = {"calib_batches": 2, "calib_batch_size": 8, "diag_images": 16}
+SMOKE_DATA = {"eval_batch_size": 16, "workers": 0}
+SMOKE_OPTIONS = {
+    "woodfisher": {"num_grads": 16, "minibatch": 1, "block_size": 2000, "dtype": "bfloat16"},
+    "cbs": {"num_grads": 16, "minibatch": 1, "block_size": 1000, "candidates": 1, "max_iters": 2, "score_images": 16},
+    "chita": {"num_grads": 8, "minibatch": 2},
+    "sparsegpt": {"num_images": 16, "mode": "parallel"},
+    "wanda": {"num_images": 16},
+}
+REFLOW_ONLY = {"corrections": ["none", "reflow"]}
+
+
+def _smoke(job: Dict[str, Any], sparsities: Optional[List[float]], corrections: Dict[str, Any]) -> Dict[str, Any]:
+    """``job`` with the smoke suite's REFLOW, data, corrections and (unless its pattern fixes them) sparsities."""
+    sweep = {**job["settings"]["sweep"], **({"sparsities": sparsities} if sparsities else {})}
+    return {**job, "settings": {**job["settings"], "sweep": sweep, "reflow": SMOKE_REFLOW, "data": SMOKE_DATA, "corrections": corrections}}
+
+
+SUITES["imagenet-smoke"] = {
+    "description": "the imagenet suite's jobs at their smallest, for any small ImageFolder tree (the end-to-end check CI runs): "
+    "MobileNetV3-Small (0.5, 0.9, and 2:4) and MobileNetV2 (0.9) with random weights, every pruner family with 16 gradients or "
+    "calibration images, none and REFLOW; MP on MobileNetV3-Small at 0.5 with every correction (statcorr and variance-match "
+    "pass the calibration images once per normalisation layer: the costly ones)",
+    "jobs": [
+        _smoke(_imagenet_job("mobilenet_v3_small", None, "unstructured", IMAGENET_METHODS, SMOKE_OPTIONS, "imagenet"), [0.5, 0.9], REFLOW_ONLY),
+        _smoke(_imagenet_job("mobilenet_v2", None, "unstructured", IMAGENET_METHODS, SMOKE_OPTIONS, "imagenet"), [0.9], REFLOW_ONLY),
+        _smoke(_imagenet_job("mobilenet_v3_small", None, "2:4", IMAGENET_NM_METHODS, SMOKE_OPTIONS, "imagenet"), None, REFLOW_ONLY),
+        _smoke(_imagenet_job("mobilenet_v3_small", None, "unstructured", ["mp"], SMOKE_OPTIONS, "imagenet"), [0.5], ALL_BN_CORRECTIONS),
+    ],
+}
+
+
 SUITES["resnet20-four"] = {
     "description": "the four pruners (MP, WoodFisher, CBS, CHITA) at their published defaults on the ResNet-20 _jpeg checkpoint, "
     "sparsities 0.5-0.95, seeds 0-2, with and without REFLOW: 72 runs, the end-to-end timing target (wall time against the floor). "

@@ -28,13 +28,13 @@ from reflowbench.hessian.memory import gib
 from reflowbench.models import BUILTIN_MODELS, build_model
 from reflowbench.pruners import Pruner, select_targets
 from reflowbench.pruners.base import WorkingSet
-from reflowbench.utils.cost import current_rss_mb, format_duration
+from reflowbench.utils.cost import current_rss_mb, format_duration, peak_rss_mb, reset_peak_rss
 
 MODEL_COPIES = 3  # the dense network, the pruned copy, one correction's copy
 PER_SAMPLE_BACKWARD = 3.0  # a per-sample gradient costs about this many batched forward-backward passes per image (hooks/vmap)
 CALIBRATION_BATCH = {"small": 64, "large": 16}  # images per calibration pass: 32 x 32 and smaller, 224 x 224
 IMAGE_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}  # every other dataset: 3 x 224 x 224
-TEST_IMAGES = {"digits": 450, "cifar10": 10000, "imagenet": 50000}
+TEST_IMAGES: Dict[str, int] = {"digits": 450, "cifar10": 10000, "imagenet": 50000}
 CLASSES = {"digits": 10, "cifar10": 10, "imagenet": 1000}
 IN_MEMORY_BYTES = {"digits": 1797 * 64 * 4, "cifar10": 60000 * 3072}  # the splits held in memory (ImageFolder trees stream)
 
@@ -48,6 +48,7 @@ class Calibration:
     backward_s: float
     activation_bytes: int
     model_bytes: int
+    eval_bytes: int = 0  # the peak memory one image of a no-gradient forward batch adds (measured: the allocator's peak)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,10 @@ def _tree_count(spec: SweepSettings, split: str, classes: bool) -> Optional[int]
 
 
 def test_images(spec: SweepSettings) -> int:
-    return TEST_IMAGES.get(spec.data.dataset or "") or _tree_count(spec, "val", False) or TEST_IMAGES["imagenet"]
+    """The test split's size: digits' and CIFAR-10's, an ImageFolder tree's val/ files, else ImageNet's 50,000."""
+    return (
+        TEST_IMAGES.get(spec.data.dataset or "") if spec.data.dataset in ("digits", "cifar10") else (_tree_count(spec, "val", False) or TEST_IMAGES["imagenet"])
+    )
 
 
 def num_classes(spec: SweepSettings) -> int:
@@ -109,8 +113,10 @@ def calibrate(model: nn.Module, shape: Tuple[int, ...], device: torch.device, ba
     model = model.to(device).eval()
     x = torch.randn(batch, *shape, device=device)
     with torch.no_grad():
-        model(x)
+        before = _peak_reset(device)
+        model(x)  # the first pass: its peak over the memory before it is what a batch adds (the second is timed)
         _sync(device)
+        eval_bytes = max(0, _peak(device) - before) // batch
         start = time.perf_counter()
         model(x)
         _sync(device)
@@ -121,7 +127,20 @@ def calibrate(model: nn.Module, shape: Tuple[int, ...], device: torch.device, ba
     backward = (time.perf_counter() - start) / batch
     model.zero_grad(set_to_none=True)
     size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    return Calibration(forward, backward, image_activation_bytes(model, x), size)
+    return Calibration(forward, backward, image_activation_bytes(model, x), size, eval_bytes)
+
+
+def _peak_reset(device: torch.device) -> int:
+    """Reset the peak-memory counter of ``device`` (CUDA's allocator, the process's RSS on a CPU); the current bytes."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    reset_peak_rss()
+    return int(current_rss_mb() * 2**20)
+
+
+def _peak(device: torch.device) -> int:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else int(peak_rss_mb() * 2**20)
 
 
 def _sync(device: torch.device) -> None:
@@ -149,18 +168,23 @@ def run_seconds(pruner: Pruner, spec: SweepSettings, targets, calibration: Calib
     return (forward + pruner_forward) * calibration.forward_s + pruner_backward * PER_SAMPLE_BACKWARD * calibration.backward_s
 
 
-def job_cost(spec: SweepSettings, pruners: List[Pruner], todo: Dict[str, int], calibration: Calibration, device: torch.device) -> JobCost:
-    """The plan of one job (``todo``: method -> runs still to do)."""
+def job_cost(
+    spec: SweepSettings, pruners: List[Pruner], todo: Dict[str, int], calibration: Calibration, device: torch.device, plan_memory_gb: float = 0.0
+) -> JobCost:
+    """The plan of one job (``todo``: method -> runs still to do; ``plan_memory_gb``: judge it against a device of that
+    many GiB, the work all on it, instead of this machine's device)."""
     model = calibration_model(spec)
     targets = select_targets(model, spec.targets.policy())
     working: Dict[str, WorkingSet] = {p.name: p.working_set(targets, calibration.activation_bytes) for p in pruners}
     largest = max(working, key=lambda name: working[name].bytes)
-    activations = spec.data.eval_batch_size * calibration.activation_bytes // 2  # a no-grad batch keeps its outputs only, roughly
+    activations = spec.data.eval_batch_size * calibration.eval_bytes  # an evaluation batch's peak over what the process holds
     resident = MODEL_COPIES * calibration.model_bytes + working[largest].bytes + activations
     baseline = int(current_rss_mb() * 2**20)
     data = IN_MEMORY_BYTES.get(spec.data.dataset or "", 0)
     budget, where = device_budget(device)
-    if device.type == "cuda":
+    if plan_memory_gb > 0:
+        budget, where = int(plan_memory_gb * 2**30), f"a {plan_memory_gb:g} GiB device (timings from this machine)"
+    if device.type == "cuda" or plan_memory_gb > 0:
         peak, host = resident, baseline + data + calibration.model_bytes
     else:
         peak = host = baseline + data + resident
@@ -174,8 +198,9 @@ def job_cost(spec: SweepSettings, pruners: List[Pruner], todo: Dict[str, int], c
 class CostPlanner:
     """Calibrates each architecture once per suite (on the suite's device) and plans each job."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, plan_memory_gb: float = 0.0) -> None:
         self.device = device
+        self.plan_memory_gb = plan_memory_gb
         self._calibrations: Dict[Tuple[str, Tuple[int, ...]], Calibration] = {}
 
     def plan(self, spec: SweepSettings, pruners: List[Pruner], todo: Dict[str, int]) -> JobCost:
@@ -183,4 +208,4 @@ class CostPlanner:
         key = (spec.model.model, shape)
         if key not in self._calibrations:
             self._calibrations[key] = calibrate(calibration_model(spec), shape, self.device)
-        return job_cost(spec, pruners, todo, self._calibrations[key], self.device)
+        return job_cost(spec, pruners, todo, self._calibrations[key], self.device, self.plan_memory_gb)

@@ -52,9 +52,12 @@ def job_spec(job: Dict, command: SuiteCommandSpec, index: int) -> SweepSettings:
     if command.download:
         data["download"] = True
     main_row = job.get("role", "sweep") in MAIN_ROLES
+    settings = fill_placeholders(job.get("settings", {}), command.models_dir)
+    if command.random_weights and "weights" in settings.get("model", {}):
+        settings = {**settings, "model": {k: v for k, v in settings["model"].items() if k != "weights"}}
     layers = SettingsLayers(
         preset=job.get("preset") or "none",
-        file=fill_placeholders(job.get("settings", {}), command.models_dir),
+        file=settings,
         file_source=f"suite job {index + 1} ({job['folder']})",
         flags={"sweep": {**sweep, "skip_unreadable": command.skip_unreadable}, "data": data},
         flags_source="the suite command's flags",
@@ -330,7 +333,7 @@ def run_named_suite(name: str, command: SuiteCommandSpec, log: Log = print) -> D
             status = job_status(job)
             log(f"[{index + 1}/{len(planned)}] job {job.number}: {status.line}")
             if command.cost_plan:
-                planner = planner or CostPlanner(job.plan.device)
+                planner = planner or CostPlanner(job.plan.device, command.plan_memory_gb)
                 cost = planner.plan(job.plan.spec, job.plan.pruners, runs_to_do(job, status))
                 log(cost.line())
                 totals["cost_s"] = totals.get("cost_s", 0) + cost.todo_seconds

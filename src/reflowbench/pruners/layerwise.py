@@ -182,10 +182,10 @@ class LayerwisePruner(Pruner):
 
     def working_set(self, targets: TargetSet, activation_bytes: int) -> WorkingSet:
         """The largest layer's H and its factors (about 4 float64 copies of d^2, d a row's inputs), every layer's H at once
-        in parallel mode (Wanda: the diagonals only), and the calibration images' recorded inputs of one layer."""
+        in parallel mode (Wanda: the diagonals only), and with the dense-outputs target the dense network's recorded inputs."""
         square = [t.weight[0].numel() ** (2 if self.needs_full_hessian() else 1) * 8 for t in targets]
         held = sum(square) if self.options.mode == "parallel" else 0
-        inputs = self.options.num_images * activation_bytes // 4  # one layer's inputs of the calibration images, roughly
+        inputs = self.options.num_images * activation_bytes // 4 if self.dense_target() else 0  # the dense network's recorded inputs, roughly
         return WorkingSet(
             4 * max(square) + held + inputs,
             "the largest layer's input Hessian and factors" + (", every layer's H (parallel mode)" if held else ""),
