@@ -22,6 +22,7 @@ from reflowbench.errors import ConfigError
 from reflowbench.utils.io import read_settings_file
 
 R20, R56, MNV1 = "{models}/resnet20_cifar10_jpeg.pt", "{models}/resnet56_cifar10_jpeg.pt", "{models}/mobilenetv1_cifar10_jpeg.pt"
+R20_GN = "checkpoints/resnet20_gn_cifar10_jpeg.pt"  # trained by the suite (checkpoints/README.md)
 FOUR = ["mp", "woodfisher", "cbs", "chita", "chita++"]
 # The whole-network IHT variants of CHITA and CHITA++ (the suite's defaults before the shipped block backsolve became
 # CHITA's default), kept as labelled rows; CHITA++ with 20 IHT iterations per stage instead of 100 (~8 CPU minutes a
@@ -241,9 +242,17 @@ NO_BN_SPARSITIES = {"sparsities": [0.5, 0.6, 0.7, 0.8, 0.9], "seeds": [0, 1, 2]}
 
 
 def _corrections_job(
-    folder: str, model: str, checkpoint: str, methods: List[str], options: Dict[str, Dict[str, Any]], corrections: Dict[str, Any], **model_extra: Any
+    folder: str,
+    model: str,
+    checkpoint: str,
+    methods: List[str],
+    options: Dict[str, Dict[str, Any]],
+    corrections: Dict[str, Any],
+    without_bn: bool = False,
+    **model_extra: Any,
 ) -> Dict[str, Any]:
-    sweep = {"methods": methods, **(NO_BN_SPARSITIES if model_extra.get("fold_bn") else CORRECTION_SPARSITIES)}
+    """A corrections job; a network without BatchNorm (``without_bn``, or BN folded) at 0.5-0.9, a BN one at 0.7-0.9."""
+    sweep = {"methods": methods, **(NO_BN_SPARSITIES if without_bn or model_extra.get("fold_bn") else CORRECTION_SPARSITIES)}
     job = _job(folder, model, checkpoint, "sweep", sweep, options, corrections=corrections)
     job["settings"]["model"].update(model_extra)
     return job
@@ -269,6 +278,8 @@ SUITES["corrections"] = {
         _corrections_job("corrections-folded", "mobilenetv1", MNV1, ["mp", "woodfisher"], MNV1_OPTIONS, FOLDED_CORRECTIONS, fold_bn=True),
         _embedded_job("smallcnn-gn"),
         _embedded_job("smallcnn-ln"),
+        # a CIFAR network trained with GroupNorm (checkpoints/README.md; the path is the repository's, as every suite command runs from there)
+        _corrections_job("corrections-resnet20-gn", "resnet20-gn", R20_GN, ["mp", "woodfisher"], {}, PER_SAMPLE_NORM_CORRECTIONS, without_bn=True),
     ],
 }
 
