@@ -158,7 +158,7 @@ def test_output_piped_into_head_stops_quietly():
     import sys
 
     result = subprocess.run(f"{sys.executable} -m reflowbench list | head -1", shell=True, capture_output=True, text=True, timeout=120)
-    assert result.stdout.startswith("pruners:") and "Traceback" not in result.stderr
+    assert result.stdout.startswith("pruners (patterns:") and "Traceback" not in result.stderr
 
 
 def test_compare_flags_regressions_and_exits_non_zero(tmp_path, capsys):

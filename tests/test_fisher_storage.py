@@ -107,8 +107,25 @@ def test_the_gradient_pass_computes_fewer_rows_a_call_for_large_activations_with
         torch.testing.assert_close(capped.rows[t.param_name], uncapped.rows[t.param_name], rtol=1e-5, atol=1e-7)
 
 
+def test_a_mini_batch_group_too_large_for_one_pass_is_computed_in_parts_with_the_same_row(tiny_model, monkeypatch):
+    """m = 8 images a row whose activations exceed the cap: each row is the size-weighted mean of 3 + 3 + 2 image parts,
+    equal to the row of one pass (the gradient of the mean loss over the 8)."""
+    import reflowbench.hessian.gradients as gradients
+
+    targets = select_targets(tiny_model)
+    spec = GradientSpec(num_grads=4, minibatch=8, chunk_images=32)
+    per_image = gradients.image_activation_bytes(tiny_model.eval(), _images(16)[0][0])
+    whole = collect_gradients(tiny_model, targets, iter(_images(32)), spec)
+    monkeypatch.setattr(gradients, "CHUNK_ACTIVATION_BYTES", 3 * per_image)
+    assert gradients.images_per_pass(spec, per_image) == 3 and gradients.groups_per_call(targets, spec, per_image) == 1
+    parts = collect_gradients(tiny_model, targets, iter(_images(32)), spec)
+    for t in targets:
+        torch.testing.assert_close(parts.rows[t.param_name], whole.rows[t.param_name], rtol=1e-5, atol=1e-7)
+
+
 def test_the_gradient_budget_check_counts_the_calls_activations_at_the_rows_per_call_it_will_use(tiny_model, monkeypatch):
-    """The estimate checked before G is allocated is G + one call's gradients (twice) + its images' activations, for the
+    """The estimate checked before G is allocated is G + one call's gradients (three times: the engine's output, the
+    masked copy, a part-sum) + its images' activations, for the
     rows per call the activation cap allows (not the uncapped count, which over-states it), + the channels-last copy of
     the convolution weights the pass makes."""
     import reflowbench.hessian.gradients as gradients
@@ -122,7 +139,7 @@ def test_the_gradient_budget_check_counts_the_calls_activations_at_the_rows_per_
     monkeypatch.setattr(gradients, "check_budget", lambda need, *args: checked.append(need))
     collect_gradients(tiny_model, targets, iter(_images(16)), spec)
     assert channels_last_copy_bytes(tiny_model) > 0
-    assert checked == [gradient_bytes(targets, spec) + 3 * (2 * targets.num_weights * 4 + per_image) + channels_last_copy_bytes(tiny_model)]
+    assert checked == [gradient_bytes(targets, spec) + 3 * (3 * targets.num_weights * 4 + per_image) + channels_last_copy_bytes(tiny_model)]
     assert gradients.chunk_gradient_bytes(targets, spec, per_image) < gradients.chunk_gradient_bytes(targets, spec)
 
 

@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from conftest import write_jpeg_tree
 from reflowbench.cli import main
@@ -46,8 +47,25 @@ def test_the_smoke_suite_runs_end_to_end_and_its_cost_plan_holds(tree, tmp_path,
     assert (out / "imagenet-smoke-suite" / "report.md").exists()
 
 
-def test_the_imagenet_suite_plans_every_job_without_its_weights(tree, tmp_path, capsys):
+def test_the_imagenet_suite_plans_on_a_small_tree_without_its_weights(tree, tmp_path, capsys):
+    """Its runs cannot be counted on a 100-image tree (the subsets need ImageNet's size), but its jobs are planned and costed."""
     args = ["suite", "imagenet", "--data", str(tree), "--out", str(tmp_path / "plan"), "--dry-run", "--random-weights", "--jobs", "4,9"]
     assert main([*args, "--plan-memory-gb", "80"]) == 0
     text = capsys.readouterr().out
-    assert text.count("cost plan:") == 2 and "a 80 GiB device" in text and "imagenet-mobilenet_v2-2of4" in text
+    assert text.count("cost plan:") == 2 and text.count("runs not counted") == 2 and "a 80 GiB device" in text and "imagenet-mobilenet_v2-2of4" in text
+
+
+def test_every_imagenet_job_fits_one_80_gb_gpu_by_the_pruners_own_formulas(tree):
+    """The suite is sized for one 80 GB GPU: every pruner's working set within the preset's 70 GiB budget, every job's
+    peak (three model copies, an evaluation batch) within 80 GiB, for all five models."""
+    from reflowbench.config import SuiteCommandSpec
+    from reflowbench.harness.cost_plan import Calibration, job_cost
+    from reflowbench.harness.suite import plan_jobs
+
+    command = SuiteCommandSpec(data=str(tree), random_weights=True, progress=False)
+    per_image = {"resnet50": 100, "resnext101_32x8d": 250, "regnet_x_32gf": 250, "mobilenet_v2": 110, "mobilenet_v3_large": 80}  # MiB kept for a backward
+    for job in plan_jobs("imagenet", command):
+        spec = job.plan.spec
+        calibration = Calibration(1e-3, 3e-3, per_image[spec.model.model] * 2**20, 0, eval_bytes=20 * 2**20)
+        cost = job_cost(spec, job.plan.pruners, {p.name: 1 for p in job.plan.pruners}, calibration, torch.device("cpu"), plan_memory_gb=80)
+        assert cost.fits, (job.folder, cost.peak_method, cost.peak_bytes / 2**30)

@@ -385,7 +385,7 @@ SUITES["imagenet"] = {
 # The same jobs, smallest: the two smallest models with random weights, the cheapest settings, on any small ImageFolder tree
 # (a few images per class). What CI runs end to end, and what a user runs first to check an installation and a data tree.
 SMOKE_REFLOW = {"calib_batches": 2, "calib_batch_size": 8, "diag_images": 16}
-SMOKE_DATA = {"eval_batch_size": 16, "workers": 0}
+SMOKE_DATA = {"dataset": "imagefolder", "eval_batch_size": 16, "workers": 0}  # imagefolder: ImageNet's transforms on any tree
 SMOKE_OPTIONS = {
     "woodfisher": {"num_grads": 16, "minibatch": 1, "block_size": 2000, "dtype": "bfloat16"},
     "cbs": {"num_grads": 16, "minibatch": 1, "block_size": 1000, "candidates": 1, "max_iters": 2, "score_images": 16},

@@ -175,7 +175,8 @@ def job_cost(
     many GiB, the work all on it, instead of this machine's device)."""
     model = calibration_model(spec)
     targets = select_targets(model, spec.targets.policy())
-    working: Dict[str, WorkingSet] = {p.name: p.working_set(targets, calibration.activation_bytes) for p in pruners}
+    budget_bytes = int(spec.sweep.memory_budget_gb * 2**30)
+    working: Dict[str, WorkingSet] = {p.name: p.working_set(targets, calibration.activation_bytes, budget_bytes) for p in pruners}
     largest = max(working, key=lambda name: working[name].bytes)
     activations = spec.data.eval_batch_size * calibration.eval_bytes  # an evaluation batch's peak over what the process holds
     resident = MODEL_COPIES * calibration.model_bytes + working[largest].bytes + activations
@@ -189,7 +190,7 @@ def job_cost(
     else:
         peak = host = baseline + data + resident
     seconds = {p.name: run_seconds(p, spec, targets, calibration) for p in pruners}
-    over_budget = [name for name, w in working.items() if w.bytes > spec.sweep.memory_budget_gb * 2**30]
+    over_budget = [name for name, w in working.items() if w.bytes > budget_bytes]
     fits = peak <= budget and not over_budget
     knobs = "; ".join(f"{name}: {working[name].knobs}" for name in (over_budget or [largest]) if working[name].knobs) or "a machine with more memory"
     return JobCost(peak, f"{largest}: {working[largest].what}", host, budget, where, seconds, sum(seconds[m] * n for m, n in todo.items()), fits, knobs)

@@ -139,12 +139,22 @@ def image_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return outputs[0] + sum(saved.values())
 
 
+def images_per_pass(spec: GradientSpec, activation_bytes: int) -> int:
+    """Images of one mini-batch group whose backward runs at once: all ``minibatch`` of them, unless their activations
+    exceed :data:`CHUNK_ACTIVATION_BYTES` (ResNet-50's 400-image groups at 224 x 224): then the group's gradient is the
+    size-weighted mean of the gradients of parts of this many images (the same row, up to float rounding)."""
+    if activation_bytes <= 0:
+        return spec.minibatch
+    return max(1, min(spec.minibatch, CHUNK_ACTIVATION_BYTES // activation_bytes))
+
+
 def chunk_gradient_bytes(targets: "TargetSet", spec: GradientSpec, activation_bytes: int = 0) -> int:
     """Bytes one call holds besides G: its float32 gradients twice (the engine's output and the masked copy stored
-    from it) and its images' activations (``activation_bytes`` per image, :func:`image_activation_bytes`; both
-    for the groups per call that :func:`groups_per_call` allows with them)."""
+    from it), a part-sum when a group is computed in parts, and its images' activations (``activation_bytes`` per
+    image, :func:`image_activation_bytes`; for the groups per call that :func:`groups_per_call` allows with them, and a
+    group's images at most :func:`images_per_pass` at once)."""
     groups = groups_per_call(targets, spec, activation_bytes)
-    return 2 * groups * targets.num_weights * 4 + groups * spec.minibatch * activation_bytes
+    return 3 * groups * targets.num_weights * 4 + groups * images_per_pass(spec, activation_bytes) * activation_bytes
 
 
 def _eval_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
@@ -253,6 +263,29 @@ def _masked_finite(block: torch.Tensor, mask: Optional[torch.Tensor], name: str,
     return block
 
 
+def _groups_at_once(model, params, module_of, loss, gx, gy, groups: int, use_hooks: bool, converted: bool):
+    """The gradients of ``groups`` mini-batch groups (gx: (groups, m, ...)) in one call: (param name -> (groups, ...), use_hooks)."""
+    grads = group_gradients(model, params, module_of, as_channels_last(gx.flatten(0, 1), converted), gy.flatten(0, 1), groups) if use_hooks else None
+    if grads is None:  # vmap engine, or a target module called twice per forward (shared weights)
+        with torch.no_grad():
+            grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, gx, gy)
+        return grads, False
+    return grads, use_hooks
+
+
+def _group_in_parts(model, params, module_of, loss, x, y, part: int, use_hooks: bool, converted: bool):
+    """One group's gradient (x: (m, ...)) as the size-weighted mean of its parts' gradients, ``part`` images a pass:
+    the gradient of the mean loss over the m images (param name -> (1, ...), use_hooks)."""
+    total: Dict[str, torch.Tensor] = {}
+    for start in range(0, len(y), part):
+        xs, ys = x[start : start + part], y[start : start + part]
+        grads, use_hooks = _groups_at_once(model, params, module_of, loss, xs.unsqueeze(0), ys.unsqueeze(0), 1, use_hooks, converted)
+        weight = len(ys) / len(y)
+        for name, value in grads.items():
+            total[name] = total[name] + weight * value if name in total else weight * value
+    return total, use_hooks
+
+
 def collect_gradients(
     model: nn.Module,
     targets: "TargetSet",
@@ -309,15 +342,11 @@ def collect_gradients(
                     used = groups * spec.minibatch
                     gx = xs[:used].to(device).view(groups, spec.minibatch, *xs.shape[1:])
                     gy = ys[:used].to(device).view(groups, spec.minibatch)
-                    grads = (
-                        group_gradients(model, params, module_of, as_channels_last(gx.flatten(0, 1), converted), gy.flatten(0, 1), groups)
-                        if use_hooks
-                        else None
-                    )
-                    if grads is None:  # vmap engine, or a target module called twice per forward (shared weights)
-                        use_hooks = False
-                        with torch.no_grad():
-                            grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, gx, gy)
+                    part = images_per_pass(spec, activation_bytes)
+                    if part < spec.minibatch:  # one group (groups_per_call is 1 then) whose images' activations do not fit at once
+                        grads, use_hooks = _group_in_parts(model, params, module_of, loss, gx[0], gy[0], part, use_hooks, converted)
+                    else:
+                        grads, use_hooks = _groups_at_once(model, params, module_of, loss, gx, gy, groups, use_hooks, converted)
                     for t in targets:
                         block = _masked_finite(
                             grads[target_keys[t.param_name]].reshape(groups, -1), flat_masks.get(t.param_name), t.param_name, filled, option_prefix

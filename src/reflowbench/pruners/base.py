@@ -159,9 +159,10 @@ class Pruner(ABC):
         """Training images this pruner draws gradients from (0 when it needs none)."""
         return 0
 
-    def working_set(self, targets: TargetSet, activation_bytes: int) -> WorkingSet:
+    def working_set(self, targets: TargetSet, activation_bytes: int, budget_bytes: int = 0) -> WorkingSet:
         """Its peak memory besides the model, for the cost plan (``activation_bytes``: what one image keeps for a backward
-        pass). Pruners with large state (gradients, curvature, Hessians) override it."""
+        pass; ``budget_bytes``: --memory-budget-gb, which sizes what the pruner sizes from it). Pruners with large state
+        (gradients, curvature, Hessians) override it."""
         return WorkingSet()
 
     def forward_passes(self, targets: TargetSet) -> Tuple[float, float]:

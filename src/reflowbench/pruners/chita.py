@@ -151,10 +151,10 @@ class CHITAPruner(HessianPruner):
             return f"reaches N:M only with --{self.name}-solver backsolve, block-backsolve or iht in one stage (--{self.name}-recompute-steps 1)"
         return None
 
-    def working_set(self, targets: TargetSet, activation_bytes: int) -> WorkingSet:
+    def working_set(self, targets: TargetSet, activation_bytes: int, budget_bytes: int = 0) -> WorkingSet:
         """The Hessian base's G and factors (the network form: one N x N factor instead of the blocks), plus IHT's and the
         active set's working vectors (the iterate, gradients and a batch of trial steps)."""
-        base = super().working_set(targets, activation_bytes)
+        base = super().working_set(targets, activation_bytes, budget_bytes)
         extra = 0
         if self.effective_form == "network":
             extra += self.options.num_grads**2 * 8

@@ -129,20 +129,23 @@ class HessianPruner(Pruner):
     def fisher_images(self) -> int:
         return self.options.num_grads * self.options.minibatch
 
-    def working_set(self, targets: TargetSet, activation_bytes: int) -> WorkingSet:
+    def working_set(self, targets: TargetSet, activation_bytes: int, budget_bytes: int = 0) -> WorkingSet:
         """G (N x p in its dtype, padded to the blocks; one layer group of it when streamed), the block Fisher's packed
         factors (per block of B columns: side = min(N, B), side^2 / 2 floats) and one gradient call's temporaries."""
         from reflowbench.hessian.gradients import chunk_gradient_bytes, gradient_bytes
 
         o = self.options
         spec = self.gradient_spec()
-        groups = max(1, o.layer_groups)
         factors = 0
         for t in targets:
             block = t.numel if o.block_size <= 0 else min(o.block_size, t.numel)
             side = min(o.num_grads, block)
             factors += -(-t.numel // block) * side * (side + 1) // 2 * 4
-        total = gradient_bytes(targets, spec) // groups + factors // groups + chunk_gradient_bytes(targets, spec, activation_bytes)
+        whole = gradient_bytes(targets, spec) + factors
+        groups = max(1, o.layer_groups)
+        if o.layer_groups == 0 and self.streams() and budget_bytes > 0:  # the fewest groups whose share fits half the budget, as the pruner picks
+            groups = max(1, -(-whole // (budget_bytes // 2)))
+        total = whole // groups + chunk_gradient_bytes(targets, spec, activation_bytes)
         flag = self.flag
         return WorkingSet(
             total,

@@ -180,7 +180,7 @@ class LayerwisePruner(Pruner):
         }
         return masks
 
-    def working_set(self, targets: TargetSet, activation_bytes: int) -> WorkingSet:
+    def working_set(self, targets: TargetSet, activation_bytes: int, budget_bytes: int = 0) -> WorkingSet:
         """The largest layer's H and its factors (about 4 float64 copies of d^2, d a row's inputs), every layer's H at once
         in parallel mode (Wanda: the diagonals only), and with the dense-outputs target the dense network's recorded inputs."""
         square = [t.weight[0].numel() ** (2 if self.needs_full_hessian() else 1) * 8 for t in targets]
