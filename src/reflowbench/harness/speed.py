@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -44,12 +45,17 @@ benchmark = _import_benchmark()
 INPUT_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "imagenet": (3, 224, 224), "imagefolder": (3, 224, 224)}
 
 
+WARM_UP_SECONDS = 1.0  # untimed forward passes before each timing (at least 3): the first model timed otherwise pays the machine's warm-up
+
+
 def latency(model: nn.Module, shape: Tuple[int, ...], batch: int, device: torch.device, min_run_time: float) -> Dict[str, float]:
     """Median and interquartile range of one forward pass of ``batch`` images (milliseconds), and images per second."""
     x = torch.randn(batch, *shape, device=device)
     with torch.no_grad():
-        for _ in range(3):  # warm-up: allocator, kernels chosen
+        started, passes = time.perf_counter(), 0
+        while passes < 3 or time.perf_counter() - started < WARM_UP_SECONDS:  # warm-up: allocator, kernels chosen, clocks up
             model(x)
+            passes += 1
         timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads())
         measured = timer.blocked_autorange(min_run_time=min_run_time)
     return {"median_ms": measured.median * 1e3, "iqr_ms": measured.iqr * 1e3, "images_per_s": batch / measured.median}
