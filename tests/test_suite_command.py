@@ -289,10 +289,20 @@ def test_the_corrections_suite_is_well_formed():
     by_folder = {}
     for job in suite["jobs"]:
         by_folder.setdefault(job["folder"], []).append(job["settings"])
-    assert set(by_folder) == {"corrections-resnet20", "corrections-resnet56", "corrections-mobilenetv1", "corrections-folded", "corrections-embedded"}
+    assert set(by_folder) == {
+        "corrections-resnet20",
+        "corrections-resnet56",
+        "corrections-mobilenetv1",
+        "corrections-folded",
+        "corrections-embedded",
+        "corrections-resnet20-gn",
+    }
     for folder in ("corrections-resnet20", "corrections-resnet56", "corrections-mobilenetv1"):
         (settings,) = by_folder[folder]
         assert settings["corrections"]["corrections"] == ["none", "reflow", "statcorr", "variance-match"]
         assert settings["sweep"]["methods"] == ["mp", "woodfisher", "chita"] and settings["sweep"]["sparsities"] == [0.7, 0.8, 0.9]
     assert all(s["model"]["fold_bn"] and "reflow" not in s["corrections"]["corrections"] for s in by_folder["corrections-folded"])
     assert {s["model"]["model"] for s in by_folder["corrections-embedded"]} == {"smallcnn-gn", "smallcnn-ln"}
+    (trained,) = by_folder["corrections-resnet20-gn"]  # the GroupNorm ResNet-20 the repository holds: no REFLOW, 0.5-0.9
+    assert trained["model"]["checkpoint"] == "checkpoints/resnet20_gn_cifar10_jpeg.pt" and "reflow" not in trained["corrections"]["corrections"]
+    assert trained["sweep"]["sparsities"] == [0.5, 0.6, 0.7, 0.8, 0.9]
