@@ -22,7 +22,8 @@ CAPTION = (
     "GFLOPs per image: counted (PyTorch's FLOP counter), with their share of the dense model's. Latency: the median of timed blocks of "
     "forward passes (torch.utils.benchmark) on the run's device and threads, against the dense model timed right before it in the same run; the "
     "speed-up is dense over pruned (mean over seeds). The machine's load average at each run is in its record: timings on a busy "
-    "machine are not idle-machine figures."
+    "machine are not idle-machine figures. Every method removes the same number of channels from the same groups at one fraction (the "
+    "same network size and FLOPs), so differences of measured speed-up between methods at one fraction are timing noise."
 )
 SPEEDUP_BATCH = "256"
 
