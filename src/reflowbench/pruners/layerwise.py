@@ -185,7 +185,9 @@ class LayerwisePruner(Pruner):
         in parallel mode (Wanda: the diagonals only), and with the dense-outputs target the dense network's recorded inputs."""
         square = [t.weight[0].numel() ** (2 if self.needs_full_hessian() else 1) * 8 for t in targets]
         held = sum(square) if self.options.mode == "parallel" else 0
-        inputs = self.options.num_images * activation_bytes // 4 if self.dense_target() else 0  # the dense network's recorded inputs, roughly
+        inputs = self.options.num_images * activation_bytes // 4 if self.dense_target() else 0  # the dense network's recorded inputs, roughly,
+        if budget_bytes > 0:  # kept up to a quarter of the budget, recomputed layer by layer above it (dense_input_bytes)
+            inputs = min(inputs, budget_bytes // 4)
         return WorkingSet(
             4 * max(square) + held + inputs,
             "the largest layer's input Hessian and factors" + (", every layer's H (parallel mode)" if held else ""),
