@@ -170,6 +170,7 @@ def test_channel_refusals_are_one_line(tmp_path, capsys):
     for args, expected in (
         (["run", "--pattern", "channels", "--methods", "chita"], "--pattern channels: chita cannot prune to this pattern yet"),
         (["run", "--methods", "bn-scale"], "bn-scale removes whole channels only (--pattern channels)"),
+        (["run", "--pattern", "channels", "--mp-channel-norm", "l3"], "--mp-channel-norm must be one of ('l1', 'l2'), got 'l3'"),
         (["run", "--pattern", "channels", "--corrections", "none,statcorr"], "--corrections statcorr match each channel to the dense model's same channel"),
         (
             ["run", "--pattern", "channels", "--model", "smallcnn-gn", "--checkpoint", str(group_norm), "--corrections", "none", "--sparsities", "0.5", *QUICK],

@@ -70,3 +70,9 @@ def test_no_cost_plan_leaves_the_dry_run_as_it_was(tmp_path, capsys):
     )
     assert main(["suite", str(suite), "--out", str(tmp_path / "o"), "--dry-run", "--no-cost-plan"]) == 0
     assert "cost plan" not in capsys.readouterr().out
+
+
+def test_a_bad_plan_memory_is_one_line(tmp_path, capsys):
+    assert main(["suite", "patterns", "--out", str(tmp_path / "o"), "--dry-run", "--plan-memory-gb", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--plan-memory-gb must be a number of GiB >= 0" in err[0] and not (tmp_path / "o").exists()

@@ -169,11 +169,18 @@ def run_seconds(pruner: Pruner, spec: SweepSettings, targets, calibration: Calib
 
 
 def job_cost(
-    spec: SweepSettings, pruners: List[Pruner], todo: Dict[str, int], calibration: Calibration, device: torch.device, plan_memory_gb: float = 0.0
+    spec: SweepSettings,
+    pruners: List[Pruner],
+    todo: Dict[str, int],
+    calibration: Calibration,
+    device: torch.device,
+    plan_memory_gb: float = 0.0,
+    model: Optional[nn.Module] = None,
 ) -> JobCost:
     """The plan of one job (``todo``: method -> runs still to do; ``plan_memory_gb``: judge it against a device of that
-    many GiB, the work all on it, instead of this machine's device)."""
-    model = calibration_model(spec)
+    many GiB, the work all on it, instead of this machine's device; ``model``: the architecture already built for the
+    calibration, else built here)."""
+    model = model if model is not None else calibration_model(spec)
     targets = select_targets(model, spec.targets.policy())
     budget_bytes = int(spec.sweep.memory_budget_gb * 2**30)
     working: Dict[str, WorkingSet] = {p.name: p.working_set(targets, calibration.activation_bytes, budget_bytes) for p in pruners}
@@ -202,11 +209,13 @@ class CostPlanner:
     def __init__(self, device: torch.device, plan_memory_gb: float = 0.0) -> None:
         self.device = device
         self.plan_memory_gb = plan_memory_gb
-        self._calibrations: Dict[Tuple[str, Tuple[int, ...]], Calibration] = {}
+        self._calibrations: Dict[Tuple[str, Tuple[int, ...]], Tuple[Calibration, nn.Module]] = {}  # built and measured once per architecture
 
     def plan(self, spec: SweepSettings, pruners: List[Pruner], todo: Dict[str, int]) -> JobCost:
         shape = image_shape(spec)
         key = (spec.model.model, shape)
         if key not in self._calibrations:
-            self._calibrations[key] = calibrate(calibration_model(spec), shape, self.device)
-        return job_cost(spec, pruners, todo, self._calibrations[key], self.device, self.plan_memory_gb)
+            model = calibration_model(spec)
+            self._calibrations[key] = (calibrate(model, shape, self.device), model)
+        calibration, model = self._calibrations[key]
+        return job_cost(spec, pruners, todo, calibration, self.device, self.plan_memory_gb, model)

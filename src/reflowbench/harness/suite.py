@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,6 +78,8 @@ def plan_jobs(name: str, command: SuiteCommandSpec) -> List[PlannedJob]:
     outside = sorted(n for n in command.jobs if not 1 <= n <= len(jobs))
     if outside:
         raise ConfigError(f"--jobs names {outside}, but suite {name} has jobs 1 to {len(jobs)} (`reflowbench suite {name} --dry-run` lists them)")
+    if not (math.isfinite(command.plan_memory_gb) and command.plan_memory_gb >= 0):
+        raise ConfigError(f"--plan-memory-gb must be a number of GiB >= 0 (0: this machine's device), got {command.plan_memory_gb}")
     if (command.only or command.jobs) and command.report_only:
         raise ConfigError("--report-only writes the combined report from every job of the suite: drop --only and --jobs")
     planned = []
