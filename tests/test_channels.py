@@ -182,3 +182,23 @@ def test_channel_refusals_are_one_line(tmp_path, capsys):
         assert len(err) == 1 and expected in err[0] and "Traceback" not in err[0], err
     with pytest.raises(ConfigError, match="has no BatchNorm to score"):
         bn_scales(nn.Sequential(nn.Conv2d(1, 2, 3)), [ChannelGroup("0", 2, (), ("0",), ())])
+
+
+def test_a_pruner_removing_other_channel_counts_than_asked_fails_its_run(capsys):
+    """A channel pruner that removes one channel per group whatever the fraction: its masks are whole channels, but not
+    the count --pattern channels asks, and the run is refused in one line (no weights saved)."""
+    from reflowbench.pruners import Pruner, register_pruner
+
+    @register_pruner("one-channel", "removes one channel of every group (must be refused)")
+    class OneChannel(Pruner):
+        PATTERNS = ("channels",)
+
+        def prune(self, model, targets, sparsity, ctx):
+            return channel_masks(targets, ctx.channel_groups, {g.root: [0] for g in ctx.channel_groups})
+
+    try:
+        assert main(["prune", "--method", "one-channel", "--pattern", "channels", "--sparsity", "0.5", *QUICK]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "removed other channel counts than --pattern channels at 0.5 asks" in err[0] and "1 of 32, not 16" in err[0], err
+    finally:
+        PRUNERS.pop("one-channel", None)
