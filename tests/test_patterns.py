@@ -66,7 +66,7 @@ QUICK_OPTIONS = {
 
 
 def test_the_pruners_that_declare_nm_are_the_ones_built_for_it():
-    assert NM_PRUNERS == ["cbs", "chita", "chita++", "mp", "mp-hessian", "mp-layer", "sparsegpt", "wanda", "woodfisher"]
+    assert NM_PRUNERS == ["cbs", "chita", "chita++", "mp", "mp-hessian", "mp-layer", "obc", "sparsegpt", "wanda", "woodfisher"]
 
 
 @pytest.mark.parametrize(
@@ -76,6 +76,7 @@ def test_the_pruners_that_declare_nm_are_the_ones_built_for_it():
         ("mp", "1:4"),
         ("mp-layer", "4:8"),
         ("sparsegpt --sparsegpt-mask adaptive --no-sparsegpt-refit", "4:8"),
+        ("obc --obc-max-columns 16", "2:4"),  # the wide layers through SparseGPT's N:M sweep
         ("chita --chita-solver iht --chita-iht-iters 5", "2:4"),
     ],
 )
@@ -108,8 +109,8 @@ def test_nm_refusals_and_sparsities_are_one_line(tmp_path, capsys):
     out = ["--out", str(tmp_path / "x")]
     for args, expected in (
         (
-            ["run", "--pattern", "2:4", "--methods", "mp,obc"],
-            "--pattern 2:4: obc cannot prune to this pattern yet; the pruners that can (some only with certain options): cbs, chita, chita++, mp",
+            ["run", "--pattern", "2:4", "--methods", "mp,bn-scale"],
+            "--pattern 2:4: bn-scale removes whole channels only (--pattern channels); the pruners that can (some only with certain options): cbs, chita",
         ),
         (["run", "--pattern", "2:4", "--methods", "chita++"], "chita++ reaches N:M only with --chita++-solver backsolve, block-backsolve or iht in one stage"),
         (

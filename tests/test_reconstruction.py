@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from reflowbench.errors import ConfigError
 from reflowbench.reconstruction import (
     InputHessian,
     LayerGeometry,
@@ -120,6 +121,36 @@ def test_greedy_obs_removes_the_brute_force_best_weight_at_every_step(d, lazy, m
             assert float(losses[0, r, t]) == pytest.approx(errors[best] - previous, rel=1e-7, abs=1e-11)
             keep[best] = False
             previous = errors[best]
+
+
+@pytest.mark.parametrize("nm, lazy", [((2, 4), 32), ((1, 3), 2)])  # lazy 2: the removed columns dropped between steps
+def test_greedy_nm_removes_the_brute_force_best_open_weight_at_every_step(nm, lazy, monkeypatch):
+    """ExactOBS's N:M rule: at every step the weight removed is the brute-force best among the groups of M that have
+    lost fewer than M - N; the trace leaves exactly N of every group, and a group never loses more."""
+    import reflowbench.reconstruction.obs as obs
+
+    monkeypatch.setattr(obs, "LAZY_STEPS", lazy)
+    n, m = nm
+    d = 3 * m
+    h = _spd(d, seed=4)[0]
+    rows = torch.randn(1, 2, d, dtype=torch.float64)
+    order, _ = greedy_obs(rows, torch.linalg.inv(h).unsqueeze(0), nm=nm)
+    assert order.shape == (1, 2, d // m * (m - n))
+    for r in range(2):
+        w = rows[0, r]
+        keep = torch.ones(d, dtype=torch.bool)
+        for t in range(order.shape[2]):
+            open_ = [q for q in keep.nonzero().flatten().tolist() if int((~keep[q // m * m : q // m * m + m]).sum()) < m - n]
+            errors = {}
+            for q in open_:
+                trial = keep.clone()
+                trial[q] = False
+                errors[q] = float(_error(h, w[None], _ls_on_support(h, w, trial)[None]))
+            assert int(order[0, r, t]) == min(errors, key=errors.get)
+            keep[int(order[0, r, t])] = False
+        assert keep.view(-1, m).sum(1).tolist() == [n] * (d // m)
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        greedy_obs(torch.randn(1, 1, 6, dtype=torch.float64), torch.eye(6, dtype=torch.float64).unsqueeze(0), nm=(2, 4))
 
 
 def test_greedy_order_matches_exhaustive_search_for_two_removals():

@@ -18,6 +18,7 @@ import torch
 from reflowbench.config import SparsityPattern
 from reflowbench.errors import MaskError
 from reflowbench.pruners.masks import Masks
+from reflowbench.reconstruction.selection import as_groups, keep_top_n
 from reflowbench.schema.targets import Target, TargetSet
 
 
@@ -29,20 +30,6 @@ def grouped(target: Target, m: int) -> bool:
 def dense_layers(targets: TargetSet, pattern: SparsityPattern) -> List[str]:
     """The targets left dense under ``pattern`` (their column count is not a multiple of M)."""
     return [t.param_name for t in targets if not grouped(t, pattern.m)]
-
-
-def as_groups(tensor: torch.Tensor, m: int) -> torch.Tensor:
-    """``tensor`` (out, ...) viewed as (out, columns / m, m)."""
-    return tensor.reshape(tensor.shape[0], -1, m)
-
-
-def keep_top_n(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Keep-mask shaped like ``scores`` keeping the ``n`` highest scores of every group of ``m`` (ties: the lower index)."""
-    groups = as_groups(scores.detach(), m)
-    order = torch.argsort(-groups, dim=-1, stable=True)  # NaN sorts first among -scores: a NaN score is never kept over a number
-    keep = torch.zeros_like(groups, dtype=torch.bool)
-    keep.scatter_(-1, order[..., :n], True)
-    return keep.view_as(scores)
 
 
 def nm_masks_from_scores(targets: TargetSet, scores: Dict[str, torch.Tensor], pattern: SparsityPattern) -> Masks:

@@ -6,6 +6,10 @@ exactly on its support (which is what the sequence of exact OBS steps reaches, w
 
 Cost O(rows * d^3) per layer: meant for small layers. A layer with more than ``max_columns`` inputs per row is pruned by
 SparseGPT's sweep (blocks of 128) instead, and the run's notes name it.
+
+N:M (the paper's rule): the same greedy removal, a weight a candidate only while its group of M has lost fewer than M - N,
+d (M - N) / M removals per row (so every row holds the pattern, no split between rows), then the exact re-fit; a layer
+over ``max_columns`` gets SparseGPT's adaptive N:M sweep and the same re-fit.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from typing import ClassVar, Dict, List, Tuple
 
 import torch
 
+from reflowbench.config import SparsityPattern
 from reflowbench.errors import ConfigError
 from reflowbench.pruners.base import PruneContext, register_pruner
 from reflowbench.pruners.layerwise import LayerwiseOptions, LayerwisePruner
-from reflowbench.reconstruction import InputHessian, counts_from_traces, damped, greedy_obs, inverse_upper, prefix_keep, refit_rows, sweep
+from reflowbench.reconstruction import InputHessian, counts_from_traces, damped, greedy_obs, inverse_upper, nm_sweep, prefix_keep, refit_rows, sweep
 
 FALLBACK_BLOCK = 128
 
@@ -35,6 +40,7 @@ class OBCPruner(LayerwisePruner):
     """ExactOBS: the optimal greedy mask and update of every row."""
 
     Options = OBCOptions
+    PATTERNS = ("unstructured", "n:m")
     REFERENCE = {
         **LayerwisePruner.REFERENCE,
         "num_images": "suite choice: 128 as SparseGPT (REFERENCES.md §6: OBC uses 1024 samples x 10 augmentation rounds)",
@@ -69,4 +75,16 @@ class OBCPruner(LayerwisePruner):
         order, losses = greedy_obs(rows, torch.cholesky_inverse(lower).to(torch.float32))
         counts = counts_from_traces(losses.reshape(g * r, d), count)
         keep = prefix_keep(order.reshape(g * r, d), counts, d).view(g, r, d)
+        return refit_rows(rows, matrix, keep), keep
+
+    def prune_layer_nm(self, name: str, rows: torch.Tensor, hessian: InputHessian, pattern: SparsityPattern) -> Tuple[torch.Tensor, torch.Tensor]:
+        """N:M: the greedy removal restricted to the groups of M still holding more than N (see the module), then the
+        exact re-fit of every row on its support."""
+        matrix, lower = damped(hessian.matrix(), self.options.damp, name)
+        g, r, d = rows.shape
+        if d > self.options.max_columns:
+            _, keep = nm_sweep(rows, inverse_upper(lower), pattern.n, pattern.m)
+            return refit_rows(rows, matrix, keep), keep
+        order, _ = greedy_obs(rows, torch.cholesky_inverse(lower).to(torch.float32), nm=(pattern.n, pattern.m))
+        keep = torch.ones(g * r, d, dtype=torch.bool, device=rows.device).scatter_(1, order.reshape(g * r, -1), False).view(g, r, d)
         return refit_rows(rows, matrix, keep), keep

@@ -23,7 +23,7 @@ from reflowbench.errors import ConfigError
 from reflowbench.pruners.base import PruneContext, register_pruner
 from reflowbench.pruners.layerwise import LayerwiseOptions, LayerwisePruner
 from reflowbench.pruners.nm import keep_top_n
-from reflowbench.reconstruction import InputHessian, damped, inverse_upper, lowest_k_keep, refit_rows, sweep
+from reflowbench.reconstruction import InputHessian, damped, inverse_upper, lowest_k_keep, nm_sweep, refit_rows, sweep
 
 MASKS = ("adaptive", "magnitude")
 
@@ -102,9 +102,5 @@ class SparseGPTPruner(LayerwisePruner):
             keep = keep_top_n(rows.abs().reshape(g * r, d), pattern.n, pattern.m).view(g, r, d)
             return refit_rows(rows, matrix, keep), keep
 
-        def choose(block: torch.Tensor, diag: torch.Tensor, start: int, k: int) -> torch.Tensor:
-            saliency = block.pow(2) / diag.pow(2).unsqueeze(1)  # (G, R, M)
-            return keep_top_n(saliency.reshape(g * r, -1), pattern.n, pattern.m).view_as(block)
-
-        swept, keep = sweep(rows, inverse_upper(lower), 0, pattern.m, choose)
+        swept, keep = nm_sweep(rows, inverse_upper(lower), pattern.n, pattern.m)
         return (refit_rows(rows, matrix, keep) if self.options.refit else swept), keep

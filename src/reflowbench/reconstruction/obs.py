@@ -25,6 +25,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from reflowbench.errors import ConfigError
+from reflowbench.reconstruction.selection import keep_top_n
 from reflowbench.utils.linalg import escalating_cholesky
 
 ROW_CHUNK_BYTES = 1 << 28  # per-row d x d matrices in flight at once (256 MiB) in refit_rows and greedy_obs
@@ -106,6 +107,18 @@ def sweep(
     return rows * keep, keep
 
 
+def nm_sweep(rows: torch.Tensor, upper: torch.Tensor, n: int, m: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT's N:M sweep (blocks of M columns): each group's mask chosen when the sweep reaches it, keeping the N
+    highest OBS errors w^2 / U_jj^2 of the group at the weights the sweep has reached; returns (new rows, keep mask)."""
+    g, r, d = rows.shape
+
+    def choose(block: torch.Tensor, diag: torch.Tensor, start: int, k: int) -> torch.Tensor:
+        saliency = block.pow(2) / diag.pow(2).unsqueeze(1)  # (G, R, M)
+        return keep_top_n(saliency.reshape(g * r, -1), n, m).view_as(block)
+
+    return sweep(rows, upper, 0, m, choose)
+
+
 def _lowest_saliency(block: torch.Tensor, diag: torch.Tensor, start: int, k: int) -> torch.Tensor:
     from reflowbench.reconstruction.selection import lowest_k_keep
 
@@ -158,11 +171,15 @@ def refit_rows(rows: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor) ->
 LAZY_STEPS = 32  # removals whose H^-1 downdates are held as low-rank factors before they are applied in one product
 
 
-def greedy_obs(rows: torch.Tensor, inverse: torch.Tensor, steps: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def greedy_obs(
+    rows: torch.Tensor, inverse: torch.Tensor, steps: Optional[int] = None, nm: Optional[Tuple[int, int]] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """ExactOBS per row: (order (G, R, steps) long, error increase of each step (G, R, steps)), removing at each step the
     weight with the lowest w_q^2 / [H^-1]_qq of those left, updating the row and downdating its H^-1.
 
     ``inverse``: H^-1 per group (G, d, d) of the damped H. ``steps`` (default d): how many removals to trace per row.
+    ``nm`` = (N, M): ExactOBS's N:M rule: a weight is a candidate only while its group of M consecutive columns has had
+    fewer than M - N removals, so d (M - N) / M steps (the default then) leave exactly N of every M (d a multiple of M).
     Works in the dtype of ``inverse`` (float32 is enough for the order; the final weights come from :func:`refit_rows`).
 
     The downdates are lazy: the current H^-1 is B - V V^T with V the scaled columns of the last removals (at most
@@ -170,7 +187,10 @@ def greedy_obs(rows: torch.Tensor, inverse: torch.Tensor, steps: Optional[int] =
     batched product and the removed columns are dropped (step t then works on d - t columns: about d^3 / 3 per row
     over a full trace, in matrix products)."""
     g, r, d = rows.shape
-    steps = d if steps is None else steps
+    if nm is not None and d % nm[1]:
+        raise ConfigError(f"N:M {nm[0]}:{nm[1]} needs rows of a multiple of {nm[1]} columns, not {d}")
+    most = d if nm is None else d // nm[1] * (nm[1] - nm[0])
+    steps = most if steps is None else min(steps, most)
     dtype = inverse.dtype
     flat = rows.reshape(g * r, d).to(dtype)
     group = torch.arange(g, device=rows.device).repeat_interleave(r)
@@ -187,10 +207,14 @@ def greedy_obs(rows: torch.Tensor, inverse: torch.Tensor, steps: Optional[int] =
         factors = torch.zeros(n, d, LAZY_STEPS, dtype=dtype, device=rows.device)
         diag = base.diagonal(dim1=1, dim2=2).clone()
         pending = 0
+        group_removals = None if nm is None else torch.zeros(n, d // nm[1], dtype=torch.long, device=rows.device)  # per row and group of M
         for t in range(steps):
-            saliency = torch.where(removed, torch.full_like(w, float("inf")), w.pow(2) / diag.clamp_min(torch.finfo(dtype).tiny))
+            closed = removed if group_removals is None else removed | (group_removals.gather(1, columns // nm[1]) >= nm[1] - nm[0])
+            saliency = torch.where(closed, torch.full_like(w, float("inf")), w.pow(2) / diag.clamp_min(torch.finfo(dtype).tiny))
             q = saliency.argmin(dim=1)
             order[start + index, t] = columns[index, q]
+            if group_removals is not None:
+                group_removals[index, columns[index, q] // nm[1]] += 1
             losses[start + index, t] = saliency[index, q]
             column = base[index, :, q]  # (n, m): the current H^-1 e_q = B e_q - V (V^T e_q)
             if pending:

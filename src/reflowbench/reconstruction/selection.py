@@ -1,4 +1,5 @@
-"""Exact-k selections the layer-wise solvers share: the lowest scores of a block, counts split between rows."""
+"""Exact-k selections the solvers share: the lowest scores of a block, counts split between rows, the N highest of every
+group of M (N:M)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,17 @@ def counts_from_traces(losses: torch.Tensor, total: int) -> torch.Tensor:
     running = torch.cummax(losses, dim=1).values
     keep = lowest_k_keep(running, total)
     return (~keep).sum(dim=1)
+
+
+def as_groups(tensor: torch.Tensor, m: int) -> torch.Tensor:
+    """``tensor`` (out, ...) viewed as (out, columns / m, m)."""
+    return tensor.reshape(tensor.shape[0], -1, m)
+
+
+def keep_top_n(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep-mask shaped like ``scores`` keeping the ``n`` highest scores of every group of ``m`` (ties: the lower index)."""
+    groups = as_groups(scores.detach(), m)
+    order = torch.argsort(-groups, dim=-1, stable=True)  # NaN sorts first among -scores: a NaN score is never kept over a number
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(-1, order[..., :n], True)
+    return keep.view_as(scores)
