@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from reflowbench.channels import ChannelGroup, ChannelSlice, find_channel_groups, remove_channels
+from reflowbench.channels import ChannelGroup, ChannelSlice, find_channel_groups, remove_channels, surgery
 from reflowbench.channels.surgery import check_removal
 from reflowbench.cli import main
 from reflowbench.errors import CheckpointError, ConfigError, MaskError
@@ -79,7 +79,19 @@ def test_the_option_a_shortcut_group_fails_its_check():
     stem = ChannelGroup(
         "conv1", 16, (ChannelSlice("conv1", "weight", 0), ChannelSlice("bn1", "weight", 0), ChannelSlice("bn1", "bias", 0)), ("conv1",), ("bn1",)
     )
-    assert "breaks the network" in (check_removal(model, stem, [0, 2, 4], torch.randn(2, 3, 32, 32)) or "")
+    example = torch.randn(2, 3, 32, 32)
+    assert "breaks the network" in (check_removal(model, [stem], example) or "")
+    # Checked together, then halves of a failing set: the one bad group among the nine good ones is found alone.
+    good = find_channel_groups(model, example).groups
+    assert len(good) == 9
+    calls = []
+    real = surgery.check_removal
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(surgery, "check_removal", lambda *args: calls.append(len(args[1])) or real(*args))
+        assert surgery.failing_groups(model, good, example) == {} and calls == [9]  # all pass: one traced copy
+        calls.clear()
+        found = surgery.failing_groups(model, good[:4] + [stem] + good[4:], example)
+    assert list(found) == ["conv1"] and "breaks the network" in found["conv1"] and calls[0] == 10 and len(calls) <= 2 * 4 + 1
 
 
 def test_channel_masks_are_read_back_and_anything_else_is_refused():

@@ -153,6 +153,9 @@ def test_jobs_are_one_per_method_and_seed_or_one_per_run():
     by_seed = group_runs(todo, "seed")
     assert [(g.method, g.seed, g.sparsities) for g in by_seed] == [("mp", 0, [0.5, 0.9]), ("woodfisher", 0, [0.5]), ("mp", 1, [0.5])]
     assert len(group_runs(todo, "run")) == 4
+    (whole,) = group_runs(todo, "sweep")  # one job for every unfinished run of the sweep
+    assert (whole.method_index, whole.method, whole.sparsities) == (None, "mp,woodfisher", [0.5, 0.9])
+    assert group_runs([], "sweep") == []
 
 
 @pytest.mark.parametrize(
@@ -162,6 +165,9 @@ def test_jobs_are_one_per_method_and_seed_or_one_per_run():
         ({"job_unit": "layer"}, "--job-unit must be one of seed, run"),
         ({"slurm_cpus": 0}, "--slurm-cpus must be >= 1"),
         ({"submitit_cluster": "pbs"}, "--submitit-cluster must be one of"),
+        ({"executor": "submitit", "ranks_per_job": 0}, "--ranks-per-job must be >= 1"),
+        ({"executor": "submitit", "ranks_per_job": 2, "slurm_gpus": 1}, "one rank per GPU: give --slurm-gpus 2"),
+        ({"ranks_per_job": 2}, "--ranks-per-job needs --executor submitit"),
     ],
 )
 def test_bad_executor_settings_name_the_flag(settings, message):
@@ -173,7 +179,7 @@ def test_submitit_missing_or_no_sbatch_is_a_clear_error(tmp_path, monkeypatch):
     from reflowbench.harness.executor import make_executor
 
     monkeypatch.setattr("shutil.which", lambda name: None)
-    with pytest.raises(ConfigError, match="sbatch is not on PATH"):
+    with pytest.raises(ConfigError, match="sbatch and srun not on PATH"):
         make_executor(ExecutorSpec(executor="submitit", submitit_cluster="slurm"), tmp_path)
     monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
     with pytest.raises(ConfigError, match="pip install submitit"):
@@ -187,3 +193,49 @@ def test_cli_refuses_a_bad_executor_before_writing_anything(tmp_path, capsys):
     assert main(["run", "--executor", "slurmish", "--out", str(out)]) == 2
     assert "--executor must be one of local, submitit" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_job_of_two_ranks_shards_the_fisher_and_gives_the_one_process_results(tmp_path, checkpoint, monkeypatch):
+    """--ranks-per-job 2: one submitit job of two tasks joins one gloo group (submitit's environment as torchrun's) and
+    shards WoodFisher's Fisher across them; rank 0 alone writes, and the runs are the single process's."""
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # loopback, whatever the host name resolves to
+    serial, sharded = (_spec(tmp_path / name, checkpoint, methods=("woodfisher",)) for name in ("serial", "ranks"))
+    for spec in (serial, sharded):
+        spec.sweep.seeds = [0]
+        spec.method_options["woodfisher"] = {"num_grads": 64, "minibatch": 4}
+    run_sweep(plan_sweep(serial), log=lambda m: None, report=False)
+    result = submit_sweep(plan_sweep(sharded), _local(ranks_per_job=2), log=lambda m: None)
+    assert len(result["jobs"]) == 1 and not result["failed"], result["failed"]
+    one, two = ({json.loads(p.read_text())["sparsity"]: json.loads(p.read_text()) for p in (tmp_path / n / "runs").glob("*.json")} for n in ("serial", "ranks"))
+    assert sorted(two) == [0.5, 0.9] and not list((tmp_path / "ranks" / "runs").glob("*.claim"))
+    for sparsity, record in two.items():
+        assert record["notes"].get("sharded_ranks") == 2, record["notes"]  # the Fisher was sharded, not computed twice
+        assert record["key"] == one[sparsity]["key"]
+        for stage in ("pruned", "reflow"):
+            assert abs(record[stage]["top1"] - one[sparsity][stage]["top1"]) <= 0.1, (sparsity, stage)
+
+
+FAKE_SLURM = """#!/bin/sh
+cp "$(eval echo \\${$#})" "$FAKE_SLURM_DIR/script.sh"
+echo "Submitted batch job 4242"
+"""
+
+
+def test_on_slurm_the_jobs_are_one_array_with_the_asked_resources(tmp_path, checkpoint, monkeypatch):
+    """Through a stand-in sbatch (it keeps the script submitit writes): one job array, one task per rank, the GPUs,
+    partition and time asked for; nothing runs here."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).write_text(FAKE_SLURM)
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(tmp_path))
+    executor = ExecutorSpec(executor="submitit", submitit_cluster="slurm", slurm_partition="gpu", slurm_gpus=2, ranks_per_job=2, slurm_time_min=90, wait=False)
+    lines = []
+    result = submit_sweep(plan_sweep(_spec(tmp_path / "out", checkpoint)), executor, log=lines.append)
+    assert len(result["jobs"]) == 2 and "job 4242_0: mp seed 0 s=0.5,0.9" in lines and "job 4242_1: mp seed 1 s=0.5,0.9" in lines
+    script = (tmp_path / "script.sh").read_text()
+    for line in ("--array=0-1%2", "--gpus-per-node=2", "--ntasks-per-node=2", "--partition=gpu", "--time=90", "--cpus-per-task=4"):
+        assert f"#SBATCH {line}" in script, line
+    assert not list((tmp_path / "out").glob("runs/*.json"))

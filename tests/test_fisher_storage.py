@@ -220,3 +220,15 @@ def test_per_sample_gradients_by_default_never_import_torch_dynamo():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("numel, num_grads, block_size, form", [(40, 8, 16, "auto"), (40, 24, 16, "auto"), (40, 8, 0, "primal"), (33, 8, 10, "dual")])
+def test_the_memory_plan_counts_the_factors_the_fisher_keeps(numel, num_grads, block_size, form):
+    """One formula for the packed factors: the pruners' working set (the cost plan) and the factors a LayerFisher holds."""
+    from reflowbench.hessian.block_fisher import FisherSpec, LayerFisher, packed_factor_bytes
+
+    spec = FisherSpec(block_size=block_size, form=form)
+    fisher = LayerFisher("layer", torch.randn(num_grads, numel), spec, torch.device("cpu"))
+    held = fisher.factor_bytes()
+    factor = fisher.factor  # factorised: the packed factors it keeps
+    assert packed_factor_bytes(numel, num_grads, spec) == held == factor.numel() * factor.element_size()

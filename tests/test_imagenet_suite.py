@@ -1,6 +1,8 @@
 """`reflowbench suite imagenet-smoke` end to end on a synthetic ImageFolder tree at 224 x 224 (random weights, the two
-smallest models, the cheapest settings): every job runs, the combined report is written, and each job's dry-run peak
-estimate is within a factor of the peak its runs measure. `suite imagenet` itself is planned (settings, models, data)."""
+smallest models, the cheapest settings), through submitit's local executor as a cluster would run it (one job per
+suite job): every job runs, the per-folder and combined reports are written, a second submission has nothing left to
+run, and each job's dry-run peak estimate is within a factor of the peak its runs measure. `suite imagenet` itself is
+planned (settings, models, data)."""
 
 from __future__ import annotations
 
@@ -27,12 +29,15 @@ def tree(tmp_path_factory):
 
 def test_the_smoke_suite_runs_end_to_end_and_its_cost_plan_holds(tree, tmp_path, capsys):
     out = tmp_path / "out"
-    common = ["suite", "imagenet-smoke", "--data", str(tree), "--out", str(out), "--threads", "2"]
+    common = ["suite", "imagenet-smoke", "--data", str(tree), "--out", str(out), "--threads", "1"]
     assert main([*common, "--dry-run"]) == 0
     dry = capsys.readouterr().out
     estimates = [float(m) for m in re.findall(r"cost plan: peak about ([0-9.]+) GiB", dry)]
     assert len(estimates) == 4 and "DOES NOT FIT" not in dry
-    assert main([*common, "--no-progress"]) == 0
+    submitit = ["--no-progress", "--executor", "submitit", "--submitit-cluster", "local", "--job-unit", "sweep", "--slurm-cpus", "1"]
+    assert main([*common, *submitit]) == 0
+    submitted = capsys.readouterr().out
+    assert "4 submitit jobs" in submitted and "suite imagenet-smoke: " in submitted and "suite report:" in submitted
     folders = ["imagenet-mobilenet_v3_small", "imagenet-mobilenet_v2", "imagenet-mobilenet_v3_small-2of4", "imagenet-mobilenet_v3_small"]
     for folder, estimate in zip(folders, estimates):
         records = [json.loads(p.read_text()) for p in (out / folder / "runs").glob("*.json")]
@@ -44,7 +49,9 @@ def test_the_smoke_suite_runs_end_to_end_and_its_cost_plan_holds(tree, tmp_path,
     assert any(set(r.get("corrections", {})) == {"statcorr", "variance-match"} for r in small)  # the MP job with every correction
     nm = [json.loads(p.read_text()) for p in (out / "imagenet-mobilenet_v3_small-2of4" / "runs").glob("*.json")]
     assert len(nm) == 5 and all(r["settings"]["targets"]["pattern"] == "2:4" for r in nm)
-    assert (out / "imagenet-smoke-suite" / "report.md").exists()
+    assert (out / "imagenet-smoke-suite" / "report.md").exists() and (out / "imagenet-mobilenet_v2" / "report.md").exists()
+    assert main([*common, *submitit]) == 0  # submitted again: everything is finished, nothing is submitted
+    assert "0 to run: 0 submitit jobs" in capsys.readouterr().out
 
 
 def test_the_imagenet_suite_plans_on_a_small_tree_without_its_weights(tree, tmp_path, capsys):

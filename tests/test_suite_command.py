@@ -165,10 +165,12 @@ def test_run_suite_is_the_suite_command_and_refuses_other_flags(tmp_path, capsys
     for flag in (
         ["--calib-batches", "4"],
         ["--woodfisher-damp", "0.1"],
-        ["--executor", "submitit"],
     ):  # every other flag too, a pruner's options included (ignored before)
         assert main(["run", "--suite", "cifar10", *flag, "--out", str(tmp_path / "o")]) == 2
         assert f"not {flag[0]}" in capsys.readouterr().err
+    for command in ("run", "--suite"), ("suite",):  # the executor flags are the suite's too, checked before anything is planned
+        assert main([command[0], *command[1:], "cifar10", "--executor", "slurmish", "--out", str(tmp_path / "o")]) == 2
+        assert "--executor must be one of local, submitit" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_durations_read_as_a_person_would_say_them():
@@ -306,3 +308,32 @@ def test_the_corrections_suite_is_well_formed():
     (trained,) = by_folder["corrections-resnet20-gn"]  # the GroupNorm ResNet-20 the repository holds: no REFLOW, 0.5-0.9
     assert trained["model"]["checkpoint"] == "checkpoints/resnet20_gn_cifar10_jpeg.pt" and "reflow" not in trained["corrections"]["corrections"]
     assert trained["sweep"]["sparsities"] == [0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def test_a_suite_submitted_as_local_submitit_jobs_gives_the_in_process_suite(tmp_path, capsys):
+    """--executor submitit: the main job's runs and the settings search go in one batch; the tuned row follows once
+    the search has chosen; the folder and combined reports are written; the runs are the in-process suite's."""
+    pytest.importorskip("submitit")
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"damping": [{"damp": 1e-5}, {"damp": 1e-2, "damp_mode": "relative"}]}))
+    tuned = _job("small", ["woodfisher"], [0.7], {"woodfisher": WF}, role="tuned")
+    tuned["tune"] = {"method": "woodfisher", "at_sparsities": [0.8], "grid": str(grid), "seeds": [0]}
+    suite = _suite_file(tmp_path, [_job("small", ["mp", "woodfisher"], [0.5, 0.7], {"woodfisher": WF}), tuned])
+    assert main(["suite", suite, "--out", str(tmp_path / "here"), "--no-progress", "--threads", "1"]) == 0
+    jobs = ["--executor", "submitit", "--submitit-cluster", "local", "--slurm-cpus", "1"]
+    capsys.readouterr()
+    assert main(["suite", suite, "--out", str(tmp_path / "jobs"), "--no-progress", *jobs]) == 0
+    text = capsys.readouterr().out
+    assert "4 to run, and 1 settings searches (their tuned rows follow once they have chosen): 3 submitit jobs" in text
+    assert "settings search for woodfisher" in text and "tiny.json: 5 runs in 4 submitit jobs, 0 already finished" in text
+    runs = {
+        name: {r["key"]: r for r in map(lambda p: json.loads(p.read_text()), (tmp_path / name / "small" / "runs").glob("*.json"))} for name in ("here", "jobs")
+    }
+    assert len(runs["jobs"]) == 5 and sorted(runs["jobs"]) == sorted(runs["here"])  # the same runs, tuned row included
+    for key, record in runs["jobs"].items():
+        assert record["pruned"]["top1"] == pytest.approx(runs["here"][key]["pruned"]["top1"], abs=0.1), key
+    assert (tmp_path / "jobs" / "small" / "report.md").exists()
+    report = (tmp_path / "jobs" / "tiny-suite" / "report.md").read_text()
+    assert "Every run of the suite is in: 5 runs." in report and "## Fair settings" in report
+    assert main(["suite", suite, "--out", str(tmp_path / "jobs"), "--no-progress", *jobs]) == 0  # again: nothing left
+    assert "5 runs known, 0 to run: 0 submitit jobs" in capsys.readouterr().out

@@ -348,7 +348,7 @@ class GateSpec:
 
 EXECUTORS = ("local", "submitit")
 SUBMITIT_CLUSTERS = ("auto", "slurm", "local", "debug")
-JOB_UNITS = ("seed", "run")
+JOB_UNITS = ("seed", "run", "sweep")
 
 
 @dataclass
@@ -360,7 +360,8 @@ class ExecutorSpec:
     executor: str = "local"  # local (in this process) or submitit (one job per --job-unit: a Slurm job array, or local subprocesses)
     submitit_cluster: str = "auto"  # auto (Slurm where sbatch is found, else local subprocesses), slurm, local, debug (in this process)
     submitit_folder: str = ""  # submitit's job scripts, pickles and logs (default: OUT/submitit/<job id>)
-    job_unit: str = "seed"  # seed: one job per method and seed (its sparsities share the dense Fisher); run: one job per run
+    job_unit: str = "seed"  # seed: one job per method and seed (its sparsities share the dense Fisher); run: one job per run; sweep: one job per sweep (a suite: per job of the suite)
+    ranks_per_job: int = 1  # processes per job (Slurm tasks), one per GPU: > 1 shards the Hessian pruners' Fisher across them with torch.distributed
     slurm_partition: str = ""  # Slurm partition (empty: the cluster's default)
     slurm_gpus: int = 0  # GPUs per job
     slurm_cpus: int = 4  # CPU cores per job
@@ -373,11 +374,17 @@ class ExecutorSpec:
         for name, allowed in (("executor", EXECUTORS), ("submitit_cluster", SUBMITIT_CLUSTERS), ("job_unit", JOB_UNITS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("slurm_cpus", "slurm_mem_gb", "slurm_time_min", "slurm_array_parallelism"):
+        for name in ("slurm_cpus", "slurm_mem_gb", "slurm_time_min", "slurm_array_parallelism", "ranks_per_job"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.slurm_gpus < 0:
             raise ConfigError(f"--slurm-gpus must be >= 0, got {self.slurm_gpus}")
+        if self.ranks_per_job > 1 and self.slurm_gpus not in (0, self.ranks_per_job):
+            raise ConfigError(
+                f"--ranks-per-job {self.ranks_per_job} runs one rank per GPU: give --slurm-gpus {self.ranks_per_job} (or 0 for CPU ranks), not {self.slurm_gpus}"
+            )
+        if self.ranks_per_job > 1 and self.executor != "submitit":
+            raise ConfigError("--ranks-per-job needs --executor submitit (in this process, launch the ranks with torchrun instead)")
 
 
 @dataclass

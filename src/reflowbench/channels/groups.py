@@ -4,7 +4,7 @@ A :class:`ChannelGroup` is one set of ``channels`` channel positions that must b
 of every convolution producing them, the BatchNorm entries normalising them, the depthwise filters passing them
 through and the input slices of every layer consuming them. Torch-Pruning's dependency graph finds the groups by
 tracing the model; each group is then *checked*: on a copy, removing half its channels must give exactly the function
-of the model with those channels' tensors zeroed. A group that fails (e.g. the zero-padding shortcut of an option-A
+of the model with those channels' tensors zeroed (all groups at once first, then halves of a failing set). A group that fails (e.g. the zero-padding shortcut of an option-A
 ResNet, whose channel count is fixed) is left whole and listed with the reason, never pruned into a wrong network.
 """
 
@@ -157,7 +157,7 @@ def find_channel_groups(model: nn.Module, example: torch.Tensor, model_name: str
     """The channel groups of ``model`` (traced on ``example``, a small batch of its inputs), each checked by removing half
     its channels from a copy (see the module doc). The classifier (the last linear layer) keeps its outputs."""
     refuse_pooling_norms(model, model_name)
-    from reflowbench.channels.surgery import check_removal
+    from reflowbench.channels.surgery import failing_groups
 
     tp = _torch_pruning()
     model = model.eval()
@@ -167,17 +167,16 @@ def find_channel_groups(model: nn.Module, example: torch.Tensor, model_name: str
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
         found = list(graph.get_all_groups(ignored_layers=linears[-1:], root_module_types=[nn.Conv2d]))
     search = GroupSearch(groups=[])
+    described_groups: List[ChannelGroup] = []
     for group in found:
         described, why = _describe(graph, group, names)
-        root = names[group[0].dep.target.module]
         if described is None:
-            search.excluded[root] = why or "not handled"
-            continue
-        problem = check_removal(model, described, list(range(0, described.channels, 2)), example)
-        if problem:
-            search.excluded[root] = problem
+            search.excluded[names[group[0].dep.target.module]] = why or "not handled"
         else:
-            search.groups.append(described)
+            described_groups.append(described)
+    problems = failing_groups(model, described_groups, example)
+    search.excluded.update(problems)
+    search.groups = [g for g in described_groups if g.root not in problems]
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     search.groups.sort(key=lambda g: order[g.root])
     return search

@@ -52,13 +52,16 @@ def _relative_error(reference: torch.Tensor, output: torch.Tensor) -> float:
     return float((reference - output).abs().max()) / scale
 
 
-def check_removal(model: nn.Module, group: ChannelGroup, channels: List[int], example: torch.Tensor) -> Optional[str]:
-    """Why removing ``channels`` of ``group`` from a copy of ``model`` does not give the zeroed model's function, or None."""
+def check_removal(model: nn.Module, groups: Sequence[ChannelGroup], example: torch.Tensor) -> Optional[str]:
+    """Why removing every other channel of each of ``groups`` at once from a copy of ``model`` does not give the zeroed
+    model's function, or None."""
+    removal = {group.root: list(range(0, group.channels, 2)) for group in groups}
     zeroed = copy_model(model)
-    zero_channels(zeroed, group, channels)
+    for group in groups:
+        zero_channels(zeroed, group, removal[group.root])
     smaller = copy_model(model)
     try:
-        _prune_in_place(smaller, [group], {group.root: channels}, example)
+        _prune_in_place(smaller, groups, removal, example)
         with torch.no_grad():
             error = _relative_error(zeroed(example), smaller(example))
     except Exception as exc:  # noqa: BLE001 - a shape mismatch anywhere downstream: the group is not removable as traced
@@ -66,6 +69,25 @@ def check_removal(model: nn.Module, group: ChannelGroup, channels: List[int], ex
     if not error <= RELATIVE_TOLERANCE:
         return f"removing its channels changes the network's function (relative output error {error:.1e}), e.g. a fixed zero-padding shortcut"
     return None
+
+
+def failing_groups(model: nn.Module, groups: Sequence[ChannelGroup], example: torch.Tensor) -> Dict[str, str]:
+    """Root -> why, for each of ``groups`` whose channels cannot be removed (:func:`check_removal`). All groups are
+    checked at once, then the halves of a set that fails, down to single groups: one traced copy when every group
+    passes (a torchvision ResNet-50's 37 groups), about 2 k log(n / k) when k of n fail, never more than 2n - 1."""
+    problems: Dict[str, str] = {}
+    sets: List[List[ChannelGroup]] = [list(groups)] if groups else []
+    while sets:
+        checked = sets.pop()
+        problem = check_removal(model, checked, example)
+        if problem is None:
+            continue
+        if len(checked) == 1:
+            problems[checked[0].root] = problem
+        else:
+            half = len(checked) // 2
+            sets += [checked[half:], checked[:half]]
+    return problems
 
 
 def remove_channels(model: nn.Module, groups: Sequence[ChannelGroup], removal: Dict[str, List[int]], example: torch.Tensor) -> SurgeryResult:

@@ -76,8 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.suite is not None:
         return _run_named_suite(args)
-    executor = build_dataclass(ExecutorSpec, given(args, "executor__"), "executor settings")
-    executor.validate()  # before the plan: a bad executor flag is named before any checkpoint or data path
+    executor = _executor_from_args(args)
     plan = plan_sweep(_spec_from_args(args))
     for line in spec_summary(plan.spec):
         _log(line)
@@ -116,11 +115,44 @@ def _suite_summary(name: str, counts: Dict[str, int], verb: str) -> str:
 
 def _run_named_suite(args: argparse.Namespace) -> int:
     """``run --suite NAME``: the same as ``reflowbench suite NAME`` with the run flags a suite takes."""
+    command = suite_command_from_flags(_section_flags(args), _method_flags(args))
+    return _suite(args.suite, command, _executor_from_args(args))
+
+
+def _executor_from_args(args: argparse.Namespace) -> ExecutorSpec:
+    """The executor flags, validated before any plan (a bad flag is named before any checkpoint or data path)."""
+    executor = build_dataclass(ExecutorSpec, given(args, "executor__"), "executor settings")
+    executor.validate()
+    return executor
+
+
+def _suite(name: str, command: SuiteCommandSpec, executor: ExecutorSpec) -> int:
+    """Run, list or submit suite ``name`` and print what happened."""
     from reflowbench.harness.suite import run_named_suite
 
-    command = suite_command_from_flags({**_section_flags(args), "executor": given(args, "executor__")}, _method_flags(args))
-    counts = run_named_suite(args.suite, command, log=_log)
-    _log(_suite_summary(args.suite, counts, "ran"))
+    if executor.executor == "submitit" and not (command.dry_run or command.report_only):
+        return _submit_suite(name, command, executor)
+    counts = run_named_suite(name, command, log=_log)
+    if not command.report_only:
+        _log(_suite_summary(name, counts, "would run" if command.dry_run else "ran"))
+    return 0
+
+
+def _submit_suite(name: str, command: SuiteCommandSpec, executor: ExecutorSpec) -> int:
+    from reflowbench.errors import JobsFailed
+    from reflowbench.harness.suite_submit import submit_suite
+
+    result = submit_suite(name, command, executor, log=_log)
+    if not executor.wait:
+        _log(
+            f"submitted {result['jobs']} jobs; once they are done, the same command again submits what is left (tuned rows after their searches) "
+            "and writes the reports"
+        )
+        return 0
+    if result["failed"]:
+        raise JobsFailed(f"{len(result['failed'])} of {result['jobs']} jobs failed (listed above); run the same command again to re-run their runs")
+    waiting = f"; {result['waiting']} settings searches still open (run the same command again)" if result["waiting"] else ""
+    _log(f"suite {name}: {result['runs']} runs in {result['jobs']} submitit jobs, {result['total'] - result['runs']} already finished{waiting}")
     return 0
 
 
@@ -175,13 +207,8 @@ def cmd_ablate_reflow(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from reflowbench.harness.suite import run_named_suite
-
-    command = build_dataclass(SuiteCommandSpec, given(args, "suite__"), "suite settings")
-    counts = run_named_suite(args.name, command, log=_log)
-    if not command.report_only:
-        _log(_suite_summary(args.name, counts, "would run" if command.dry_run else "ran"))
-    return 0
+    executor = _executor_from_args(args)
+    return _suite(args.name, build_dataclass(SuiteCommandSpec, given(args, "suite__"), "suite settings"), executor)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

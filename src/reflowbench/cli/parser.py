@@ -67,6 +67,9 @@ def _settings_command(
     return sub
 
 
+EXECUTOR_GROUP = "executor settings (in this process, or submitit jobs: a Slurm job array or local subprocesses)"
+
+
 def _add_run(subcommands: argparse._SubParsersAction) -> None:
     """run: a sweep, or a named suite with --suite."""
     run = _settings_command(
@@ -74,9 +77,7 @@ def _add_run(subcommands: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--no-report", action="store_true", help="skip the report (results.csv is still written)")
     run.add_argument("--suite", metavar="NAME", default=None, help="run a named comparison suite instead (the same as `reflowbench suite NAME`)")
-    add_dataclass_arguments(
-        run.add_argument_group("executor settings (in this process, or submitit jobs: a Slurm job array or local subprocesses)"), ExecutorSpec, "executor__"
-    )
+    add_dataclass_arguments(run.add_argument_group(EXECUTOR_GROUP), ExecutorSpec, "executor__")
     run.set_defaults(handler=commands.cmd_run, interrupted="finished runs are saved; run the same command again to resume")
 
 
@@ -137,6 +138,7 @@ def _add_suite(subcommands: argparse._SubParsersAction) -> None:
     )
     suite.add_argument("name", help=f"suite name ({', '.join(SUITES)}) or a suite JSON file")
     add_dataclass_arguments(suite.add_argument_group("suite settings"), SuiteCommandSpec, "suite__")
+    add_dataclass_arguments(suite.add_argument_group(EXECUTOR_GROUP), ExecutorSpec, "executor__")
     suite.set_defaults(handler=commands.cmd_suite, interrupted="finished runs are saved; run the same command again to resume")
 
 

@@ -115,10 +115,10 @@ def _job_tuning(
 
 def _tuned_plan(job: PlannedJob, command: SuiteCommandSpec, log: Log) -> SweepPlan:
     """Run (or resume) the job's settings search, then its sweep planned with the chosen options."""
-    plan, cells, tune = _tuning_plan(job)
+    plan, cells, tune = tuning_plan(job)
     chosen = run_tuning(plan, cells, tune, log=log)["chosen"]
     log(f"{job.folder}: tuned {job.tune.method}: {chosen}")
-    return _planned_with(job, chosen)
+    return planned_with(job, chosen)
 
 
 def _progress_note(progress: Progress) -> str:
@@ -131,13 +131,13 @@ def _progress_note(progress: Progress) -> str:
     return f" ({'; '.join(notes)})" if notes else ""
 
 
-def _tuning_plan(job: PlannedJob) -> Tuple[SweepPlan, List[Dict[str, Any]], TuneSpec]:
+def tuning_plan(job: PlannedJob) -> Tuple[SweepPlan, List[Dict[str, Any]], TuneSpec]:
     """The job's settings search, as planned with the job: its plan (one pruner per cell, on the tuning seeds), cells and spec."""
     plan, cells = job.tuning
     return plan, cells, copy.deepcopy(job.tune)
 
 
-def _planned_with(job: PlannedJob, chosen: Dict[str, Any]) -> SweepPlan:
+def planned_with(job: PlannedJob, chosen: Dict[str, Any]) -> SweepPlan:
     """The job's sweep with the tuned method's options replaced by the search's ``chosen`` ones."""
     tuned = copy.deepcopy(job.plan.spec)
     tuned.method_options[job.tune.method] = chosen
@@ -199,7 +199,7 @@ def job_status(job: PlannedJob) -> JobStatus:
     header, plan = job_header(job), job.plan
     search: Optional[SearchProgress] = None
     if job.tune is not None:
-        search = tuning_status(*_tuning_plan(job))
+        search = tuning_status(*tuning_plan(job))
         if search.chosen is None:
             estimate = search_estimate(job, search)
             rest = f" (about {format_duration(estimate.search_s)} more{estimate.search_basis})" if estimate.search_s else ""
@@ -217,7 +217,7 @@ def job_status(job: PlannedJob) -> JobStatus:
         header += f", tuned {job.tune.method} {search.chosen}" + (
             f" ({search.over_budget} scores of its search over the memory budget)" if search.over_budget else ""
         )
-        plan = _planned_with(job, search.chosen)
+        plan = planned_with(job, search.chosen)
     progress = count_complete(plan)
     line = f"{header}: {progress.complete} of {progress.total} runs finished, {progress.total - progress.complete} to run" + _progress_note(progress)
     return JobStatus(
@@ -325,7 +325,7 @@ def run_named_suite(name: str, command: SuiteCommandSpec, log: Log = print) -> D
     planned = plan_jobs(name, command)
     if command.readme is not None:
         check_block(Path(command.readme), suite_name(name))
-    started, started_iso = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    clock = start_clock()
     totals = {"done": 0, "failed": 0, "skipped": 0, "total": 0}
     planner: Optional[CostPlanner] = None
     for index, job in enumerate(planned):
@@ -354,34 +354,52 @@ def run_named_suite(name: str, command: SuiteCommandSpec, log: Log = print) -> D
         counts = run_sweep(plan, log=log, report=index == len(planned) - 1 or planned[index + 1].folder != job.folder)
         for key in totals:
             totals[key] += counts[key]
-    if not command.dry_run and (command.only or command.jobs):  # the combined report needs every job: not rewritten from a part
-        log(f"the combined report is left as it was (--only/--jobs ran part of the suite): `reflowbench suite {name} --report-only` rewrites it")
-    elif not command.dry_run:
-        from reflowbench.reports.suite_report import write_suite_report
-
-        folders = list(dict.fromkeys(job.folder for job in planned))
-        if totals["done"]:
-            _write_timing(Path(command.out), suite_name(name), folders, started_iso, time.perf_counter() - started, log)
-        tuned: Optional[List[TunedRow]] = None
-        references: Optional[List[ReferenceRow]] = None
-        suite = load_suite(name)
-        try:
-            statuses = [job_status(job) for job in planned]
-            completeness, tuned = completeness_lines(statuses), tuned_rows(planned, statuses)
-            references = reference_rows(planned, statuses, suite.get("notes", {}))
-        except ReflowbenchError as error:  # e.g. --report-only without the data that keys the runs: the report is still written
-            completeness = [f"Not checked which of the suite's runs are missing: {error}"]
-        paths = write_suite_report(
-            Path(command.out),
-            suite_name(name),
-            folders,
-            SuiteContext(suite.get("description", ""), completeness, tuned, references, row_roles(references or [], tuned or []), command.skip_unreadable),
-        )
-        log(f"suite report: {paths['markdown']}")
-        if command.readme is not None:
-            changed = replace_block(Path(command.readme), suite_name(name), paths["summary"].read_text(encoding="utf-8"))
-            log(f"{command.readme}: the {suite_name(name)} summary block {'rewritten' if changed else 'already up to date'}")
+    if not command.dry_run:
+        write_combined_report(name, command, planned, clock if totals["done"] else None, log)
     return totals
+
+
+class SuiteClock(NamedTuple):
+    """When a suite invocation started: its UTC ISO time (runs created since are its own) and ``time.perf_counter()``."""
+
+    started_iso: str
+    started: float
+
+
+def start_clock() -> SuiteClock:
+    return SuiteClock(_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(), time.perf_counter())
+
+
+def write_combined_report(name: str, command: SuiteCommandSpec, planned: List[PlannedJob], clock: Optional[SuiteClock], log: Log) -> None:
+    """``<out>/<name>-suite/`` from every job's runs (with ``clock``, the runs made since it started also give
+    ``timing.json``), and the README block when ``--readme`` names one; left as it was when ``--only``/``--jobs`` ran part."""
+    if command.only or command.jobs:  # the combined report needs every job: not rewritten from a part
+        log(f"the combined report is left as it was (--only/--jobs ran part of the suite): `reflowbench suite {name} --report-only` rewrites it")
+        return
+    from reflowbench.reports.suite_report import write_suite_report
+
+    folders = list(dict.fromkeys(job.folder for job in planned))
+    if clock is not None:
+        _write_timing(Path(command.out), suite_name(name), folders, clock.started_iso, time.perf_counter() - clock.started, log)
+    tuned: Optional[List[TunedRow]] = None
+    references: Optional[List[ReferenceRow]] = None
+    suite = load_suite(name)
+    try:
+        statuses = [job_status(job) for job in planned]
+        completeness, tuned = completeness_lines(statuses), tuned_rows(planned, statuses)
+        references = reference_rows(planned, statuses, suite.get("notes", {}))
+    except ReflowbenchError as error:  # e.g. --report-only without the data that keys the runs: the report is still written
+        completeness = [f"Not checked which of the suite's runs are missing: {error}"]
+    paths = write_suite_report(
+        Path(command.out),
+        suite_name(name),
+        folders,
+        SuiteContext(suite.get("description", ""), completeness, tuned, references, row_roles(references or [], tuned or []), command.skip_unreadable),
+    )
+    log(f"suite report: {paths['markdown']}")
+    if command.readme is not None:
+        changed = replace_block(Path(command.readme), suite_name(name), paths["summary"].read_text(encoding="utf-8"))
+        log(f"{command.readme}: the {suite_name(name)} summary block {'rewritten' if changed else 'already up to date'}")
 
 
 def runs_to_do(job: PlannedJob, status: JobStatus) -> Dict[str, int]:

@@ -150,6 +150,7 @@ class LayerFisher:
         self.block = block_of(self.numel, spec.block_size)
         self.num_blocks = -(-self.numel // self.block)
         self.form = spec.form if spec.form != "auto" else ("dual" if self.num_grads < self.block else "primal")
+        self._spec = spec
         self.compute_dtype = resolve_dtype(spec.compute_dtype)
         self.factor_dtype = resolve_dtype(spec.factor_dtype)
         self.device = device
@@ -243,12 +244,11 @@ class LayerFisher:
         return self._factor
 
     def _side(self) -> int:
-        return self.num_grads if self.form == "dual" else self.block
+        return factor_side(self.num_grads, self.block, self.form)
 
     def factor_bytes(self) -> int:
         """Bytes of the packed factors of this layer (allocated or not), kept in the compute dtype."""
-        side = self._side()
-        return self.num_blocks * (side * (side + 1) // 2) * _itemsize(self.compute_dtype)
+        return packed_factor_bytes(self.numel, self.num_grads, self._spec)
 
     def unpacked_factor(self, blocks: slice = slice(None), dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """The lower-triangular Cholesky factors of ``blocks`` as squares, (nb', side, side), zeros above the diagonal,
@@ -692,6 +692,21 @@ class BlockFisher:
 def block_of(numel: int, block_size: Optional[int]) -> int:
     """B of a layer of ``numel`` weights: ``block_size``, or the whole layer (0, None, or at least ``numel``)."""
     return numel if block_size in (0, None) or block_size >= numel else block_size
+
+
+def factor_side(num_grads: int, block: int, form: str = "auto") -> int:
+    """The side of a block's factor: N in the dual form (K = G G^T / N), B in the primal (F = G^T G / N); ``auto``
+    takes the dual form when N < B."""
+    dual = form == "dual" or (form == "auto" and num_grads < block)
+    return num_grads if dual else block
+
+
+def packed_factor_bytes(numel: int, num_grads: int, spec: FisherSpec) -> int:
+    """Bytes of one layer's packed factors (lower triangles, side (side + 1) / 2 each) in ``spec``'s compute dtype:
+    what :class:`LayerFisher` keeps, and what the pruners' memory plan counts."""
+    block = block_of(numel, spec.block_size)
+    side = factor_side(num_grads, block, spec.form)
+    return -(-numel // block) * (side * (side + 1) // 2) * _itemsize(resolve_dtype(spec.compute_dtype))
 
 
 def _padded_view(rows: torch.Tensor, storage: Optional[torch.Tensor], width: int) -> Optional[torch.Tensor]:

@@ -132,15 +132,13 @@ class HessianPruner(Pruner):
     def working_set(self, targets: TargetSet, activation_bytes: int, budget_bytes: int = 0) -> WorkingSet:
         """G (N x p in its dtype, padded to the blocks; one layer group of it when streamed), the block Fisher's packed
         factors (per block of B columns: side = min(N, B), side^2 / 2 floats) and one gradient call's temporaries."""
+        from reflowbench.hessian.block_fisher import packed_factor_bytes
         from reflowbench.hessian.gradients import chunk_gradient_bytes, gradient_bytes
 
         o = self.options
         spec = self.gradient_spec()
-        factors = 0
-        for t in targets:
-            block = t.numel if o.block_size <= 0 else min(o.block_size, t.numel)
-            side = min(o.num_grads, block)
-            factors += -(-t.numel // block) * side * (side + 1) // 2 * 4
+        fisher = self.fisher_spec()
+        factors = sum(packed_factor_bytes(t.numel, o.num_grads, fisher) for t in targets)  # as LayerFisher.factor_bytes counts them
         whole = gradient_bytes(targets, spec) + factors
         groups = max(1, o.layer_groups)
         if o.layer_groups == 0 and self.streams() and budget_bytes > 0:  # the fewest groups whose share fits half the budget, as the pruner picks
@@ -150,7 +148,8 @@ class HessianPruner(Pruner):
         return WorkingSet(
             total,
             f"G ({o.num_grads:,} x {targets.num_weights:,} in {o.dtype}{f', one of {groups} layer groups' if groups > 1 else ''}) and the block Fisher factors",
-            f"{flag('dtype')} bfloat16, {flag('layer-groups')} 0 (from the memory budget), fewer {flag('num-grads')}, a smaller {flag('block-size')}",
+            f"{flag('dtype')} bfloat16, {flag('layer-groups')} 0 (from the memory budget), fewer {flag('num-grads')}, a smaller {flag('block-size')}"
+            + (", or G sharded over K GPUs (--executor submitit --ranks-per-job K --slurm-gpus K, or torchrun)" if self.streams() else ""),
         )
 
     def forward_passes(self, targets: TargetSet) -> Tuple[float, float]:

@@ -18,11 +18,13 @@ COST_PHASES = (
     "update",
     "solve",
     "prune",
+    "surgery",
     "recalibrate",
     "eval_pruned",
-)  # inputs, solve: the layer-wise pruners
+)  # inputs, solve: the layer-wise pruners; surgery: removing the channels of --pattern channels
 
 
+OPTIONAL_PHASES = ("surgery",)  # a column only where some run has it
 BASELINE = "mp"  # the method every comparison table measures the others against (MP + REFLOW)
 
 
@@ -79,15 +81,16 @@ def accuracy_table(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[
 def cost_table(records: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]]]:
     """Mean seconds per phase, peak RSS and CUDA memory of pruning, and pruning's CPU seconds per wall second (mean over
     the runs that measured it: about the torch thread count when the cores were the run's own), per (model, method),
-    over all sparsities and seeds."""
-    header = ["model", "method", "runs"] + [f"{p} (s)" for p in COST_PHASES] + ["peak RSS prune (MB)", "peak CUDA prune (MB)", "prune CPU s / wall s"]
+    over all sparsities and seeds. A phase that no run has (e.g. surgery outside --pattern channels) gets no column."""
+    phases = [p for p in COST_PHASES if p not in OPTIONAL_PHASES or any(p in r["cost"] for r in records)]
+    header = ["model", "method", "runs"] + [f"{p} (s)" for p in phases] + ["peak RSS prune (MB)", "peak CUDA prune (MB)", "prune CPU s / wall s"]
     by_method: Dict[Tuple[str, str], List[Dict[str, Any]]] = defaultdict(list)
     for record in records:
         by_method[(record["model"], record["label"])].append(record)
     rows = []
     for (model, _method), runs in sorted(by_method.items()):
         cells = [model, shown(runs[0]), str(len(runs))]
-        for phase in COST_PHASES:
+        for phase in phases:
             values = [r["cost"][phase]["seconds"] for r in runs if phase in r["cost"]]
             cells.append(f"{np.mean(values):.2f}" if values else "–")
         cells.append(f"{max(r['cost']['prune']['peak_rss_mb'] for r in runs):.0f}")
