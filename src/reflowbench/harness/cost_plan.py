@@ -176,10 +176,12 @@ def job_cost(
     device: torch.device,
     plan_memory_gb: float = 0.0,
     model: Optional[nn.Module] = None,
+    baseline_bytes: Optional[int] = None,
 ) -> JobCost:
     """The plan of one job (``todo``: method -> runs still to do; ``plan_memory_gb``: judge it against a device of that
     many GiB, the work all on it, instead of this machine's device; ``model``: the architecture already built for the
-    calibration, else built here)."""
+    calibration, else built here; ``baseline_bytes``: what a run's process holds before its model (default: this
+    process's resident memory now))."""
     model = model if model is not None else calibration_model(spec)
     targets = select_targets(model, spec.targets.policy())
     budget_bytes = int(spec.sweep.memory_budget_gb * 2**30)
@@ -187,7 +189,7 @@ def job_cost(
     largest = max(working, key=lambda name: working[name].bytes)
     activations = spec.data.eval_batch_size * calibration.eval_bytes  # an evaluation batch's peak over what the process holds
     resident = MODEL_COPIES * calibration.model_bytes + working[largest].bytes + activations
-    baseline = int(current_rss_mb() * 2**20)
+    baseline = baseline_bytes if baseline_bytes is not None else int(current_rss_mb() * 2**20)
     data = IN_MEMORY_BYTES.get(spec.data.dataset or "", 0)
     budget, where = device_budget(device)
     if plan_memory_gb > 0:
@@ -209,6 +211,7 @@ class CostPlanner:
     def __init__(self, device: torch.device, plan_memory_gb: float = 0.0) -> None:
         self.device = device
         self.plan_memory_gb = plan_memory_gb
+        self.baseline_bytes = int(current_rss_mb() * 2**20)  # before any model is built: the planner keeps each one it calibrates
         self._calibrations: Dict[Tuple[str, Tuple[int, ...]], Tuple[Calibration, nn.Module]] = {}  # built and measured once per architecture
 
     def plan(self, spec: SweepSettings, pruners: List[Pruner], todo: Dict[str, int]) -> JobCost:
@@ -218,4 +221,4 @@ class CostPlanner:
             model = calibration_model(spec)
             self._calibrations[key] = (calibrate(model, shape, self.device), model)
         calibration, model = self._calibrations[key]
-        return job_cost(spec, pruners, todo, calibration, self.device, self.plan_memory_gb, model)
+        return job_cost(spec, pruners, todo, calibration, self.device, self.plan_memory_gb, model, self.baseline_bytes)

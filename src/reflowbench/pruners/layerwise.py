@@ -35,6 +35,7 @@ from reflowbench.pruners.base import PruneContext, Pruner, WorkingSet
 from reflowbench.pruners.masks import Masks, masks_from_scores, num_to_prune
 from reflowbench.pruners.nm import grouped
 from reflowbench.reconstruction import DenseInputs, InputHessian, LayerGeometry, collect_hessians, damped
+from reflowbench.reconstruction.obs import REFIT_PEAK_BYTES
 from reflowbench.schema.targets import Target, TargetSet
 
 SPARSITY_RULES = ("uniform", "global-magnitude", "global-obs")
@@ -101,6 +102,10 @@ class LayerwisePruner(Pruner):
 
     def mask_scope(self) -> str:
         return "layer" if self.options.sparsity_rule == "uniform" else "global"
+
+    def refits_rows(self) -> bool:
+        """Whether the pruner ends with the exact per-row re-fit (``refit_rows``: its systems count in the working set)."""
+        return True
 
     def needs_full_hessian(self) -> bool:
         """False where the pruner reads only diag(H) (Wanda): the layers then accumulate squared norms only."""
@@ -188,9 +193,13 @@ class LayerwisePruner(Pruner):
         inputs = self.options.num_images * activation_bytes // 4 if self.dense_target() else 0  # the dense network's recorded inputs, roughly,
         if budget_bytes > 0:  # kept up to a quarter of the budget, recomputed layer by layer above it (dense_input_bytes)
             inputs = min(inputs, budget_bytes // 4)
+        widest_refit = max(t.weight.shape[0] * t.weight[0].numel() ** 2 * 8 for t in targets)  # a chunk never holds more than one layer's rows
+        refit = min(REFIT_PEAK_BYTES, widest_refit) if self.refits_rows() else 0
         return WorkingSet(
-            4 * max(square) + held + inputs,
-            "the largest layer's input Hessian and factors" + (", every layer's H (parallel mode)" if held else ""),
+            4 * max(square) + held + inputs + refit,
+            "the largest layer's input Hessian and factors"
+            + (", every layer's H (parallel mode)" if held else "")
+            + (", the exact re-fit's systems" if refit else ""),
             f"{self.flag('mode')} sequential, fewer {self.flag('num-images')}, or exclude the largest layer",
         )
 

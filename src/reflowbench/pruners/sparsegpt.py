@@ -84,6 +84,9 @@ class SparseGPTPruner(LayerwisePruner):
     def unused_options(self) -> Set[str]:
         return super().unused_options() | ({"block_size", "refit"} if self.options.mask == "magnitude" else set())
 
+    def refits_rows(self) -> bool:
+        return self.options.mask == "magnitude" or self.options.refit
+
     def prune_layer(self, name: str, rows: torch.Tensor, hessian: InputHessian, count: int, ctx: PruneContext) -> Tuple[torch.Tensor, torch.Tensor]:
         matrix, lower = damped(hessian.matrix(), self.options.damp, name)
         if self.options.mask == "magnitude":

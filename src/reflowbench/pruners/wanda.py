@@ -60,6 +60,9 @@ class WandaPruner(LayerwisePruner):
 
     PATTERNS = ("unstructured", "n:m")
 
+    def refits_rows(self) -> bool:
+        return False
+
     def needs_full_hessian(self) -> bool:
         return False
 

@@ -29,6 +29,7 @@ from reflowbench.reconstruction.selection import keep_top_n
 from reflowbench.utils.linalg import escalating_cholesky
 
 ROW_CHUNK_BYTES = 1 << 28  # per-row d x d matrices in flight at once (256 MiB) in refit_rows and greedy_obs
+REFIT_PEAK_BYTES = 2 * ROW_CHUNK_BYTES  # refit_rows' transient peak at most: a chunk's rows of H, or its system and factor
 
 
 def damped(hessian: torch.Tensor, relative_damp: float, name: str = "a layer") -> Tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +158,8 @@ def refit_rows(rows: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor) ->
         h_rows = hessian[group[start : start + step].unsqueeze(1), support]  # (n, m, d): rows S of each row's H
         rhs = torch.bmm(h_rows, (w * (~m_chunk)).unsqueeze(2)).squeeze(2) * valid  # H_SP w_P
         system = h_rows.gather(2, support.unsqueeze(1).expand(-1, width, -1))  # (n, m, m): H_SS
-        system = valid.unsqueeze(2) * system * valid.unsqueeze(1) + torch.diag_embed(1.0 - valid)
+        del h_rows  # in place from here: the chunk's peak is its (n, m, d) rows of H, then two (n, m, m) systems
+        system.mul_(valid.unsqueeze(2)).mul_(valid.unsqueeze(1)).diagonal(dim1=1, dim2=2).add_(1.0 - valid)
         lower, info = torch.linalg.cholesky_ex(system)
         if bool((info != 0).any()):
             solved = torch.linalg.solve(system, rhs.unsqueeze(2)).squeeze(2)
