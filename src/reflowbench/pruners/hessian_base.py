@@ -144,13 +144,22 @@ class HessianPruner(Pruner):
         if o.layer_groups == 0 and self.streams() and budget_bytes > 0:  # the fewest groups whose share fits half the budget, as the pruner picks
             groups = max(1, -(-whole // (budget_bytes // 2)))
         total = whole // groups + chunk_gradient_bytes(targets, spec, activation_bytes)
-        flag = self.flag
         return WorkingSet(
             total,
             f"G ({o.num_grads:,} x {targets.num_weights:,} in {o.dtype}{f', one of {groups} layer groups' if groups > 1 else ''}) and the block Fisher factors",
-            f"{flag('dtype')} bfloat16, {flag('layer-groups')} 0 (from the memory budget), fewer {flag('num-grads')}, a smaller {flag('block-size')}"
-            + (", or G sharded over K GPUs (--executor submitit --ranks-per-job K --slurm-gpus K, or torchrun)" if self.streams() else ""),
+            self._memory_knobs(),
         )
+
+    def _memory_knobs(self) -> str:
+        """The options that lower this pruner's working set, less those already at their lowest-memory value."""
+        o, flag = self.options, self.flag
+        knobs = [] if o.dtype in ("bfloat16", "float16") else [f"{flag('dtype')} bfloat16"]
+        if o.layer_groups != 0 and self.streams():
+            knobs.append(f"{flag('layer-groups')} 0 (from the memory budget)")
+        knobs += [f"fewer {flag('num-grads')}", f"a smaller {flag('block-size')}"]
+        if self.streams():
+            knobs.append("or G sharded over K GPUs (--executor submitit --ranks-per-job K --slurm-gpus K, or torchrun)")
+        return ", ".join(knobs)
 
     def forward_passes(self, targets: TargetSet) -> Tuple[float, float]:
         """Per-sample gradients of N x minibatch images, once per step."""
