@@ -4,7 +4,10 @@
    CBS N=1000; CHITA IHT on the whole-network Fisher, N=500 x 16), sparsity 0.9; WoodFisher twice, to check that
    the masks of a fixed seed are the same on the device (``masks_repeat_identical``);
 2. WoodFisher and CHITA block backsolve on torchvision ResNet-50 (random weights, synthetic 224x224 batches),
-   N=400 x m=32, blocks of 2,000 (CHITA: 500).
+   N=400 x m=32, blocks of 2,000 (CHITA: 500);
+3. PyTorch's 2:4 kernels (CUDA only): MobileNetV1 and ResNet-50 with every weight 2:4 by magnitude, float16, timed at
+   batch 256 on dense kernels and with their 2:4 linear and 1x1 convolution weights as semi-structured sparse tensors
+   (the path of ``reflowbench speed --semi-structured``), the outputs compared.
 Prints one JSON line per check: seconds and peak memory per phase. ``--small`` shrinks all for a smoke test.
 """
 
@@ -17,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from reflowbench.config import SparsityPattern
 from reflowbench.datasets.imagesets import TensorImageSet
 from reflowbench.models import build_model
 from reflowbench.pruners import PruneContext, apply_masks, make_pruner, select_targets, verify_masks
@@ -64,6 +68,36 @@ def check(name: str, model: torch.nn.Module, data: TensorImageSet, method: str, 
     return result
 
 
+def sparse_kernels(name: str, model: torch.nn.Module, shape: tuple, device: torch.device, batch: int) -> dict:
+    """Dense float16 against the 2:4 kernels for ``model`` with every target weight made 2:4 by magnitude. On a CPU (the
+    smoke test) the same path runs in float32 with the identity in place of the conversion: the kernels need CUDA."""
+    from reflowbench.harness.speed import latency
+    from reflowbench.models.sparse_kernels import semi_structured_copy
+    from reflowbench.pruners.nm import nm_masks_from_scores
+
+    cuda = device.type == "cuda"
+    model = model.to(device).eval()
+    targets = select_targets(model)
+    apply_masks(targets, nm_masks_from_scores(targets, {t.param_name: t.weight.detach().abs() for t in targets}, SparsityPattern.parse("2:4")))
+    dtype = torch.float16 if cuda else torch.float32
+    model = model.to(dtype)
+    sparse, converted, dense = semi_structured_copy(model, torch.sparse.to_sparse_semi_structured if cuda else (lambda w: w.clone()))
+    x = torch.randn(8, *shape, device=device, dtype=dtype)
+    with torch.no_grad():
+        reference, output = model(x).float(), sparse(x).float()
+    on_dense, on_sparse = latency(model, shape, batch, device, 2.0 if cuda else 0.05), latency(sparse, shape, batch, device, 2.0 if cuda else 0.05)
+    return {
+        "check": f"{name}-2of4-kernels",
+        "kernels": "semi-structured float16" if cuda else "CPU stand-in (identity conversion, float32): not the 2:4 kernels",
+        "layers_on_2of4_kernels": len(converted),
+        "layers_dense": len(dense),
+        "relative_output_difference": float((reference - output).abs().max() / reference.abs().max()),
+        "dense_ms": round(on_dense["median_ms"], 3),
+        "2of4_ms": round(on_sparse["median_ms"], 3),
+        "speedup": round(on_dense["median_ms"] / on_sparse["median_ms"], 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda")
@@ -85,6 +119,8 @@ def main() -> None:
         ("chita", {"num_grads": n50, "minibatch": m50, "block_size": 500, "solver": "block-backsolve", "chunk_images": chunk}),
     ):
         print(json.dumps(check(big, build_model(big, num_classes=10), big_data, method, options, device, args.budget_gb)), flush=True)
+    for name, shape in (("mobilenetv1", (3, 32, 32)), (big, (3, size50, size50))):
+        print(json.dumps(sparse_kernels(name, build_model(name, num_classes=10), shape, device, 8 if args.small else 256)), flush=True)
 
 
 if __name__ == "__main__":

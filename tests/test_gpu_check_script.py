@@ -13,8 +13,11 @@ def test_gpu_check_script_smoke_on_cpu():
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [line["check"] for line in lines] == [
-        "resnet20-mp", "resnet20-woodfisher", "resnet20-cbs", "resnet20-chita", "resnet18-woodfisher", "resnet18-chita"
+        "resnet20-mp", "resnet20-woodfisher", "resnet20-cbs", "resnet20-chita", "resnet18-woodfisher", "resnet18-chita",
+        "mobilenetv1-2of4-kernels", "resnet18-2of4-kernels",
     ]  # fmt: skip
+    kernels = lines[6]  # MobileNetV1's 13 pointwise convolutions are 2:4 and large enough; the stem and depthwise ones are not
+    assert kernels["layers_on_2of4_kernels"] >= 12 and kernels["relative_output_difference"] < 1e-5 and "CPU stand-in" in kernels["kernels"]
     assert lines[1]["masks_repeat_identical"] is True
     assert {"gradients", "curvature", "selection", "update"} <= set(lines[4]["phases"])
 

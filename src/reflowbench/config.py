@@ -315,6 +315,7 @@ class SpeedSpec:
     batch_sizes: List[int] = field(default_factory=lambda: [1, 32, 256])  # images per forward pass
     min_run_time: float = 2.0  # seconds of timed forward passes per model and batch size (torch.utils.benchmark's blocked_autorange)
     save: Optional[str] = None  # also write the table (markdown) here
+    semi_structured: bool = False  # CUDA only: every model in float16, and each pruned one also with its 2:4 linear and 1x1 conv weights on PyTorch's semi-structured sparse kernels
 
     def validate(self) -> "SpeedSpec":
         _unique(self.batch_sizes, "--batch-sizes")

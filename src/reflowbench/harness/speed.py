@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from reflowbench.config import SpeedSpec, SweepSettings
-from reflowbench.errors import CheckpointError
+from reflowbench.errors import CheckpointError, ConfigError
 from reflowbench.harness.plan import check_output_file
 from reflowbench.models import BUILTIN_MODELS, build_model, default_dataset_for
 from reflowbench.models.counts import counts
@@ -50,7 +50,7 @@ WARM_UP_SECONDS = 1.0  # untimed forward passes before each timing (at least 3):
 
 def latency(model: nn.Module, shape: Tuple[int, ...], batch: int, device: torch.device, min_run_time: float) -> Dict[str, float]:
     """Median and interquartile range of one forward pass of ``batch`` images (milliseconds), and images per second."""
-    x = torch.randn(batch, *shape, device=device)
+    x = torch.randn(batch, *shape, device=device, dtype=next(model.parameters()).dtype)
     with torch.no_grad():
         started, passes = time.perf_counter(), 0
         while passes < 3 or time.perf_counter() - started < WARM_UP_SECONDS:  # warm-up: allocator, kernels chosen, clocks up
@@ -101,22 +101,27 @@ def measure_speed(spec: SweepSettings, speed: SpeedSpec, log: Callable[[str], No
         if not Path(path).is_file():
             raise CheckpointError(f"--pruned {path} does not exist: give the file `reflowbench prune --save` wrote")
     device = resolve_device(spec.sweep.device)
+    if speed.semi_structured and device.type != "cuda":
+        raise ConfigError(
+            f"--semi-structured times PyTorch's 2:4 kernels, which need a CUDA GPU with sparse tensor cores (Ampere or later); this run is on {device}: drop it"
+        )
     if spec.sweep.threads:
         torch.set_num_threads(spec.sweep.threads)
     shape = INPUT_SHAPES[spec.data.dataset or default_dataset_for(spec.model.model)]
     checkpoint = Path(spec.model.checkpoint) if spec.model.checkpoint else _default_checkpoint(spec, device, log)
     models = [("dense", build_model(spec.model.model, spec.model.num_classes or 10, checkpoint, spec.model.shortcut, spec.model.weights).eval())]
     models += [(Path(path).name, _load(spec, path)) for path in speed.pruned]
+    timed_models = _with_sparse_kernels(models, shape, device, log) if speed.semi_structured else [(label, m, m) for label, m in models]
     rows: List[Dict[str, Any]] = []
     dense_ms: Dict[int, float] = {}
-    for label, model in models:
+    for label, model, counted_on in timed_models:
         model.to(device)
-        counted = counts(model, shape)
+        counted = counts(counted_on, shape)
         for batch in speed.batch_sizes:
             timed = latency(model, shape, batch, device, speed.min_run_time)
             dense_ms.setdefault(batch, timed["median_ms"])
             rows.append({"model": label, "batch": batch, **counted, **timed, "speedup": dense_ms[batch] / timed["median_ms"]})
-    table = speed_markdown(rows, device, torch.get_num_threads(), machine_load())
+    table = speed_markdown(rows, device, torch.get_num_threads(), machine_load(), "float16" if speed.semi_structured else "float32")
     for line in table:
         log(line)
     if speed.save:
@@ -124,11 +129,54 @@ def measure_speed(spec: SweepSettings, speed: SpeedSpec, log: Callable[[str], No
     return rows
 
 
-def speed_markdown(rows: List[Dict[str, Any]], device: torch.device, threads: int, load: str = "") -> List[str]:
+SPARSE_KERNEL_TOLERANCE = 2e-2  # relative output difference (of the largest output) allowed between a model's 2:4 kernels and its float16 dense kernels
+
+
+def _with_sparse_kernels(
+    models: List[Tuple[str, nn.Module]], shape: Tuple[int, ...], device: torch.device, log: Callable[[str], None]
+) -> List[Tuple[str, nn.Module, nn.Module]]:
+    """(label, model to time, model to count) for every model in float16 on ``device``, and after each pruned one its copy
+    on the 2:4 kernels, counted as the model it copies (checked against it on a batch of random inputs: a copy that
+    computes something else is refused, never timed)."""
+    from reflowbench.models.sparse_kernels import semi_structured_copy
+
+    out: List[Tuple[str, nn.Module, nn.Module]] = []
+    for index, (label, model) in enumerate(models):
+        model = model.to(device=device, dtype=torch.float16).eval()
+        out.append((label, model, model))
+        if index == 0:
+            continue
+        sparse, converted, dense = semi_structured_copy(model, torch.sparse.to_sparse_semi_structured)
+        if not converted:
+            log(f"{label}: no layer can use the 2:4 kernels ({len(dense)} stay dense, e.g. {next(iter(dense.items()), ('-', '-'))}): not timed on them")
+            continue
+        with torch.no_grad():
+            x = torch.randn(8, *shape, device=device, dtype=torch.float16)
+            reference, output = model(x).float(), sparse(x).float()
+        error = float((reference - output).abs().max() / reference.abs().max().clamp_min(1e-12))
+        if not error <= SPARSE_KERNEL_TOLERANCE:
+            raise CheckpointError(
+                f"{label} on the 2:4 kernels differs from its dense kernels by {error:.1e} (relative): not timed; report it with the model name"
+            )
+        log(f"{label}: {len(converted)} layers on the 2:4 kernels (output within {error:.1e} of the dense kernels), {len(dense)} on dense kernels")
+        out.append((f"{label} (2:4 kernels)", sparse, model))
+    return out
+
+
+def speed_markdown(rows: List[Dict[str, Any]], device: torch.device, threads: int, load: str = "", dtype: str = "float32") -> List[str]:
     """The table: per model and batch size, parameters (non-zero), FLOPs per image, latency and throughput, speed-up."""
     lines = [
-        f"Measured on {device.type} with {threads} thread(s), torch {torch.__version__}, {load}: median of timed blocks (interquartile range); "
+        f"Measured on {device.type} in {dtype} with {threads} thread(s), torch {torch.__version__}, {load}: median of timed blocks (interquartile range); "
         "FLOPs per image as PyTorch counts them for the shapes run (dense kernels: pruned weights still cost FLOPs).",
+        *(
+            [
+                "Every model runs on dense kernels here: unstructured and N:M zeros are multiplied like any weight. PyTorch's 2:4 "
+                "kernels (semi-structured sparse tensors on sparse tensor cores) need a CUDA GPU, so a 2:4 model's speed-up on them "
+                "is not measured by this table."
+            ]
+            if device.type != "cuda"
+            else []
+        ),
         "",
         "| model | batch | params (non-zero) | GFLOPs / image | latency ms (IQR) | images / s | speed-up vs dense |",
         "|---|---|---|---|---|---|---|",
