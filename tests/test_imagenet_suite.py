@@ -76,3 +76,15 @@ def test_every_imagenet_job_fits_one_80_gb_gpu_by_the_pruners_own_formulas(tree)
         calibration = Calibration(1e-3, 3e-3, per_image[spec.model.model] * 2**20, 0, eval_bytes=20 * 2**20)
         cost = job_cost(spec, job.plan.pruners, {p.name: 1 for p in job.plan.pruners}, calibration, torch.device("cpu"), plan_memory_gb=80)
         assert cost.fits, (job.folder, cost.peak_method, cost.peak_bytes / 2**30)
+
+
+def test_a_suite_wide_memory_budget_reaches_every_job_and_a_bad_one_is_one_line(tree, tmp_path, capsys):
+    from reflowbench.config import SuiteCommandSpec
+    from reflowbench.harness.suite import plan_jobs
+
+    planned = plan_jobs("imagenet", SuiteCommandSpec(data=str(tree), random_weights=True, memory_budget_gb=16, dry_run=True))
+    assert {job.plan.spec.sweep.memory_budget_gb for job in planned} == {16}  # the preset's 70 GiB replaced
+    assert {job.plan.spec.sweep.memory_budget_gb for job in plan_jobs("imagenet", SuiteCommandSpec(data=str(tree), dry_run=True))} == {70}
+    assert main(["suite", "imagenet", "--data", str(tree), "--out", str(tmp_path / "o"), "--memory-budget-gb", "-1", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--memory-budget-gb must be a number of GiB > 0" in err[0]

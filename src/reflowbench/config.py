@@ -436,6 +436,9 @@ class SuiteCommandSpec:
     dry_run: bool = False  # list every job with its finished and missing runs and its cost plan (estimated peak memory and wall time), run nothing
     cost_plan: bool = True  # with --dry-run: measure each model once on the device and print each job's estimated peak memory and wall time
     plan_memory_gb: float = 0.0  # with --dry-run: judge each job against a device of this many GiB (e.g. 80 for an 80 GB GPU; 0: this machine's device); the times stay this machine's
+    memory_budget_gb: float = (
+        0.0  # every job's --memory-budget-gb (0: each job's own): e.g. 16 on a 24 GB machine, so the streaming pruners pick more layer groups
+    )
     random_weights: bool = (
         False  # every job's torchvision --weights left out: random initial weights (a check or a cost plan without the download; not the paper's results)
     )

@@ -49,6 +49,8 @@ class PlannedJob:
 def job_spec(job: Dict, command: SuiteCommandSpec, index: int) -> SweepSettings:
     """The run settings of one job: its preset and settings, then the command's overrides."""
     sweep = {"out": str(Path(command.out) / job["folder"]), "device": command.device, "threads": command.threads, "progress": command.progress}
+    if command.memory_budget_gb:
+        sweep["memory_budget_gb"] = command.memory_budget_gb
     data = {"data": command.data} if command.data is not None else {}
     if command.download:
         data["download"] = True
@@ -78,6 +80,8 @@ def plan_jobs(name: str, command: SuiteCommandSpec) -> List[PlannedJob]:
     outside = sorted(n for n in command.jobs if not 1 <= n <= len(jobs))
     if outside:
         raise ConfigError(f"--jobs names {outside}, but suite {name} has jobs 1 to {len(jobs)} (`reflowbench suite {name} --dry-run` lists them)")
+    if not (math.isfinite(command.memory_budget_gb) and command.memory_budget_gb >= 0):
+        raise ConfigError(f"--memory-budget-gb must be a number of GiB > 0 (0: each job's own), got {command.memory_budget_gb}")
     if not (math.isfinite(command.plan_memory_gb) and command.plan_memory_gb >= 0):
         raise ConfigError(f"--plan-memory-gb must be a number of GiB >= 0 (0: this machine's device), got {command.plan_memory_gb}")
     if (command.only or command.jobs) and command.report_only:
