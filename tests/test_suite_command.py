@@ -161,7 +161,7 @@ def test_run_suite_is_the_suite_command_and_refuses_other_flags(tmp_path, capsys
     assert "unknown suite 'nosuch'" in capsys.readouterr().err
     assert main(["run", "--suite", "cifar10", "--model", "resnet20", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "it takes --data, --device, --download, --out" in err and "not --model" in err and not (tmp_path / "o").exists()
+    assert "it takes --data, --device, --download, --memory-budget-gb, --out" in err and "not --model" in err and not (tmp_path / "o").exists()
     for flag in (
         ["--calib-batches", "4"],
         ["--woodfisher-damp", "0.1"],

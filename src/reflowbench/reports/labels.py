@@ -42,8 +42,9 @@ def method_colors(methods: Iterable[str]) -> Dict[str, Any]:
 
 
 def _shorten(name: str) -> str:
-    """``options.block_size`` -> ``block_size``; other sections keep their prefix (``reflow.calib_batches``)."""
-    return name.split(".", 1)[1] if name.startswith("options.") else name
+    """``options.block_size`` -> ``block_size``, ``targets.pattern`` -> ``pattern``; other settings keep their section
+    (``reflow.calib_batches``)."""
+    return name.split(".", 1)[1] if name.startswith("options.") or name == "targets.pattern" else name
 
 
 def _order(name: str) -> tuple:
@@ -87,6 +88,10 @@ def set_short_labels(
             role_of = {config: role if role != REFERENCE or config == reference else "" for config, role in role_of.items()}
         base = config_fields(configs[reference][0]) if reference is not None else None
         differing = {config: _differences(config_fields(runs[0]), base) if base is not None else [] for config, runs in configs.items()}
+        others = list(dict.fromkeys(name for names in differing.values() for name in names))
+        for config in configs:  # the base itself, when nothing names it: by its own values of what sets the others apart
+            if not differing[config] and not role_of[config] and len(configs) > 1:
+                differing[config] = others
         shown = _fewest_settings(method, configs, differing, role_of)
         for config, runs in configs.items():
             role = role_of[config]
