@@ -76,10 +76,12 @@ def submit_suite(name: str, command: SuiteCommandSpec, executor: ExecutorSpec, l
     if not executor.wait and handles:  # the next submission (or --report-only) writes the reports once all is done
         return result
     failed = _failures(wait_all(batch.submissions, handles, log))
-    if batch.waiting:
-        rows = batch_of(batch.waiting, executor, log)  # the searches have chosen (a failed one stays open and waits again)
+    chosen = [job for job in batch.waiting if tuning_status(*tuning_plan(job)).chosen is not None]  # a failed search stays open
+    if chosen:
+        rows = batch_of(chosen, executor, log)
         failed += _failures(wait_all(rows.submissions, submit_all(rows.submissions, executor, out, log), log))
-        result.update(jobs=result["jobs"] + len(rows.submissions), runs=batch.runs + rows.runs, total=batch.total + rows.total, waiting=len(rows.waiting))
+        result.update(jobs=result["jobs"] + len(rows.submissions), runs=batch.runs + rows.runs, total=batch.total + rows.total)
+    result["waiting"] = len(batch.waiting) - len(chosen)
     result["failed"] = failed
     last_of_folder = {job.folder: job for job in planned}  # each folder's report once, with its last job's settings (as the in-process suite)
     for folder, job in last_of_folder.items():
