@@ -201,13 +201,13 @@ def test_a_job_of_two_ranks_shards_the_fisher_and_gives_the_one_process_results(
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # loopback, whatever the host name resolves to
     serial, sharded = (_spec(tmp_path / name, checkpoint, methods=("woodfisher",)) for name in ("serial", "ranks"))
     for spec in (serial, sharded):
-        spec.sweep.seeds = [0]
+        spec.sweep.seeds, spec.sweep.sparsities = [0], [0.9]
         spec.method_options["woodfisher"] = {"num_grads": 64, "minibatch": 4}
     run_sweep(plan_sweep(serial), log=lambda m: None, report=False)
     result = submit_sweep(plan_sweep(sharded), _local(ranks_per_job=2), log=lambda m: None)
     assert len(result["jobs"]) == 1 and not result["failed"], result["failed"]
     one, two = ({json.loads(p.read_text())["sparsity"]: json.loads(p.read_text()) for p in (tmp_path / n / "runs").glob("*.json")} for n in ("serial", "ranks"))
-    assert sorted(two) == [0.5, 0.9] and not list((tmp_path / "ranks" / "runs").glob("*.claim"))
+    assert sorted(two) == [0.9] and not list((tmp_path / "ranks" / "runs").glob("*.claim"))
     for sparsity, record in two.items():
         assert record["notes"].get("sharded_ranks") == 2, record["notes"]  # the Fisher was sharded, not computed twice
         assert record["key"] == one[sparsity]["key"]
