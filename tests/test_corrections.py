@@ -307,3 +307,21 @@ def test_a_correction_that_revives_a_pruned_weight_or_breaks_the_network_is_caug
     finally:
         CORRECTIONS.pop("test-revive", None)
         CORRECTIONS.pop("test-nan", None)
+
+
+@pytest.mark.parametrize("name, kind", [("statcorr", "gn"), ("repair", "folded"), ("variance-match", "bn")])
+def test_the_dense_moments_are_measured_once_per_shared_cache_and_give_the_same_correction(name, kind):
+    """The sweep keeps one moments cache per seed: a second run (or correction) of the seed reuses the dense pass,
+    with the same corrected weights, and its cost says one pass fewer."""
+    dense = _dense(kind)
+    cache: dict = {}
+    results = []
+    for _ in range(2):
+        model, targets = _pruned(dense)
+        context = _context(dense, targets)
+        context.moments_cache = cache
+        cost = make_correction(name).apply(model, context)
+        results.append((cost, {k: v.clone() for k, v in model.state_dict().items()}))
+    (first, first_state), (second, second_state) = results
+    assert second.passes == first.passes - 1 and (second.images, second.batches) == (first.images, first.batches)
+    assert all(torch.equal(first_state[k], second_state[k]) for k in first_state) and len(cache) == 1

@@ -10,8 +10,8 @@ results.csv and the report, and a case of the contract tests.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Tuple, Type
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -19,8 +19,10 @@ from torch import nn
 from reflowbench.config import CorrectionSpec
 from reflowbench.errors import ConfigError, NoBatchNormError
 from reflowbench.reflow import RecalibrationHandle
+from reflowbench.reflow.moments import ChannelMoments, collect_split_moments
 
 Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
+DenseMoments = Tuple[Dict[str, List[ChannelMoments]], int, int]  # {module: moments per part}, batches, images
 
 
 @dataclass
@@ -32,6 +34,8 @@ class CorrectionContext:
     (the seed's REFLOW calibration range of the training split; never the test split).
     ``recalibrate``: REFLOW with the sweep's settings on a model, in place (BN running statistics re-estimated).
     ``layers``: names of the pruned layers (the target weights' modules), in forward order.
+    ``moments_cache``: where :meth:`dense_moments` keeps what it measured (the sweep gives one per seed, shared by every
+    run and correction of the seed: the dense model and the calibration images are the same for all of them).
     """
 
     dense: nn.Module
@@ -39,6 +43,18 @@ class CorrectionContext:
     recalibrate: Callable[[nn.Module], RecalibrationHandle]
     layers: List[str]
     device: torch.device
+    moments_cache: Dict[Tuple[Tuple[str, ...], int], DenseMoments] = field(default_factory=dict)
+
+    def dense_moments(self, names: Sequence[str], parts: int = 1) -> Tuple[DenseMoments, bool]:
+        """The dense model's per-channel output moments of modules ``names`` on the calibration batches, dealt into
+        ``parts`` parts (:func:`~reflowbench.reflow.moments.collect_split_moments`): ({name: [moments per part]},
+        batches, images), measured in one pass the first time and kept; and whether it was measured now (a pass made)."""
+        key = (tuple(names), parts)
+        if key in self.moments_cache:
+            return self.moments_cache[key], False
+        modules = dict(self.dense.named_modules())
+        self.moments_cache[key] = collect_split_moments(self.dense, self.calibration(), {name: modules[name] for name in names}, parts, self.device)
+        return self.moments_cache[key], True
 
 
 @dataclass

@@ -25,11 +25,10 @@ class Repair(Correction):
 
     def apply(self, model: nn.Module, ctx: CorrectionContext) -> CorrectionCost:
         modules = dict(model.named_modules())
-        dense_modules = dict(ctx.dense.named_modules())
-        dense, batches, images = collect_moments(ctx.dense, ctx.calibration(), {name: dense_modules[name] for name in ctx.layers}, ctx.device)
+        (dense, batches, images), measured = ctx.dense_moments(ctx.layers)
         for name in ctx.layers:
             layer = modules[name]
             pruned, _, _ = collect_moments(model, ctx.calibration(), {name: layer}, ctx.device, stop_after=layer)
-            scale = matching_scale(dense[name].std(), pruned[name].std())
-            fold_into_layer(layer, scale, dense[name].mean - scale * pruned[name].mean)
-        return CorrectionCost(images=images, batches=batches, passes=1 + len(ctx.layers))
+            scale = matching_scale(dense[name][0].std(), pruned[name].std())
+            fold_into_layer(layer, scale, dense[name][0].mean - scale * pruned[name].mean)
+        return CorrectionCost(images=images, batches=batches, passes=int(measured) + len(ctx.layers))

@@ -35,10 +35,9 @@ class StatisticsCorrection(Correction):
 
     def apply(self, model: nn.Module, ctx: CorrectionContext) -> CorrectionCost:
         layers = affine_norm_layers(model)
-        dense_modules = dict(ctx.dense.named_modules())
-        dense, batches, images = collect_moments(ctx.dense, ctx.calibration(), {name: dense_modules[name] for name, _ in layers}, ctx.device)
+        (dense, batches, images), measured = ctx.dense_moments([name for name, _ in layers])
         for name, module in layers:
             pruned, _, _ = collect_moments(model, ctx.calibration(), {name: module}, ctx.device, stop_after=module)
-            scale = matching_scale(dense[name].std(), pruned[name].std())
-            fold_into_norm(module, scale, dense[name].mean - scale * pruned[name].mean)
-        return CorrectionCost(images=images, batches=batches, passes=1 + len(layers))
+            scale = matching_scale(dense[name][0].std(), pruned[name].std())
+            fold_into_norm(module, scale, dense[name][0].mean - scale * pruned[name].mean)
+        return CorrectionCost(images=images, batches=batches, passes=int(measured) + len(layers))

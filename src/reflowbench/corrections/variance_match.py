@@ -80,9 +80,7 @@ class VarianceMatch(Correction):
 
     def apply(self, model: nn.Module, ctx: CorrectionContext) -> CorrectionCost:
         modules = dict(model.named_modules())
-        dense_modules = dict(ctx.dense.named_modules())
-        targets = {name: dense_modules[name] for name in ctx.layers}
-        dense, batches, images = collect_split_moments(ctx.dense, ctx.calibration(), targets, 2, ctx.device)
+        (dense, batches, images), measured = ctx.dense_moments(ctx.layers, 2)
         self.shrink_factors = []
         for name in ctx.layers:
             layer = modules[name]
@@ -92,7 +90,7 @@ class VarianceMatch(Correction):
             log_scale, shrink = shrunk_log_scales(full, _log_ratio(dense_a.std(), pruned_a.std()), _log_ratio(dense_b.std(), pruned_b.std()), self.shrinkage)
             self.shrink_factors.append(shrink)
             fold_into_layer(layer, log_scale.exp(), torch.zeros_like(log_scale))
-        passes = 1 + len(ctx.layers)
+        passes = int(measured) + len(ctx.layers)
         if batchnorm_layers(model):
             ctx.recalibrate(model)
             passes += 1

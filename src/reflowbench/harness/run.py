@@ -141,6 +141,7 @@ class SweepState:
         self.cache: Dict[Any, Any] = {}
         self._dense_metrics: Optional[Dict[str, float]] = None
         self._dense_variances: Dict[int, Dict[str, float]] = {}
+        self._dense_moments: Dict[int, Dict[Tuple[Tuple[str, ...], int], Any]] = {}  # seed -> CorrectionContext.moments_cache
         self.environment = environment(self.device)
         self.settings = self._settings(dataset)
 
@@ -254,6 +255,7 @@ class SweepState:
             recalibrate=lambda model: self.recalibrate(model, seed),
             layers=list(dict.fromkeys(t.module_name for t in targets)),
             device=self.device,
+            moments_cache=self._dense_moments.setdefault(seed, {}),  # one dense pass per seed and set of layers, for every run
         )
 
     def diagnostic_batches(self, seed: int):
