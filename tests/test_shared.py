@@ -7,8 +7,9 @@ from conftest import SHARED_DATA, SHARED_MODELS
 
 pytestmark = pytest.mark.shared
 
-EXPECTED = [  # file, model, weights pruned (conv + linear), top-1 on the JPEG test split (../shared/models/README.md)
-    ("resnet20_cifar10_jpeg.pt", "resnet20", 268_336, 88.08),
+# file, model, weights pruned (conv + linear), top-1 on the JPEG test split (../shared/models/README.md). ResNet-20's
+# 88.08 is checked by the issue command's run below (its dense evaluation) and its 268,336 weights by test_models.py.
+EXPECTED = [
     ("resnet56_cifar10_jpeg.pt", "resnet56", 848_944, 88.60),
     ("mobilenetv1_cifar10_jpeg.pt", "mobilenetv1", 3_195_328, 86.57),
 ]
