@@ -362,3 +362,15 @@ def test_a_suite_on_slurm_is_one_array_and_no_wait_returns_at_once(tmp_path, cap
     script = (tmp_path / "script.sh").read_text()
     assert "#SBATCH --array=0-2%3" in script and "#SBATCH --gpus-per-node=1" in script
     assert not list(out.glob("*/runs/*.json")) and not (out / "tiny-suite" / "report.md").exists()
+
+
+def test_the_dry_run_says_what_submitit_would_submit_and_submits_nothing(tmp_path, capsys):
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"damping": [{"damp": 1e-5}, {"damp": 1e-2, "damp_mode": "relative"}]}))
+    tuned = _job("small", ["woodfisher"], [0.7], {"woodfisher": WF}, role="tuned")
+    tuned["tune"] = {"method": "woodfisher", "at_sparsities": [0.8], "grid": str(grid), "seeds": [0]}
+    suite, out = _suite_file(tmp_path, [_job("small", ["mp"], [0.5, 0.7]), tuned]), tmp_path / "out"
+    assert main(["suite", suite, "--out", str(out), "--dry-run", "--no-cost-plan", "--executor", "submitit", "--job-unit", "run"]) == 0
+    text = capsys.readouterr().out
+    assert "submitit: would submit 3 jobs in one array (--job-unit run, 1 rank(s) each), 1 of them settings searches" in text
+    assert "for 2 runs" in text and not out.exists()

@@ -135,6 +135,10 @@ def _suite(name: str, command: SuiteCommandSpec, executor: ExecutorSpec) -> int:
     counts = run_named_suite(name, command, log=_log)
     if not command.report_only:
         _log(_suite_summary(name, counts, "would run" if command.dry_run else "ran"))
+    if command.dry_run and executor.executor == "submitit":
+        from reflowbench.harness.suite_submit import describe_submission
+
+        _log(describe_submission(name, command, executor))
     return 0
 
 

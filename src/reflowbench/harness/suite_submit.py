@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 from reflowbench.config import ExecutorSpec, SuiteCommandSpec
+from reflowbench.errors import ReflowbenchError
 from reflowbench.harness.executor import Submission, run_search_job, submit_all, sweep_submissions, wait_all
 from reflowbench.harness.suite import PlannedJob, plan_jobs, planned_with, start_clock, tuning_plan, write_combined_report
 from reflowbench.harness.sweep import write_results
@@ -53,6 +54,19 @@ def batch_of(planned: List[PlannedJob], executor: ExecutorSpec, log: Log) -> Sui
         batch.runs += todo
         batch.total += total
     return batch
+
+
+def describe_submission(name: str, command: SuiteCommandSpec, executor: ExecutorSpec) -> str:
+    """What ``--executor submitit`` would submit now (``--dry-run``): one line, nothing submitted."""
+    try:
+        batch = batch_of(plan_jobs(name, command), executor, lambda message: None)
+    except ReflowbenchError as error:  # e.g. a small tree standing in for the data: the runs cannot be keyed
+        return f"submitit: jobs not counted ({error})"
+    searches = f", {len(batch.waiting)} of them settings searches whose tuned rows follow in a second array" if batch.waiting else ""
+    return (
+        f"submitit: would submit {len(batch.submissions)} jobs in one array (--job-unit {executor.job_unit}, {executor.ranks_per_job} "
+        f"rank(s) each){searches}, for {batch.runs} runs"
+    )
 
 
 def submit_suite(name: str, command: SuiteCommandSpec, executor: ExecutorSpec, log: Log = print) -> Dict[str, Any]:
