@@ -146,3 +146,19 @@ def trained_smallcnn(digits):
     model = build_model("smallcnn", num_classes=digits.num_classes)
     train_dense(model, digits.train, TrainSpec(epochs=8, batch_size=64, lr=0.1, seed=0, augment=False), torch.device("cpu"))
     return model.state_dict()
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """Stand-in ``sbatch`` and ``srun`` on PATH: each keeps the script it is given as ``<returned folder>/script.sh`` and
+    answers "Submitted batch job 4242", so submitit's Slurm executor submits without a cluster and nothing runs."""
+    import os
+
+    bin_dir = tmp_path / "fake-slurm-bin"
+    bin_dir.mkdir()
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).write_text('#!/bin/sh\ncp "$(eval echo \\${$#})" "$FAKE_SLURM_DIR/script.sh"\necho "Submitted batch job 4242"\n')
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(tmp_path))
+    return tmp_path

@@ -215,27 +215,14 @@ def test_a_job_of_two_ranks_shards_the_fisher_and_gives_the_one_process_results(
             assert abs(record[stage]["top1"] - one[sparsity][stage]["top1"]) <= 0.1, (sparsity, stage)
 
 
-FAKE_SLURM = """#!/bin/sh
-cp "$(eval echo \\${$#})" "$FAKE_SLURM_DIR/script.sh"
-echo "Submitted batch job 4242"
-"""
-
-
-def test_on_slurm_the_jobs_are_one_array_with_the_asked_resources(tmp_path, checkpoint, monkeypatch):
+def test_on_slurm_the_jobs_are_one_array_with_the_asked_resources(tmp_path, checkpoint, fake_slurm):
     """Through a stand-in sbatch (it keeps the script submitit writes): one job array, one task per rank, the GPUs,
     partition and time asked for; nothing runs here."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("sbatch", "srun"):
-        (bin_dir / tool).write_text(FAKE_SLURM)
-        (bin_dir / tool).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_SLURM_DIR", str(tmp_path))
     executor = ExecutorSpec(executor="submitit", submitit_cluster="slurm", slurm_partition="gpu", slurm_gpus=2, ranks_per_job=2, slurm_time_min=90, wait=False)
     lines = []
     result = submit_sweep(plan_sweep(_spec(tmp_path / "out", checkpoint)), executor, log=lines.append)
     assert len(result["jobs"]) == 2 and "job 4242_0: mp seed 0 s=0.5,0.9" in lines and "job 4242_1: mp seed 1 s=0.5,0.9" in lines
-    script = (tmp_path / "script.sh").read_text()
+    script = (fake_slurm / "script.sh").read_text()
     for line in ("--array=0-1%2", "--gpus-per-node=2", "--ntasks-per-node=2", "--partition=gpu", "--time=90", "--cpus-per-task=4"):
         assert f"#SBATCH {line}" in script, line
     assert not list((tmp_path / "out").glob("runs/*.json"))

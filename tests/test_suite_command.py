@@ -339,27 +339,18 @@ def test_a_suite_submitted_as_local_submitit_jobs_gives_the_in_process_suite(tmp
     assert "5 runs known, 0 to run: 0 submitit jobs" in capsys.readouterr().out
 
 
-def test_a_suite_on_slurm_is_one_array_and_no_wait_returns_at_once(tmp_path, capsys, monkeypatch):
+def test_a_suite_on_slurm_is_one_array_and_no_wait_returns_at_once(tmp_path, capsys, fake_slurm):
     """Through a stand-in sbatch and srun (they keep the script submitit writes): every job's runs of a two-job suite in
     one array, the job ids printed, nothing run or reported here with --no-wait."""
     pytest.importorskip("submitit")
-    import os
-
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("sbatch", "srun"):
-        (bin_dir / tool).write_text('#!/bin/sh\ncp "$(eval echo \\${$#})" "$FAKE_SLURM_DIR/script.sh"\necho "Submitted batch job 77"\n')
-        (bin_dir / tool).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_SLURM_DIR", str(tmp_path))
     suite = _suite_file(tmp_path, [_job("a", ["mp"], [0.5, 0.7]), _job("b", ["mp", "woodfisher"], [0.5], {"woodfisher": WF})])
     out = tmp_path / "out"
     args = ["suite", suite, "--out", str(out), "--executor", "submitit", "--submitit-cluster", "slurm", "--slurm-gpus", "1", "--no-wait"]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "4 runs known, 4 to run: 3 submitit jobs" in text and "job 77_0: suite job 1 (a): mp seed 0 s=0.5,0.7" in text
-    assert "job 77_2: suite job 2 (b): woodfisher seed 0 s=0.5" in text and "once they are done, the same command again" in text
-    script = (tmp_path / "script.sh").read_text()
+    assert "4 runs known, 4 to run: 3 submitit jobs" in text and "job 4242_0: suite job 1 (a): mp seed 0 s=0.5,0.7" in text
+    assert "job 4242_2: suite job 2 (b): woodfisher seed 0 s=0.5" in text and "once they are done, the same command again" in text
+    script = (fake_slurm / "script.sh").read_text()
     assert "#SBATCH --array=0-2%3" in script and "#SBATCH --gpus-per-node=1" in script
     assert not list(out.glob("*/runs/*.json")) and not (out / "tiny-suite" / "report.md").exists()
 

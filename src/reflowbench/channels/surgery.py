@@ -11,6 +11,7 @@ from torch import nn
 
 from reflowbench.channels.groups import ChannelGroup, _torch_pruning, copy_model, group_tensors
 from reflowbench.errors import MaskError
+from reflowbench.utils.linalg import relative_output_error
 
 RELATIVE_TOLERANCE = 2e-5  # of the largest output magnitude: float32 sums in another order differ by ~1e-7 to 1e-6 of it
 
@@ -46,12 +47,6 @@ def _prune_in_place(model: nn.Module, groups: Sequence[ChannelGroup], removal: D
             graph.get_pruning_group(modules[group.root], handler, idxs=channels).prune()
 
 
-def _relative_error(reference: torch.Tensor, output: torch.Tensor) -> float:
-    reference, output = reference.detach(), output.detach()
-    scale = float(reference.abs().max()) + 1e-12
-    return float((reference - output).abs().max()) / scale
-
-
 def check_removal(model: nn.Module, groups: Sequence[ChannelGroup], example: torch.Tensor) -> Optional[str]:
     """Why removing every other channel of each of ``groups`` at once from a copy of ``model`` does not give the zeroed
     model's function, or None."""
@@ -63,7 +58,7 @@ def check_removal(model: nn.Module, groups: Sequence[ChannelGroup], example: tor
     try:
         _prune_in_place(smaller, groups, removal, example)
         with torch.no_grad():
-            error = _relative_error(zeroed(example), smaller(example))
+            error = relative_output_error(zeroed(example), smaller(example))
     except Exception as exc:  # noqa: BLE001 - a shape mismatch anywhere downstream: the group is not removable as traced
         return f"removing its channels breaks the network ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
     if not error <= RELATIVE_TOLERANCE:
@@ -99,7 +94,7 @@ def remove_channels(model: nn.Module, groups: Sequence[ChannelGroup], removal: D
     _prune_in_place(model, groups, removal, example)
     model.eval()
     with torch.no_grad():
-        error = _relative_error(zeroed(example), model(example))
+        error = relative_output_error(zeroed(example), model(example))
     if not error <= RELATIVE_TOLERANCE:
         raise MaskError(
             f"the channel-pruned network differs from the same network with those channels zeroed (relative output error {error:.1e}): "

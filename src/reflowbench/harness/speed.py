@@ -27,6 +27,7 @@ from reflowbench.models import BUILTIN_MODELS, build_model, default_dataset_for
 from reflowbench.models.counts import counts
 from reflowbench.utils.env import resolve_device
 from reflowbench.utils.io import atomic_write_text
+from reflowbench.utils.linalg import relative_output_error
 
 
 def _import_benchmark() -> Any:
@@ -152,8 +153,7 @@ def _with_sparse_kernels(
             continue
         with torch.no_grad():
             x = torch.randn(8, *shape, device=device, dtype=torch.float16)
-            reference, output = model(x).float(), sparse(x).float()
-        error = float((reference - output).abs().max() / reference.abs().max().clamp_min(1e-12))
+            error = relative_output_error(model(x), sparse(x))
         if not error <= SPARSE_KERNEL_TOLERANCE:
             raise CheckpointError(
                 f"{label} on the 2:4 kernels differs from its dense kernels by {error:.1e} (relative): not timed; report it with the model name"

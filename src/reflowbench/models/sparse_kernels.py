@@ -57,7 +57,7 @@ def _is_pointwise(module: nn.Module) -> bool:
     )
 
 
-def _why_dense(name: str, module: nn.Module) -> str | None:
+def _why_dense(module: nn.Module) -> str | None:
     """Why ``module`` keeps its dense kernel, or None when its weight can be semi-structured."""
     if not isinstance(module, nn.Linear) and not _is_pointwise(module):
         return "a convolution other than 1 x 1 (PyTorch has semi-structured kernels for matrix products only)"
@@ -79,7 +79,7 @@ def semi_structured_copy(model: nn.Module, convert: Convert) -> Tuple[nn.Module,
     for name, module in list(sparse.named_modules()):
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
             continue
-        why = _why_dense(name, module)
+        why = _why_dense(module)
         if why is not None:
             dense[name] = why
             continue

@@ -34,3 +34,10 @@ def escalating_cholesky(
         matrix = add_damping(matrix, extra)
         damp = damp + extra
     return None, matrix, damp
+
+
+def relative_output_error(reference: torch.Tensor, output: torch.Tensor) -> float:
+    """max |reference - output| over max |reference| (float): how far two networks' outputs on one batch are apart,
+    relative to the reference's largest output."""
+    reference, output = reference.detach().float(), output.detach().float()
+    return float((reference - output).abs().max()) / (float(reference.abs().max()) + 1e-12)
