@@ -88,3 +88,13 @@ def test_a_suite_wide_memory_budget_reaches_every_job_and_a_bad_one_is_one_line(
     assert main(["suite", "imagenet", "--data", str(tree), "--out", str(tmp_path / "o"), "--memory-budget-gb", "-1", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--memory-budget-gb must be a number of GiB > 0" in err[0]
+
+
+def test_the_suite_as_the_issue_writes_it_without_data_is_one_line_before_anything_runs(tmp_path, capsys):
+    """`reflowbench suite imagenet` with no --data: refused while planning (no job header printed, nothing written)."""
+    out = tmp_path / "o"
+    assert main(["suite", "imagenet", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "dataset imagenet needs --data PATH to an ImageFolder tree" in err[0]
+    assert "job 1" not in captured.out and not out.exists()

@@ -31,6 +31,12 @@ class DataBundle:
     num_classes: int
 
 
+def require_data_path(name: str, path: Optional[Path]) -> None:
+    """A :class:`DatasetError` naming the fix when dataset ``name`` is read from a tree and no path is given."""
+    if name in ("imagenet", "imagefolder") and path is None:
+        raise DatasetError(f"dataset {name} needs --data PATH to an ImageFolder tree with train/ and val/")
+
+
 def load_dataset(
     name: str, path: Optional[Path] = None, normalization: Optional[str] = None, download: bool = False, workers: int = 2, partial: bool = False
 ) -> DataBundle:
@@ -47,8 +53,7 @@ def load_dataset(
 
         train, test = cifar10_sets(Path(path) if path else None, normalization or "cifar10", download, partial)
     elif name in ("imagenet", "imagefolder"):
-        if path is None:
-            raise DatasetError(f"dataset {name} needs --data PATH to an ImageFolder tree with train/ and val/")
+        require_data_path(name, path)
         from reflowbench.datasets.imagefolder import imagefolder_sets
 
         train, test = imagefolder_sets(Path(path), workers=workers)
@@ -58,6 +63,7 @@ def load_dataset(
 
 
 __all__ = [
+    "require_data_path",
     "check_subset_sizes",
     "dataset_of_path",
     "DATASETS",

@@ -17,7 +17,7 @@ from typing import List, Optional
 import torch
 
 from reflowbench.config import SweepSettings, validate_spec
-from reflowbench.datasets import DATASETS, dataset_of_path
+from reflowbench.datasets import DATASETS, dataset_of_path, require_data_path
 from reflowbench.datasets.cifar10 import NORMALIZATIONS
 from reflowbench.errors import CheckpointError, ConfigError, DatasetError
 from reflowbench.models import BUILTIN_MODELS, default_dataset_for, torchvision_names
@@ -155,7 +155,8 @@ def plan_sweep(spec: SweepSettings, check_out: bool = True) -> SweepPlan:
             )
     for name, options in spec.method_options.items():
         make_pruner(name, options)  # options of a pruner outside --methods are checked too
-    if check_out:
+    if check_out:  # about to run: the data must be there (a dry run still plans without it)
+        require_data_path(dataset, spec.data.data)
         check_writable_folder(Path(spec.sweep.out), "--out")
         check_writable_folder(Path(spec.sweep.out) / RUNS_FOLDER, "--out (its runs/ folder)")
     resolved = replace(spec, data=replace(spec.data, dataset=dataset))
