@@ -1,5 +1,8 @@
 """`reflowbench speed`: measured latency of pruned models beside the dense one, counts, and bad input in one line."""
 
+import copy
+
+import pytest
 import torch
 
 from reflowbench.cli import main
@@ -77,3 +80,24 @@ def test_semi_structured_timing_without_a_gpu_is_one_line(tmp_path, capsys):
     assert main(["speed", "--semi-structured", "--min-run-time", "0.05", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--semi-structured times PyTorch's 2:4 kernels, which need a CUDA GPU" in err[0], err
+
+
+def test_a_2of4_kernel_copy_that_computes_something_else_is_refused_never_timed():
+    """The output check before timing, on a CPU with stand-in conversions: the identity passes and adds the row; a
+    conversion that corrupts the weights is refused in one line."""
+    from torch import nn
+
+    from reflowbench.errors import CheckpointError
+    from reflowbench.harness.speed import _with_sparse_kernels
+
+    torch.manual_seed(0)
+    pruned = nn.Sequential(nn.Conv2d(64, 64, 1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 4 * 4, 64)).eval()
+    with torch.no_grad():
+        for index in (0, 3):
+            pruned[index].weight.copy_(_two_of_four(pruned[index].weight))
+    models = [("dense", copy.deepcopy(pruned)), ("p.pt", pruned)]
+    lines = []
+    timed = _with_sparse_kernels(models, (64, 4, 4), torch.device("cpu"), lines.append, convert=lambda w: w.clone())
+    assert [label for label, _, _ in timed] == ["dense", "p.pt", "p.pt (2:4 kernels)"] and "2 layers on the 2:4 kernels" in lines[0]
+    with pytest.raises(CheckpointError, match="differs from its dense kernels"):
+        _with_sparse_kernels(models, (64, 4, 4), torch.device("cpu"), lines.append, convert=lambda w: w.flip(1).clone())

@@ -134,11 +134,16 @@ SPARSE_KERNEL_TOLERANCE = 2e-2  # relative output difference (of the largest out
 
 
 def _with_sparse_kernels(
-    models: List[Tuple[str, nn.Module]], shape: Tuple[int, ...], device: torch.device, log: Callable[[str], None]
+    models: List[Tuple[str, nn.Module]],
+    shape: Tuple[int, ...],
+    device: torch.device,
+    log: Callable[[str], None],
+    convert: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> List[Tuple[str, nn.Module, nn.Module]]:
     """(label, model to time, model to count) for every model in float16 on ``device``, and after each pruned one its copy
     on the 2:4 kernels, counted as the model it copies (checked against it on a batch of random inputs: a copy that
-    computes something else is refused, never timed)."""
+    computes something else is refused, never timed). ``convert``: the weight conversion (default PyTorch's; a test's
+    stand-in on a CPU)."""
     from reflowbench.models.sparse_kernels import semi_structured_copy
 
     out: List[Tuple[str, nn.Module, nn.Module]] = []
@@ -147,7 +152,7 @@ def _with_sparse_kernels(
         out.append((label, model, model))
         if index == 0:
             continue
-        sparse, converted, dense = semi_structured_copy(model, torch.sparse.to_sparse_semi_structured)
+        sparse, converted, dense = semi_structured_copy(model, convert or torch.sparse.to_sparse_semi_structured)
         if not converted:
             log(f"{label}: no layer can use the 2:4 kernels ({len(dense)} stay dense, e.g. {next(iter(dense.items()), ('-', '-'))}): not timed on them")
             continue
