@@ -40,7 +40,9 @@ measure() {  # measure SIDE FOLDER ROUND [pytest arguments]
     local side="$1" folder="$2" round="$3"
     shift 3
     echo "== round $round of $rounds: $side ($([ "$side" = base ] && echo "$base" || echo "working tree of $repo")) =="
-    (cd "$folder" && REFLOWBENCH_SHARED="$shared" PYTHONPATH="$folder/src" "$python" -m pytest bench/ --benchmark-only \
+    # one process: a pytest-xdist worker's variables (this script run from the tests) would turn pytest-benchmark off
+    (cd "$folder" && unset PYTEST_XDIST_WORKER PYTEST_XDIST_WORKER_COUNT && \
+        REFLOWBENCH_SHARED="$shared" PYTHONPATH="$folder/src" "$python" -m pytest bench/ --benchmark-only \
         --benchmark-storage="file://$store" --benchmark-save="$side" -p no:cacheprovider "$@")
 }
 for round in $(seq 1 "$rounds"); do

@@ -16,6 +16,19 @@ SHARED_DATA = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
 SHARED_MODELS = SHARED / "models"
 
 
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:  # each pytest-xdist worker gets its share of the cores, for torch here and the CLI subprocesses it starts
+    THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+    torch.set_num_threads(THREADS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one worker per core, at most 4 (each worker holds its own torch, models and
+    session fixtures: more would cost memory for little time on a suite whose longest tests run alone)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def pytest_collection_modifyitems(config, items):
     if SHARED_DATA.exists() and SHARED_MODELS.is_dir():
         return
