@@ -91,9 +91,9 @@ def _tree_count(spec: SweepSettings, split: str, classes: bool) -> Optional[int]
 
 def test_images(spec: SweepSettings) -> int:
     """The test split's size: digits' and CIFAR-10's, an ImageFolder tree's val/ files, else ImageNet's 50,000."""
-    return (
-        TEST_IMAGES.get(spec.data.dataset or "") if spec.data.dataset in ("digits", "cifar10") else (_tree_count(spec, "val", False) or TEST_IMAGES["imagenet"])
-    )
+    if spec.data.dataset in ("digits", "cifar10"):
+        return TEST_IMAGES[spec.data.dataset]
+    return _tree_count(spec, "val", False) or TEST_IMAGES["imagenet"]
 
 
 def num_classes(spec: SweepSettings) -> int:
