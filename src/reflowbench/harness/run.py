@@ -435,63 +435,24 @@ def prune_and_measure(
     ``keep_curvature``: whether a later run reuses the seed's dense curvature (else it is freed before the evaluations);
     ``ledger``: where the phases' costs go (a fresh one when None).
     """
-    spec = state.spec
     ledger = ledger if ledger is not None else CostLedger()
     subsets = state.subsets(seed)
     dense = state.dense_metrics()
     dense_var = state.dense_variances(seed)
     model, actual, ctx = prune_fresh(state, pruner, sparsity, seed, ledger, keep_curvature, stages)
-    objective = None
-    if spec.objective.objective_grads:
-        with ledger.phase("objective", state.device):
-            images = objective_images(spec.objective)
-            batches = state.data.train.batches(subsets["fisher"][:images], min(256, images), shuffle=False, augment=False, seed=seed)
-            fisher = reference_fisher(state.dense, state.policy, batches, spec.objective, seed, state.cache, state.device, spec.sweep.memory_budget_gb)
-            objective = measure_objective(fisher, state.dense, model, state.policy)
+    objective = _objective(state, model, seed, subsets, ledger) if state.spec.objective.objective_grads else None
     with ledger.phase("eval_pruned", state.device):
         pruned_metrics = evaluate(model, state.test_batches(), state.device)
     with ledger.phase("diagnostics", state.device):
         pruned_ratios = variance_ratios(bn_output_variances(model, state.diagnostic_batches(seed), state.device), dense_var)
     where = f"{pruner.name} at sparsity {sparsity:g}, seed {seed}"
-    others = [c for c in state.corrections if c.name != "reflow"]
-    corrections: Dict[str, Any] = {}
-    if others:  # each from the same pruned weights (a copy each); REFLOW, when asked, runs last, in place
-        targets = select_targets(model, state.policy)
-        zeros = pruned_zeros(model, targets)
-        correction_ctx = state.correction_context(seed, targets)
-        for correction in others:
-            corrections[correction.name] = correct_and_measure(
-                model,
-                correction,
-                correction_ctx,
-                ledger,
-                state.test_batches,
-                lambda: state.diagnostic_batches(seed),
-                dense_var,
-                zeros,
-                lambda m, at: check_model_state(m, at, ctx.notes),
-                where,
-            )
+    corrections = _other_corrections(state, model, seed, ledger, dense_var, ctx.notes, where)
     handle: Optional[RecalibrationHandle] = None
     reflow_metrics: Optional[Dict[str, float]] = None
     reflow_ratios: Dict[str, float] = {}
     if any(c.name == "reflow" for c in state.corrections):
-        with ledger.phase("recalibrate", state.device):
-            handle = state.recalibrate(model, seed, subsets["calibration"])
-        check_model_state(model, f"{where}: after REFLOW", ctx.notes)
-        with ledger.phase("eval_reflow", state.device):
-            reflow_metrics = evaluate(model, state.test_batches(), state.device)
-        with ledger.phase("diagnostics", state.device):
-            reflow_ratios = variance_ratios(bn_output_variances(model, state.diagnostic_batches(seed), state.device), dense_var)
-    variance = Variance(
-        layers=list(dense_var),
-        dense=[dense_var[k] for k in dense_var],
-        pruned_ratio=[pruned_ratios[k] for k in dense_var],
-        pruned=summarize_ratios(pruned_ratios),
-    )
-    if reflow_metrics is not None:
-        variance["reflow_ratio"] = [reflow_ratios[k] for k in dense_var]
-        variance["reflow"] = summarize_ratios(reflow_ratios)
+        handle, reflow_metrics, reflow_ratios = _reflow(state, model, seed, subsets, ledger, dense_var, ctx.notes, where)
+    variance = _variance(dense_var, pruned_ratios, reflow_ratios if reflow_metrics is not None else None)
     record = CompleteRecord(
         **run_header(state, pruner, sparsity, seed, key, "complete"),
         sparsity_actual=actual,
@@ -519,6 +480,81 @@ def prune_and_measure(
     if state.channel_search is not None:
         record["structure"] = structure_record(state, model)
     return record, model, handle
+
+
+def _objective(state: SweepState, model: nn.Module, seed: int, subsets: Dict[str, Any], ledger: CostLedger) -> Dict[str, Any]:
+    """The loss-model objective of the pruned ``model`` against the dense one (``--objective-grads``), on the seed's
+    Fisher range of the training split."""
+    spec = state.spec
+    with ledger.phase("objective", state.device):
+        images = objective_images(spec.objective)
+        batches = state.data.train.batches(subsets["fisher"][:images], min(256, images), shuffle=False, augment=False, seed=seed)
+        fisher = reference_fisher(state.dense, state.policy, batches, spec.objective, seed, state.cache, state.device, spec.sweep.memory_budget_gb)
+        return measure_objective(fisher, state.dense, model, state.policy)
+
+
+def _other_corrections(
+    state: SweepState, model: nn.Module, seed: int, ledger: CostLedger, dense_var: Dict[str, float], notes: Dict[str, Any], where: str
+) -> Dict[str, Any]:
+    """{correction name: its record} for every correction but REFLOW, each applied to a copy of the same pruned weights
+    (REFLOW, when asked, runs after them, in place)."""
+    others = [c for c in state.corrections if c.name != "reflow"]
+    if not others:
+        return {}
+    targets = select_targets(model, state.policy)
+    zeros = pruned_zeros(model, targets)
+    correction_ctx = state.correction_context(seed, targets)
+    return {
+        correction.name: correct_and_measure(
+            model,
+            correction,
+            correction_ctx,
+            ledger,
+            state.test_batches,
+            lambda: state.diagnostic_batches(seed),
+            dense_var,
+            zeros,
+            lambda m, at: check_model_state(m, at, notes),
+            where,
+        )
+        for correction in others
+    }
+
+
+def _reflow(
+    state: SweepState,
+    model: nn.Module,
+    seed: int,
+    subsets: Dict[str, Any],
+    ledger: CostLedger,
+    dense_var: Dict[str, float],
+    notes: Dict[str, Any],
+    where: str,
+) -> Tuple[RecalibrationHandle, Dict[str, float], Dict[str, float]]:
+    """REFLOW on ``model`` in place: (its undo handle, the test metrics after it, the BN variance ratios after it)."""
+    with ledger.phase("recalibrate", state.device):
+        handle = state.recalibrate(model, seed, subsets["calibration"])
+    check_model_state(model, f"{where}: after REFLOW", notes)
+    with ledger.phase("eval_reflow", state.device):
+        metrics = evaluate(model, state.test_batches(), state.device)
+    with ledger.phase("diagnostics", state.device):
+        ratios = variance_ratios(bn_output_variances(model, state.diagnostic_batches(seed), state.device), dense_var)
+    return handle, metrics, ratios
+
+
+def _variance(dense_var: Dict[str, float], pruned_ratios: Dict[str, float], reflow_ratios: Optional[Dict[str, float]]) -> Variance:
+    """The run's variance record: per BN layer (forward order) the dense output variance and the ratios pruned / dense
+    (and after REFLOW / dense when it ran), with their summaries."""
+    variance = Variance(
+        layers=list(dense_var),
+        dense=[dense_var[k] for k in dense_var],
+        pruned_ratio=[pruned_ratios[k] for k in dense_var],
+        pruned=summarize_ratios(pruned_ratios),
+    )
+    if reflow_ratios is not None:
+        variance["reflow_ratio"] = [reflow_ratios[k] for k in dense_var]
+        variance["reflow"] = summarize_ratios(reflow_ratios)
+    return variance
 
 
 LATENCY_BATCHES = (1, 256)  # images per timed forward pass of a channel-pruned network and of its dense one
