@@ -179,27 +179,35 @@ def run_sweep(plan: SweepPlan, log: Log = print, report: bool = True) -> Dict[st
         done += 1
         if record["status"] == "failed":
             failed.append(f"{pruner.name} s={sparsity:g} seed={seed}")
-            if main:
-                progress.write(f"{pruner.name:>12} s={sparsity:<5g} seed={seed}: FAILED (recorded in {path.name}): {record['error']}")
-        elif main:
-            progress.write(f"{pruner.name:>12} s={sparsity:<5g} seed={seed}: {run_line(record)}")
         if main:
-            for doubt in timing_doubts(record):
-                progress.write(f"{pruner.name:>12} s={sparsity:<5g} seed={seed}: timing doubtful, {doubt}")
-        progress.update(1)
-        if main:
+            _say_outcome(progress.write, f"{pruner.name:>12} s={sparsity:<5g} seed={seed}", record, path)
             write_csv(out)
+        progress.update(1)
     progress.close()
     if main:
-        if elsewhere:
-            log(f"{elsewhere} runs were being run by another worker sharing {out}; run the command again after it finishes to collect them")
-        if failed:
-            log(
-                f"{len(failed)} runs failed (their pruner diverged; the report lists them): {', '.join(failed)}. "
-                "A rerun skips them; --retry-failed runs them again"
-            )
+        _say_leftovers(out, elsewhere, failed, log)
         write_results(out, log, report, spec.sweep.report_sparsity, spec.sweep.skip_unreadable)
     return {"done": done, "failed": len(failed), "skipped": total - len(todo), "elsewhere": elsewhere, "total": total}
+
+
+def _say_outcome(write: Log, label: str, record: Dict[str, Any], path: Path) -> None:
+    """One line for a finished run (its accuracies, or FAILED and why), then any doubt about its timing."""
+    if record["status"] == "failed":
+        write(f"{label}: FAILED (recorded in {path.name}): {record['error']}")
+    else:
+        write(f"{label}: {run_line(record)}")
+    for doubt in timing_doubts(record):
+        write(f"{label}: timing doubtful, {doubt}")
+
+
+def _say_leftovers(out: Path, elsewhere: int, failed: List[str], log: Log) -> None:
+    """What the sweep leaves undone: runs another worker held, runs whose pruner diverged."""
+    if elsewhere:
+        log(f"{elsewhere} runs were being run by another worker sharing {out}; run the command again after it finishes to collect them")
+    if failed:
+        log(
+            f"{len(failed)} runs failed (their pruner diverged; the report lists them): {', '.join(failed)}. A rerun skips them; --retry-failed runs them again"
+        )
 
 
 def _say_unreadable(out: Path, todo_paths: set, skip: bool, log: Log) -> None:
