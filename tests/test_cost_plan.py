@@ -37,6 +37,9 @@ def test_a_job_over_the_memory_budget_is_flagged_with_the_knobs_that_lower_it():
     calibration = Calibration(forward_s=1e-4, backward_s=3e-4, activation_bytes=2**20, model_bytes=4 * 10**6)
     cost = job_cost(spec, pruners, {"mp": 2, "woodfisher": 2}, calibration, torch.device("cpu"))
     assert not cost.fits and "--woodfisher-num-grads" in cost.knobs and cost.peak_method.startswith("woodfisher")
+    assert "woodfisher's working set" in cost.verdict() and "over --memory-budget-gb 0.5" in cost.verdict()  # the machine holds it
+    device = job_cost(spec, pruners, {"mp": 1}, calibration, torch.device("cpu"), plan_memory_gb=0.01)
+    assert device.verdict().startswith("DOES NOT FIT: lower it with") and "--woodfisher-num-grads" in device.verdict()
     assert cost.run_seconds["woodfisher"] > cost.run_seconds["mp"] and cost.todo_seconds == pytest.approx(2 * sum(cost.run_seconds.values()))
     roomy = merge_into(spec, {"sweep": {"memory_budget_gb": 64.0}}, "test") or spec
     assert job_cost(roomy, pruners, {"mp": 1}, calibration, torch.device("cpu")).fits

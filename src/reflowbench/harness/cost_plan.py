@@ -65,10 +65,22 @@ class JobCost:
     todo_seconds: float
     fits: bool
     knobs: str
+    over_working_budget: Tuple[Tuple[str, int], ...] = ()  # (pruner, working-set bytes) of those over --memory-budget-gb
+    working_budget_bytes: int = 0  # --memory-budget-gb in bytes
+
+    def verdict(self) -> str:
+        """"fits", or which limit the job crosses (the device's memory, or --memory-budget-gb for a pruner's working
+        set) and the settings that bring it under."""
+        if self.fits:
+            return "fits"
+        if self.peak_bytes > self.budget_bytes:
+            return f"DOES NOT FIT: lower it with {self.knobs}"
+        over = ", ".join(f"{name}'s working set {gib(size):.1f} GiB" for name, size in self.over_working_budget)
+        return f"fits, but {over} is over --memory-budget-gb {gib(self.working_budget_bytes):g}: raise it, or lower the working set with {self.knobs}"
 
     def line(self) -> str:
         per_run = ", ".join(f"{method} {format_duration(seconds)}" for method, seconds in self.run_seconds.items())
-        verdict = "fits" if self.fits else f"DOES NOT FIT (or a pruner's working set is over --memory-budget-gb): lower it with {self.knobs}"
+        verdict = self.verdict()
         return (
             f"    cost plan: peak about {gib(self.peak_bytes):.1f} GiB on {self.where} ({self.peak_method}; budget {gib(self.budget_bytes):.0f} GiB, {verdict}), "
             f"host about {gib(self.host_bytes):.1f} GiB; per run {per_run}; the runs to do about {format_duration(self.todo_seconds)}"
@@ -202,7 +214,9 @@ def job_cost(
     over_budget = [name for name, w in working.items() if w.bytes > budget_bytes]
     fits = peak <= budget and not over_budget
     knobs = "; ".join(f"{name}: {working[name].knobs}" for name in (over_budget or [largest]) if working[name].knobs) or "a machine with more memory"
-    return JobCost(peak, f"{largest}: {working[largest].what}", host, budget, where, seconds, sum(seconds[m] * n for m, n in todo.items()), fits, knobs)
+    todo_seconds = sum(seconds[m] * n for m, n in todo.items())
+    over = tuple((name, working[name].bytes) for name in over_budget)
+    return JobCost(peak, f"{largest}: {working[largest].what}", host, budget, where, seconds, todo_seconds, fits, knobs, over, budget_bytes)
 
 
 class CostPlanner:
