@@ -69,7 +69,7 @@ class JobCost:
     working_budget_bytes: int = 0  # --memory-budget-gb in bytes
 
     def verdict(self) -> str:
-        """"fits", or which limit the job crosses (the device's memory, or --memory-budget-gb for a pruner's working
+        """ "fits", or which limit the job crosses (the device's memory, or --memory-budget-gb for a pruner's working
         set) and the settings that bring it under."""
         if self.fits:
             return "fits"
