@@ -176,3 +176,78 @@ def test_a_cell_over_the_memory_budget_is_skipped_then_scored_under_a_larger_one
     monkeypatch.setattr(tuning, "prune_fresh", lambda *a, **k: (_ for _ in ()).throw(MemoryBudgetError("needs 9 GiB")))
     assert main(["tune", "--out", str(tmp_path / "none"), "--grid", str(grid), "--at-sparsities", "0.9", *QUICK]) == 2
     assert "no cell of the woodfisher grid could be scored (2 tried): needs 9 GiB" in capsys.readouterr().err
+
+
+def test_two_workers_share_one_search_and_score_each_point_once(tmp_path):
+    """Two `reflowbench tune` processes on one --out at once (with a first pass): every point is measured once, by one
+    of them, both leave with the search complete, and it holds what one process alone scores."""
+    import os
+    import subprocess
+    import sys
+
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(GRID))
+    args = ["tune", "--grid", str(grid), "--at-sparsities", "0.7,0.9", "--woodfisher-chunk-images", "16", "--first-pass-keep", "2", "--threads", "1", *QUICK]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    shared = tmp_path / "shared"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "reflowbench", *args, "--out", str(shared)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        for _ in range(2)
+    ]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    measured = [output.count("held-out loss") for output in outputs]
+    assert sum(measured) == 6 and all(measured), outputs  # 4 cells at 0.7 and the 2 best at 0.9, split between the two
+    record = json.loads((shared / "tuning" / "smallcnn_woodfisher.json").read_text())
+    points = [(r["cell"], r["sparsity"], r["seed"]) for r in record["results"]]
+    assert len(points) == len(set(points)) == 6
+    alone = tmp_path / "alone"
+    subprocess.run([sys.executable, "-m", "reflowbench", *args, "--out", str(alone)], check=True, capture_output=True, env=env)
+    solo = json.loads((alone / "tuning" / "smallcnn_woodfisher.json").read_text())
+    losses = {(r["cell"], r["sparsity"]): r["loss_pruned"] for r in record["results"]}
+    assert losses == pytest.approx({(r["cell"], r["sparsity"]): r["loss_pruned"] for r in solo["results"]})
+    chosen = [json.loads((folder / "tuning" / "smallcnn_woodfisher.config.json").read_text()) for folder in (shared, alone)]
+    assert chosen[0] == chosen[1]
+    assert not list((shared / "tuning").glob("*.claim"))  # every claim and the file's lock released
+
+
+def test_a_point_another_worker_holds_is_waited_for_not_measured_again(tmp_path, monkeypatch):
+    import threading
+
+    from reflowbench.harness import search_sharing
+    from reflowbench.harness.tuning import _score_shared
+
+    monkeypatch.setattr(search_sharing, "WAIT_POLL_S", 0.05)
+    results = tmp_path / "model_method.json"
+    empty = {"key": "k", "results": []}
+    results.write_text(json.dumps(empty))
+
+    def read():
+        return json.loads(results.read_text())
+
+    held = search_sharing.claim_point(results, ("b", 0.7, 0))  # "another worker" measuring point b
+    assert held is not None and search_sharing.claim_point(results, ("b", 0.7, 0)) is None
+
+    def other_worker_finishes():
+        search_sharing.merge_into_file(results, read, lambda rec: rec["results"].append({"cell": "b", "sparsity": 0.7, "seed": 0}))
+        held.release()
+
+    measured, lines = [], []
+
+    def measure(point):
+        measured.append(point)
+        search_sharing.merge_into_file(results, read, lambda rec: rec["results"].append(dict(zip(("cell", "sparsity", "seed"), point))))
+
+    timer = threading.Timer(0.3, other_worker_finishes)
+    timer.start()
+    _score_shared(results, [("a", 0.7, 0), ("b", 0.7, 0)], read, measure, lines.append)
+    timer.join()
+    assert measured == [("a", 0.7, 0)]  # b was the other worker's: waited for, never measured here
+    assert search_sharing.scored_points(read()) == {("a", 0.7, 0), ("b", 0.7, 0)}
+    assert len(lines) == 1 and "1 scores are being measured by another worker" in lines[0]
+    dead = search_sharing.point_file(results, ("c", 0.7, 0)).with_suffix(".json.claim")
+    dead.write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": 2**22 + 12345, "started": 0}))  # its worker is gone
+    _score_shared(results, [("c", 0.7, 0)], read, measure, lines.append)
+    assert measured[-1] == ("c", 0.7, 0)  # a dead worker's claim is taken over

@@ -22,15 +22,18 @@ import datetime as _dt
 import itertools
 import json
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Tuple
 
 from reflowbench.config import SweepSettings, TuneSpec, narrow_sweep
 from reflowbench.errors import ConfigError, DivergedError, MemoryBudgetError
+from reflowbench.harness import search_sharing
 from reflowbench.harness.evaluate import evaluate
 from reflowbench.harness.plan import SweepPlan, plan_sweep
 from reflowbench.harness.run import SweepState, prune_fresh
+from reflowbench.harness.search_sharing import Point, claim_point, merge_into_file, scored_points
 from reflowbench.pruners import Pruner, make_pruner
 from reflowbench.pruners.base import key_options
 from reflowbench.reports.aggregate import markdown_table
@@ -162,37 +165,68 @@ def run_tuning(plan: SweepPlan, cells: List[Dict[str, Any]], tune: TuneSpec, log
     state = SweepState(plan, log)
     folder, stem = _where(spec, tune)
     results_path = folder / f"{stem}.json"
-    record = _scores(state, tune)
-    retry = [r for r in record["results"] if _fits_now(r, spec.sweep.memory_budget_gb)]
+    read = lambda: _scores(state, tune)  # noqa: E731 - the file as it is now (other workers may have added to it)
+    retry = [r for r in read()["results"] if _fits_now(r, spec.sweep.memory_budget_gb)]
     if retry:
         log(f"scoring {len(retry)} cells again that were over a smaller memory budget than --memory-budget-gb {spec.sweep.memory_budget_gb:g}")
-        record["results"] = [r for r in record["results"] if r not in retry]
-    done = {(r["cell"], r["sparsity"], r["seed"]) for r in record["results"]}
+        retried = {(r["cell"], r["sparsity"], r["seed"]) for r in retry}
+        merge_into_file(results_path, read, lambda rec: rec.update(results=[r for r in rec["results"] if (r["cell"], r["sparsity"], r["seed"]) not in retried]))
     ids = _cell_ids(plan)
     seeds = [] if tune.report_only else spec.sweep.seeds
+    pruner_of = dict(zip(ids, plan.pruners))
+    options_of = dict(zip(ids, cells))
+
+    def measure(point: Point) -> None:
+        cell_id, sparsity, seed = point
+        result = {"cell": cell_id, "options": options_of[cell_id], "sparsity": sparsity, "seed": seed, **_measure(state, pruner_of[cell_id], sparsity, seed)}
+        merge_into_file(results_path, read, lambda rec: _add_result(rec, result))
+        log(f"seed {seed} s={sparsity:g} {options_of[cell_id]}: held-out loss {result['loss_pruned']:.4g} pruned, {result['loss_reflow']:.4g} after REFLOW")
 
     def score(going_on: FrozenSet[str], sparsities: List[float]) -> None:
-        for seed in seeds:
-            for cell_id, cell, pruner in zip(ids, cells, plan.pruners):
-                for sparsity in sparsities:
-                    if cell_id not in going_on or (cell_id, sparsity, seed) in done:
-                        continue
-                    result = {"cell": cell_id, "options": cell, "sparsity": sparsity, "seed": seed, **_measure(state, pruner, sparsity, seed)}
-                    record["results"].append(result)
-                    record["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-                    atomic_write_json(results_path, record)
-                    log(f"seed {seed} s={sparsity:g} {cell}: held-out loss {result['loss_pruned']:.4g} pruned, {result['loss_reflow']:.4g} after REFLOW")
+        wanted = [(c, x, seed) for seed in seeds for c in ids if c in going_on for x in sparsities]
+        _score_shared(results_path, wanted, read, measure, log)
 
     if tune.first_pass_keep:
         score(frozenset(ids), tune.at_sparsities[:1])
-        kept = first_pass_kept(record["results"], tune, ids, spec.sweep.seeds)
+        kept = first_pass_kept(read()["results"], tune, ids, spec.sweep.seeds)
         if kept is not None:
             log(f"first pass at s={tune.at_sparsities[0]:g}: {len(kept)} of {len(ids)} cells go on to s={', '.join(f'{x:g}' for x in tune.at_sparsities[1:])}")
             score(kept, tune.at_sparsities[1:])
     else:
         score(frozenset(ids), tune.at_sparsities)
+    record = read()
     expected = planned_scores(len(cells), tune, len(spec.sweep.seeds))
     return _write_outputs(folder, stem, record, cells, ids, tune, expected, spec.sweep.seeds)
+
+
+def _add_result(record: Dict[str, Any], result: Dict[str, Any]) -> None:
+    """Add ``result`` to the results ``record`` unless its point is there already (another worker's, kept)."""
+    if (result["cell"], result["sparsity"], result["seed"]) not in scored_points(record):
+        record["results"].append(result)
+    record["updated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _score_shared(results_path: Path, wanted: List[Point], read: Callable[[], Dict[str, Any]], measure: Callable[[Point], None], log: Log) -> None:
+    """Measure every point of ``wanted`` not in the results file, each under its claim; wait for the points other
+    workers hold until they are in (or their workers are gone, and this one takes them over)."""
+    said_waiting = False
+    while True:
+        missing = [point for point in wanted if point not in scored_points(read())]
+        held = 0
+        for point in missing:
+            claim = claim_point(results_path, point)
+            if claim is None:
+                held += 1
+                continue
+            with claim:
+                if point not in scored_points(read()):  # finished by another worker since the list was made
+                    measure(point)
+        if not held:
+            return
+        if not said_waiting:
+            log(f"{held} scores are being measured by another worker sharing {results_path.parent}: waiting for them")
+            said_waiting = True
+        time.sleep(search_sharing.WAIT_POLL_S)
 
 
 def _note(scores: List[Dict[str, Any]], cut_at: Optional[float] = None) -> str:
