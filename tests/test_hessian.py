@@ -35,6 +35,29 @@ CASES = [  # (N, d, block size, form)
 ]
 
 
+def test_the_gathered_restricted_solve_in_groups_of_blocks_is_the_one_batch_solve(monkeypatch):
+    """A restricted solve whose kept columns per block are at most N goes block group by block group (its temporaries
+    bounded); the groups give exactly the all-blocks-at-once result, and brute force on the block-diagonal F."""
+    import reflowbench.hessian.block_fisher as block_fisher
+
+    generator = torch.Generator().manual_seed(3)
+    n, d, block = 12, 95, 10  # 10 blocks, the last padded
+    G = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    layer = LayerFisher("w", G, FisherSpec(block_size=block, damp=0.05, form="primal"), torch.device("cpu"))
+    v = torch.randn(d, generator=generator, dtype=torch.float64)
+    support = torch.rand(d, generator=generator) < 0.5
+    assert layer.gathered_group_blocks(10) >= layer.num_blocks  # the default cap: one group here
+    one_batch = layer.restricted_solve(support, v)
+    monkeypatch.setattr(block_fisher, "GATHER_GROUP_ELEMENTS", 3 * (n * 10 + 2 * 10 * 10))
+    assert layer.gathered_group_blocks(10) == 3  # groups of 3 blocks: 4 groups
+    assert torch.equal(layer.restricted_solve(support, v), one_batch)
+    F = dense_block_fisher(G, block, 0.05)
+    expected = torch.zeros(d, dtype=torch.float64)
+    expected[support] = torch.linalg.solve(F[support][:, support], v[support])
+    assert float((one_batch - expected).norm() / expected.norm()) < 1e-10
+    assert layer.restricted_solve_bytes() > 0
+
+
 @pytest.mark.parametrize("n, d, block, form", CASES)
 @pytest.mark.parametrize("precision, tol", [("float64", 1e-8), ("float32", 1e-4)])
 def test_operations_match_brute_force(n, d, block, form, precision, tol):

@@ -41,6 +41,7 @@ POWER_ITERATIONS = 50  # power-iteration steps for lam_max(F), at most
 POWER_TOLERANCE = 1e-8  # power iteration stops once no estimate changed by more than this fraction in a step (float32 products: ~1e-9 noise)
 CHUNK_ELEMENTS = 1 << 21  # elements of G converted (or of L^-1 G computed, or of column norms measured) at once: 8 MiB in float32
 FACTOR_GROUP_ELEMENTS = 1 << 21  # elements of the float64 Grams factorised (or factors unpacked) at once (16 MiB)
+GATHER_GROUP_ELEMENTS = 1 << 24  # elements of a restricted solve's gathered columns and m x m systems at once (128 MiB in float64)
 
 
 @dataclass
@@ -484,16 +485,36 @@ class LayerFisher:
         return self._flat(out)
 
     def _gathered_solve(self, keep: torch.Tensor, kept_counts: torch.Tensor, widest: int, r: torch.Tensor) -> torch.Tensor:
-        """The restricted solve on the gathered kept columns, (nb, B) in and out (see :meth:`restricted_solve`)."""
+        """The restricted solve on the gathered kept columns, (nb, B) in and out (see :meth:`restricted_solve`), one
+        group of blocks at a time (:meth:`gathered_group_blocks`): each block's system is its own, so the groups give
+        the one-batch result while the gathered columns and the m x m systems of a group stay within
+        :data:`GATHER_GROUP_ELEMENTS` (all blocks at once held 4 GB on MobileNetV1's widest layer at 50 %)."""
         order = torch.argsort((keep == 0).to(torch.int8), dim=1, stable=True)[:, :widest]  # kept indices first, (nb, m)
         valid = (torch.arange(widest, device=self.device).view(1, -1) < kept_counts.view(-1, 1)).to(self.factor_dtype)  # (nb, m)
-        index = order.to(self.grads.device).unsqueeze(1).expand(-1, self.num_grads, -1)
-        gathered = torch.gather(self.grads, 2, index).to(device=self.device, dtype=self.factor_dtype) * valid.unsqueeze(1)
         eye = torch.eye(widest, dtype=self.factor_dtype, device=self.device)
-        matrix = torch.bmm(gathered.transpose(1, 2), gathered) / self.num_grads + self.damp.view(-1, 1, 1) * eye
-        factor, _ = _cholesky_with_escalation(matrix, self.name, lambda m, extra: m + extra.view(-1, 1, 1) * eye, self.damp.clone())
-        solved = torch.cholesky_solve((torch.gather(r, 1, order) * valid).unsqueeze(2), factor).squeeze(2) * valid  # (nb, m)
+        solved = torch.empty(self.num_blocks, widest, dtype=self.factor_dtype, device=self.device)
+        group = self.gathered_group_blocks(widest)
+        for start in range(0, self.num_blocks, group):
+            blocks = slice(start, min(start + group, self.num_blocks))
+            index = order[blocks].to(self.grads.device).unsqueeze(1).expand(-1, self.num_grads, -1)
+            gathered = torch.gather(self.grads[blocks], 2, index).to(device=self.device, dtype=self.factor_dtype) * valid[blocks].unsqueeze(1)
+            matrix = torch.bmm(gathered.transpose(1, 2), gathered) / self.num_grads + self.damp[blocks].view(-1, 1, 1) * eye
+            del gathered
+            factor, _ = _cholesky_with_escalation(
+                matrix, self.name, lambda m, extra: m + extra.view(-1, 1, 1) * eye, self.damp[blocks].clone(), first_block=start
+            )
+            del matrix
+            rhs = (torch.gather(r[blocks], 1, order[blocks]) * valid[blocks]).unsqueeze(2)
+            solved[blocks] = torch.cholesky_solve(rhs, factor).squeeze(2) * valid[blocks]  # (nb', m)
         return torch.zeros_like(r).scatter_add_(1, order, solved) * keep
+
+    def gathered_group_blocks(self, widest: int) -> int:
+        """Blocks per group of the gathered restricted solve with ``widest`` kept columns (:func:`gathered_group_blocks`)."""
+        return gathered_group_blocks(self.num_grads, widest)
+
+    def restricted_solve_bytes(self) -> int:
+        """The most bytes one :meth:`restricted_solve` of this layer holds at once besides G (:func:`restricted_solve_bytes`)."""
+        return restricted_solve_bytes(self.numel, self.num_grads, self._spec)
 
     def quadratic(self, delta: torch.Tensor) -> float:
         """0.5 * delta^T F delta (block-diagonal F) for delta of shape (d,): :meth:`quadratic_products` of one vector."""
@@ -707,6 +728,25 @@ def packed_factor_bytes(numel: int, num_grads: int, spec: FisherSpec) -> int:
     block = block_of(numel, spec.block_size)
     side = factor_side(num_grads, block, spec.form)
     return -(-numel // block) * (side * (side + 1) // 2) * _itemsize(resolve_dtype(spec.compute_dtype))
+
+
+def gathered_group_blocks(num_grads: int, widest: int) -> int:
+    """Blocks per group of the gathered restricted solve with ``widest`` kept columns: its gathered columns (N x m)
+    and its m x m system and factor, per block, within :data:`GATHER_GROUP_ELEMENTS`."""
+    return max(1, GATHER_GROUP_ELEMENTS // (num_grads * widest + 2 * widest * widest))
+
+
+def restricted_solve_bytes(numel: int, num_grads: int, spec: FisherSpec) -> int:
+    """The most bytes one restricted solve of a layer of ``numel`` weights holds at once besides G: a group's gathered
+    solve at the widest support it can take (m = min(N, B)), or a group's N x N systems in the dual form, plus the
+    (nb, B) vectors it works on, in ``spec``'s factor dtype. What the pruners that never factorise the blocks (CBS,
+    CHITA with their joint update) hold instead of the factors."""
+    block = block_of(numel, spec.block_size)
+    blocks = -(-numel // block)
+    widest = min(num_grads, block)
+    gathered = min(blocks, gathered_group_blocks(num_grads, widest)) * (num_grads * widest + 2 * widest * widest)
+    dual = min(blocks, max(1, FACTOR_GROUP_ELEMENTS // (num_grads * num_grads))) * 2 * num_grads * num_grads
+    return (max(gathered, dual) + 6 * blocks * block) * _itemsize(resolve_dtype(spec.factor_dtype))
 
 
 def _padded_view(rows: torch.Tensor, storage: Optional[torch.Tensor], width: int) -> Optional[torch.Tensor]:

@@ -131,24 +131,35 @@ class HessianPruner(Pruner):
 
     def working_set(self, targets: TargetSet, activation_bytes: int, budget_bytes: int = 0) -> WorkingSet:
         """G (N x p in its dtype, padded to the blocks; one layer group of it when streamed), the block Fisher's packed
-        factors (per block of B columns: side = min(N, B), side^2 / 2 floats) and one gradient call's temporaries."""
-        from reflowbench.hessian.block_fisher import packed_factor_bytes
+        factors when the pruner factorises the blocks (per block of B columns: side = min(N, B), side^2 / 2 floats),
+        else the largest restricted solve's temporaries, and one gradient call's temporaries."""
+        from reflowbench.hessian.block_fisher import packed_factor_bytes, restricted_solve_bytes
         from reflowbench.hessian.gradients import chunk_gradient_bytes, gradient_bytes
 
         o = self.options
         spec = self.gradient_spec()
         fisher = self.fisher_spec()
-        factors = sum(packed_factor_bytes(t.numel, o.num_grads, fisher) for t in targets)  # as LayerFisher.factor_bytes counts them
-        whole = gradient_bytes(targets, spec) + factors
+        if self.factorises():
+            solver = sum(packed_factor_bytes(t.numel, o.num_grads, fisher) for t in targets)  # as LayerFisher.factor_bytes counts them
+        else:
+            solver = max((restricted_solve_bytes(t.numel, o.num_grads, fisher) for t in targets), default=0)
+        whole = gradient_bytes(targets, spec) + solver
         groups = max(1, o.layer_groups)
         if o.layer_groups == 0 and self.streams() and budget_bytes > 0:  # the fewest groups whose share fits half the budget, as the pruner picks
             groups = max(1, -(-whole // (budget_bytes // 2)))
         total = whole // groups + chunk_gradient_bytes(targets, spec, activation_bytes)
         return WorkingSet(
             total,
-            f"G ({o.num_grads:,} x {targets.num_weights:,} in {o.dtype}{f', one of {groups} layer groups' if groups > 1 else ''}) and the block Fisher factors",
+            f"G ({o.num_grads:,} x {targets.num_weights:,} in {o.dtype}{f', one of {groups} layer groups' if groups > 1 else ''}) and "
+            + ("the block Fisher factors" if self.factorises() else "a restricted solve's temporaries"),
             self._memory_knobs(),
         )
+
+    def factorises(self) -> bool:
+        """Whether a run factorises the block Fisher (and keeps every block's factor): the ``obs-sum`` update reads
+        F^-1 (its diagonal and products); the ``joint`` update and ``none`` need only products with G and restricted
+        solves, whose temporaries are bounded per group of blocks."""
+        return self.options.update == "obs-sum"
 
     def _memory_knobs(self) -> str:
         """The options that lower this pruner's working set, less those already at their lowest-memory value."""

@@ -60,6 +60,10 @@ class WoodFisherPruner(HessianPruner):
 
     PATTERNS = ("unstructured", "n:m", "channels")
 
+    def factorises(self) -> bool:
+        """Always: WoodFisher's selection reads [F^-1]_qq whatever the update."""
+        return True
+
     def check_options(self) -> None:
         super().check_options()
         if self.options.nm_selection not in NM_SELECTIONS:
