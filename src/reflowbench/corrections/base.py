@@ -82,9 +82,21 @@ class Correction(ABC):
         """Why this correction has nothing to act on in ``model`` (one line naming the fix), or None when it applies."""
         return None
 
+    def calibration_passes(self, model: nn.Module, layers: Sequence[str]) -> float:
+        """Whole forward passes over the calibration images one application to ``model`` makes (``layers``: the pruned
+        layers' names, forward order), for the cost plan; a pass cut short after a layer counts as the fraction of the
+        network before it (:func:`truncated_passes`). REFLOW's one pass by default."""
+        return 1.0
+
     @abstractmethod
     def apply(self, model: nn.Module, ctx: CorrectionContext) -> CorrectionCost:
         """Correct the pruned ``model`` in place (eval mode afterwards); return what it cost in images and passes."""
+
+
+def truncated_passes(count: int) -> float:
+    """``count`` passes, the i-th cut short after the i-th of ``count`` layers in forward order, in whole passes:
+    (count + 1) / 2, counting each layer as an equal share of the network (a plan's estimate, not a measurement)."""
+    return (count + 1) / 2 if count else 0.0
 
 
 CORRECTIONS: Dict[str, Type[Correction]] = {}

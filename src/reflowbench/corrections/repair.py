@@ -12,9 +12,11 @@ Cost: one dense pass, then one pass per pruned layer, each cut short after that 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from torch import nn
 
-from reflowbench.corrections.base import Correction, CorrectionContext, CorrectionCost, register_correction
+from reflowbench.corrections.base import Correction, CorrectionContext, CorrectionCost, register_correction, truncated_passes
 from reflowbench.corrections.channel_affine import fold_into_layer, matching_scale
 from reflowbench.reflow.moments import collect_moments
 
@@ -22,6 +24,9 @@ from reflowbench.reflow.moments import collect_moments
 @register_correction("repair")
 class Repair(Correction):
     description = "REPAIR: fold a per-channel affine into each pruned layer so its outputs match the dense mean and std (for networks without BN)"
+
+    def calibration_passes(self, model: nn.Module, layers: Sequence[str]) -> float:
+        return 1.0 + truncated_passes(len(layers))  # the dense pass (once per seed), one per pruned layer
 
     def apply(self, model: nn.Module, ctx: CorrectionContext) -> CorrectionCost:
         modules = dict(model.named_modules())

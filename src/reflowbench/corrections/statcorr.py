@@ -11,11 +11,11 @@ images, channel by channel. Cost: one dense pass, then one pass per layer, each 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from torch import nn
 
-from reflowbench.corrections.base import Correction, CorrectionContext, CorrectionCost, register_correction
+from reflowbench.corrections.base import Correction, CorrectionContext, CorrectionCost, register_correction, truncated_passes
 from reflowbench.corrections.channel_affine import fold_into_norm, matching_scale
 from reflowbench.reflow.moments import collect_moments, norm_layers
 
@@ -32,6 +32,9 @@ class StatisticsCorrection(Correction):
         if affine_norm_layers(model):
             return None
         return "it adjusts the affine of normalisation layers (BatchNorm, GroupNorm, LayerNorm) and the network has none with an affine"
+
+    def calibration_passes(self, model: nn.Module, layers: Sequence[str]) -> float:
+        return 1.0 + truncated_passes(len(affine_norm_layers(model)))  # the dense pass (once per seed), one per layer
 
     def apply(self, model: nn.Module, ctx: CorrectionContext) -> CorrectionCost:
         layers = affine_norm_layers(model)

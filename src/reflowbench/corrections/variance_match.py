@@ -29,13 +29,13 @@ much that is.
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import torch
 from torch import nn
 
 from reflowbench.config import CorrectionSpec
-from reflowbench.corrections.base import Correction, CorrectionContext, CorrectionCost, register_correction
+from reflowbench.corrections.base import Correction, CorrectionContext, CorrectionCost, register_correction, truncated_passes
 from reflowbench.corrections.channel_affine import DEAD_FRACTION, fold_into_layer
 from reflowbench.reflow import batchnorm_layers
 from reflowbench.reflow.moments import collect_split_moments
@@ -77,6 +77,9 @@ class VarianceMatch(Correction):
     @classmethod
     def from_settings(cls, settings: CorrectionSpec) -> "VarianceMatch":
         return cls(settings.variance_match_shrinkage)
+
+    def calibration_passes(self, model: nn.Module, layers: Sequence[str]) -> float:
+        return 1.0 + truncated_passes(len(layers)) + (1.0 if batchnorm_layers(model) else 0.0)  # dense, per layer, REFLOW
 
     def apply(self, model: nn.Module, ctx: CorrectionContext) -> CorrectionCost:
         modules = dict(model.named_modules())

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from reflowbench.config import SweepSettings
+from reflowbench.corrections import make_correction
 from reflowbench.hessian.gradients import image_activation_bytes
 from reflowbench.hessian.memory import gib
 from reflowbench.models import BUILTIN_MODELS, build_model
@@ -170,12 +171,20 @@ def device_budget(device: torch.device) -> Tuple[int, str]:
         return 2**40, "this CPU (memory unknown)"
 
 
-def run_seconds(pruner: Pruner, spec: SweepSettings, targets, calibration: Calibration) -> float:
-    """Forward and backward images of one run of ``pruner`` at the calibrated seconds per image."""
+def correction_passes(spec: SweepSettings, model: nn.Module, targets) -> float:
+    """Whole forward passes over the calibration images that the run's corrections make together (each correction's
+    own count: REFLOW one, the layer-by-layer corrections a pass per layer, cut short after it)."""
+    layers = list(dict.fromkeys(t.module_name for t in targets))
+    return sum(make_correction(name, spec.corrections).calibration_passes(model, layers) for name in spec.corrections.applied())
+
+
+def run_seconds(pruner: Pruner, spec: SweepSettings, targets, calibration: Calibration, passes: float = 1.0) -> float:
+    """Forward and backward images of one run of ``pruner`` at the calibrated seconds per image (``passes``: the
+    corrections' calibration passes, :func:`correction_passes`)."""
     stages = 1 + len(spec.corrections.applied())  # the pruned network and each correction are evaluated
     reflow = spec.reflow
     calibration_images = reflow.calib_batches * reflow.calib_batch_size
-    forward = stages * (test_images(spec) + reflow.diag_images) + calibration_images * (1 + 2 * max(0, stages - 2))
+    forward = stages * (test_images(spec) + reflow.diag_images) + calibration_images * passes
     pruner_forward, pruner_backward = pruner.forward_passes(targets)
     return (forward + pruner_forward) * calibration.forward_s + pruner_backward * PER_SAMPLE_BACKWARD * calibration.backward_s
 
@@ -210,7 +219,8 @@ def job_cost(
         peak, host = resident, baseline + data + calibration.model_bytes
     else:
         peak = host = baseline + data + resident
-    seconds = {p.name: run_seconds(p, spec, targets, calibration) for p in pruners}
+    passes = correction_passes(spec, model, targets)
+    seconds = {p.name: run_seconds(p, spec, targets, calibration, passes) for p in pruners}
     over_budget = [name for name, w in working.items() if w.bytes > budget_bytes]
     fits = peak <= budget and not over_budget
     knobs = "; ".join(f"{name}: {working[name].knobs}" for name in (over_budget or [largest]) if working[name].knobs) or "a machine with more memory"
