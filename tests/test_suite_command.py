@@ -251,12 +251,16 @@ def test_a_part_of_a_suite_runs_alone_and_leaves_the_combined_report_to_the_whol
     assert main(["suite", suite, "--out", str(out), "--dry-run"]) == 0
     listed = capsys.readouterr().out
     assert "[1/2] job 1: a:" in listed and "[2/2] job 2: b:" in listed
+    assert main(["suite", suite, "--out", str(out), "--dry-run", "--jobs", "2,1"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.index("[1/2] job 2: b:") < listed.index("[2/2] job 1: a:")  # in the order given
     assert main(["suite", suite, "--out", str(out), "--jobs", "2", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert not (out / "a").exists() and len(list((out / "b" / "runs").glob("*.json"))) == 2  # job 2 alone
     assert "the combined report is left as it was" in text and not (out / "tiny-suite" / "report.md").exists()
     for flags, message in (
         (["--jobs", "3"], "--jobs names [3], but suite"),
+        (["--jobs", "2,1,2"], "--jobs names [2] more than once"),
         (["--only", "b", "--report-only"], "--report-only writes the combined report from every job"),
     ):
         assert main(["suite", suite, "--out", str(out), *flags]) == 2

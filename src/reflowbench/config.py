@@ -428,7 +428,9 @@ class SuiteCommandSpec:
     data: Optional[str] = None  # the dataset path for every job (a CIFAR-10 .tar.gz, ImageFolder tree or torchvision root)
     download: bool = False  # let torchvision download CIFAR-10 into --data
     only: List[str] = field(default_factory=list)  # run only the jobs of these folders (default: all)
-    jobs: List[int] = field(default_factory=list)  # run only the jobs with these numbers (`--dry-run` lists them as "job N"; default: all)
+    jobs: List[int] = field(
+        default_factory=list
+    )  # run only the jobs with these numbers, in the order given (`--dry-run` lists them as "job N"; default: all, in the suite's order)
     seeds: List[int] = field(default_factory=list)  # override the seeds of the main sweeps (default: the suite's; ablation jobs keep theirs)
     sparsities: List[float] = field(default_factory=list)  # override the sparsities of the main sweeps (default: the suite's)
     device: str = "auto"  # auto, cpu, cuda, cuda:N

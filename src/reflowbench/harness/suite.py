@@ -70,13 +70,17 @@ def job_spec(job: Dict, command: SuiteCommandSpec, index: int) -> SweepSettings:
 
 
 def plan_jobs(name: str, command: SuiteCommandSpec) -> List[PlannedJob]:
-    """Every job of suite ``name`` planned (settings, checkpoints, data path, output folder checked), in order."""
+    """Every job of suite ``name`` planned (settings, checkpoints, data path, output folder checked), in the suite's
+    order, or in ``--jobs``'s order when it names them."""
     suite = load_suite(name)
     jobs = suite["jobs"]
     folders = {job["folder"] for job in jobs}
     unknown = sorted(set(command.only) - folders)
     if unknown:
         raise ConfigError(f"--only names {unknown}, which suite {name} has no job for: its folders are {sorted(folders)}")
+    repeated = sorted({n for n in command.jobs if command.jobs.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"--jobs names {repeated} more than once: name each job once (they run in the order given)")
     outside = sorted(n for n in command.jobs if not 1 <= n <= len(jobs))
     if outside:
         raise ConfigError(f"--jobs names {outside}, but suite {name} has jobs 1 to {len(jobs)} (`reflowbench suite {name} --dry-run` lists them)")
@@ -100,6 +104,8 @@ def plan_jobs(name: str, command: SuiteCommandSpec) -> List[PlannedJob]:
         if role not in ROLES:
             raise ConfigError(f"suite {name}, job {index + 1} ({job['folder']}): role {role!r} is not one of {ROLES}")
         planned.append(PlannedJob(index + 1, job["folder"], role, plan, tune, tuning, dict(job.get("sources", {}))))
+    if command.jobs:  # in the order given: `--jobs 40,32` runs job 40 first
+        planned.sort(key=lambda job: command.jobs.index(job.number))
     return planned
 
 
