@@ -325,3 +325,49 @@ def test_the_dense_moments_are_measured_once_per_shared_cache_and_give_the_same_
     (first, first_state), (second, second_state) = results
     assert second.passes == first.passes - 1 and (second.images, second.batches) == (first.images, first.batches)
     assert all(torch.equal(first_state[k], second_state[k]) for k in first_state) and len(cache) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", ["statcorr", "repair", "variance-match"])
+def test_a_layer_by_layer_correction_in_stages_gives_the_pass_per_layer_weights(name, kind, monkeypatch):
+    """The one staged pass (reflow/staged.py) and a pass per layer, cut short after it, correct the same pruned
+    network to the same parameters and statistics, bit for bit, and say how many passes they made."""
+    import reflowbench.corrections.base as base
+
+    dense = _dense(kind)
+    if make_correction(name).cannot_apply(dense) is not None:
+        return
+    results = {}
+    for staged in (True, False):
+        if not staged:
+            monkeypatch.setattr(base, "staged_layer_moments", lambda *args, **kwargs: None)
+        model, targets = _pruned(dense)
+        context = _context(dense, targets)
+        cost = make_correction(name).apply(model, context)
+        assert context.staged_passes is staged
+        results[staged] = (model.state_dict(), cost.passes)
+    (staged_state, staged_passes), (per_layer_state, per_layer_passes) = results[True], results[False]
+    assert staged_state.keys() == per_layer_state.keys() and all(torch.equal(staged_state[k], per_layer_state[k]) for k in staged_state)
+    assert staged_passes < per_layer_passes
+
+
+def test_the_staged_run_declines_what_it_cannot_stage():
+    from reflowbench.reflow.staged import staged_layer_moments
+
+    model = _dense("bn")
+    names = [n for n, _ in norm_layers(model)]
+    cpu = torch.device("cpu")
+    assert staged_layer_moments(model, _batches(), names, 1, cpu) is not None
+    assert staged_layer_moments(model, _batches(), names[::-1], 1, cpu) is None  # out of forward order
+    assert staged_layer_moments(model, _batches(), ["no.such.layer"], 1, cpu) is None
+    assert staged_layer_moments(model, _batches(), names, 1, cpu, cache_bytes=1) is None  # the frontier would not fit
+
+    class Branches(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.BatchNorm2d(1)
+
+        def forward(self, x):
+            return self.norm(x) if x.sum() > 0 else x
+
+    assert staged_layer_moments(Branches().eval(), _batches(), ["norm"], 1, cpu) is None

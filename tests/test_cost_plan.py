@@ -81,16 +81,18 @@ def test_a_bad_plan_memory_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "--plan-memory-gb must be a number of GiB >= 0" in err[0] and not (tmp_path / "o").exists()
 
 
-def test_a_layer_by_layer_correction_is_planned_as_a_pass_per_layer():
-    """statcorr and repair measure one layer per pass (cut short after it): ResNet-20's 19 BN layers cost about ten
-    calibration passes where REFLOW costs one, and the plan says so."""
-    calibration = Calibration(forward_s=1e-4, backward_s=3e-4, activation_bytes=2**20, model_bytes=4 * 10**6)
-    seconds = {}
-    for corrections in (["reflow"], ["reflow", "statcorr"], ["reflow", "repair"]):
-        spec = preset("cifar10")
-        merge_into(spec, {"model": {"model": "resnet20"}, "sweep": {"methods": ["mp"]}, "corrections": {"corrections": corrections}}, "test")
-        seconds[corrections[-1]] = job_cost(spec, [make_pruner("mp")], {"mp": 1}, calibration, torch.device("cpu")).run_seconds["mp"]
-    images = spec.reflow.calib_batches * spec.reflow.calib_batch_size
-    evaluation = (10000 + spec.reflow.diag_images) * calibration.forward_s  # the corrected network's test and diagnostic passes
-    assert seconds["statcorr"] - seconds["reflow"] == pytest.approx(evaluation + images * (1 + 20 / 2) * calibration.forward_s)  # 19 BN layers
-    assert seconds["repair"] - seconds["reflow"] == pytest.approx(evaluation + images * (1 + 21 / 2) * calibration.forward_s)  # 20 pruned layers
+def test_a_layer_by_layer_correction_is_planned_in_stages_or_as_a_pass_per_layer():
+    """statcorr and repair measure one layer at a time: in stages, one pass after the dense one; where the stages'
+    cache would not hold every calibration image's activations, a pass per layer cut short after it (ResNet-20's 19 BN
+    layers: about ten)."""
+    for eval_bytes, layer_passes in ((2**10, lambda k: 1), (2**30, lambda k: (k + 1) / 2)):
+        calibration = Calibration(forward_s=1e-4, backward_s=3e-4, activation_bytes=2**20, model_bytes=4 * 10**6, eval_bytes=eval_bytes)
+        seconds = {}
+        for corrections in (["reflow"], ["reflow", "statcorr"], ["reflow", "repair"]):
+            spec = preset("cifar10")
+            merge_into(spec, {"model": {"model": "resnet20"}, "sweep": {"methods": ["mp"]}, "corrections": {"corrections": corrections}}, "test")
+            seconds[corrections[-1]] = job_cost(spec, [make_pruner("mp")], {"mp": 1}, calibration, torch.device("cpu")).run_seconds["mp"]
+        images = spec.reflow.calib_batches * spec.reflow.calib_batch_size
+        evaluation = (10000 + spec.reflow.diag_images) * calibration.forward_s  # the corrected network's test and diagnostic passes
+        assert seconds["statcorr"] - seconds["reflow"] == pytest.approx(evaluation + images * (1 + layer_passes(19)) * calibration.forward_s)  # 19 BN layers
+        assert seconds["repair"] - seconds["reflow"] == pytest.approx(evaluation + images * (1 + layer_passes(20)) * calibration.forward_s)  # 20 pruned layers

@@ -20,6 +20,7 @@ from reflowbench.config import CorrectionSpec
 from reflowbench.errors import ConfigError, NoBatchNormError
 from reflowbench.reflow import RecalibrationHandle
 from reflowbench.reflow.moments import ChannelMoments, collect_split_moments
+from reflowbench.reflow.staged import staged_layer_moments
 
 Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
 DenseMoments = Tuple[Dict[str, List[ChannelMoments]], int, int]  # {module: moments per part}, batches, images
@@ -44,6 +45,27 @@ class CorrectionContext:
     layers: List[str]
     device: torch.device
     moments_cache: Dict[Tuple[Tuple[str, ...], int], DenseMoments] = field(default_factory=dict)
+    staged_passes: bool = False  # whether the last :meth:`layer_by_layer` ran in stages (one pass)
+
+    def layer_by_layer(self, model: nn.Module, names: Sequence[str], parts: int = 1) -> Iterator[Tuple[str, List[ChannelMoments]]]:
+        """(name, the layer's output moments per part) for the layers ``names`` of ``model`` in forward order, each
+        measured on the calibration batches with the model as the caller left it after the previous item (a sequential
+        correction corrects each layer in between). One forward pass in stages when it applies
+        (:func:`~reflowbench.reflow.staged.staged_layer_moments`: same values), else a pass per layer cut short after
+        it; :attr:`staged_passes` says which was used (True: staged)."""
+        staged = staged_layer_moments(model, self.calibration, names, parts, self.device)
+        self.staged_passes = staged is not None
+        if staged is not None:
+            yield from staged
+            return
+        modules = dict(model.named_modules())
+        for name in names:
+            measured, _, _ = collect_split_moments(model, self.calibration(), {name: modules[name]}, parts, self.device, stop_after=modules[name])
+            yield name, measured[name]
+
+    def layer_passes(self, layers: int) -> int:
+        """Calibration passes :meth:`layer_by_layer` made over ``layers`` layers: one (in stages), or one per layer."""
+        return 1 if self.staged_passes else layers
 
     def dense_moments(self, names: Sequence[str], parts: int = 1) -> Tuple[DenseMoments, bool]:
         """The dense model's per-channel output moments of modules ``names`` on the calibration batches, dealt into
@@ -82,10 +104,10 @@ class Correction(ABC):
         """Why this correction has nothing to act on in ``model`` (one line naming the fix), or None when it applies."""
         return None
 
-    def calibration_passes(self, model: nn.Module, layers: Sequence[str]) -> float:
+    def calibration_passes(self, model: nn.Module, layers: Sequence[str], staged: bool = True) -> float:
         """Whole forward passes over the calibration images one application to ``model`` makes (``layers``: the pruned
-        layers' names, forward order), for the cost plan; a pass cut short after a layer counts as the fraction of the
-        network before it (:func:`truncated_passes`). REFLOW's one pass by default."""
+        layers' names, forward order), for the cost plan; ``staged``: whether a layer-by-layer measurement would run in
+        stages (:func:`layer_by_layer_passes`). REFLOW's one pass by default."""
         return 1.0
 
     @abstractmethod
@@ -93,10 +115,13 @@ class Correction(ABC):
         """Correct the pruned ``model`` in place (eval mode afterwards); return what it cost in images and passes."""
 
 
-def truncated_passes(count: int) -> float:
-    """``count`` passes, the i-th cut short after the i-th of ``count`` layers in forward order, in whole passes:
-    (count + 1) / 2, counting each layer as an equal share of the network (a plan's estimate, not a measurement)."""
-    return (count + 1) / 2 if count else 0.0
+def layer_by_layer_passes(count: int, staged: bool) -> float:
+    """Whole passes over the calibration images that :meth:`CorrectionContext.layer_by_layer` makes over ``count``
+    layers: one when it runs in stages; else a pass per layer, the i-th cut short after the i-th layer, (count + 1) / 2
+    in all, counting each layer as an equal share of the network (a plan's estimate, not a measurement)."""
+    if not count:
+        return 0.0
+    return 1.0 if staged else (count + 1) / 2
 
 
 CORRECTIONS: Dict[str, Type[Correction]] = {}

@@ -6,7 +6,8 @@ dense output's per-channel mean mu_d and standard deviation sigma_d and the prun
 layers before it already corrected), and rewrite its affine so the output becomes (y - mu_p) * sigma_d / sigma_p + mu_d:
 gamma <- s * gamma, beta <- s * (beta - mu_p) + mu_d with s = sigma_d / sigma_p. BatchNorm keeps its running statistics
 (eval mode throughout). After it, every corrected layer's output has the dense mean and spread on the calibration
-images, channel by channel. Cost: one dense pass, then one pass per layer, each cut short after that layer.
+images, channel by channel. Cost: one dense pass, then one pass in stages (``CorrectionContext.layer_by_layer``;
+where it does not apply, one pass per layer, each cut short after that layer).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Optional, Sequence
 
 from torch import nn
 
-from reflowbench.corrections.base import Correction, CorrectionContext, CorrectionCost, register_correction, truncated_passes
+from reflowbench.corrections.base import Correction, CorrectionContext, CorrectionCost, layer_by_layer_passes, register_correction
 from reflowbench.corrections.channel_affine import fold_into_norm, matching_scale
-from reflowbench.reflow.moments import collect_moments, norm_layers
+from reflowbench.reflow.moments import norm_layers
 
 
 def affine_norm_layers(model: nn.Module):
@@ -33,14 +34,14 @@ class StatisticsCorrection(Correction):
             return None
         return "it adjusts the affine of normalisation layers (BatchNorm, GroupNorm, LayerNorm) and the network has none with an affine"
 
-    def calibration_passes(self, model: nn.Module, layers: Sequence[str]) -> float:
-        return 1.0 + truncated_passes(len(affine_norm_layers(model)))  # the dense pass (once per seed), one per layer
+    def calibration_passes(self, model: nn.Module, layers: Sequence[str], staged: bool = True) -> float:
+        return 1.0 + layer_by_layer_passes(len(affine_norm_layers(model)), staged)  # the dense pass (once per seed), then the layers
 
     def apply(self, model: nn.Module, ctx: CorrectionContext) -> CorrectionCost:
         layers = affine_norm_layers(model)
         (dense, batches, images), measured = ctx.dense_moments([name for name, _ in layers])
-        for name, module in layers:
-            pruned, _, _ = collect_moments(model, ctx.calibration(), {name: module}, ctx.device, stop_after=module)
-            scale = matching_scale(dense[name][0].std(), pruned[name].std())
-            fold_into_norm(module, scale, dense[name][0].mean - scale * pruned[name].mean)
-        return CorrectionCost(images=images, batches=batches, passes=int(measured) + len(layers))
+        modules = dict(layers)
+        for name, (pruned,) in ctx.layer_by_layer(model, [name for name, _ in layers]):
+            scale = matching_scale(dense[name][0].std(), pruned.std())
+            fold_into_norm(modules[name], scale, dense[name][0].mean - scale * pruned.mean)
+        return CorrectionCost(images=images, batches=batches, passes=int(measured) + ctx.layer_passes(len(layers)))

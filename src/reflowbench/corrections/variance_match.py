@@ -35,10 +35,9 @@ import torch
 from torch import nn
 
 from reflowbench.config import CorrectionSpec
-from reflowbench.corrections.base import Correction, CorrectionContext, CorrectionCost, register_correction, truncated_passes
+from reflowbench.corrections.base import Correction, CorrectionContext, CorrectionCost, layer_by_layer_passes, register_correction
 from reflowbench.corrections.channel_affine import DEAD_FRACTION, fold_into_layer
 from reflowbench.reflow import batchnorm_layers
-from reflowbench.reflow.moments import collect_split_moments
 
 
 def shrunk_log_scales(log_ratio: torch.Tensor, log_ratio_a: torch.Tensor, log_ratio_b: torch.Tensor, rule: str = "split-half") -> Tuple[torch.Tensor, float]:
@@ -78,22 +77,21 @@ class VarianceMatch(Correction):
     def from_settings(cls, settings: CorrectionSpec) -> "VarianceMatch":
         return cls(settings.variance_match_shrinkage)
 
-    def calibration_passes(self, model: nn.Module, layers: Sequence[str]) -> float:
-        return 1.0 + truncated_passes(len(layers)) + (1.0 if batchnorm_layers(model) else 0.0)  # dense, per layer, REFLOW
+    def calibration_passes(self, model: nn.Module, layers: Sequence[str], staged: bool = True) -> float:
+        return 1.0 + layer_by_layer_passes(len(layers), staged) + (1.0 if batchnorm_layers(model) else 0.0)  # dense, layers, REFLOW
 
     def apply(self, model: nn.Module, ctx: CorrectionContext) -> CorrectionCost:
         modules = dict(model.named_modules())
         (dense, batches, images), measured = ctx.dense_moments(ctx.layers, 2)
         self.shrink_factors = []
-        for name in ctx.layers:
+        for name, (pruned_a, pruned_b) in ctx.layer_by_layer(model, ctx.layers, 2):
             layer = modules[name]
-            pruned, _, _ = collect_split_moments(model, ctx.calibration(), {name: layer}, 2, ctx.device, stop_after=layer)
-            (dense_a, dense_b), (pruned_a, pruned_b) = dense[name], pruned[name]
+            dense_a, dense_b = dense[name]
             full = _log_ratio(dense_a.merged(dense_b).std(), pruned_a.merged(pruned_b).std())
             log_scale, shrink = shrunk_log_scales(full, _log_ratio(dense_a.std(), pruned_a.std()), _log_ratio(dense_b.std(), pruned_b.std()), self.shrinkage)
             self.shrink_factors.append(shrink)
             fold_into_layer(layer, log_scale.exp(), torch.zeros_like(log_scale))
-        passes = int(measured) + len(ctx.layers)
+        passes = int(measured) + ctx.layer_passes(len(ctx.layers))
         if batchnorm_layers(model):
             ctx.recalibrate(model)
             passes += 1

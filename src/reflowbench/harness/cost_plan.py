@@ -29,6 +29,7 @@ from reflowbench.hessian.memory import gib
 from reflowbench.models import BUILTIN_MODELS, build_model
 from reflowbench.pruners import Pruner, select_targets
 from reflowbench.pruners.base import WorkingSet
+from reflowbench.reflow.staged import CACHE_BYTES as STAGED_CACHE_BYTES
 from reflowbench.utils.cost import current_rss_mb, format_duration, peak_rss_mb, reset_peak_rss
 
 MODEL_COPIES = 3  # the dense network, the pruned copy, one correction's copy
@@ -171,11 +172,15 @@ def device_budget(device: torch.device) -> Tuple[int, str]:
         return 2**40, "this CPU (memory unknown)"
 
 
-def correction_passes(spec: SweepSettings, model: nn.Module, targets) -> float:
+def correction_passes(spec: SweepSettings, model: nn.Module, targets, calibration: Calibration) -> float:
     """Whole forward passes over the calibration images that the run's corrections make together (each correction's
-    own count: REFLOW one, the layer-by-layer corrections a pass per layer, cut short after it)."""
+    own count: REFLOW one; the layer-by-layer corrections one dense pass, then one pass in stages when every calibration
+    image's activations fit the stages' cache (judged by an evaluation image's measured peak), else a pass per layer
+    cut short after it)."""
     layers = list(dict.fromkeys(t.module_name for t in targets))
-    return sum(make_correction(name, spec.corrections).calibration_passes(model, layers) for name in spec.corrections.applied())
+    images = spec.reflow.calib_batches * spec.reflow.calib_batch_size
+    staged = images * calibration.eval_bytes <= STAGED_CACHE_BYTES
+    return sum(make_correction(name, spec.corrections).calibration_passes(model, layers, staged) for name in spec.corrections.applied())
 
 
 def run_seconds(pruner: Pruner, spec: SweepSettings, targets, calibration: Calibration, passes: float = 1.0) -> float:
@@ -219,7 +224,7 @@ def job_cost(
         peak, host = resident, baseline + data + calibration.model_bytes
     else:
         peak = host = baseline + data + resident
-    passes = correction_passes(spec, model, targets)
+    passes = correction_passes(spec, model, targets, calibration)
     seconds = {p.name: run_seconds(p, spec, targets, calibration, passes) for p in pruners}
     over_budget = [name for name, w in working.items() if w.bytes > budget_bytes]
     fits = peak <= budget and not over_budget
