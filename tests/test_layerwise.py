@@ -211,6 +211,23 @@ def test_dense_inputs_recorded_or_recomputed_give_the_same_pruning(images, monke
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize(
+    ("name", "target"), [("sparsegpt", "pruned-inputs"), ("sparsegpt", "dense-outputs"), ("obc", "pruned-inputs"), ("wanda", "pruned-inputs")]
+)
+def test_the_sequential_inputs_in_one_staged_forward_give_the_pass_per_layer_pruning(images, monkeypatch, name, target):
+    """Each layer's inputs on the network pruned so far, from one forward in stages (reflow/staged.py) or from a
+    forward per layer cut short at it: the same pruned network, bit for bit."""
+    import reflowbench.pruners.layerwise as layerwise
+
+    options = {"target": target} if name != "wanda" else {"mode": "sequential"}
+    staged, _, _, staged_ctx = _prune(name, options, 0.7, images)
+    monkeypatch.setattr(layerwise, "staged_walk", lambda *args, **kwargs: None)
+    per_layer, _, _, per_layer_ctx = _prune(name, options, 0.7, images)
+    assert staged_ctx.notes["layerwise_staged"] is True and per_layer_ctx.notes["layerwise_staged"] is False
+    for a, b in zip(staged.parameters(), per_layer.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_hessians_over_the_memory_budget_are_refused_before_any_work(images):
     import numpy as np
 

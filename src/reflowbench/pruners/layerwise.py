@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Dict, List, Optional, Set, Tuple
+from typing import Callable, ClassVar, Dict, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -36,6 +36,7 @@ from reflowbench.pruners.masks import Masks, masks_from_scores, num_to_prune
 from reflowbench.pruners.nm import grouped
 from reflowbench.reconstruction import DenseInputs, InputHessian, LayerGeometry, collect_hessians, damped
 from reflowbench.reconstruction.obs import REFIT_PEAK_BYTES
+from reflowbench.reflow.staged import Visit, staged_walk
 from reflowbench.schema.targets import Target, TargetSet
 
 SPARSITY_RULES = ("uniform", "global-magnitude", "global-obs")
@@ -157,14 +158,22 @@ class LayerwisePruner(Pruner):
                     dense_copy, {t.param_name: dense_copy.get_submodule(t.module_name) for t in targets}, images, self.dense_input_bytes(ctx)
                 )
         masks: Masks = {}
+        staged = None
+        if dense is None:  # sequential: one forward in stages where it applies (the same inputs, bit for bit)
+            with ctx.phase("inputs"):
+                staged = staged_walk(model, images, [t.module_name for t in targets], "input", cache_bytes=self.dense_input_bytes(ctx))
+            ctx.notes["layerwise_staged"] = staged is not None
         for t in targets:
             if dense is not None:
                 hessian = dense.pop(t.param_name)
             else:
                 with ctx.phase("inputs"):
                     pair = reference(t.param_name) if reference is not None else None
-                    one = {t.param_name: modules[t.param_name]}
-                    hessian = collect_hessians(model, one, images, ctx.device, stop_early=True, full=self.needs_full_hessian(), dense=pair)[t.param_name]
+                    if staged is not None:
+                        hessian = self._staged_hessian(t, modules[t.param_name], next(staged), images, ctx.device, pair)
+                    else:
+                        one = {t.param_name: modules[t.param_name]}
+                        hessian = collect_hessians(model, one, images, ctx.device, stop_early=True, full=self.needs_full_hessian(), dense=pair)[t.param_name]
             with ctx.phase("solve"):
                 start = self._rows_to_fit(t, geometries[t.param_name], hessian)
                 if nm and grouped(t, ctx.pattern.m) and geometries[t.param_name].groups == 1:
@@ -184,6 +193,23 @@ class LayerwisePruner(Pruner):
             "layer_sparsity": {t.param_name: round(counts[t.param_name] / t.numel, 6) for t in targets},
         }
         return masks
+
+    def _staged_hessian(
+        self,
+        target: Target,
+        module: nn.Module,
+        item: Tuple[str, Visit],
+        images: List[torch.Tensor],
+        device: torch.device,
+        pair: Optional[Callable[[int, torch.Tensor], Dict[str, torch.Tensor]]],
+    ) -> InputHessian:
+        """The layer's H from the staged forward's next item (its inputs on the network pruned so far, batch by batch),
+        with the dense network's inputs beside them for the dense-outputs target (as :func:`collect_hessians`)."""
+        name, visit = item
+        assert name == target.module_name
+        hessian = InputHessian(module, device, self.needs_full_hessian())
+        visit(lambda index, inputs: hessian.add(inputs, pair(index, images[index]).get(target.param_name) if pair is not None else None))
+        return hessian
 
     def working_set(self, targets: TargetSet, activation_bytes: int, budget_bytes: int = 0) -> WorkingSet:
         """The largest layer's H and its factors (about 4 float64 copies of d^2, d a row's inputs), every layer's H at once

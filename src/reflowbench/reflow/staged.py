@@ -18,6 +18,7 @@ when the model cannot be traced, or when a layer is called more than once or out
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -29,6 +30,7 @@ from reflowbench.utils.memory_format import as_channels_last, channels_last_weig
 
 Batches = Callable[[], Iterable[Tuple[torch.Tensor, torch.Tensor]]]
 LayerMoments = Tuple[str, List[ChannelMoments]]  # (layer name, its output's moments per part)
+Visit = Callable[[Callable[[int, torch.Tensor], None]], None]  # visit(fn): fn(batch index, value) for every batch
 
 CACHE_BYTES = 2 * 2**30  # default cap on the frontier held for all calibration batches
 
@@ -77,6 +79,35 @@ def _frontier_bytes(plan: _Plan, first: torch.Tensor) -> int:
     return max(sum(size[node] for node in plan.nodes[:cut] if plan.last_use[node] >= cut) for cut in plan.cuts)
 
 
+def staged_walk(
+    model: nn.Module, inputs: List[torch.Tensor], names: Sequence[str], take: str = "output", channels_last: bool = False, cache_bytes: int = CACHE_BYTES
+) -> Optional[Iterator[Tuple[str, Visit]]]:
+    """An iterator over (name, visit) for the layers ``names`` in order: ``visit(fn)`` calls ``fn(i, value)`` for every
+    batch i of ``inputs`` (batches on the model's device), value the layer's output (``take="output"``) or its first
+    input (``"input"``) with the model as the caller left it after the previous item; call it once per item, before
+    changing the layer. ``channels_last``: the convolution weights channels-last while the model runs (give the inputs
+    in that layout too). None when the staged run does not apply (see the module docstring). Eval mode, no gradients."""
+    try:
+        traced = fx.symbolic_trace(model)
+    except Exception:  # a model torch.fx cannot trace (data-dependent control flow): passes cut short instead
+        return None
+    plan = _Plan(traced, names)
+    if (
+        not plan.usable()
+        or not inputs
+        or (take == "input" and not all(plan.nodes[cut].args and isinstance(plan.nodes[cut].args[0], fx.Node) for cut in plan.cuts))
+    ):
+        return None
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), _layout(model, channels_last):
+        per_batch = _frontier_bytes(plan, inputs[0])
+    model.train(was_training)
+    if per_batch * sum(len(x) for x in inputs) / max(1, len(inputs[0])) > cache_bytes:
+        return None
+    return _stages(model, plan, inputs, names, take, channels_last)
+
+
 def staged_layer_moments(
     model: nn.Module,
     batches: Batches,
@@ -86,48 +117,46 @@ def staged_layer_moments(
     cache_bytes: int = CACHE_BYTES,
 ) -> Optional[Iterator[LayerMoments]]:
     """An iterator over (name, the layer's output moments per part: batch i in part i % ``parts``) for the layers
-    ``names`` in order, each measured with the model as the caller left it after the previous item; None when the
-    staged run does not apply (see the module docstring). Model in eval mode, no gradients; the caller may change any
-    layer's parameters between items (never the graph)."""
-    try:
-        traced = fx.symbolic_trace(model)
-    except Exception:  # a model torch.fx cannot trace (data-dependent control flow): passes cut short instead
-        return None
-    plan = _Plan(traced, names)
-    if not plan.usable():
-        return None
+    ``names`` in order, each measured with the model as the caller left it after the previous item (what
+    :func:`~reflowbench.reflow.moments.collect_split_moments` with ``stop_after`` measures, channels-last on the CPU as
+    it runs); None when the staged run does not apply. The caller may change any layer's parameters between items."""
     images = [x for x, _ in batches()]
-    if not images:
-        return None
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), channels_last_weights(model) as converted:
+    with channels_last_weights(model) as converted:
         inputs = [as_channels_last(x.to(device, non_blocking=True), converted) for x in images]
-        per_batch = _frontier_bytes(plan, inputs[0])
-    model.train(was_training)
-    if per_batch * sum(len(x) for x in inputs) / max(1, len(inputs[0])) > cache_bytes:
-        return None
-    return _stages(model, plan, inputs, names, parts)
+    walk = staged_walk(model, inputs, names, "output", converted, cache_bytes)
+    return None if walk is None else _moments(model, walk, parts)
 
 
-def _stages(model: nn.Module, plan: _Plan, inputs: List[torch.Tensor], names: Sequence[str], parts: int) -> Iterator[LayerMoments]:
-    envs: List[Dict[fx.Node, torch.Tensor]] = [{plan.nodes[0]: x} for x in inputs]
-    done = 1  # every env holds the frontier before node ``done`` (the input, node 0, given)
-    interpreter = fx.Interpreter(plan.traced)
+def _moments(model: nn.Module, walk: Iterator[Tuple[str, Visit]], parts: int) -> Iterator[LayerMoments]:
     modules = dict(model.named_modules())
+    for name, visit in walk:
+        moments = [ChannelMoments(modules[name]) for _ in range(parts)]
+        visit(lambda index, output, moments=moments: moments[index % parts].add(output))
+        yield name, moments
+
+
+def _layout(model: nn.Module, channels_last: bool):
+    return channels_last_weights(model) if channels_last else nullcontext()
+
+
+def _stages(model: nn.Module, plan: _Plan, inputs: List[torch.Tensor], names: Sequence[str], take: str, channels_last: bool) -> Iterator[Tuple[str, Visit]]:
+    envs: List[Dict[fx.Node, torch.Tensor]] = [{plan.nodes[0]: x} for x in inputs]
+    interpreter = fx.Interpreter(plan.traced)
     was_training = model.training
-    try:
-        for name, cut in zip(names, plan.cuts):
-            module = modules[name]
-            moments = [ChannelMoments(module) for _ in range(parts)]
+    done = [1]  # every env holds the frontier before node done[0] (the input, node 0, given)
+    for name, cut in zip(names, plan.cuts):
+
+        def visit(fn: Callable[[int, torch.Tensor], None], cut: int = cut) -> None:
             model.eval()
-            with torch.no_grad(), channels_last_weights(model):
-                for index, env in enumerate(envs):
-                    _run(interpreter, env, plan.nodes[done:cut])
-                    envs[index] = env = plan.frontier(env, cut)
-                    moments[index % parts].add(_run(interpreter, dict(env), [plan.nodes[cut]]))
-            done = cut
-            model.train(was_training)
-            yield name, moments  # the caller corrects the layer (outside the channels-last block: its writes are kept)
-    finally:
-        model.train(was_training)
+            try:
+                with torch.no_grad(), _layout(model, channels_last):
+                    for index, env in enumerate(envs):
+                        _run(interpreter, env, plan.nodes[done[0] : cut])
+                        envs[index] = env = plan.frontier(env, cut)
+                        node = plan.nodes[cut]
+                        fn(index, env[node.args[0]] if take == "input" else _run(interpreter, dict(env), [node]))
+                done[0] = cut
+            finally:
+                model.train(was_training)
+
+        yield name, visit  # the caller changes the layer after visiting (outside the channels-last block: its writes are kept)
