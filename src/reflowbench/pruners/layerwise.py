@@ -230,9 +230,10 @@ class LayerwisePruner(Pruner):
         )
 
     def forward_passes(self, targets: TargetSet) -> Tuple[float, float]:
-        """Sequential mode: one pass per layer over the calibration images (cut after the layer: about half a pass each);
-        parallel: one pass."""
-        passes = 1.0 if self.options.mode == "parallel" else max(1.0, len(targets) / 2)
+        """Over the calibration images: parallel mode one pass; sequential one pass in stages (a plan: where the staged
+        pass does not apply, a pass per layer cut short at it, about len(targets) / 2), plus the dense network's pass
+        for the dense-outputs target and the global-obs rule."""
+        passes = 1.0 + float(self.dense_target() or (self.options.mode == "sequential" and self.options.sparsity_rule == "global-obs"))
         return self.options.num_images * passes, 0.0
 
     def check_memory(self, geometries: Dict[str, LayerGeometry], ctx: PruneContext) -> None:
