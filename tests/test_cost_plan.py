@@ -11,7 +11,7 @@ import torch
 from reflowbench.cli import main
 from reflowbench.config import merge_into, preset
 from reflowbench.harness import plan_sweep
-from reflowbench.harness.cost_plan import Calibration, job_cost
+from reflowbench.harness.cost_plan import STAGED_CACHE_BYTES, Calibration, job_cost, staged_cache_bytes
 from reflowbench.hessian.gradients import gradient_bytes
 from reflowbench.models import build_model
 from reflowbench.pruners import make_pruner, select_targets
@@ -96,3 +96,6 @@ def test_a_layer_by_layer_correction_is_planned_in_stages_or_as_a_pass_per_layer
         evaluation = (10000 + spec.reflow.diag_images) * calibration.forward_s  # the corrected network's test and diagnostic passes
         assert seconds["statcorr"] - seconds["reflow"] == pytest.approx(evaluation + images * (1 + layer_passes(19)) * calibration.forward_s)  # 19 BN layers
         assert seconds["repair"] - seconds["reflow"] == pytest.approx(evaluation + images * (1 + layer_passes(20)) * calibration.forward_s)  # 20 pruned layers
+        assert staged_cache_bytes(spec, calibration) == min(images * eval_bytes, STAGED_CACHE_BYTES)  # the stages' kept values, capped
+    merge_into(spec, {"corrections": {"corrections": ["reflow"]}}, "test")
+    assert staged_cache_bytes(spec, calibration) == 0  # REFLOW alone keeps nothing between stages

@@ -94,6 +94,7 @@ class Correction(ABC):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    layer_by_layer: ClassVar[bool] = False  # measures layer after layer (CorrectionContext.layer_by_layer): the stages' cache
 
     @classmethod
     def from_settings(cls, settings: CorrectionSpec) -> "Correction":

@@ -23,6 +23,7 @@ from reflowbench.corrections.channel_affine import fold_into_layer, matching_sca
 
 @register_correction("repair")
 class Repair(Correction):
+    layer_by_layer = True
     description = "REPAIR: fold a per-channel affine into each pruned layer so its outputs match the dense mean and std (for networks without BN)"
 
     def calibration_passes(self, model: nn.Module, layers: Sequence[str], staged: bool = True) -> float:

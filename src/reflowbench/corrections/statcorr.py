@@ -27,6 +27,7 @@ def affine_norm_layers(model: nn.Module):
 
 @register_correction("statcorr")
 class StatisticsCorrection(Correction):
+    layer_by_layer = True
     description = "match each BN/GN/LN layer's per-channel output mean and std to the dense model's through its affine (forward passes only)"
 
     def cannot_apply(self, model: nn.Module) -> Optional[str]:

@@ -67,6 +67,7 @@ def _log_ratio(dense_std: torch.Tensor, pruned_std: torch.Tensor) -> torch.Tenso
 
 @register_correction("variance-match")
 class VarianceMatch(Correction):
+    layer_by_layer = True
     description = "rescale each pruned layer's output channels to the dense spread (split-half shrinkage), then REFLOW where there is BN (after ASR, 2026)"
 
     def __init__(self, shrinkage: str = "split-half") -> None:

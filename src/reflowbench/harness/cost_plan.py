@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from reflowbench.config import SweepSettings
-from reflowbench.corrections import make_correction
+from reflowbench.corrections import CORRECTIONS, make_correction
 from reflowbench.hessian.gradients import image_activation_bytes
 from reflowbench.hessian.memory import gib
 from reflowbench.models import BUILTIN_MODELS, build_model
@@ -183,6 +183,15 @@ def correction_passes(spec: SweepSettings, model: nn.Module, targets, calibratio
     return sum(make_correction(name, spec.corrections).calibration_passes(model, layers, staged) for name in spec.corrections.applied())
 
 
+def staged_cache_bytes(spec: SweepSettings, calibration: Calibration) -> int:
+    """What a layer-by-layer correction's stages keep for every calibration image (about an evaluation image's
+    measured peak each), up to the stages' cap; 0 without such a correction."""
+    if not any(CORRECTIONS[name].layer_by_layer for name in spec.corrections.applied() if name in CORRECTIONS):
+        return 0
+    images = spec.reflow.calib_batches * spec.reflow.calib_batch_size
+    return min(images * calibration.eval_bytes, STAGED_CACHE_BYTES)
+
+
 def run_seconds(pruner: Pruner, spec: SweepSettings, targets, calibration: Calibration, passes: float = 1.0) -> float:
     """Forward and backward images of one run of ``pruner`` at the calibrated seconds per image (``passes``: the
     corrections' calibration passes, :func:`correction_passes`)."""
@@ -214,7 +223,8 @@ def job_cost(
     working: Dict[str, WorkingSet] = {p.name: p.working_set(targets, calibration.activation_bytes, budget_bytes) for p in pruners}
     largest = max(working, key=lambda name: working[name].bytes)
     activations = spec.data.eval_batch_size * calibration.eval_bytes  # an evaluation batch's peak over what the process holds
-    resident = MODEL_COPIES * calibration.model_bytes + working[largest].bytes + activations
+    cache = staged_cache_bytes(spec, calibration)  # after the pruning, whose working set is gone by then
+    resident = MODEL_COPIES * calibration.model_bytes + max(working[largest].bytes, cache) + activations
     baseline = baseline_bytes if baseline_bytes is not None else int(current_rss_mb() * 2**20)
     data = IN_MEMORY_BYTES.get(spec.data.dataset or "", 0)
     budget, where = device_budget(device)
