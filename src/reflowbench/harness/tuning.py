@@ -211,7 +211,8 @@ def _score_shared(results_path: Path, wanted: List[Point], read: Callable[[], Di
     workers hold until they are in (or their workers are gone, and this one takes them over)."""
     said_waiting = False
     while True:
-        missing = [point for point in wanted if point not in scored_points(read())]
+        scored = scored_points(read())
+        missing = [point for point in wanted if point not in scored]
         held = 0
         for point in missing:
             claim = claim_point(results_path, point)

@@ -26,7 +26,7 @@ import torch.fx as fx
 from torch import nn
 
 from reflowbench.reflow.moments import ChannelMoments
-from reflowbench.utils.memory_format import as_channels_last, channels_last_weights
+from reflowbench.utils.memory_format import as_channels_last, channels_last_weights, runs_channels_last
 
 Batches = Callable[[], Iterable[Tuple[torch.Tensor, torch.Tensor]]]
 LayerMoments = Tuple[str, List[ChannelMoments]]  # (layer name, its output's moments per part)
@@ -120,9 +120,8 @@ def staged_layer_moments(
     ``names`` in order, each measured with the model as the caller left it after the previous item (what
     :func:`~reflowbench.reflow.moments.collect_split_moments` with ``stop_after`` measures, channels-last on the CPU as
     it runs); None when the staged run does not apply. The caller may change any layer's parameters between items."""
-    images = [x for x, _ in batches()]
-    with channels_last_weights(model) as converted:
-        inputs = [as_channels_last(x.to(device, non_blocking=True), converted) for x in images]
+    converted = runs_channels_last(model)
+    inputs = [as_channels_last(x.to(device, non_blocking=True), converted) for x, _ in batches()]
     walk = staged_walk(model, inputs, names, "output", converted, cache_bytes)
     return None if walk is None else _moments(model, walk, parts)
 

@@ -44,6 +44,12 @@ def channels_last_weights(model: nn.Module, enabled: bool = True) -> Iterator[bo
             weight.data = original
 
 
+def runs_channels_last(model: nn.Module) -> bool:
+    """Whether :func:`channels_last_weights` would run ``model`` channels-last (it has 2-D convolution weights on the
+    CPU), without converting anything."""
+    return bool(_convolution_weights(model))
+
+
 def channels_last_copy_bytes(model: nn.Module) -> int:
     """Bytes of the temporary channels-last copies :func:`channels_last_weights` makes of ``model``'s convolution
     weights (those not already channels-last), for memory estimates."""
@@ -72,4 +78,4 @@ def as_channels_last(x: torch.Tensor, enabled: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if enabled and x.dim() == 4 else x
 
 
-__all__ = ["as_channels_last", "channels_last_copy_bytes", "channels_last_weights", "prefers_channels_last"]
+__all__ = ["as_channels_last", "channels_last_copy_bytes", "channels_last_weights", "prefers_channels_last", "runs_channels_last"]
