@@ -30,6 +30,17 @@ def test_the_hessian_working_set_counts_g_as_collected_and_shrinks_with_its_knob
     assert parallel.bytes > sequential.bytes > 0
 
 
+def test_a_joint_update_pruner_counts_a_restricted_solve_group_not_the_factors(monkeypatch):
+    from reflowbench.hessian import block_fisher
+
+    targets = select_targets(build_model("resnet20"))
+    cbs = make_pruner("cbs", {"num_grads": 200, "block_size": 128})
+    assert not cbs.factorises() and "restricted solve" in cbs.working_set(targets, 0).what
+    wide = cbs.working_set(targets, 0).bytes
+    monkeypatch.setattr(block_fisher, "GATHER_GROUP_ELEMENTS", 1)  # one block per group: the plan follows the solve's grouping
+    assert cbs.working_set(targets, 0).bytes < wide
+
+
 def test_a_job_over_the_memory_budget_is_flagged_with_the_knobs_that_lower_it():
     spec = preset("cifar10")
     merge_into(spec, {"model": {"model": "resnet56"}, "sweep": {"methods": ["mp", "woodfisher"], "memory_budget_gb": 0.5}}, "test")

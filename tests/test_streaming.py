@@ -43,8 +43,11 @@ def test_streamed_groups_give_the_one_pass_masks_and_weights(digits, name, optio
 def test_layer_groups_zero_streams_when_the_budget_is_small(digits):
     # 54.5 KiB: all of G (29 KiB) is over half of it; a group's G (at most 24 KiB) + a call's gradients (2 KiB) and
     # activations (2 images of 10.3 KiB) fits
-    _, _, ctx = _prune(digits, "woodfisher", {"layer_groups": 0, "chunk_images": 2}, budget_gb=5.2e-5)
+    options = {"num_grads": 24, "minibatch": 2, "layer_groups": 0, "chunk_images": 2}
+    _, _, ctx = _prune(digits, "woodfisher", options, budget_gb=5.2e-5)
     assert ctx.notes["layer_groups"] > 1
+    planned = make_pruner("woodfisher", options).working_set(select_targets(TinyBNNet()), 0, int(5.2e-5 * 2**30))
+    assert f"one of {ctx.notes['layer_groups']} layer groups" in planned.what  # the cost plan chooses the groups the run used
     _, _, ctx = _prune(digits, "woodfisher", {"layer_groups": 0})
     assert "layer_groups" not in ctx.notes  # fits: one pass
 

@@ -128,17 +128,18 @@ def _executor_from_args(args: argparse.Namespace) -> ExecutorSpec:
 
 def _suite(name: str, command: SuiteCommandSpec, executor: ExecutorSpec) -> int:
     """Run, list or submit suite ``name`` and print what happened."""
-    from reflowbench.harness.suite import run_named_suite
+    from reflowbench.harness.suite import plan_jobs, run_named_suite
 
     if executor.executor == "submitit" and not (command.dry_run or command.report_only):
         return _submit_suite(name, command, executor)
-    counts = run_named_suite(name, command, log=_log)
+    planned = plan_jobs(name, command)
+    counts = run_named_suite(name, command, log=_log, planned=planned)
     if not command.report_only:
         _log(_suite_summary(name, counts, "would run" if command.dry_run else "ran"))
     if command.dry_run and executor.executor == "submitit":
         from reflowbench.harness.suite_submit import describe_submission
 
-        _log(describe_submission(name, command, executor))
+        _log(describe_submission(planned, executor))
     return 0
 
 

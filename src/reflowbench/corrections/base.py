@@ -45,27 +45,24 @@ class CorrectionContext:
     layers: List[str]
     device: torch.device
     moments_cache: Dict[Tuple[Tuple[str, ...], int], DenseMoments] = field(default_factory=dict)
-    staged_passes: bool = False  # whether the last :meth:`layer_by_layer` ran in stages (one pass)
 
-    def layer_by_layer(self, model: nn.Module, names: Sequence[str], parts: int = 1) -> Iterator[Tuple[str, List[ChannelMoments]]]:
+    def layer_by_layer(self, model: nn.Module, names: Sequence[str], parts: int = 1) -> "LayerWalk":
         """(name, the layer's output moments per part) for the layers ``names`` of ``model`` in forward order, each
         measured on the calibration batches with the model as the caller left it after the previous item (a sequential
         correction corrects each layer in between). One forward pass in stages when it applies
         (:func:`~reflowbench.reflow.staged.staged_layer_moments`: same values), else a pass per layer cut short after
-        it; :attr:`staged_passes` says which was used (True: staged)."""
+        it; the walk's :attr:`LayerWalk.passes` says how many passes it makes."""
         staged = staged_layer_moments(model, self.calibration, names, parts, self.device)
-        self.staged_passes = staged is not None
         if staged is not None:
-            yield from staged
-            return
+            return LayerWalk(staged, passes=1)
+        return LayerWalk(self._pass_per_layer(model, names, parts), passes=len(names))
+
+    def _pass_per_layer(self, model: nn.Module, names: Sequence[str], parts: int) -> Iterator[Tuple[str, List[ChannelMoments]]]:
+        """:meth:`layer_by_layer` without stages: a pass over the calibration batches per layer, cut short after it."""
         modules = dict(model.named_modules())
         for name in names:
             measured, _, _ = collect_split_moments(model, self.calibration(), {name: modules[name]}, parts, self.device, stop_after=modules[name])
             yield name, measured[name]
-
-    def layer_passes(self, layers: int) -> int:
-        """Calibration passes :meth:`layer_by_layer` made over ``layers`` layers: one (in stages), or one per layer."""
-        return 1 if self.staged_passes else layers
 
     def dense_moments(self, names: Sequence[str], parts: int = 1) -> Tuple[DenseMoments, bool]:
         """The dense model's per-channel output moments of modules ``names`` on the calibration batches, dealt into
@@ -77,6 +74,18 @@ class CorrectionContext:
         modules = dict(self.dense.named_modules())
         self.moments_cache[key] = collect_split_moments(self.dense, self.calibration(), {name: modules[name] for name in names}, parts, self.device)
         return self.moments_cache[key], True
+
+
+@dataclass
+class LayerWalk:
+    """:meth:`CorrectionContext.layer_by_layer`'s walk: iterate it for (name, moments per part), layer after layer;
+    ``passes``: the calibration passes it makes (1 in stages, else one per layer, each cut short after its layer)."""
+
+    items: Iterator[Tuple[str, List[ChannelMoments]]]
+    passes: int
+
+    def __iter__(self) -> Iterator[Tuple[str, List[ChannelMoments]]]:
+        return self.items
 
 
 @dataclass

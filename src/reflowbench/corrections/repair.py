@@ -32,7 +32,8 @@ class Repair(Correction):
     def apply(self, model: nn.Module, ctx: CorrectionContext) -> CorrectionCost:
         modules = dict(model.named_modules())
         (dense, batches, images), measured = ctx.dense_moments(ctx.layers)
-        for name, (pruned,) in ctx.layer_by_layer(model, ctx.layers):
+        walk = ctx.layer_by_layer(model, ctx.layers)
+        for name, (pruned,) in walk:
             scale = matching_scale(dense[name][0].std(), pruned.std())
             fold_into_layer(modules[name], scale, dense[name][0].mean - scale * pruned.mean)
-        return CorrectionCost(images=images, batches=batches, passes=int(measured) + ctx.layer_passes(len(ctx.layers)))
+        return CorrectionCost(images=images, batches=batches, passes=int(measured) + walk.passes)

@@ -42,7 +42,8 @@ class StatisticsCorrection(Correction):
         layers = affine_norm_layers(model)
         (dense, batches, images), measured = ctx.dense_moments([name for name, _ in layers])
         modules = dict(layers)
-        for name, (pruned,) in ctx.layer_by_layer(model, [name for name, _ in layers]):
+        walk = ctx.layer_by_layer(model, [name for name, _ in layers])
+        for name, (pruned,) in walk:
             scale = matching_scale(dense[name][0].std(), pruned.std())
             fold_into_norm(modules[name], scale, dense[name][0].mean - scale * pruned.mean)
-        return CorrectionCost(images=images, batches=batches, passes=int(measured) + ctx.layer_passes(len(layers)))
+        return CorrectionCost(images=images, batches=batches, passes=int(measured) + walk.passes)

@@ -85,14 +85,15 @@ class VarianceMatch(Correction):
         modules = dict(model.named_modules())
         (dense, batches, images), measured = ctx.dense_moments(ctx.layers, 2)
         self.shrink_factors = []
-        for name, (pruned_a, pruned_b) in ctx.layer_by_layer(model, ctx.layers, 2):
+        walk = ctx.layer_by_layer(model, ctx.layers, 2)
+        for name, (pruned_a, pruned_b) in walk:
             layer = modules[name]
             dense_a, dense_b = dense[name]
             full = _log_ratio(dense_a.merged(dense_b).std(), pruned_a.merged(pruned_b).std())
             log_scale, shrink = shrunk_log_scales(full, _log_ratio(dense_a.std(), pruned_a.std()), _log_ratio(dense_b.std(), pruned_b.std()), self.shrinkage)
             self.shrink_factors.append(shrink)
             fold_into_layer(layer, log_scale.exp(), torch.zeros_like(log_scale))
-        passes = int(measured) + ctx.layer_passes(len(ctx.layers))
+        passes = int(measured) + walk.passes
         if batchnorm_layers(model):
             ctx.recalibrate(model)
             passes += 1

@@ -327,12 +327,13 @@ def completeness_lines(statuses: List[JobStatus]) -> List[str]:
     return lines + [f"- {s.line}" for s in statuses if s.search_open or s.complete < s.total]
 
 
-def run_named_suite(name: str, command: SuiteCommandSpec, log: Log = print) -> Dict[str, int]:
+def run_named_suite(name: str, command: SuiteCommandSpec, log: Log = print, planned: Optional[List[PlannedJob]] = None) -> Dict[str, int]:
     """Run (or, with ``dry_run``, list) every job, then write the combined report (``report_only``: only that; it says which
     jobs are not finished) and, when runs were made, ``<name>-suite/timing.json`` (wall time against the floor of the
     runs made now); returns {"done", "failed", "skipped", "total"} summed over the jobs run or listed (a tuned job's runs
-    are listed once its settings search has chosen; a dry run adds "estimate_s" and "unestimated")."""
-    planned = plan_jobs(name, command)
+    are listed once its settings search has chosen; a dry run adds "estimate_s" and "unestimated"). ``planned``: the
+    jobs :func:`plan_jobs` planned for this command, when the caller has them (else planned here)."""
+    planned = plan_jobs(name, command) if planned is None else planned
     if command.readme is not None:
         check_block(Path(command.readme), suite_name(name))
     clock = start_clock()

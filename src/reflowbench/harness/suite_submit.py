@@ -56,10 +56,10 @@ def batch_of(planned: List[PlannedJob], executor: ExecutorSpec, log: Log) -> Sui
     return batch
 
 
-def describe_submission(name: str, command: SuiteCommandSpec, executor: ExecutorSpec) -> str:
-    """What ``--executor submitit`` would submit now (``--dry-run``): one line, nothing submitted."""
+def describe_submission(planned: List[PlannedJob], executor: ExecutorSpec) -> str:
+    """What ``--executor submitit`` would submit now for the ``planned`` jobs (``--dry-run``): one line, nothing submitted."""
     try:
-        batch = batch_of(plan_jobs(name, command), executor, lambda message: None)
+        batch = batch_of(planned, executor, lambda message: None)
     except ReflowbenchError as error:  # e.g. a small tree standing in for the data: the runs cannot be keyed
         return f"submitit: jobs not counted ({error})"
     searches = f", {len(batch.waiting)} of them settings searches whose tuned rows follow in a second array" if batch.waiting else ""

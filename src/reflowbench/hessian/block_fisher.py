@@ -512,10 +512,6 @@ class LayerFisher:
         """Blocks per group of the gathered restricted solve with ``widest`` kept columns (:func:`gathered_group_blocks`)."""
         return gathered_group_blocks(self.num_grads, widest)
 
-    def restricted_solve_bytes(self) -> int:
-        """The most bytes one :meth:`restricted_solve` of this layer holds at once besides G (:func:`restricted_solve_bytes`)."""
-        return restricted_solve_bytes(self.numel, self.num_grads, self._spec)
-
     def quadratic(self, delta: torch.Tensor) -> float:
         """0.5 * delta^T F delta (block-diagonal F) for delta of shape (d,): :meth:`quadratic_products` of one vector."""
         return 0.5 * float(self.quadratic_products(delta.reshape(1, -1))[0])

@@ -54,6 +54,18 @@ def partition_layers(sizes: Dict[str, int], groups: int) -> List[List[str]]:
     return cut_layers(sizes, low)
 
 
+def choose_layer_groups(sizes: Dict[str, int], requested: int, budget_bytes: float) -> List[List[str]]:
+    """The groups of target layers G is collected for at a time (``sizes``: target name -> bytes of its rows of G, in
+    target order): ``requested`` groups (:func:`partition_layers`) when > 0, else the fewest whose G fits in half of
+    ``budget_bytes`` (the other half: factors and temporaries), as balanced as that many can be; one group when no
+    budget is given. The pruners and the cost plan both choose with it."""
+    if requested:
+        return partition_layers(sizes, requested)
+    if budget_bytes <= 0:
+        return [list(sizes)]
+    return partition_layers(sizes, len(cut_layers(sizes, 0.5 * budget_bytes)))
+
+
 class StreamedBlockFisher:
     """The block Fisher of all targets, built one group of layers at a time for each operation (see the module)."""
 

@@ -15,7 +15,7 @@ from reflowbench.errors import ConfigError
 from reflowbench.hessian import BlockFisher, Curvature, GradientMatrix, GradientSpec, collect_gradients
 from reflowbench.hessian.distributed_fisher import assign_layers, build_sharded, gather_owned_rows, is_distributed, row_shares
 from reflowbench.hessian.gradients import layer_gradient_bytes
-from reflowbench.hessian.layer_group_streaming import StreamedBlockFisher, cut_layers, partition_layers
+from reflowbench.hessian.layer_group_streaming import StreamedBlockFisher, choose_layer_groups
 from reflowbench.hessian.memory import resolve_dtype
 from reflowbench.pruners.base import PruneContext
 from reflowbench.pruners.masks import Masks
@@ -38,10 +38,7 @@ class CurvatureSource:
         """The groups of target layers G is collected for at a time (one group: no streaming), from ``layer_groups``."""
         spec = self.pruner.gradient_spec()
         sizes = {t.param_name: layer_gradient_bytes(t.numel, spec) for t in targets}
-        if self.pruner.options.layer_groups:
-            groups = partition_layers(sizes, self.pruner.options.layer_groups)
-        else:  # from the budget: the fewest groups whose G fits in half of it (the other half: factors and temporaries)
-            groups = partition_layers(sizes, len(cut_layers(sizes, 0.5 * ctx.memory_budget_gb * 2**30)))
+        groups = choose_layer_groups(sizes, self.pruner.options.layer_groups, ctx.memory_budget_gb * 2**30)
         if len(groups) > 1 and not self.pruner.streams():
             raise ConfigError(
                 f"{self.pruner.flag('layer-groups')} {self.pruner.options.layer_groups} (layer-group streaming, {len(groups)} groups) is not supported by {self.pruner.name}: "

@@ -130,27 +130,33 @@ class HessianPruner(Pruner):
         return self.options.num_grads * self.options.minibatch
 
     def working_set(self, targets: TargetSet, activation_bytes: int, budget_bytes: int = 0) -> WorkingSet:
-        """G (N x p in its dtype, padded to the blocks; one layer group of it when streamed), the block Fisher's packed
-        factors when the pruner factorises the blocks (per block of B columns: side = min(N, B), side^2 / 2 floats),
-        else the largest restricted solve's temporaries, and one gradient call's temporaries."""
+        """G (N x p in its dtype, padded to the blocks; the largest layer group's rows when streamed, the groups chosen
+        as the pruner chooses them: :func:`~reflowbench.hessian.layer_group_streaming.choose_layer_groups`), the block
+        Fisher's packed factors of those layers when the pruner factorises the blocks (per block of B columns:
+        side = min(N, B), side^2 / 2 floats), else their largest restricted solve's temporaries, and one gradient
+        call's temporaries."""
         from reflowbench.hessian.block_fisher import packed_factor_bytes, restricted_solve_bytes
-        from reflowbench.hessian.gradients import chunk_gradient_bytes, gradient_bytes
+        from reflowbench.hessian.gradients import chunk_gradient_bytes, layer_gradient_bytes
+        from reflowbench.hessian.layer_group_streaming import choose_layer_groups
 
         o = self.options
         spec = self.gradient_spec()
         fisher = self.fisher_spec()
-        if self.factorises():
-            solver = sum(packed_factor_bytes(t.numel, o.num_grads, fisher) for t in targets)  # as LayerFisher.factor_bytes counts them
-        else:
-            solver = max((restricted_solve_bytes(t.numel, o.num_grads, fisher) for t in targets), default=0)
-        whole = gradient_bytes(targets, spec) + solver
-        groups = max(1, o.layer_groups)
-        if o.layer_groups == 0 and self.streams() and budget_bytes > 0:  # the fewest groups whose share fits half the budget, as the pruner picks
-            groups = max(1, -(-whole // (budget_bytes // 2)))
-        total = whole // groups + chunk_gradient_bytes(targets, spec, activation_bytes)
+        rows = {t.param_name: layer_gradient_bytes(t.numel, spec) for t in targets}
+        numel = {t.param_name: t.numel for t in targets}
+        groups = choose_layer_groups(rows, o.layer_groups, budget_bytes) if self.streams() else [list(rows)]
+
+        def group_bytes(names: List[str]) -> int:
+            if self.factorises():  # as LayerFisher.factor_bytes counts them
+                solver = sum(packed_factor_bytes(numel[n], o.num_grads, fisher) for n in names)
+            else:
+                solver = max((restricted_solve_bytes(numel[n], o.num_grads, fisher) for n in names), default=0)
+            return sum(rows[n] for n in names) + solver
+
+        total = max((group_bytes(names) for names in groups), default=0) + chunk_gradient_bytes(targets, spec, activation_bytes)
         return WorkingSet(
             total,
-            f"G ({o.num_grads:,} x {targets.num_weights:,} in {o.dtype}{f', one of {groups} layer groups' if groups > 1 else ''}) and "
+            f"G ({o.num_grads:,} x {targets.num_weights:,} in {o.dtype}{f', one of {len(groups)} layer groups' if len(groups) > 1 else ''}) and "
             + ("the block Fisher factors" if self.factorises() else "a restricted solve's temporaries"),
             self._memory_knobs(),
         )
