@@ -150,6 +150,19 @@ def test_obc_falls_back_to_the_sweep_on_wide_layers_and_says_so(images):
     assert ctx.notes["obc_sweep_layers"] == ["conv2.weight"]
 
 
+@pytest.mark.parametrize("name", ["sparsegpt", "obc"])
+def test_a_layer_with_fewer_calibration_samples_than_columns_is_named_with_the_fix(images, name):
+    _, _, _, ctx = _prune(name, {"num_images": 4, "batch_size": 4}, 0.5, images)
+    # fc: 8 columns, one position per image: 4 samples; the convolutions see 4 x 64 positions
+    assert ctx.notes["layerwise"]["underdetermined"] == {"fc.weight": [4, 8]}
+    _, _, _, ctx = _prune(name, {}, 0.5, images)
+    assert "underdetermined" not in ctx.notes["layerwise"]
+    from reflowbench.pruners.layerwise import underdetermined_warning
+
+    line = underdetermined_warning(name, f"--{name}-num-images", 4, {"fc.weight": [4, 8], "conv2.weight": [30, 36]})
+    assert "fc.weight, 4 < 8" in line and f"--{name}-num-images 8 or more" in line
+
+
 def test_obc_prunes_a_layer_with_less_error_than_the_sweep(images):
     dense = _net()
     hessian = InputHessian(dense.conv1, torch.device("cpu"))
@@ -164,8 +177,9 @@ def test_obc_prunes_a_layer_with_less_error_than_the_sweep(images):
         diff = net.conv1.weight.detach().reshape(1, 8, -1).double() - rows
         return float(torch.einsum("grd,gde,gre->", diff, h, diff))
 
-    obc, *_ = _prune("obc", {}, 0.7, images)
-    sweep, *_ = _prune("sparsegpt", {}, 0.7, images)
+    same = {"sparsity_rule": "uniform", "target": "pruned-inputs"}  # conv1 at 0.7 in both, on the same inputs
+    obc, *_ = _prune("obc", same, 0.7, images)
+    sweep, *_ = _prune("sparsegpt", {**same, "mask": "adaptive", "refit": False}, 0.7, images)
     assert error(obc) < error(sweep)
 
 

@@ -42,6 +42,9 @@ from reflowbench.schema.targets import Target, TargetSet
 SPARSITY_RULES = ("uniform", "global-magnitude", "global-obs")
 MODES = ("sequential", "parallel")
 TARGETS = ("pruned-inputs", "dense-outputs")
+SEARCHED = (  # the source of a default a ResNet-20 settings search chose; .format(method name)
+    "suite choice: the best cell of the ResNet-20 settings search (reports/cifar10-resnet20/tuning/resnet20_{}.md); the published value is the reference row's"
+)
 
 
 @dataclass
@@ -158,6 +161,7 @@ class LayerwisePruner(Pruner):
                     dense_copy, {t.param_name: dense_copy.get_submodule(t.module_name) for t in targets}, images, self.dense_input_bytes(ctx)
                 )
         masks: Masks = {}
+        short: Dict[str, List[int]] = {}  # layers with fewer calibration samples than columns: [samples, columns]
         staged = None
         if dense is None:  # sequential: one forward in stages where it applies (the same inputs, bit for bit)
             with ctx.phase("inputs"):
@@ -174,6 +178,8 @@ class LayerwisePruner(Pruner):
                     else:
                         one = {t.param_name: modules[t.param_name]}
                         hessian = collect_hessians(model, one, images, ctx.device, stop_early=True, full=self.needs_full_hessian(), dense=pair)[t.param_name]
+            if self.needs_full_hessian() and hessian.count < geometries[t.param_name].columns:
+                short[t.param_name] = [hessian.count, geometries[t.param_name].columns]
             with ctx.phase("solve"):
                 start = self._rows_to_fit(t, geometries[t.param_name], hessian)
                 if nm and grouped(t, ctx.pattern.m) and geometries[t.param_name].groups == 1:
@@ -192,6 +198,10 @@ class LayerwisePruner(Pruner):
             "sparsity_rule": self.options.sparsity_rule,
             "layer_sparsity": {t.param_name: round(counts[t.param_name] / t.numel, 6) for t in targets},
         }
+        if short:
+            ctx.notes["layerwise"]["underdetermined"] = short
+            if ctx.log is not None:
+                ctx.log(underdetermined_warning(self.name, self.flag("num-images"), self.options.num_images, short))
         return masks
 
     def _staged_hessian(
@@ -287,3 +297,17 @@ class LayerwisePruner(Pruner):
         rows = geometry.rows_of(target.weight.detach()).to(torch.float64).to(matrix.device)
         energy = torch.einsum("grd,gde,gre->", rows, hessian.matrix(), rows).clamp_min(torch.finfo(torch.float64).tiny)
         return (rows.pow(2) / inverse_diag.unsqueeze(1) / energy).reshape(target.weight.shape)
+
+
+def underdetermined_warning(method: str, flag: str, images: int, short: Dict[str, List[int]]) -> str:
+    """One line naming the layers whose H had fewer calibration samples (images x output positions) than columns
+    (``short``: layer -> [samples, columns]): their H is singular before damping, so the weight updates reproduce the
+    calibration images' outputs along directions no other image constrains; and the fix."""
+    worst = min(short, key=lambda name: short[name][0] / short[name][1])
+    samples, columns = short[worst]
+    need = math.ceil(images * max(c / n for n, c in short.values()))
+    return (
+        f"{method}: {len(short)} layer(s) saw fewer calibration samples (images x positions) than their H has columns "
+        f"(fewest: {worst}, {samples:,} < {columns:,}): H is singular there before damping and the weight updates fit "
+        f"those {images} images only; {flag} {need} or more gives every layer a full-rank H"
+    )

@@ -22,7 +22,7 @@ import torch
 from reflowbench.config import SparsityPattern
 from reflowbench.errors import ConfigError
 from reflowbench.pruners.base import PruneContext, register_pruner
-from reflowbench.pruners.layerwise import LayerwiseOptions, LayerwisePruner
+from reflowbench.pruners.layerwise import SEARCHED, LayerwiseOptions, LayerwisePruner
 from reflowbench.reconstruction import InputHessian, counts_from_traces, damped, greedy_obs, inverse_upper, nm_sweep, prefix_keep, refit_rows, sweep
 
 FALLBACK_BLOCK = 128
@@ -30,8 +30,9 @@ FALLBACK_BLOCK = 128
 
 @dataclass
 class OBCOptions(LayerwiseOptions):
-    sparsity_rule: str = "global-magnitude"  # SparseGPT's ResNet-20 search's choice (OBC's own search is not finished)
-    target: str = "dense-outputs"  # SparseGPT's ResNet-20 search's choice (OBC: the layer's own inputs)
+    num_images: int = 512  # the ResNet-20 search's choice (published: 1024 samples x 10 augmentation rounds)
+    sparsity_rule: str = "uniform"  # the ResNet-20 search's choice (published: every layer at one sparsity)
+    target: str = "dense-outputs"  # the ResNet-20 search's choice (published: the layer's own inputs, pruned-inputs)
     max_columns: int = 1152  # layers with more inputs per row than this get SparseGPT's sweep instead (O(rows d^3) otherwise)
 
 
@@ -43,13 +44,11 @@ class OBCPruner(LayerwisePruner):
     PATTERNS = ("unstructured", "n:m")
     REFERENCE = {
         **LayerwisePruner.REFERENCE,
-        "num_images": "suite choice: 128 as SparseGPT (REFERENCES.md §6: OBC uses 1024 samples x 10 augmentation rounds)",
-        "damp": "suite choice: 1 % as SparseGPT (REFERENCES.md §6: OBC's rel_damp defaults to 0, + I where Cholesky fails)",
-        "mode": "suite choice: the family's sequential default (REFERENCES.md §6 does not state OBC's)",
-        "sparsity_rule": "suite choice until OBC's own ResNet-20 search is finished: the choice of SparseGPT's (REFERENCES.md §6: OBC prunes "
-        "every layer to one sparsity, its count split between rows by their traced errors)",
-        "target": "suite choice until OBC's own ResNet-20 search is finished: the choice of SparseGPT's (OBC reconstructs the layer on its "
-        "own inputs, REFERENCES.md §6)",
+        "num_images": SEARCHED.format("obc") + " (1024 samples x 10 augmentation rounds, REFERENCES.md §6)",
+        "damp": SEARCHED.format("obc") + " (rel_damp 0, + I where Cholesky fails, REFERENCES.md §6)",
+        "mode": SEARCHED.format("obc") + " (REFERENCES.md §6 does not state OBC's; the family's default is sequential)",
+        "sparsity_rule": SEARCHED.format("obc") + " (every layer to one sparsity, its count split between rows by their traced errors, REFERENCES.md §6)",
+        "target": SEARCHED.format("obc") + " (the layer reconstructed on its own inputs, pruned-inputs, REFERENCES.md §6)",
         "max_columns": "suite choice: the cost O(rows d^3) of a layer with more inputs per row is out of reach on a CPU",
     }
     TUNING_GRID: ClassVar[Dict[str, List[Dict[str, object]]]] = {

@@ -21,16 +21,11 @@ import torch
 from reflowbench.config import SparsityPattern
 from reflowbench.errors import ConfigError
 from reflowbench.pruners.base import PruneContext, register_pruner
-from reflowbench.pruners.layerwise import LayerwiseOptions, LayerwisePruner
+from reflowbench.pruners.layerwise import SEARCHED, LayerwiseOptions, LayerwisePruner
 from reflowbench.pruners.nm import keep_top_n
 from reflowbench.reconstruction import InputHessian, damped, inverse_upper, lowest_k_keep, nm_sweep, refit_rows, sweep
 
 MASKS = ("adaptive", "magnitude")
-
-
-SEARCHED = (
-    "suite choice: the best cell of the ResNet-20 settings search (reports/cifar10-resnet20/tuning/resnet20_{}.md); the published value is the reference row's"
-)
 
 
 @dataclass

@@ -16,9 +16,8 @@ import torch
 from reflowbench.config import SparsityPattern
 from reflowbench.errors import ConfigError
 from reflowbench.pruners.base import PruneContext, register_pruner
-from reflowbench.pruners.layerwise import LayerwiseOptions, LayerwisePruner
+from reflowbench.pruners.layerwise import SEARCHED, LayerwiseOptions, LayerwisePruner
 from reflowbench.pruners.nm import keep_top_n
-from reflowbench.pruners.sparsegpt import SEARCHED
 from reflowbench.reconstruction import InputHessian, lowest_k_keep, lowest_per_row, row_counts
 
 COMPARISONS = ("row", "layer")
