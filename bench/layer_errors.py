@@ -1,0 +1,160 @@
+"""How far each layer-wise mask rule is from ExactOBS on a model's own layers: the reconstruction error of every layer
+under SparseGPT's column sweep, the sweep's mask re-fitted exactly, the magnitude mask re-fitted exactly and ExactOBS's
+greedy mask (re-fitted), each relative to the layer's dense output energy.
+
+    python bench/layer_errors.py --model mobilenetv1 --checkpoint ../shared/models/mobilenetv1_cifar10_jpeg.pt \
+        --data ../shared/datasets/cifar10-jpeg.tar.gz --sparsity 0.5 --out reports/layerwise-errors/mobilenetv1-s0.5.md
+
+Every layer's H = X X^T / n from the dense network's inputs (the parallel mode's H) on the first ``--images`` images
+of seed 0's Fisher range of the training split (the pruners' own images), ``--damp`` relative damping, every layer at
+``--sparsity``. Per layer: sum over rows of (w_hat - w)^T H (w_hat - w) over sum over rows of w^T H w, and the same with
+each output channel weighted by the following BatchNorm's (gamma / sigma)^2 (the error the next layer sees after the
+BN). ExactOBS is skipped on layers with more than ``--max-columns`` inputs per row (O(rows d^3)). Writes a markdown
+table and a summary (geometric mean of each rule's error over ExactOBS's, depthwise and other layers apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from reflowbench.datasets import load_dataset
+from reflowbench.datasets.splits import SubsetSizes, disjoint_subsets
+from reflowbench.models import build_model
+from reflowbench.pruners import select_targets
+from reflowbench.reconstruction import (
+    collect_hessians,
+    counts_from_traces,
+    damped,
+    greedy_obs,
+    inverse_upper,
+    lowest_k_keep,
+    prefix_keep,
+    refit_rows,
+    sweep,
+)
+
+RULES = ("sweep", "sweep mask + re-fit", "magnitude + re-fit", "ExactOBS")
+
+
+def following_bn_weights(model: nn.Module, name: str, channels: int) -> torch.Tensor:
+    """(gamma / sigma)^2 per output channel of the first BatchNorm after module ``name`` in registration order with
+    ``channels`` features (ones when there is none: e.g. the classifier), float64 (channels,)."""
+    names = [n for n, _ in model.named_modules()]
+    modules = dict(model.named_modules())
+    for later in names[names.index(name) + 1 :]:
+        bn = modules[later]
+        if isinstance(bn, nn.BatchNorm2d) and bn.num_features == channels:
+            scale = bn.weight.detach() if bn.weight is not None else torch.ones(channels)
+            return (scale.double() ** 2) / (bn.running_var.double() + bn.eps)
+    return torch.ones(channels, dtype=torch.float64)
+
+
+def errors_of(
+    rows: torch.Tensor, matrix: torch.Tensor, lower: torch.Tensor, count: int, channel_weight: torch.Tensor, max_columns: int
+) -> Dict[str, Optional[tuple]]:
+    """{rule: (relative error, BN-weighted relative error)} for the rows (G, R, d) float64 of one layer with H
+    ``matrix`` (damped, its Cholesky factor ``lower``), ``count`` weights pruned; ExactOBS None above ``max_columns``."""
+    g, r, d = rows.shape
+    weight = channel_weight.view(g, r, 1).sqrt()
+
+    def relative(new: torch.Tensor) -> tuple:
+        delta = new - rows
+        energy = torch.einsum("grd,gde,gre->", rows, matrix, rows)
+        weighted_energy = torch.einsum("grd,gde,gre->", rows * weight, matrix, rows * weight)
+        error = torch.einsum("grd,gde,gre->", delta, matrix, delta) / energy
+        weighted = torch.einsum("grd,gde,gre->", delta * weight, matrix, delta * weight) / weighted_energy
+        return float(error), float(weighted)
+
+    swept, sweep_keep = sweep(rows, inverse_upper(lower), count, 128)
+    out: Dict[str, Optional[tuple]] = {
+        "sweep": relative(swept),
+        "sweep mask + re-fit": relative(refit_rows(rows, matrix, sweep_keep)),
+        "magnitude + re-fit": relative(refit_rows(rows, matrix, lowest_k_keep(rows.abs(), count))),
+        "ExactOBS": None,
+    }
+    if d <= max_columns:
+        order, losses = greedy_obs(rows, torch.cholesky_inverse(lower).to(torch.float32))
+        keep = prefix_keep(order.reshape(g * r, d), counts_from_traces(losses.reshape(g * r, d), count), d).view(g, r, d)
+        out["ExactOBS"] = relative(refit_rows(rows, matrix, keep))
+    return out
+
+
+def geometric_ratio(rows: List[Dict[str, Optional[tuple]]], rule: str, part: int) -> Optional[float]:
+    """The geometric mean over ``rows`` (layers with ExactOBS) of ``rule``'s error over ExactOBS's (part 0: plain, 1: BN-weighted)."""
+    logs = [math.log(row[rule][part] / row["ExactOBS"][part]) for row in rows if row["ExactOBS"] is not None and row["ExactOBS"][part] > 0]
+    return math.exp(sum(logs) / len(logs)) if logs else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--damp", type=float, default=0.01)
+    parser.add_argument("--max-columns", type=int, default=1152)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load_dataset(args.dataset, Path(args.data), None, False, 1, False)
+    model = build_model(args.model, data.num_classes, Path(args.checkpoint)).eval()
+    fisher = disjoint_subsets(len(data.train), SubsetSizes(1, args.images, 1), 0)["fisher"]
+    images = [x for x, _ in data.train.batches(fisher, 64)]
+    targets = select_targets(model)
+    modules = {t.param_name: model.get_submodule(t.module_name) for t in targets}
+    start = time.perf_counter()
+    hessians = collect_hessians(model, modules, images, torch.device("cpu"))
+    table = []
+    for t in targets:
+        hessian = hessians.pop(t.param_name)
+        geometry = hessian.geometry
+        matrix, lower = damped(hessian.matrix(), args.damp, t.param_name)
+        rows = geometry.rows_of(t.weight.detach()).to(torch.float64)
+        count = round(args.sparsity * rows.numel())
+        channel_weight = following_bn_weights(model, t.module_name, geometry.groups * geometry.rows)
+        row = errors_of(rows, matrix, lower, count, channel_weight, args.max_columns)
+        row.update(layer=t.param_name, shape=f"{geometry.groups} x {geometry.rows} x {geometry.columns}", depthwise=geometry.groups > 1 and geometry.rows == 1)
+        table.append(row)
+        print(f"{t.param_name}: " + ", ".join(f"{rule} {row[rule][0]:.4g}" for rule in RULES if row[rule] is not None), flush=True)
+    seconds = time.perf_counter() - start
+    lines = [
+        f"# Layer-wise mask rules against ExactOBS: {args.model}, sparsity {args.sparsity}",
+        "",
+        f"Generated by `python bench/layer_errors.py --model {args.model} --checkpoint {args.checkpoint} --data {args.data} "
+        f"--sparsity {args.sparsity} --images {args.images} --damp {args.damp} --max-columns {args.max_columns} --out {args.out}` "
+        f"({seconds:.0f} s, {args.threads} thread(s)). Each cell: the layer's reconstruction error relative to its dense "
+        "output energy, then the same with each output channel weighted by the following BatchNorm's (gamma / sigma)^2. "
+        "Every layer at the same sparsity, H from the dense network's inputs, "
+        f"{args.images} images of seed 0's Fisher range, {args.damp:g} relative damping.",
+        "",
+        "| rule | depthwise layers: error / ExactOBS's (geometric mean) | other layers | depthwise, BN-weighted | other, BN-weighted |",
+        "|---|---|---|---|---|",
+    ]
+    depthwise = [row for row in table if row["depthwise"]]
+    others = [row for row in table if not row["depthwise"]]
+    for rule in RULES[:3]:
+        cells = [geometric_ratio(part_rows, rule, part) for part in (0, 1) for part_rows in (depthwise, others)]
+        cells = [cells[0], cells[2], cells[1], cells[3]]
+        lines.append(f"| {rule} | " + " | ".join("–" if c is None else f"{c:.2f}x" for c in cells) + " |")
+    lines += ["", "| layer | groups x rows x columns | " + " | ".join(RULES) + " |", "|---|---|" + "---|" * len(RULES)]
+    for row in table:
+        cells = ["–" if row[rule] is None else f"{row[rule][0]:.4f} / {row[rule][1]:.4f}" for rule in RULES]
+        lines.append(f"| {row['layer']} | {row['shape']} | " + " | ".join(cells) + " |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"table: {out}")
+
+
+if __name__ == "__main__":
+    main()
