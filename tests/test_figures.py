@@ -90,6 +90,22 @@ def test_without_roles_the_configuration_at_the_reference_options_is_the_referen
     assert sorted({r["short"] for r in records}) == ["chita reference", "chita solver=iht"]
 
 
+def test_a_folder_report_calls_only_published_defaults_reference():
+    """A layer-wise pruner's defaults are its search's choice (its tuned row, on ResNet-20): a folder report must not
+    name a configuration at those options "reference"."""
+    from reflowbench.harness.sweep import default_options
+    from reflowbench.pruners import make_pruner
+    from reflowbench.pruners.base import key_options
+
+    published = default_options()
+    assert {"mp", "woodfisher", "cbs", "chita"} <= set(published) and not {"sparsegpt", "obc", "wanda"} & set(published)
+    records = [_run("m", "obc", key_options(make_pruner("obc")), s, 0, f"a{s}", 80) for s in SPARSITIES]
+    records += [_run("m", "obc", {**key_options(make_pruner("obc")), "num_images": 1024}, s, 0, f"b{s}", 80) for s in SPARSITIES]
+    annotate_variants(records)
+    set_short_labels(records, reference_options=published)
+    assert not any(r["role"] for r in records) and not any("reference" in r["short"] for r in records)
+
+
 def _legends_and_axes(fig):
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()

@@ -19,7 +19,7 @@ from reflowbench.harness.distributed import from_main_rank, is_main_rank
 from reflowbench.harness.plan import SweepPlan
 from reflowbench.harness.run import SweepState, run_one
 from reflowbench.hessian.distributed_fisher import is_distributed
-from reflowbench.pruners import Pruner, make_pruner, pruner_names
+from reflowbench.pruners import PRUNERS, Pruner, make_pruner, pruner_names
 from reflowbench.pruners.base import StageCheckpoint, key_options
 from reflowbench.schema.results import (
     correction_stages,
@@ -237,9 +237,10 @@ def write_results(out: Path, log: Log, report: bool = True, signal_sparsity: Opt
 
 
 def default_options() -> Dict[str, Dict[str, Any]]:
-    """method -> the options of its default (reference) settings as they enter a run's key, for every registered pruner:
-    what names a report's configuration "reference"."""
-    return {name: key_options(make_pruner(name)) for name in pruner_names()}
+    """method -> the options of its default settings as they enter a run's key, for every registered pruner whose
+    defaults are its authors' published settings (``DEFAULTS_PUBLISHED``): what names a report's configuration
+    "reference" (a layer-wise pruner's defaults are a search's choice, never called reference)."""
+    return {name: key_options(make_pruner(name)) for name in pruner_names() if PRUNERS[name].DEFAULTS_PUBLISHED}
 
 
 def _progress(total: int, enabled: bool):

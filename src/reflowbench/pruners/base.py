@@ -129,6 +129,10 @@ class Pruner(ABC):
     # Where each option's default comes from (option -> a section of ../shared/REFERENCES.md, or "suite choice: why"):
     # the "reference settings" table of a comparison prints it beside the value (see :func:`option_sources`).
     REFERENCE: ClassVar[Dict[str, str]] = {}
+    # Whether the defaults are the authors' published settings (a report then names a configuration with exactly these
+    # options "reference"); False where they are a settings search's choice (the layer-wise pruners: their published
+    # setting is a suite's explicit reference row instead).
+    DEFAULTS_PUBLISHED: ClassVar[bool] = True
     # The sparsity patterns this pruner can produce ("unstructured", "n:m", "channels"); the harness refuses any other --pattern for it.
     PATTERNS: ClassVar[Tuple[str, ...]] = ("unstructured",)
 

@@ -61,6 +61,7 @@ class LayerwisePruner(Pruner):
     """Collects each layer's H (sequentially or in parallel) and calls :meth:`prune_layer` per target."""
 
     Options = LayerwiseOptions
+    DEFAULTS_PUBLISHED = False  # each pruner's defaults: its ResNet-20 settings search's choice (SEARCHED)
     KEY_NEUTRAL = ("batch_size",)
     REFERENCE: ClassVar[Dict[str, str]] = {
         "num_images": "REFERENCES.md §6 (SparseGPT): 128 calibration samples by default",
