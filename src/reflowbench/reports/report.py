@@ -14,6 +14,7 @@ from reflowbench.reports.corrections import CAPTION as CORRECTIONS_CAPTION
 from reflowbench.reports.corrections import corrections_figure, corrections_table, has_corrections
 from reflowbench.reports.figures import accuracy_all_configurations, accuracy_vs_sparsity, cost_vs_sparsity, pick_sparsity, signal_collapse, sweep_records
 from reflowbench.reports.labels import configurations_table, set_short_labels
+from reflowbench.reports.layerwise_notes import layerwise_note_lines
 from reflowbench.reports.structure import CAPTION as STRUCTURE_CAPTION
 from reflowbench.reports.structure import has_structure, structure_figure, structure_table
 from reflowbench.schema.results import applied_corrections, load_finished_runs
@@ -151,6 +152,7 @@ def _markdown(
             "",
             *_objective_lines(records),
         ]
+    md += layerwise_note_lines(records)
     if failed[1]:
         md += ["## Failed runs", "", FAILED_CAPTION, "", markdown_table(*failed), ""]
     return "\n".join(md)
