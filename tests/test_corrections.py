@@ -133,8 +133,8 @@ def test_naive_variance_match_gives_every_pruned_layer_the_dense_spread_and_keep
     model, targets = _pruned(dense, 0.85)
     names = list(dict.fromkeys(t.module_name for t in targets))
     correction = make_correction("variance-match", CorrectionSpec(corrections=["variance-match"], variance_match_shrinkage="none"))
-    correction.apply(model, _context(dense, targets))
-    assert correction.shrink_factors == [1.0] * len(names)
+    cost = correction.apply(model, _context(dense, targets))
+    assert cost.details["shrink_factors"] == {name: 1.0 for name in names}
     want, got = _channel_stats(dense, names, _batches()), _channel_stats(model, names, _batches())
     for n in names:
         live = got[n][1] > 0
@@ -234,6 +234,9 @@ def test_a_sweep_evaluates_every_correction_from_the_same_pruned_weights(tmp_pat
     for name, entry in record["corrections"].items():
         assert entry["images"] == 256 and entry["passes"] > 1 and entry["seconds"] > 0 and len(entry["ratio"]) == len(record["variance"]["layers"])
         assert {f"correct_{name}", f"eval_{name}"} <= set(record["cost"])
+    shrink = record["corrections"]["variance-match"]["details"]["shrink_factors"]  # one per pruned layer, in [0, 1]
+    assert len(shrink) == record["targets"]["num_layers"] and all(0.0 <= f <= 1.0 for f in shrink.values())
+    assert "details" not in record["corrections"]["statcorr"]
     with open(tmp_path / "all" / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["correction"], r["reflow"]) for r in rows] == [("none", "0"), ("reflow", "1"), ("repair", ""), ("statcorr", ""), ("variance-match", "")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -91,11 +91,13 @@ class LayerWalk:
 @dataclass
 class CorrectionCost:
     """What a correction ran through the network: calibration ``images`` per pass, forward ``passes`` over them (a
-    pass cut short after the layer it measures counts as one), ``batches`` per pass."""
+    pass cut short after the layer it measures counts as one), ``batches`` per pass; ``details``: what the correction
+    chose that a reader may want to see (JSON values; the run record keeps them beside its metrics)."""
 
     images: int
     batches: int
     passes: int
+    details: Dict[str, Any] = field(default_factory=dict)
 
 
 class Correction(ABC):

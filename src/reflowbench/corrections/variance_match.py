@@ -72,7 +72,6 @@ class VarianceMatch(Correction):
 
     def __init__(self, shrinkage: str = "split-half") -> None:
         self.shrinkage = shrinkage
-        self.shrink_factors: list = []
 
     @classmethod
     def from_settings(cls, settings: CorrectionSpec) -> "VarianceMatch":
@@ -84,17 +83,17 @@ class VarianceMatch(Correction):
     def apply(self, model: nn.Module, ctx: CorrectionContext) -> CorrectionCost:
         modules = dict(model.named_modules())
         (dense, batches, images), measured = ctx.dense_moments(ctx.layers, 2)
-        self.shrink_factors = []
+        shrink_factors = {}
         walk = ctx.layer_by_layer(model, ctx.layers, 2)
         for name, (pruned_a, pruned_b) in walk:
             layer = modules[name]
             dense_a, dense_b = dense[name]
             full = _log_ratio(dense_a.merged(dense_b).std(), pruned_a.merged(pruned_b).std())
             log_scale, shrink = shrunk_log_scales(full, _log_ratio(dense_a.std(), pruned_a.std()), _log_ratio(dense_b.std(), pruned_b.std()), self.shrinkage)
-            self.shrink_factors.append(shrink)
+            shrink_factors[name] = round(shrink, 6)
             fold_into_layer(layer, log_scale.exp(), torch.zeros_like(log_scale))
         passes = int(measured) + walk.passes
         if batchnorm_layers(model):
             ctx.recalibrate(model)
             passes += 1
-        return CorrectionCost(images=images, batches=batches, passes=passes)
+        return CorrectionCost(images=images, batches=batches, passes=passes, details={"shrink_factors": shrink_factors})

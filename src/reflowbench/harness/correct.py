@@ -69,4 +69,5 @@ def correct_and_measure(
         "seconds": ledger.as_dict()[phase]["seconds"],
         "ratio": [ratios.get(name, float("nan")) for name in layers],
         "ratios": summarize_ratios(ratios),
+        **({"details": cost.details} if cost.details else {}),
     }

@@ -53,7 +53,7 @@ class Variance(_VarianceBase, total=False):
     reflow: Dict[str, float]
 
 
-class CorrectionMetrics(TypedDict):
+class _CorrectionMeasured(TypedDict):
     """A correction other than REFLOW (``--corrections``): the test metrics after it, what it ran through the network
     (calibration images and batches per pass, forward passes, seconds) and the variance ratios after it."""
 
@@ -66,6 +66,13 @@ class CorrectionMetrics(TypedDict):
     seconds: float
     ratio: List[float]  # per signal point, as Variance.layers
     ratios: Dict[str, float]  # their summary
+
+
+class CorrectionMetrics(_CorrectionMeasured, total=False):
+    """:class:`_CorrectionMeasured`, and where the correction reports them, ``details``: what it chose (variance-match:
+    its shrinkage factor per layer)."""
+
+    details: Dict[str, Any]
 
 
 class RunHeader(TypedDict):
