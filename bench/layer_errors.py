@@ -92,6 +92,18 @@ def geometric_ratio(rows: List[Dict[str, Optional[tuple]]], rule: str, part: int
     return math.exp(sum(logs) / len(logs)) if logs else None
 
 
+def summary_rows(table: List[Dict]) -> List[str]:
+    """One markdown row per rule but ExactOBS: its geometric-mean error over ExactOBS's on the depthwise layers, on the
+    others, then the same BN-weighted, in the summary header's column order ('–' where there is no such layer)."""
+    depthwise = [row for row in table if row["depthwise"]]
+    others = [row for row in table if not row["depthwise"]]
+    lines = []
+    for rule in RULES[:3]:
+        cells = [geometric_ratio(layers, rule, part) for part in (0, 1) for layers in (depthwise, others)]  # plain dw, plain other, BN dw, BN other
+        lines.append(f"| {rule} | " + " | ".join("–" if c is None else f"{c:.2f}x" for c in cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
@@ -140,12 +152,7 @@ def main() -> None:
         "| rule | depthwise layers: error / ExactOBS's (geometric mean) | other layers | depthwise, BN-weighted | other, BN-weighted |",
         "|---|---|---|---|---|",
     ]
-    depthwise = [row for row in table if row["depthwise"]]
-    others = [row for row in table if not row["depthwise"]]
-    for rule in RULES[:3]:
-        cells = [geometric_ratio(part_rows, rule, part) for part in (0, 1) for part_rows in (depthwise, others)]
-        cells = [cells[0], cells[2], cells[1], cells[3]]
-        lines.append(f"| {rule} | " + " | ".join("–" if c is None else f"{c:.2f}x" for c in cells) + " |")
+    lines += summary_rows(table)
     lines += ["", "| layer | groups x rows x columns | " + " | ".join(RULES) + " |", "|---|---|" + "---|" * len(RULES)]
     for row in table:
         cells = ["–" if row[rule] is None else f"{row[rule][0]:.4f} / {row[rule][1]:.4f}" for rule in RULES]

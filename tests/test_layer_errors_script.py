@@ -30,3 +30,12 @@ def test_the_rules_errors_keep_their_order_and_the_bn_weighting_reduces_to_plain
     weighted = script.errors_of(rows, matrix, lower, 27, torch.tensor([1.0, 1, 1, 100, 100, 100], dtype=torch.float64), max_columns=100)
     assert weighted["ExactOBS"][0] == plain["ExactOBS"][0] and weighted["ExactOBS"][1] != plain["ExactOBS"][1]
     assert script.errors_of(rows, matrix, lower, 27, torch.ones(6, dtype=torch.float64), max_columns=5)["ExactOBS"] is None
+
+
+def test_the_summary_columns_follow_the_header():
+    script = _script()
+    row = {rule: (1.0, 1.0) for rule in script.RULES}
+    depthwise = {**row, "sweep": (2.0, 3.0), "depthwise": True}
+    other = {**row, "sweep": (5.0, 7.0), "depthwise": False}
+    assert script.summary_rows([depthwise, other])[0] == "| sweep | 2.00x | 5.00x | 3.00x | 7.00x |"  # plain dw, plain other, BN dw, BN other
+    assert script.summary_rows([other])[0] == "| sweep | – | 5.00x | – | 7.00x |"
