@@ -27,20 +27,8 @@ from torch import nn
 from reflowbench.datasets import load_dataset
 from reflowbench.datasets.splits import SubsetSizes, disjoint_subsets
 from reflowbench.models import build_model
-from reflowbench.pruners import select_targets
-from reflowbench.reconstruction import (
-    collect_hessians,
-    counts_from_traces,
-    damped,
-    greedy_obs,
-    inverse_upper,
-    lowest_k_keep,
-    prefix_keep,
-    refit_rows,
-    sweep,
-)
-
-RULES = ("sweep", "sweep mask + re-fit", "magnitude + re-fit", "ExactOBS")
+from reflowbench.pruners import PruneContext, make_pruner, select_targets
+from reflowbench.reconstruction import InputHessian, collect_hessians, damped
 
 
 def following_bn_weights(model: nn.Module, name: str, channels: int) -> torch.Tensor:
@@ -56,13 +44,22 @@ def following_bn_weights(model: nn.Module, name: str, channels: int) -> torch.Te
     return torch.ones(channels, dtype=torch.float64)
 
 
-def errors_of(
-    rows: torch.Tensor, matrix: torch.Tensor, lower: torch.Tensor, count: int, channel_weight: torch.Tensor, max_columns: int
-) -> Dict[str, Optional[tuple]]:
-    """{rule: (relative error, BN-weighted relative error)} for the rows (G, R, d) float64 of one layer with H
-    ``matrix`` (damped, its Cholesky factor ``lower``), ``count`` weights pruned; ExactOBS None above ``max_columns``."""
+RULE_OPTIONS = {  # each rule as the pruner that ships it runs one layer (its own prune_layer)
+    "sweep": ("sparsegpt", {"mask": "adaptive", "block_size": 128, "refit": False}),
+    "sweep mask + re-fit": ("sparsegpt", {"mask": "adaptive", "block_size": 128, "refit": True}),
+    "magnitude + re-fit": ("sparsegpt", {"mask": "magnitude"}),
+    "ExactOBS": ("obc", {}),
+}
+RULES = tuple(RULE_OPTIONS)
+
+
+def errors_of(rows: torch.Tensor, hessian: InputHessian, count: int, channel_weight: torch.Tensor, damp: float, max_columns: int) -> Dict[str, Optional[tuple]]:
+    """{rule: (relative error, BN-weighted relative error)} for the rows (G, R, d) float64 of one layer with input
+    Hessian ``hessian``, ``count`` weights pruned by each rule's own pruner (``damp`` relative damping); ExactOBS None
+    above ``max_columns`` inputs per row (where OBC itself would fall back to the sweep)."""
     g, r, d = rows.shape
     weight = channel_weight.view(g, r, 1).sqrt()
+    matrix, _ = damped(hessian.matrix(), damp)
 
     def relative(new: torch.Tensor) -> tuple:
         delta = new - rows
@@ -72,17 +69,14 @@ def errors_of(
         weighted = torch.einsum("grd,gde,gre->", delta * weight, matrix, delta * weight) / weighted_energy
         return float(error), float(weighted)
 
-    swept, sweep_keep = sweep(rows, inverse_upper(lower), count, 128)
-    out: Dict[str, Optional[tuple]] = {
-        "sweep": relative(swept),
-        "sweep mask + re-fit": relative(refit_rows(rows, matrix, sweep_keep)),
-        "magnitude + re-fit": relative(refit_rows(rows, matrix, lowest_k_keep(rows.abs(), count))),
-        "ExactOBS": None,
-    }
-    if d <= max_columns:
-        order, losses = greedy_obs(rows, torch.cholesky_inverse(lower).to(torch.float32))
-        keep = prefix_keep(order.reshape(g * r, d), counts_from_traces(losses.reshape(g * r, d), count), d).view(g, r, d)
-        out["ExactOBS"] = relative(refit_rows(rows, matrix, keep))
+    out: Dict[str, Optional[tuple]] = {}
+    for rule, (method, options) in RULE_OPTIONS.items():
+        if method == "obc" and d > max_columns:
+            out[rule] = None
+            continue
+        pruner = make_pruner(method, {**options, "damp": damp, **({"max_columns": max_columns} if method == "obc" else {})})
+        new, _ = pruner.prune_layer("layer", rows, hessian, count, PruneContext(device=rows.device, seed=0))
+        out[rule] = relative(new)
     return out
 
 
@@ -130,11 +124,10 @@ def main() -> None:
     for t in targets:
         hessian = hessians.pop(t.param_name)
         geometry = hessian.geometry
-        matrix, lower = damped(hessian.matrix(), args.damp, t.param_name)
         rows = geometry.rows_of(t.weight.detach()).to(torch.float64)
         count = round(args.sparsity * rows.numel())
         channel_weight = following_bn_weights(model, t.module_name, geometry.groups * geometry.rows)
-        row = errors_of(rows, matrix, lower, count, channel_weight, args.max_columns)
+        row = errors_of(rows, hessian, count, channel_weight, args.damp, args.max_columns)
         row.update(layer=t.param_name, shape=f"{geometry.groups} x {geometry.rows} x {geometry.columns}", depthwise=geometry.groups > 1 and geometry.rows == 1)
         table.append(row)
         print(f"{t.param_name}: " + ", ".join(f"{rule} {row[rule][0]:.4g}" for rule in RULES if row[rule] is not None), flush=True)

@@ -4,8 +4,9 @@ import importlib.util
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from reflowbench.reconstruction import damped
+from reflowbench.reconstruction import InputHessian
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "layer_errors.py"
 
@@ -19,17 +20,20 @@ def _script():
 
 def test_the_rules_errors_keep_their_order_and_the_bn_weighting_reduces_to_plain_with_unit_weights():
     script = _script()
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 9, 400, generator=generator, dtype=torch.float64)  # 2 groups of 9 columns (a grouped 3 x 3 layer)
-    matrix, lower = damped(torch.bmm(x, x.transpose(1, 2)) / 400, 0.01)
-    rows = torch.randn(2, 3, 9, generator=generator, dtype=torch.float64)
-    plain = script.errors_of(rows, matrix, lower, 27, torch.ones(6, dtype=torch.float64), max_columns=100)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, 3, groups=2, bias=False).double()  # 2 groups of 3 rows x 27 columns
+    hessian = InputHessian(conv, torch.device("cpu"))
+    hessian.add(torch.randn(8, 6, 8, 8, dtype=torch.float64))
+    rows = hessian.geometry.rows_of(conv.weight.detach())
+    ones = torch.ones(6, dtype=torch.float64)
+    plain = script.errors_of(rows, hessian, rows.numel() // 2, ones, damp=0.01, max_columns=100)
     for rule in script.RULES:
         assert plain[rule][0] == plain[rule][1] and 0 < plain[rule][0] < 1  # unit weights: the same; pruning half: above 0
     assert plain["sweep mask + re-fit"][0] <= plain["sweep"][0] + 1e-12  # the exact re-fit is optimal on the sweep's mask
-    weighted = script.errors_of(rows, matrix, lower, 27, torch.tensor([1.0, 1, 1, 100, 100, 100], dtype=torch.float64), max_columns=100)
+    heavy = torch.tensor([1.0, 1, 1, 100, 100, 100], dtype=torch.float64)
+    weighted = script.errors_of(rows, hessian, rows.numel() // 2, heavy, damp=0.01, max_columns=100)
     assert weighted["ExactOBS"][0] == plain["ExactOBS"][0] and weighted["ExactOBS"][1] != plain["ExactOBS"][1]
-    assert script.errors_of(rows, matrix, lower, 27, torch.ones(6, dtype=torch.float64), max_columns=5)["ExactOBS"] is None
+    assert script.errors_of(rows, hessian, rows.numel() // 2, ones, damp=0.01, max_columns=5)["ExactOBS"] is None
 
 
 def test_the_summary_columns_follow_the_header():
