@@ -26,6 +26,7 @@ from torch import nn
 
 from reflowbench.datasets import load_dataset
 from reflowbench.datasets.splits import SubsetSizes, disjoint_subsets
+from reflowbench.errors import ReflowbenchError
 from reflowbench.models import build_model
 from reflowbench.pruners import PruneContext, make_pruner, select_targets
 from reflowbench.reconstruction import InputHessian, collect_hessians, damped
@@ -98,6 +99,19 @@ def summary_rows(table: List[Dict]) -> List[str]:
     return lines
 
 
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before any loading, values no run could use (one line naming the flag, exit status 2)."""
+    if not 0.0 < args.sparsity < 1.0:
+        parser.error(f"--sparsity must be in (0, 1), got {args.sparsity}")
+    for flag, value in (("--images", args.images), ("--max-columns", args.max_columns), ("--threads", args.threads)):
+        if value < 1:
+            parser.error(f"{flag} must be an integer >= 1, got {value}")
+    if not args.damp > 0.0:
+        parser.error(f"--damp must be > 0 (a fraction of the mean diagonal of H), got {args.damp}")
+    if not Path(args.checkpoint).is_file():
+        parser.error(f"--checkpoint {args.checkpoint}: no such file (a dense checkpoint of --model)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
@@ -111,9 +125,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    check_arguments(parser, args)
     torch.set_num_threads(args.threads)
-    data = load_dataset(args.dataset, Path(args.data), None, False, 1, False)
-    model = build_model(args.model, data.num_classes, Path(args.checkpoint)).eval()
+    try:
+        data = load_dataset(args.dataset, Path(args.data), None, False, 1, False)
+        model = build_model(args.model, data.num_classes, Path(args.checkpoint)).eval()
+    except ReflowbenchError as error:  # unknown model or dataset, unreadable data or checkpoint: its one line
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     fisher = disjoint_subsets(len(data.train), SubsetSizes(1, args.images, 1), 0)["fisher"]
     images = [x for x, _ in data.train.batches(fisher, 64)]
     targets = select_targets(model)

@@ -1,8 +1,11 @@
 """bench/layer_errors.py: each mask rule's reconstruction error on one layer, checked against what must hold."""
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -43,3 +46,22 @@ def test_the_summary_columns_follow_the_header():
     other = {**row, "sweep": (5.0, 7.0), "depthwise": False}
     assert script.summary_rows([depthwise, other])[0] == "| sweep | 2.00x | 5.00x | 3.00x | 7.00x |"  # plain dw, plain other, BN dw, BN other
     assert script.summary_rows([other])[0] == "| sweep | – | 5.00x | – | 7.00x |"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--sparsity": "1.5"}, "--sparsity must be in (0, 1)"),
+        ({"--images": "0"}, "--images must be an integer >= 1"),
+        ({"--checkpoint": "/no/such.pt"}, "--checkpoint /no/such.pt: no such file"),
+        ({"--data": "/no/such/data.tar.gz"}, "/no/such/data.tar.gz does not exist"),
+    ],
+)
+def test_bad_arguments_are_refused_in_one_line_and_nothing_is_written(tmp_path, change, message):
+    checkpoint = tmp_path / "dense.pt"
+    checkpoint.write_bytes(b"")  # exists; the bad values are refused before it is read
+    arguments = {"--model": "resnet20", "--checkpoint": str(checkpoint), "--data": str(tmp_path), "--out": str(tmp_path / "out.md"), **change}
+    command = [sys.executable, str(SCRIPT)] + [part for pair in arguments.items() for part in pair]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out.md").exists()
